@@ -1,0 +1,647 @@
+//! Configuration: built-in defaults → TOML file (`--config` / `TOKENGATE_CONFIG`)
+//! → `TOKENGATE_*` environment, merged by figment into [`RawConfig`], then
+//! [`RawConfig::validate`] turns it into typed [`Settings`]. The key names are a
+//! contract with operators (`shared/design/CONFIG.md`); do not rename them.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use http::{HeaderName, Uri};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable prefix; nested keys use `__`.
+pub const ENV_PREFIX: &str = "TOKENGATE_";
+
+/// Secret-bearing keys are read from the environment as raw strings, outside
+/// figment's literal parsing, so that `000123` stays `000123` and not the integer 123.
+const RAW_ENV_KEYS: &[(&str, &str)] = &[
+    ("INTROSPECTION__CLIENT_SECRET", "introspection.client_secret"),
+    ("INTROSPECTION__CLIENT_ID", "introspection.client_id"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Rendered by [`describe`]: every error, each with its key and its source.
+    #[error("{}", describe(.0))]
+    Load(Box<figment::Error>),
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("`{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// "`cache.max_ttl` from environment variable TOKENGATE_CACHE__MAX_TTL: invalid
+/// duration ..." — the key an operator must fix and where it came from.
+fn describe(e: &figment::Error) -> String {
+    e.clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = match &e.metadata {
+                None => "built-in defaults".to_owned(),
+                Some(md) => match &md.source {
+                    Some(figment::Source::File(p)) => format!("file {}", p.display()),
+                    _ if md.name.contains(ENV_PREFIX) && !key.is_empty() => format!(
+                        "environment variable {ENV_PREFIX}{}",
+                        key.to_ascii_uppercase().replace('.', "__")
+                    ),
+                    _ => md.name.to_string(),
+                },
+            };
+            if key.is_empty() {
+                format!("{} (in {source})", e.kind)
+            } else {
+                format!("`{key}` from {source}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ConfigError {
+    fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// A string that must never be printed: `Debug` and `Serialize` redact it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_number(d).map(Secret)
+    }
+}
+
+/// Accepts a string or a number (figment reads `TOKENGATE_X=123` as an integer).
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum S {
+        Str(String),
+        Int(i128),
+        Float(f64),
+    }
+    Ok(match S::deserialize(d)? {
+        S::Str(s) => s,
+        S::Int(i) => i.to_string(),
+        S::Float(f) => f.to_string(),
+    })
+}
+
+/// Durations are strings such as "250ms", "2s", "5m" (humantime syntax).
+mod duration_str {
+    use super::*;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        use serde::de::Error;
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim())
+            .map_err(|e| D::Error::custom(format!("invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\"")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Proxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The configuration exactly as the file and environment spell it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: String,
+    pub upstream: String,
+    pub mode: Mode,
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+    pub introspection: RawIntrospection,
+    pub cache: RawCache,
+    pub identity: RawIdentity,
+    pub log: RawLog,
+    pub limits: RawLimits,
+    pub resilience: RawResilience,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIntrospection {
+    pub url: String,
+    #[serde(deserialize_with = "string_or_number")]
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub client_secret_file: String,
+    pub auth_method: AuthMethod,
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    #[serde(with = "duration_str")]
+    pub max_ttl: Duration,
+    pub max_entries: u64,
+    #[serde(with = "duration_str")]
+    pub negative_ttl: Duration,
+    pub negative_max_entries: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentity {
+    pub subject_header: String,
+    pub client_id_header: String,
+    pub scope_header: String,
+    pub strip_headers: Vec<String>,
+    pub forward_authorization: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Longest accepted Bearer token, in bytes.
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawResilience {
+    /// Time to the upstream's response headers (→ 504).
+    #[serde(with = "duration_str")]
+    pub upstream_timeout: Duration,
+    /// TCP (and TLS) connect to the upstream (→ 502).
+    #[serde(with = "duration_str")]
+    pub upstream_connect_timeout: Duration,
+    /// `Retry-After` seconds on a 503.
+    pub retry_after_secs: u32,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            upstream: "http://127.0.0.1:3000".into(),
+            mode: Mode::Proxy,
+            shutdown_timeout: Duration::from_secs(30),
+            introspection: RawIntrospection::default(),
+            cache: RawCache::default(),
+            identity: RawIdentity::default(),
+            log: RawLog::default(),
+            limits: RawLimits::default(),
+            resilience: RawResilience::default(),
+        }
+    }
+}
+
+impl Default for RawIntrospection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            client_secret_file: String::new(),
+            auth_method: AuthMethod::ClientSecretBasic,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_ttl: Duration::from_secs(300),
+            max_entries: 100_000,
+            negative_ttl: Duration::from_secs(10),
+            negative_max_entries: 10_000,
+        }
+    }
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        Self {
+            subject_header: "X-Auth-Subject".into(),
+            client_id_header: "X-Auth-Client-Id".into(),
+            scope_header: "X-Auth-Scope".into(),
+            strip_headers: vec!["X-Forwarded-User".into(), "X-Remote-User".into(), "X-User".into()],
+            forward_authorization: true,
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self { format: LogFormat::Text }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
+        }
+    }
+}
+
+impl Default for RawResilience {
+    fn default() -> Self {
+        Self {
+            upstream_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(5),
+            retry_after_secs: 5,
+        }
+    }
+}
+
+/// Validated, typed settings: what the rest of the program uses.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub shutdown_timeout: Duration,
+    pub introspection: IntrospectionSettings,
+    pub cache: RawCache,
+    pub identity: IdentitySettings,
+    pub log_format: LogFormat,
+    pub max_token_bytes: usize,
+    pub upstream_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub retry_after_secs: u32,
+}
+
+/// Where every forwarded request goes. Only scheme, authority and an optional
+/// base path are kept, so the request can never choose its destination.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prefix prepended to every forwarded path; empty for "/".
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    pub url: oauth2::IntrospectionUrl,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_method: AuthMethod,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    pub subject_header: HeaderName,
+    pub client_id_header: HeaderName,
+    pub scope_header: HeaderName,
+    /// Every header removed from inbound requests: the three above plus
+    /// `strip_headers`. Header names are case-insensitive, so this covers
+    /// `x-AUTH-subject` too.
+    pub strip: Vec<HeaderName>,
+    pub forward_authorization: bool,
+}
+
+/// Loads the configuration: defaults, then `file` (which must exist if given),
+/// then `TOKENGATE_*` environment variables.
+pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        // `file_exact` alone would report a missing file as a generic I/O error
+        // without the path; say plainly which file is missing.
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.to_owned()));
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    let generic = Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+        let k = k.as_str().to_ascii_uppercase();
+        // TOKENGATE_CONFIG names the file; it is not a setting.
+        k != "CONFIG" && !RAW_ENV_KEYS.iter().any(|(raw, _)| *raw == k)
+    });
+    fig = fig.merge(generic);
+    for (suffix, key) in RAW_ENV_KEYS {
+        if let Ok(v) = std::env::var(format!("{ENV_PREFIX}{suffix}")) {
+            fig = fig.merge(Serialized::default(key, v));
+        }
+    }
+    fig.extract::<RawConfig>()
+        .map_err(|e| ConfigError::Load(Box::new(e)))
+}
+
+impl RawConfig {
+    /// Checks every value and resolves files (`client_secret_file`).
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let listen: SocketAddr = self.listen.parse().map_err(|e| {
+            ConfigError::invalid("listen", format!("{:?} is not a socket address ({e})", self.listen))
+        })?;
+        let upstream = parse_upstream(&self.upstream)?;
+
+        let i = &self.introspection;
+        if i.url.is_empty() {
+            return Err(ConfigError::invalid(
+                "introspection.url",
+                "is required (the RFC 7662 introspection endpoint of your authorization server)",
+            ));
+        }
+        let url = oauth2::IntrospectionUrl::new(i.url.clone())
+            .map_err(|e| ConfigError::invalid("introspection.url", format!("{:?}: {e}", i.url)))?;
+        if !matches!(url.url().scheme(), "http" | "https") {
+            return Err(ConfigError::invalid("introspection.url", "must be http:// or https://"));
+        }
+        if i.client_id.is_empty() {
+            return Err(ConfigError::invalid("introspection.client_id", "is required"));
+        }
+        let client_secret = match (i.client_secret.is_empty(), i.client_secret_file.is_empty()) {
+            (false, false) => {
+                return Err(ConfigError::invalid(
+                    "introspection.client_secret_file",
+                    "set either client_secret or client_secret_file, not both",
+                ))
+            }
+            (true, true) => {
+                return Err(ConfigError::invalid(
+                    "introspection.client_secret",
+                    "is required (or client_secret_file)",
+                ))
+            }
+            (false, true) => i.client_secret.clone(),
+            (true, false) => read_secret_file("introspection.client_secret_file", &i.client_secret_file)?,
+        };
+        if i.timeout.is_zero() {
+            return Err(ConfigError::invalid("introspection.timeout", "must be greater than 0"));
+        }
+        if self.cache.max_entries == 0 {
+            return Err(ConfigError::invalid("cache.max_entries", "must be at least 1"));
+        }
+        if self.limits.max_token_bytes == 0 {
+            return Err(ConfigError::invalid("limits.max_token_bytes", "must be at least 1"));
+        }
+        if self.resilience.upstream_timeout.is_zero() {
+            return Err(ConfigError::invalid("resilience.upstream_timeout", "must be greater than 0"));
+        }
+
+        let id = &self.identity;
+        let header = |key: &'static str, v: &str| {
+            HeaderName::try_from(v)
+                .map_err(|_| ConfigError::invalid(key, format!("{v:?} is not a valid header name")))
+        };
+        let subject_header = header("identity.subject_header", &id.subject_header)?;
+        let client_id_header = header("identity.client_id_header", &id.client_id_header)?;
+        let scope_header = header("identity.scope_header", &id.scope_header)?;
+        let mut strip = vec![subject_header.clone(), client_id_header.clone(), scope_header.clone()];
+        for h in &id.strip_headers {
+            strip.push(header("identity.strip_headers", h)?);
+        }
+        strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        strip.dedup();
+
+        Ok(Settings {
+            listen,
+            upstream,
+            shutdown_timeout: self.shutdown_timeout,
+            introspection: IntrospectionSettings {
+                url,
+                client_id: i.client_id.clone(),
+                client_secret,
+                auth_method: i.auth_method,
+                timeout: i.timeout,
+            },
+            cache: self.cache.clone(),
+            identity: IdentitySettings {
+                subject_header,
+                client_id_header,
+                scope_header,
+                strip,
+                forward_authorization: id.forward_authorization,
+            },
+            log_format: self.log.format,
+            max_token_bytes: self.limits.max_token_bytes,
+            upstream_timeout: self.resilience.upstream_timeout,
+            upstream_connect_timeout: self.resilience.upstream_connect_timeout,
+            retry_after_secs: self.resilience.retry_after_secs,
+        })
+    }
+
+    /// The effective settings as TOML, secrets redacted (for `--check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+fn read_secret_file(key: &'static str, path: &str) -> Result<Secret, ConfigError> {
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {path}: {e}")))?;
+    // Files written by `echo` or editors end in a newline that is not part of the secret.
+    let s = raw.trim_end_matches(['\n', '\r']);
+    if s.is_empty() {
+        return Err(ConfigError::invalid(key, format!("{path} is empty")));
+    }
+    Ok(Secret::new(s))
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, ConfigError> {
+    let key = "upstream";
+    let uri: Uri = s
+        .parse()
+        .map_err(|e| ConfigError::invalid(key, format!("{s:?} is not a URL ({e})")))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} needs a scheme: http:// or https://")))?;
+    if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+        return Err(ConfigError::invalid(key, format!("scheme {scheme} is not supported; use http:// or https://")));
+    }
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} has no host")))?;
+    if uri.query().is_some() {
+        return Err(ConfigError::invalid(key, "must not have a query string"));
+    }
+    let base_path = uri.path().trim_end_matches('/').to_owned();
+    Ok(Upstream {
+        scheme,
+        authority,
+        base_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn minimal_env(jail: &mut Jail) {
+        jail.set_env("TOKENGATE_INTROSPECTION__URL", "http://as.test/introspect");
+        jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_ID", "tokengate");
+        jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_SECRET", "000123");
+    }
+
+    #[test]
+    fn env_overrides_defaults_and_numeric_secret_stays_a_string() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.set_env("TOKENGATE_CONFIG", "ignored-here.toml");
+            let raw = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(raw.introspection.client_secret.expose(), "000123");
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            assert_eq!(s.cache.max_ttl, Duration::from_secs(300));
+            assert!(!format!("{s:?}").contains("000123"), "secret leaked in Debug");
+            assert!(!format!("{raw:?}").contains("000123"), "secret leaked in Debug");
+            assert!(!raw.to_redacted_toml().contains("000123"), "secret leaked in --check-config");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_precedence_and_durations() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file(
+                "t.toml",
+                r#"
+                listen = "127.0.0.1:9999"
+                [cache]
+                max_ttl = "90s"
+                negative_ttl = "250ms"
+                "#,
+            )?;
+            jail.set_env("TOKENGATE_CACHE__MAX_TTL", "2m");
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(raw.listen, "127.0.0.1:9999");
+            assert_eq!(raw.cache.max_ttl, Duration::from_secs(120), "env wins over file");
+            assert_eq!(raw.cache.negative_ttl, Duration::from_millis(250));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_source() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file("t.toml", "[cache]\nmax_tll = \"5m\"\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(err.contains("max_tll") && err.contains("t.toml"), "{err}");
+
+            let err = load(Some(Path::new("nope.toml"))).unwrap_err().to_string();
+            assert!(err.contains("nope.toml") && err.contains("does not exist"), "{err}");
+
+            jail.set_env("TOKENGATE_CACHE__MAX_TTL", "soon");
+            let err = load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("`cache.max_ttl`") && err.contains("TOKENGATE_CACHE__MAX_TTL"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    fn base() -> RawConfig {
+        let mut c = RawConfig::default();
+        c.introspection.url = "http://as.test/introspect".into();
+        c.introspection.client_id = "tokengate".into();
+        c.introspection.client_secret = Secret::new("s");
+        c
+    }
+
+    #[test]
+    fn validation_failures() {
+        type Mutation = Box<dyn Fn(&mut RawConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("introspection.url", Box::new(|c| c.introspection.url.clear())),
+            ("introspection.url", Box::new(|c| c.introspection.url = "ftp://as/x".into())),
+            ("introspection.client_id", Box::new(|c| c.introspection.client_id.clear())),
+            ("introspection.client_secret", Box::new(|c| c.introspection.client_secret = Secret::default())),
+            ("introspection.client_secret_file", Box::new(|c| c.introspection.client_secret_file = "/x".into())),
+            ("upstream", Box::new(|c| c.upstream = "ftp://x".into())),
+            ("upstream", Box::new(|c| c.upstream = "127.0.0.1:3000".into())),
+            ("listen", Box::new(|c| c.listen = "nowhere".into())),
+            ("identity.scope_header", Box::new(|c| c.identity.scope_header = "bad header".into())),
+            ("cache.max_entries", Box::new(|c| c.cache.max_entries = 0)),
+        ];
+        for (key, mutate) in cases {
+            let mut c = base();
+            mutate(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "expected an error naming {key}, got {err}");
+        }
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        Jail::expect_with(|jail| {
+            jail.create_file("secret", "s3cr3t\n")?;
+            let mut c = base();
+            c.introspection.client_secret = Secret::default();
+            c.introspection.client_secret_file = jail.directory().join("secret").display().to_string();
+            let s = c.validate().map_err(|e| e.to_string())?;
+            assert_eq!(s.introspection.client_secret.expose(), "s3cr3t");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn upstream_base_path_and_identity_strip_list() {
+        let mut c = base();
+        c.upstream = "https://api.internal:8443/v1/".into();
+        let s = c.validate().unwrap();
+        assert_eq!(s.upstream.base_path, "/v1");
+        assert_eq!(s.upstream.authority.as_str(), "api.internal:8443");
+        assert!(s.identity.strip.iter().any(|h| h == "x-auth-subject"));
+        assert!(s.identity.strip.iter().any(|h| h == "x-remote-user"));
+    }
+}

@@ -1,0 +1,195 @@
+//! Every way a request can fail, and the one place that turns a failure into a
+//! status, an RFC 6750 challenge and a JSON body. The `match` in
+//! [`ProxyError::rejection`] is exhaustive on purpose: a new variant does not
+//! compile until someone decides its status, and `mapping_table` pins them.
+
+use crate::forward::ForwardError;
+use crate::introspect::IntrospectError;
+use crate::policy::Deny;
+use crate::token::TokenError;
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No `Authorization: Bearer` at all (absent, or another scheme).
+    #[error("no bearer credentials")]
+    NoCredentials,
+    #[error("malformed credentials: {0}")]
+    Token(#[from] TokenError),
+    #[error("access denied: {0}")]
+    Denied(#[from] Deny),
+    #[error("authorization server failure: {0}")]
+    Introspection(#[from] IntrospectError),
+    #[error(transparent)]
+    Upstream(#[from] ForwardError),
+    #[error("CONNECT is not supported")]
+    ConnectMethod,
+}
+
+/// The RFC 6750 error code in the challenge, when there is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// `Bearer realm="…"` with no error: the request carried no credentials.
+    Bare,
+    InvalidRequest,
+    InvalidToken,
+}
+
+/// What the client gets back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    /// JSON `error`.
+    pub error: &'static str,
+    /// JSON `error_description` (and the challenge's, when there is a challenge).
+    pub description: String,
+    pub challenge: Option<Challenge>,
+    /// Sends `Retry-After`: the failure is ours or the AS's, and will pass.
+    pub retry: bool,
+}
+
+impl ProxyError {
+    pub fn rejection(&self) -> Rejection {
+        use StatusCode as S;
+        let r = |status, error, description: &str, challenge, retry| Rejection {
+            status,
+            error,
+            description: description.to_owned(),
+            challenge,
+            retry,
+        };
+        match self {
+            Self::NoCredentials => r(
+                S::UNAUTHORIZED,
+                "unauthorized",
+                "a bearer token is required",
+                Some(Challenge::Bare),
+                false,
+            ),
+            Self::Token(e) => match e {
+                TokenError::MultipleHeaders
+                | TokenError::NotAscii
+                | TokenError::Empty
+                | TokenError::BadSeparator
+                | TokenError::BadCharacters
+                | TokenError::TooLong => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                    Some(Challenge::InvalidRequest),
+                    false,
+                ),
+            },
+            Self::Denied(d) => {
+                let description = match d {
+                    Deny::Inactive => "token is not active",
+                    Deny::Expired => "token expired",
+                    Deny::NotYetValid => "token is not valid yet",
+                };
+                r(S::UNAUTHORIZED, "invalid_token", description, Some(Challenge::InvalidToken), false)
+            }
+            // The client did nothing wrong and its token may well be good: never
+            // 401 (clients would throw the token away), never allow.
+            Self::Introspection(e) => match e {
+                IntrospectError::Timeout(_)
+                | IntrospectError::Connect(_)
+                | IntrospectError::ClientUnauthorized
+                | IntrospectError::Status(_)
+                | IntrospectError::InvalidResponse(_) => r(
+                    S::SERVICE_UNAVAILABLE,
+                    "temporarily_unavailable",
+                    "the authorization server could not be reached; retry later",
+                    None,
+                    true,
+                ),
+            },
+            Self::Upstream(e) => match e {
+                ForwardError::Connect(_) | ForwardError::Failed(_) => {
+                    r(S::BAD_GATEWAY, "bad_gateway", "the upstream service is unavailable", None, false)
+                }
+                ForwardError::Timeout(_) => {
+                    r(S::GATEWAY_TIMEOUT, "gateway_timeout", "the upstream service did not answer in time", None, false)
+                }
+                ForwardError::BadTarget => {
+                    r(S::BAD_REQUEST, "invalid_request", "the request target must be an absolute path", None, false)
+                }
+            },
+            Self::ConnectMethod => r(
+                S::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "CONNECT is not supported",
+                None,
+                false,
+            ),
+        }
+    }
+}
+
+impl Rejection {
+    /// The `WWW-Authenticate` value (RFC 6750 §3).
+    pub fn www_authenticate(&self, realm: &str) -> Option<String> {
+        let code = match self.challenge? {
+            Challenge::Bare => return Some(format!("Bearer realm=\"{realm}\"")),
+            Challenge::InvalidRequest => "invalid_request",
+            Challenge::InvalidToken => "invalid_token",
+        };
+        // error_description must not contain '"' or '\' (RFC 6750 §3); ours are
+        // fixed strings, but keep the guarantee local.
+        let desc: String = self
+            .description
+            .chars()
+            .filter(|c| *c != '"' && *c != '\\')
+            .collect();
+        Some(format!(
+            "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{desc}\""
+        ))
+    }
+
+    pub fn json_body(&self) -> String {
+        serde_json::json!({ "error": self.error, "error_description": self.description }).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn mapping_table() {
+        let cases: Vec<(ProxyError, u16, &str, Option<&str>, bool)> = vec![
+            (ProxyError::NoCredentials, 401, "unauthorized", Some(r#"Bearer realm="r""#), false),
+            (TokenError::TooLong.into(), 400, "invalid_request", Some(r#"Bearer realm="r", error="invalid_request""#), false),
+            (TokenError::MultipleHeaders.into(), 400, "invalid_request", Some("error=\"invalid_request\""), false),
+            (Deny::Inactive.into(), 401, "invalid_token", Some("error=\"invalid_token\""), false),
+            (Deny::Expired.into(), 401, "invalid_token", Some(r#"error_description="token expired""#), false),
+            (Deny::NotYetValid.into(), 401, "invalid_token", Some("error=\"invalid_token\""), false),
+            (IntrospectError::Timeout(Duration::from_secs(2)).into(), 503, "temporarily_unavailable", None, true),
+            (IntrospectError::Connect("refused".into()).into(), 503, "temporarily_unavailable", None, true),
+            (IntrospectError::ClientUnauthorized.into(), 503, "temporarily_unavailable", None, true),
+            (IntrospectError::Status(500).into(), 503, "temporarily_unavailable", None, true),
+            (IntrospectError::InvalidResponse("html".into()).into(), 503, "temporarily_unavailable", None, true),
+            (ForwardError::Connect("refused".into()).into(), 502, "bad_gateway", None, false),
+            (ForwardError::Failed("reset".into()).into(), 502, "bad_gateway", None, false),
+            (ForwardError::Timeout(Duration::from_secs(1)).into(), 504, "gateway_timeout", None, false),
+            (ForwardError::BadTarget.into(), 400, "invalid_request", None, false),
+            (ProxyError::ConnectMethod, 405, "method_not_allowed", None, false),
+        ];
+        for (err, status, code, challenge, retry) in cases {
+            let r = err.rejection();
+            assert_eq!(r.status.as_u16(), status, "{err:?}");
+            assert_eq!(r.error, code, "{err:?}");
+            assert_eq!(r.retry, retry, "{err:?}");
+            let www = r.www_authenticate("r");
+            match challenge {
+                None => assert_eq!(www, None, "{err:?}"),
+                Some(part) => {
+                    let www = www.unwrap();
+                    assert!(www.contains(part), "{err:?}: {www}");
+                }
+            }
+        }
+        let bare = ProxyError::NoCredentials.rejection().www_authenticate("r").unwrap();
+        assert!(!bare.contains("error"), "no error code without credentials: {bare}");
+    }
+}

@@ -1,0 +1,278 @@
+//! Forwarding to the upstream: header hygiene (hop-by-hop, identity, X-Forwarded-*,
+//! Via) and the streaming call itself. Bodies are never buffered: the inbound
+//! `Incoming` body is handed to the client and the upstream's body is handed back.
+
+use crate::config::{IdentitySettings, Upstream};
+use crate::policy::Principal;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("upstream unreachable: {0}")]
+    Connect(String),
+    #[error("upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("upstream request failed: {0}")]
+    Failed(String),
+    #[error("request target is not a path")]
+    BadTarget,
+}
+
+/// RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones that real
+/// clients still send. Prebuilt so the hot path does no parsing.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Makes an identity value header-safe: control characters (which would let an
+/// AS-supplied claim inject headers, or make hyper refuse the value) become '?'.
+pub fn header_safe(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| {
+        let cleaned: String = value
+            .chars()
+            .map(|c| if c == '\t' || (c >= ' ' && c != '\x7f') { c } else { '?' })
+            .collect();
+        HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("?"))
+    })
+}
+
+/// Everything the request-side rewrite needs to know about the connection.
+pub struct Hop<'a> {
+    pub peer: SocketAddr,
+    /// The scheme the client used to reach us.
+    pub proto: &'static str,
+    pub identity: &'a IdentitySettings,
+}
+
+/// Rewrites inbound request headers for the upstream. Spoofed identity headers
+/// are removed on *every* request (public ones too), before ours are added.
+pub fn rewrite_request_headers(
+    headers: &mut HeaderMap,
+    version: Version,
+    host: Option<HeaderValue>,
+    principal: Option<&Principal>,
+    hop: &Hop<'_>,
+) {
+    strip_hop_by_hop(headers);
+    for name in &hop.identity.strip {
+        headers.remove(name);
+    }
+    // Framing is recomputed by hyper from the body itself (never copied): a
+    // request that arrived with both Content-Length and Transfer-Encoding must
+    // not reach the upstream with a length that disagrees with its body.
+    headers.remove(header::CONTENT_LENGTH);
+    // The upstream sees its own authority as Host (like nginx's default); the
+    // client's is in X-Forwarded-Host. The client sets Host from the URI.
+    headers.remove(header::HOST);
+    if !hop.identity.forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+
+    if let Some(p) = principal {
+        let id = hop.identity;
+        if let Some(s) = &p.subject {
+            headers.insert(id.subject_header.clone(), header_safe(s));
+        }
+        if let Some(c) = &p.client_id {
+            headers.insert(id.client_id_header.clone(), header_safe(c));
+        }
+        headers.insert(id.scope_header.clone(), header_safe(&p.scope));
+    }
+
+    // Append the peer to any inbound chain; the upstream must only trust the
+    // last element (the one we added).
+    let ip = hop.peer.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), header_safe(&xff));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(hop.proto));
+    match host {
+        Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+    let via = match version {
+        Version::HTTP_10 => "1.0 tokengate",
+        Version::HTTP_2 => "2 tokengate",
+        _ => "1.1 tokengate",
+    };
+    headers.append(header::VIA, HeaderValue::from_static(via));
+}
+
+/// The request's own Host: the `Host` header (HTTP/1) or `:authority` (HTTP/2).
+pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    })
+}
+
+pub struct Forwarder {
+    client: Client<crate::client::Connector, Incoming>,
+    upstream: Upstream,
+    timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(upstream: Upstream, connect_timeout: Duration, timeout: Duration) -> Self {
+        Self {
+            client: crate::client::build(connect_timeout),
+            upstream,
+            timeout,
+        }
+    }
+
+    /// The upstream URI for a request: always the configured scheme and
+    /// authority, so neither an absolute-form target nor a Host header can pick
+    /// the destination. Path and query are kept byte for byte.
+    pub fn target(&self, uri: &Uri) -> Result<Uri, ForwardError> {
+        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        if !pq.starts_with('/') {
+            return Err(ForwardError::BadTarget);
+        }
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(format!("{}{}", self.upstream.base_path, pq))
+            .build()
+            .map_err(|_| ForwardError::BadTarget)
+    }
+
+    /// Sends the (already rewritten) request and returns the upstream's response
+    /// with hop-by-hop fields removed. The timeout covers the time to response
+    /// headers; the body then streams for as long as it takes.
+    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, ForwardError> {
+        *req.uri_mut() = self.target(req.uri())?;
+        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke to us.
+        *req.version_mut() = Version::HTTP_11;
+        let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(ForwardError::Connect(crate::introspect::error_chain(&e)))
+            }
+            Ok(Err(e)) => return Err(ForwardError::Failed(crate::introspect::error_chain(&e))),
+            Ok(Ok(resp)) => resp,
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn identity() -> IdentitySettings {
+        let mut c = RawConfig::default();
+        c.introspection.url = "http://as/i".into();
+        c.introspection.client_id = "c".into();
+        c.introspection.client_secret = crate::config::Secret::new("s");
+        c.validate().unwrap().identity
+    }
+
+    #[test]
+    fn request_rewrite() {
+        let id = identity();
+        let hop = Hop {
+            peer: "10.0.0.9:5555".parse().unwrap(),
+            proto: "http",
+            identity: &id,
+        };
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "10"),
+            ("X-AUTH-subject", "mallory"),
+            ("x-auth-scope", "admin"),
+            ("X-Remote-User", "root"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "https"),
+            ("host", "front.example"),
+            ("authorization", "Bearer t"),
+            ("accept", "application/json"),
+        ] {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+        }
+        let host = h.get("host").cloned();
+        let p = Principal {
+            subject: Some("alice\r\nX-Evil: 1".into()),
+            client_id: Some("app".into()),
+            scope: "read write".into(),
+        };
+        rewrite_request_headers(&mut h, Version::HTTP_11, host, Some(&p), &hop);
+        for gone in [
+            "connection", "x-secret-hop", "keep-alive", "te", "upgrade", "proxy-connection",
+            "transfer-encoding", "content-length", "x-remote-user", "host",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} must be stripped");
+        }
+        assert_eq!(h.get_all("x-auth-subject").iter().count(), 1);
+        assert_eq!(h["x-auth-subject"], "alice??X-Evil: 1");
+        assert_eq!(h["x-auth-scope"], "read write");
+        assert_eq!(h["x-auth-client-id"], "app");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "front.example");
+        assert_eq!(h["via"], "1.1 tokengate");
+        assert_eq!(h["authorization"], "Bearer t");
+        assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn no_principal_still_strips_identity() {
+        let id = identity();
+        let hop = Hop {
+            peer: "[::1]:1".parse().unwrap(),
+            proto: "http",
+            identity: &id,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-auth-client-id", HeaderValue::from_static("spoof"));
+        rewrite_request_headers(&mut h, Version::HTTP_2, None, None, &hop);
+        assert!(h.get("x-auth-client-id").is_none());
+        assert!(h.get("x-auth-subject").is_none());
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["via"], "2 tokengate");
+    }
+}

@@ -1,0 +1,432 @@
+//! RFC 7662 token introspection: the `oauth2` crate builds and authenticates the
+//! request; a pooled hyper-util client (http and https) carries it; our own
+//! lenient [`Introspection`] type parses what real servers send.
+
+use crate::config::{AuthMethod, IntrospectionSettings};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, Full, Limited};
+use oauth2::basic::{
+    BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenResponse, BasicTokenType,
+};
+use oauth2::{
+    AccessToken, AuthType, ClientId, EndpointNotSet, EndpointSet, RequestTokenError, Scope,
+    StandardRevocableToken, TokenIntrospectionResponse,
+};
+use serde::{Deserialize, Deserializer, Serialize};
+use std::time::Duration;
+
+/// Largest introspection response body we read. Real answers are < 2 KiB; an AS
+/// (or a gateway in front of it) that streams more is broken, and we must not
+/// buffer it all.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Why the AS could not give an answer. Every variant means "we do not know if
+/// the token is good": the caller turns it into 503, never into 401 or an allow.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IntrospectError {
+    #[error("introspection timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("introspection endpoint unreachable: {0}")]
+    Connect(String),
+    #[error("authorization server rejected tokengate's client credentials (HTTP 401); check introspection.client_id / client_secret")]
+    ClientUnauthorized,
+    #[error("authorization server answered HTTP {0}")]
+    Status(u16),
+    #[error("introspection response is not a valid RFC 7662 answer: {0}")]
+    InvalidResponse(String),
+}
+
+impl IntrospectError {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout(_) => "timeout",
+            Self::Connect(_) => "connect",
+            Self::ClientUnauthorized => "unauthorized",
+            Self::Status(_) => "status",
+            Self::InvalidResponse(_) => "invalid_response",
+        }
+    }
+}
+
+/// The transport error the `oauth2` crate sees from [`AsHttpClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{0}")]
+    Connect(String),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("response body: {0}")]
+    Body(String),
+}
+
+/// The parsed introspection answer. Lenient where real servers disagree
+/// (see `INTROSPECTION-SAMPLES.md`), strict where leniency would be unsafe:
+/// `active` must be a JSON boolean, and a time claim that is present but not a
+/// number fails the whole parse (treating it as absent would let the cache keep
+/// the token for `max_ttl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(default, deserialize_with = "de_scope", skip_serializing_if = "Option::is_none")]
+    pub scope: Option<Vec<Scope>>,
+    #[serde(default, deserialize_with = "de_client_id", skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<ClientId>,
+    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// `token_type`, or Keycloak's `typ`; lower-cased; `null` means absent.
+    #[serde(default, alias = "typ", deserialize_with = "de_token_type", skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<BasicTokenType>,
+    #[serde(default, deserialize_with = "de_time", skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(default, deserialize_with = "de_time", skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, deserialize_with = "de_time", skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    #[serde(default, deserialize_with = "de_string_or_seq", skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Every other member, kept for policy checks (e.g. Hydra's `token_use`).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Introspection {
+    pub fn inactive() -> Self {
+        Self {
+            active: false,
+            scope: None,
+            client_id: None,
+            username: None,
+            token_type: None,
+            exp: None,
+            iat: None,
+            nbf: None,
+            sub: None,
+            aud: None,
+            iss: None,
+            jti: None,
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    /// Space-separated scopes, as they go into the scope identity header.
+    pub fn scope_string(&self) -> String {
+        self.scope
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    let secs = match v {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(serde_json::Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(f64_secs)),
+        Some(serde_json::Value::String(s)) => s
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .or_else(|| s.trim().parse::<f64>().ok().filter(|f| f.is_finite()).map(f64_secs)),
+        Some(_) => None,
+    };
+    secs.map(Some)
+        .ok_or_else(|| D::Error::custom("a time claim must be a number of seconds"))
+}
+
+/// Floors a float timestamp. `exp = 100.9` means the token is dead at 100.9, so
+/// flooring to 100 only ever shortens its life; never rounds up.
+fn f64_secs(f: f64) -> i64 {
+    // `as` saturates for out-of-range floats, which is what we want here.
+    f.floor() as i64
+}
+
+fn de_scope<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<Scope>>, D::Error> {
+    Ok(de_string_or_seq(d)?.map(|items| {
+        items
+            .iter()
+            .flat_map(|s| s.split_ascii_whitespace())
+            .map(|s| Scope::new(s.to_owned()))
+            .collect()
+    }))
+}
+
+fn de_string_or_seq<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<OneOrMany>::deserialize(d)? {
+        None => None,
+        Some(OneOrMany::One(s)) => Some(vec![s]),
+        Some(OneOrMany::Many(v)) => Some(v),
+    })
+}
+
+fn de_client_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ClientId>, D::Error> {
+    Ok(de_opt_stringish(d)?.map(ClientId::new))
+}
+
+/// A string, or a number that some servers use for ids; `null` is absent.
+fn de_opt_stringish<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    use serde::de::Error;
+    match Option::<serde_json::Value>::deserialize(d)? {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(serde_json::Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(D::Error::custom("expected a string")),
+    }
+}
+
+fn de_token_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BasicTokenType>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(|s| {
+        match s.to_ascii_lowercase().as_str() {
+            "bearer" => BasicTokenType::Bearer,
+            "mac" => BasicTokenType::Mac,
+            other => BasicTokenType::Extension(other.to_owned()),
+        }
+    }))
+}
+
+impl TokenIntrospectionResponse for Introspection {
+    type TokenType = BasicTokenType;
+    fn active(&self) -> bool {
+        self.active
+    }
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        self.scope.as_ref()
+    }
+    fn client_id(&self) -> Option<&ClientId> {
+        self.client_id.as_ref()
+    }
+    fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+    fn token_type(&self) -> Option<&BasicTokenType> {
+        self.token_type.as_ref()
+    }
+    fn exp(&self) -> Option<DateTime<Utc>> {
+        self.exp.and_then(|s| DateTime::from_timestamp(s, 0))
+    }
+    fn iat(&self) -> Option<DateTime<Utc>> {
+        self.iat.and_then(|s| DateTime::from_timestamp(s, 0))
+    }
+    fn nbf(&self) -> Option<DateTime<Utc>> {
+        self.nbf.and_then(|s| DateTime::from_timestamp(s, 0))
+    }
+    fn sub(&self) -> Option<&str> {
+        self.sub.as_deref()
+    }
+    fn aud(&self) -> Option<&Vec<String>> {
+        self.aud.as_ref()
+    }
+    fn iss(&self) -> Option<&str> {
+        self.iss.as_deref()
+    }
+    fn jti(&self) -> Option<&str> {
+        self.jti.as_deref()
+    }
+}
+
+type HttpsClient = hyper_util::client::legacy::Client<crate::client::Connector, Full<Bytes>>;
+
+/// Adapts our hyper-util client to the `oauth2` crate's `AsyncHttpClient`.
+/// Non-200 statuses become a [`TransportError::Status`] here, because the crate
+/// would otherwise fold the status into an opaque parse error and we need to tell
+/// "our credentials are wrong" (401) from other failures.
+struct AsHttpClient<'a>(&'a HttpsClient);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
+    type Error = TransportError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, TransportError>> + Send + 'c>,
+    >;
+
+    fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
+            let response = self
+                .0
+                .request(request)
+                .await
+                .map_err(|e| TransportError::Connect(error_chain(&e)))?;
+            let status = response.status();
+            if status != http::StatusCode::OK {
+                return Err(TransportError::Status(status.as_u16()));
+            }
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| TransportError::Body(e.to_string()))?
+                .to_bytes();
+            Ok(http::Response::from_parts(parts, body.to_vec()))
+        })
+    }
+}
+
+/// Renders an error with its sources, since hyper's top-level messages
+/// ("client error (Connect)") hide the useful part.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+type OAuthClient = oauth2::Client<
+    BasicErrorResponse,
+    BasicTokenResponse,
+    Introspection,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+>;
+
+/// The RFC 7662 client. Cheap to share behind an `Arc`.
+pub struct Introspector {
+    oauth: OAuthClient,
+    http: HttpsClient,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector")
+            .field("url", &self.oauth.introspection_url().as_str())
+            .field("client_id", &self.oauth.client_id().as_str())
+            .field("client_secret", &"[redacted]")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Introspector {
+    pub fn new(settings: &IntrospectionSettings) -> Self {
+        let auth_type = match settings.auth_method {
+            AuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+            AuthMethod::ClientSecretPost => AuthType::RequestBody,
+        };
+        let oauth = oauth2::Client::new(ClientId::new(settings.client_id.clone()))
+            .set_client_secret(oauth2::ClientSecret::new(
+                settings.client_secret.expose().to_owned(),
+            ))
+            .set_auth_type(auth_type)
+            .set_introspection_url(settings.url.clone());
+        Self {
+            oauth,
+            http: crate::client::build(settings.timeout),
+            timeout: settings.timeout,
+        }
+    }
+
+    /// One introspection call, bounded by the configured timeout as a whole
+    /// (connect, TLS, request, and reading the body).
+    pub async fn introspect(&self, token: &str) -> Result<Introspection, IntrospectError> {
+        let token = AccessToken::new(token.to_owned());
+        let http = AsHttpClient(&self.http);
+        let call = self
+            .oauth
+            .introspect(&token)
+            .set_token_type_hint("access_token")
+            .request_async(&http);
+        match tokio::time::timeout(self.timeout, call).await {
+            Err(_) => Err(IntrospectError::Timeout(self.timeout)),
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(map_oauth_error(e)),
+        }
+    }
+}
+
+fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> IntrospectError {
+    match e {
+        RequestTokenError::Request(TransportError::Status(401)) => {
+            IntrospectError::ClientUnauthorized
+        }
+        RequestTokenError::Request(TransportError::Status(s)) => IntrospectError::Status(s),
+        RequestTokenError::Request(TransportError::Connect(m)) => IntrospectError::Connect(m),
+        RequestTokenError::Request(TransportError::Body(m)) => IntrospectError::InvalidResponse(m),
+        // Only reached for non-200s, which `AsHttpClient` already turned into errors.
+        RequestTokenError::ServerResponse(r) => {
+            IntrospectError::InvalidResponse(format!("error response: {}", r.error()))
+        }
+        // Report the path and serde message only: the raw body is not logged.
+        RequestTokenError::Parse(err, _body) => IntrospectError::InvalidResponse(err.to_string()),
+        RequestTokenError::Other(m) => IntrospectError::InvalidResponse(m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Introspection, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn real_server_shapes_parse() {
+        // panva/oidc-provider: no sub, aud a string.
+        let i = parse(r#"{"active":true,"client_id":"app","exp":1795793393,"iat":1795792793,"iss":"http://127.0.0.1:19000","aud":"urn:lab:api","scope":"read","token_type":"Bearer"}"#).unwrap();
+        assert!(i.active);
+        assert_eq!(i.aud, Some(vec!["urn:lab:api".to_owned()]));
+        assert_eq!(i.token_type, Some(BasicTokenType::Bearer));
+        assert_eq!(i.scope_string(), "read");
+        // Keycloak: typ instead of token_type, nbf 0, nested objects kept.
+        let i = parse(r#"{"active":true,"exp":1485492229,"nbf":0,"typ":"Bearer","aud":"proxy","sub":"e891","client_id":"proxy","realm_access":{"roles":["uma_authorization"]},"allowed-origins":[]}"#).unwrap();
+        assert_eq!(i.token_type, Some(BasicTokenType::Bearer));
+        assert_eq!(i.nbf, Some(0));
+        assert!(i.extra.contains_key("realm_access"));
+        // Hydra: aud array, token_use kept in extra.
+        let i = parse(r#"{"active":true,"aud":["a","b"],"scope":"x y","token_use":"refresh_token","ext":{"k":1}}"#).unwrap();
+        assert_eq!(i.aud.as_ref().map(Vec::len), Some(2));
+        assert_eq!(i.extra.get("token_use").and_then(|v| v.as_str()), Some("refresh_token"));
+    }
+
+    #[test]
+    fn defensive_parsing() {
+        let i = parse(r#"{"active":true,"exp":1795793393.7,"iat":"1795792793","nbf":1.0e9,"scope":["read","write"],"token_type":null,"client_id":42}"#).unwrap();
+        assert_eq!(i.exp, Some(1795793393), "float exp is floored, never rounded up");
+        assert_eq!(i.iat, Some(1795792793));
+        assert_eq!(i.nbf, Some(1_000_000_000));
+        assert_eq!(i.scope_string(), "read write");
+        assert_eq!(i.token_type, None);
+        assert_eq!(i.client_id.as_ref().map(|c| c.as_str()), Some("42"));
+        assert!(!parse(r#"{"active":false}"#).unwrap().active);
+    }
+
+    #[test]
+    fn unsafe_shapes_fail() {
+        for (why, json) in [
+            ("active is required", r#"{"scope":"x"}"#),
+            ("active must be a boolean, not a string", r#"{"active":"true"}"#),
+            ("a garbage exp must not be read as 'no exp'", r#"{"active":true,"exp":"soon"}"#),
+            ("an object exp must fail", r#"{"active":true,"exp":{}}"#),
+            ("not json at all", "<html>bad gateway</html>"),
+        ] {
+            assert!(parse(json).is_err(), "should fail because {why}");
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! tokengate: a reverse proxy that lets a request through to the upstream only
+//! if it carries an active OAuth 2.0 access token (RFC 6750 Bearer, checked by
+//! RFC 7662 introspection).
+//!
+//! # Module map
+//! - [`config`]: figment (defaults → TOML → `TOKENGATE_*` env) → `RawConfig` → `validate()` → `Settings`.
+//! - [`server`]: accept loop, HTTP/1.1 + h2c, graceful drain; the request handler.
+//! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
+//! - [`cache`]: moka cache keyed by SHA-256(token); TTL ≤ `exp`; negative cache; single-flight.
+//! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
+//! - [`policy`]: pure decision (active, `exp`, `nbf`) → `Principal`, re-run on every request.
+//! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream.
+//! - [`error`]: one enum for every failure; the one exhaustive status/challenge mapping.
+//! - [`client`]: the pooled hyper-util + rustls client used for the AS and the upstream.
+//! - [`clock`]: wall clock behind a trait, so expiry is testable without sleeping.
+//!
+//! # One request
+//! ```text
+//! server::run ── accept ── server::handle
+//!    └─ token::extract_bearer          no token → 401, malformed → 400 (nothing else runs)
+//!    └─ cache::TokenCache::get_or_load hit / negative / miss → introspect::Introspector (single-flight)
+//!    └─ policy::evaluate               inactive, expired, not yet valid → 401; AS failure → 503
+//!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
+//!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod introspect;
+pub mod policy;
+pub mod server;
+pub mod token;
+
+pub use server::{run, App};
+
+/// Installs the process-wide rustls crypto provider. rustls panics when it has to
+/// pick one itself and more than one is compiled in; call this once at start-up
+/// (a second call is harmless).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Initialises `tracing` once: level from `RUST_LOG` (default `info`), text or JSON.
+pub fn init_tracing(format: config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        config::LogFormat::Text => builder.try_init(),
+        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
