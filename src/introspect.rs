@@ -372,8 +372,23 @@ fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> 
         RequestTokenError::ServerResponse(r) => {
             IntrospectError::InvalidResponse(format!("error response: {}", r.error()))
         }
-        // Report the path and serde message only: the raw body is not logged.
-        RequestTokenError::Parse(err, _body) => IntrospectError::InvalidResponse(err.to_string()),
+        // Report where the body is wrong, never serde's message: it quotes the
+        // offending value, and an AS that echoes the token (or any claim) back in
+        // a mistyped member would put it in our logs.
+        RequestTokenError::Parse(err, _body) => {
+            let inner = err.inner();
+            let what = match inner.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Io => "not JSON",
+                serde_json::error::Category::Eof => "truncated JSON",
+                serde_json::error::Category::Data => "a member is missing or has the wrong type",
+            };
+            IntrospectError::InvalidResponse(format!(
+                "{what} at `{}` (line {}, column {})",
+                err.path(),
+                inner.line(),
+                inner.column()
+            ))
+        }
         RequestTokenError::Other(m) => IntrospectError::InvalidResponse(m),
     }
 }
