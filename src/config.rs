@@ -799,6 +799,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, ConfigError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
 mod tests {
     use super::*;
     use figment::Jail;

@@ -336,6 +336,7 @@ pub fn normalize_path(path: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
 mod tests {
     use super::*;
 

@@ -252,6 +252,7 @@ fn is_b64token(b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
 mod tests {
     use super::*;
     use http::HeaderValue;
