@@ -1,0 +1,729 @@
+//! Test harness: a real tokengate (`tokengate::run` on 127.0.0.1:0) between a fake
+//! authorization server (wiremock) and a real hyper upstream, reached through real
+//! sockets (hyper-util HTTP/1.1 and h2c clients, or raw TCP for exact bytes).
+//!
+//! Every test builds its own [`Env`], so tests run in parallel without sharing
+//! ports, counters or caches.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokengate::clock::{Clock, ManualClock};
+use tokengate::config::{RawConfig, Secret};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What our test clients send.
+pub type ClientBody = BoxBody<Bytes, BoxError>;
+pub type TestClient = Client<HttpConnector, ClientBody>;
+
+pub const CLIENT_ID: &str = "tokengate";
+pub const CLIENT_SECRET: &str = "s3cret";
+pub const INTROSPECT_PATH: &str = "/oauth2/introspect";
+
+/// 64 KiB of filler, `'static` so bodies can be built from it without copying.
+pub static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+// ---------------------------------------------------------------------------
+// The upstream: a real hyper 1 server
+// ---------------------------------------------------------------------------
+
+/// What the upstream saw of one request (and, from the echo route, its body length).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Echo {
+    pub method: String,
+    /// Path and query exactly as received (origin-form).
+    pub target: String,
+    pub version: String,
+    /// Every header line, in order, duplicates kept.
+    pub headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub body_len: Option<u64>,
+}
+
+impl Echo {
+    fn of<B>(req: &Request<B>) -> Self {
+        Self {
+            method: req.method().to_string(),
+            target: req
+                .uri()
+                .path_and_query()
+                .map(|pq| pq.as_str().to_owned())
+                .unwrap_or_default(),
+            version: format!("{:?}", req.version()),
+            headers: req
+                .headers()
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body_len: None,
+        }
+    }
+
+    /// First value of a header (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+#[derive(Default)]
+struct UpState {
+    hits: AtomicUsize,
+    seen: Mutex<Vec<Echo>>,
+}
+
+/// A hyper 1 HTTP/1.1 server. Routes:
+/// * `HEAD *`: 200, `Content-Length: 1234`, no body;
+/// * `/download/<n>`: streams `n` bytes (chunked, 64 KiB frames, nothing buffered);
+/// * `/sleep/<ms>`: waits, then echoes;
+/// * `/hop`: answers with hop-by-hop headers (`Connection: X-Up-Hop`, `X-Up-Hop`,
+///   `Keep-Alive`, `Proxy-Connection`) next to an end-to-end `X-Up-Keep`;
+/// * `/status/<code>`: an empty answer with that status (204, 304, ...);
+/// * anything else: echoes the request as JSON ([`Echo`]), counting the body
+///   frame by frame without keeping it.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: Arc<UpState>,
+}
+
+type UpBody = BoxBody<Bytes, Infallible>;
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(UpState::default());
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(upstream_handle(&st, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Requests that reached the upstream (counted when the head arrives).
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Heads of every request that reached the upstream, in arrival order.
+    pub fn seen(&self) -> Vec<Echo> {
+        self.state.seen.lock().unwrap().clone()
+    }
+}
+
+fn up_full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).boxed()
+}
+
+async fn upstream_handle(st: &UpState, req: Request<Incoming>) -> Response<UpBody> {
+    let mut echo = Echo::of(&req);
+    st.hits.fetch_add(1, Ordering::SeqCst);
+    st.seen.lock().unwrap().push(echo.clone());
+    let path = req.uri().path().to_owned();
+
+    if req.method() == Method::HEAD {
+        return Response::builder()
+            .header("content-length", "1234")
+            .header("x-head", "1")
+            .body(Empty::new().boxed())
+            .unwrap();
+    }
+    if let Some(n) = path.strip_prefix("/download/") {
+        let total: usize = n.parse().unwrap();
+        let frames = stream::unfold(total, |left| async move {
+            (left > 0).then(|| {
+                let n = left.min(CHUNK.len());
+                (
+                    Ok::<_, Infallible>(Frame::data(Bytes::from_static(&CHUNK[..n]))),
+                    left - n,
+                )
+            })
+        });
+        return Response::new(StreamBody::new(frames).boxed());
+    }
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    }
+    if path == "/hop" {
+        return Response::builder()
+            .header("connection", "X-Up-Hop")
+            .header("x-up-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("x-up-keep", "1")
+            .body(up_full("hop"))
+            .unwrap();
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+        return Response::builder()
+            .status(status)
+            .header("etag", "\"v1\"")
+            .header("x-status-route", "1")
+            .body(Empty::new().boxed())
+            .unwrap();
+    }
+
+    let mut body = req.into_body();
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    n += d.len() as u64;
+                }
+            }
+            Err(_) => {
+                return Response::builder()
+                    .status(StatusCode::BAD_REQUEST)
+                    .body(up_full("broken request body"))
+                    .unwrap()
+            }
+        }
+    }
+    echo.body_len = Some(n);
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("x-upstream", "1")
+        .body(up_full(serde_json::to_vec(&echo).unwrap()))
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// tokengate itself
+// ---------------------------------------------------------------------------
+
+/// A running tokengate. Dropping it resolves the shutdown future.
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl Gate {
+    pub async fn start(raw: &RawConfig) -> Self {
+        tokengate::install_crypto_provider();
+        let settings = raw.validate().expect("test config must validate");
+        let clock = Arc::new(ManualClock::default());
+        let app = tokengate::App::with_clock(settings, clock.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(tokengate::run(app, listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            clock,
+            _shutdown: tx,
+        }
+    }
+}
+
+/// The base config every test starts from: our AS and upstream, small timeouts.
+pub fn base_config(auth: &MockServer, upstream: &str) -> RawConfig {
+    let mut raw = RawConfig {
+        listen: "127.0.0.1:0".into(),
+        upstream: upstream.to_owned(),
+        shutdown_timeout: Duration::from_secs(1),
+        ..RawConfig::default()
+    };
+    raw.introspection.url = format!("{}{INTROSPECT_PATH}", auth.uri());
+    raw.introspection.client_id = CLIENT_ID.into();
+    raw.introspection.client_secret = Secret::new(CLIENT_SECRET);
+    raw.introspection.timeout = Duration::from_secs(2);
+    raw.resilience.upstream_timeout = Duration::from_secs(30);
+    raw
+}
+
+/// One test's world: fake AS, real upstream, tokengate, and two clients.
+pub struct Env {
+    pub auth: MockServer,
+    pub upstream: Upstream,
+    pub gate: Gate,
+    pub http1: TestClient,
+    pub h2c: TestClient,
+}
+
+impl Env {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts everything; `configure` may change any setting of the base config.
+    pub async fn start_with(configure: impl FnOnce(&mut RawConfig)) -> Self {
+        let auth = MockServer::start().await;
+        let upstream = Upstream::start().await;
+        let mut raw = base_config(&auth, &upstream.url());
+        configure(&mut raw);
+        let gate = Gate::start(&raw).await;
+        Self {
+            auth,
+            upstream,
+            gate,
+            http1: http1_client(),
+            h2c: h2c_client(),
+        }
+    }
+
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.gate.addr)
+    }
+
+    /// "Now" as tokengate's clock sees it, in Unix seconds.
+    pub fn now(&self) -> i64 {
+        self.gate.clock.unix_secs()
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.gate.clock.advance(by);
+    }
+
+    /// HTTP/1.1 GET with `Authorization: Bearer <token>`.
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        let req = request(Method::GET, &self.url(path))
+            .header("authorization", format!("Bearer {token}"))
+            .body(empty())
+            .unwrap();
+        send(&self.http1, req).await
+    }
+
+    /// HTTP/1.1 GET with the given `Authorization` values (none, one, or several).
+    pub async fn get_with_auth(&self, path: &str, auth: &[&str]) -> Resp {
+        let mut b = request(Method::GET, &self.url(path));
+        for a in auth {
+            b = b.header("authorization", *a);
+        }
+        send(&self.http1, b.body(empty()).unwrap()).await
+    }
+
+    /// Mounts an AS answer for `token` that must be asked for exactly `times` times.
+    pub async fn answer(&self, token: &str, body: Value, times: u64) {
+        introspection_of(token)
+            .respond_with(ResponseTemplate::new(200).set_body_json(body))
+            .expect(times)
+            .mount(&self.auth)
+            .await;
+    }
+
+    /// Mounts "active, sub alice, client app, scope read write, exp in an hour".
+    pub async fn allow(&self, token: &str, times: u64) {
+        let body = json!({
+            "active": true, "sub": "alice", "client_id": "app",
+            "scope": "read write", "exp": self.now() + 3600, "token_type": "Bearer",
+        });
+        self.answer(token, body, times).await;
+    }
+
+    /// Fails the test if the AS is called at all (verified when `auth` drops).
+    pub async fn forbid_introspection(&self) {
+        Mock::given(wiremock::matchers::any())
+            .respond_with(ResponseTemplate::new(500))
+            .expect(0)
+            .named("no introspection call is allowed")
+            .mount(&self.auth)
+            .await;
+    }
+
+    /// Introspection calls that reached the fake AS so far.
+    pub async fn introspections(&self) -> Vec<wiremock::Request> {
+        self.auth.received_requests().await.unwrap_or_default()
+    }
+}
+
+/// A mock for the introspection endpoint that matches only the given token.
+pub fn introspection_of(token: &str) -> MockBuilder {
+    let want = token.to_owned();
+    Mock::given(method("POST"))
+        .and(path(INTROSPECT_PATH))
+        .and(move |r: &wiremock::Request| {
+            form_value(&r.body, "token").as_deref() == Some(want.as_str())
+        })
+}
+
+/// `application/x-www-form-urlencoded` body → value of `key`.
+pub fn form_value(body: &[u8], key: &str) -> Option<String> {
+    form_pairs(body)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A local address nothing listens on (bound, then released).
+pub async fn closed_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+// ---------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------
+
+pub fn http1_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// HTTP/2 over cleartext with prior knowledge.
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+pub fn request(method: Method, url: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(url)
+}
+
+pub fn empty() -> ClientBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn full(b: impl Into<Bytes>) -> ClientBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A body of `total` bytes produced lazily, 64 KiB at a time: never one buffer.
+pub fn streamed_body(total: usize) -> ClientBody {
+    let frames = stream::unfold(total, |left| async move {
+        (left > 0).then(|| {
+            let n = left.min(CHUNK.len());
+            (
+                Ok::<_, BoxError>(Frame::data(Bytes::from_static(&CHUNK[..n]))),
+                left - n,
+            )
+        })
+    });
+    StreamBody::new(frames).boxed()
+}
+
+/// A response with its body collected (small bodies only).
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text()))
+    }
+
+    /// The upstream's echo of the request.
+    pub fn echo(&self) -> Echo {
+        assert_eq!(
+            self.status,
+            StatusCode::OK,
+            "expected the upstream's echo, got {}: {}",
+            self.status,
+            self.text()
+        );
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not an echo ({e}): {}", self.text()))
+    }
+}
+
+pub async fn send(client: &TestClient, req: Request<ClientBody>) -> Resp {
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("tokengate did not answer within 20s")
+        .expect("request to tokengate failed");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Resp {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Checks the shape every rejection must have: status, `Cache-Control: no-store`,
+/// a JSON body with `error` and a non-empty `error_description`.
+pub fn assert_rejection(r: &Resp, status: u16, error: &str) {
+    assert_eq!(
+        r.status.as_u16(),
+        status,
+        "unexpected status; body: {}",
+        r.text()
+    );
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "rejections must not be cached"
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["error"], error, "body: {v}");
+    assert!(
+        v["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "error_description missing: {v}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Raw sockets, for exact bytes
+// ---------------------------------------------------------------------------
+
+/// Writes `bytes` to `addr` and reads until the server closes (send
+/// `Connection: close` on the last request). Does not half-close: hyper would
+/// drop a connection whose read side hits EOF mid-request.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out))
+        .await
+        .expect("server did not close the connection within 20s")
+        .unwrap();
+    out
+}
+
+/// One response parsed from raw bytes.
+#[derive(Debug)]
+pub struct RawResp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
+    pub fn echo(&self) -> Echo {
+        assert_eq!(self.status, 200, "{}", String::from_utf8_lossy(&self.body));
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Splits a byte stream into HTTP/1.1 responses. `no_body` lists, in order,
+/// whether each response answers a HEAD (no body whatever the headers say).
+/// Anything after a response framed "until close" belongs to its body.
+pub fn parse_responses(mut buf: &[u8], heads: &[bool]) -> Vec<RawResp> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let end = find(buf, b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("truncated head: {:?}", String::from_utf8_lossy(buf)));
+        let head = std::str::from_utf8(&buf[..end]).unwrap();
+        buf = &buf[end + 4..];
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status: u16 = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .map(|l| {
+                let (k, v) = l.split_once(':').unwrap();
+                (k.trim().to_ascii_lowercase(), v.trim().to_owned())
+            })
+            .collect();
+        let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let is_head = heads.get(out.len()).copied().unwrap_or(false);
+        let body = if is_head || status == 204 || status == 304 || (100..200).contains(&status) {
+            Vec::new()
+        } else if get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let eol = find(buf, b"\r\n").unwrap();
+                let size_str = std::str::from_utf8(&buf[..eol]).unwrap();
+                let size =
+                    usize::from_str_radix(size_str.split(';').next().unwrap().trim(), 16).unwrap();
+                buf = &buf[eol + 2..];
+                if size == 0 {
+                    // Trailers (none expected), then the final CRLF.
+                    let end = find(buf, b"\r\n").unwrap();
+                    buf = &buf[end + 2..];
+                    break;
+                }
+                body.extend_from_slice(&buf[..size]);
+                buf = &buf[size + 2..];
+            }
+            body
+        } else if let Some(len) = get("content-length") {
+            let len: usize = len.parse().unwrap();
+            let b = buf[..len].to_vec();
+            buf = &buf[len..];
+            b
+        } else {
+            let b = buf.to_vec();
+            buf = &[];
+            b
+        };
+        out.push(RawResp {
+            status,
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Returns the bytes after the first response head: for no-body responses the
+/// server must have sent nothing there.
+pub fn after_head(buf: &[u8]) -> &[u8] {
+    let end = find(buf, b"\r\n\r\n").expect("no response head");
+    &buf[end + 4..]
+}
+
+// ---------------------------------------------------------------------------
+// Memory
+// ---------------------------------------------------------------------------
+
+/// Resident set size of this process, in bytes.
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Samples RSS every few milliseconds on its own thread and keeps the peak, so a
+/// buffer that is allocated and freed again during a transfer is still seen.
+pub struct RssPeak {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssPeak {
+    pub fn start() -> Self {
+        let peak = Arc::new(AtomicU64::new(rss_bytes()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                p.fetch_max(rss_bytes(), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Self {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sampling and returns the highest RSS seen.
+    pub fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.peak.load(Ordering::SeqCst).max(rss_bytes())
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
