@@ -166,7 +166,11 @@ mod tests {
         let cases = [
             ("no exp: max_ttl", None, max),
             ("exp far away: capped at max_ttl", Some(10_000), max),
-            ("exp sooner than max_ttl: exp wins", Some(1_060), Duration::from_secs(60)),
+            (
+                "exp sooner than max_ttl: exp wins",
+                Some(1_060),
+                Duration::from_secs(60),
+            ),
             ("exp == now: zero", Some(1_000), Duration::ZERO),
             ("exp in the past: zero", Some(10), Duration::ZERO),
             ("negative exp: zero", Some(-5), Duration::ZERO),

@@ -18,7 +18,10 @@ pub const ENV_PREFIX: &str = "TOKENGATE_";
 /// Secret-bearing keys are read from the environment as raw strings, outside
 /// figment's literal parsing, so that `000123` stays `000123` and not the integer 123.
 const RAW_ENV_KEYS: &[(&str, &str)] = &[
-    ("INTROSPECTION__CLIENT_SECRET", "introspection.client_secret"),
+    (
+        "INTROSPECTION__CLIENT_SECRET",
+        "introspection.client_secret",
+    ),
     ("INTROSPECTION__CLIENT_ID", "introspection.client_id"),
 ];
 
@@ -88,7 +91,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"[redacted]\"" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"[redacted]\""
+        })
     }
 }
 
@@ -129,8 +136,11 @@ mod duration_str {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         use serde::de::Error;
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim())
-            .map_err(|e| D::Error::custom(format!("invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\"")))
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            D::Error::custom(format!(
+                "invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\""
+            ))
+        })
     }
 }
 
@@ -169,6 +179,71 @@ pub struct RawConfig {
     pub log: RawLog,
     pub limits: RawLimits,
     pub resilience: RawResilience,
+    pub policy: RawPolicy,
+    pub routes: Vec<RawRoute>,
+    pub token_sources: RawTokenSources,
+    pub discovery: RawDiscovery,
+}
+
+/// `[policy]`: requirements for every authenticated request without a route
+/// override.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub require_audience: Vec<String>,
+    pub require_issuer: String,
+    pub require_scopes: Vec<String>,
+    pub allow_clients: Vec<String>,
+}
+
+/// One `[[routes]]` entry. A requirement that is set replaces the `[policy]`
+/// default for this route; one that is absent inherits it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_audience: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_scopes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_clients: Option<Vec<String>>,
+}
+
+/// `[token_sources]`: where else a token may come from (the header always works).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokenSources {
+    /// Query parameter name (RFC 6750 §2.3), e.g. "access_token"; empty: off.
+    pub query_param: String,
+    /// Cookie name; empty: off.
+    pub cookie: String,
+}
+
+/// `[discovery]`: find the introspection endpoint from the AS metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDiscovery {
+    pub issuer: String,
+    #[serde(with = "duration_str")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            refresh_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,6 +278,8 @@ pub struct RawIdentity {
     pub scope_header: String,
     pub strip_headers: Vec<String>,
     pub forward_authorization: bool,
+    /// Header name → claim name (`a.b` for nested), e.g. "X-Auth-Email" = "email".
+    pub claims: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,6 +321,10 @@ impl Default for RawConfig {
             log: RawLog::default(),
             limits: RawLimits::default(),
             resilience: RawResilience::default(),
+            policy: RawPolicy::default(),
+            routes: Vec::new(),
+            token_sources: RawTokenSources::default(),
+            discovery: RawDiscovery::default(),
         }
     }
 }
@@ -278,15 +359,22 @@ impl Default for RawIdentity {
             subject_header: "X-Auth-Subject".into(),
             client_id_header: "X-Auth-Client-Id".into(),
             scope_header: "X-Auth-Scope".into(),
-            strip_headers: vec!["X-Forwarded-User".into(), "X-Remote-User".into(), "X-User".into()],
+            strip_headers: vec![
+                "X-Forwarded-User".into(),
+                "X-Remote-User".into(),
+                "X-User".into(),
+            ],
             forward_authorization: true,
+            claims: Default::default(),
         }
     }
 }
 
 impl Default for RawLog {
     fn default() -> Self {
-        Self { format: LogFormat::Text }
+        Self {
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -322,6 +410,16 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub retry_after_secs: u32,
+    pub routes: crate::policy::RouteTable,
+    pub token_sources: crate::token::TokenSources,
+    pub discovery: Option<DiscoverySettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    /// Must equal the metadata's `issuer` exactly (RFC 8414 §3.3).
+    pub issuer: String,
+    pub refresh_interval: Duration,
 }
 
 /// Where every forwarded request goes. Only scheme, authority and an optional
@@ -336,7 +434,8 @@ pub struct Upstream {
 
 #[derive(Debug, Clone)]
 pub struct IntrospectionSettings {
-    pub url: oauth2::IntrospectionUrl,
+    /// `None` until discovery has found it (`[discovery] issuer`).
+    pub url: Option<oauth2::IntrospectionUrl>,
     pub client_id: String,
     pub client_secret: Secret,
     pub auth_method: AuthMethod,
@@ -353,6 +452,8 @@ pub struct IdentitySettings {
     /// `x-AUTH-subject` too.
     pub strip: Vec<HeaderName>,
     pub forward_authorization: bool,
+    /// `[identity.claims]`, parsed: header → claim name.
+    pub claims: Vec<(HeaderName, String)>,
 }
 
 /// Loads the configuration: defaults, then `file` (which must exist if given),
@@ -386,24 +487,56 @@ impl RawConfig {
     /// Checks every value and resolves files (`client_secret_file`).
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let listen: SocketAddr = self.listen.parse().map_err(|e| {
-            ConfigError::invalid("listen", format!("{:?} is not a socket address ({e})", self.listen))
+            ConfigError::invalid(
+                "listen",
+                format!("{:?} is not a socket address ({e})", self.listen),
+            )
         })?;
         let upstream = parse_upstream(&self.upstream)?;
 
         let i = &self.introspection;
-        if i.url.is_empty() {
-            return Err(ConfigError::invalid(
-                "introspection.url",
-                "is required (the RFC 7662 introspection endpoint of your authorization server)",
-            ));
-        }
-        let url = oauth2::IntrospectionUrl::new(i.url.clone())
-            .map_err(|e| ConfigError::invalid("introspection.url", format!("{:?}: {e}", i.url)))?;
-        if !matches!(url.url().scheme(), "http" | "https") {
-            return Err(ConfigError::invalid("introspection.url", "must be http:// or https://"));
-        }
+        let discovery = if self.discovery.issuer.is_empty() {
+            None
+        } else {
+            let issuer = &self.discovery.issuer;
+            let ok = url::Url::parse(issuer)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());
+            if !ok {
+                return Err(ConfigError::invalid(
+                    "discovery.issuer",
+                    format!("{issuer:?} is not an http(s) URL without a query"),
+                ));
+            }
+            Some(DiscoverySettings {
+                issuer: issuer.clone(),
+                refresh_interval: self.discovery.refresh_interval.max(Duration::from_secs(1)),
+            })
+        };
+        let url = if i.url.is_empty() {
+            if discovery.is_none() {
+                return Err(ConfigError::invalid(
+                    "introspection.url",
+                    "is required (the RFC 7662 introspection endpoint of your authorization server), unless discovery.issuer is set",
+                ));
+            }
+            None
+        } else {
+            let url = oauth2::IntrospectionUrl::new(i.url.clone()).map_err(|e| {
+                ConfigError::invalid("introspection.url", format!("{:?}: {e}", i.url))
+            })?;
+            if !matches!(url.url().scheme(), "http" | "https") {
+                return Err(ConfigError::invalid(
+                    "introspection.url",
+                    "must be http:// or https://",
+                ));
+            }
+            Some(url)
+        };
         if i.client_id.is_empty() {
-            return Err(ConfigError::invalid("introspection.client_id", "is required"));
+            return Err(ConfigError::invalid(
+                "introspection.client_id",
+                "is required",
+            ));
         }
         let client_secret = match (i.client_secret.is_empty(), i.client_secret_file.is_empty()) {
             (false, false) => {
@@ -419,19 +552,33 @@ impl RawConfig {
                 ))
             }
             (false, true) => i.client_secret.clone(),
-            (true, false) => read_secret_file("introspection.client_secret_file", &i.client_secret_file)?,
+            (true, false) => {
+                read_secret_file("introspection.client_secret_file", &i.client_secret_file)?
+            }
         };
         if i.timeout.is_zero() {
-            return Err(ConfigError::invalid("introspection.timeout", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "introspection.timeout",
+                "must be greater than 0",
+            ));
         }
         if self.cache.max_entries == 0 {
-            return Err(ConfigError::invalid("cache.max_entries", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "cache.max_entries",
+                "must be at least 1",
+            ));
         }
         if self.limits.max_token_bytes == 0 {
-            return Err(ConfigError::invalid("limits.max_token_bytes", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "limits.max_token_bytes",
+                "must be at least 1",
+            ));
         }
         if self.resilience.upstream_timeout.is_zero() {
-            return Err(ConfigError::invalid("resilience.upstream_timeout", "must be greater than 0"));
+            return Err(ConfigError::invalid(
+                "resilience.upstream_timeout",
+                "must be greater than 0",
+            ));
         }
 
         let id = &self.identity;
@@ -442,12 +589,47 @@ impl RawConfig {
         let subject_header = header("identity.subject_header", &id.subject_header)?;
         let client_id_header = header("identity.client_id_header", &id.client_id_header)?;
         let scope_header = header("identity.scope_header", &id.scope_header)?;
-        let mut strip = vec![subject_header.clone(), client_id_header.clone(), scope_header.clone()];
+        let mut strip = vec![
+            subject_header.clone(),
+            client_id_header.clone(),
+            scope_header.clone(),
+        ];
         for h in &id.strip_headers {
             strip.push(header("identity.strip_headers", h)?);
         }
+        let mut claims = Vec::new();
+        for (h, claim) in &id.claims {
+            let name = header("identity.claims", h)?;
+            if claim.is_empty() {
+                return Err(ConfigError::invalid(
+                    "identity.claims",
+                    format!("{h:?} maps to an empty claim name"),
+                ));
+            }
+            strip.push(name.clone());
+            claims.push((name, claim.clone()));
+        }
         strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         strip.dedup();
+
+        let routes = self.route_table()?;
+        let ts = &self.token_sources;
+        if !ts.query_param.is_empty() && !is_token_char_str(&ts.query_param) {
+            return Err(ConfigError::invalid(
+                "token_sources.query_param",
+                format!("{:?} is not a valid parameter name", ts.query_param),
+            ));
+        }
+        if !ts.cookie.is_empty() && !is_token_char_str(&ts.cookie) {
+            return Err(ConfigError::invalid(
+                "token_sources.cookie",
+                format!("{:?} is not a valid cookie name", ts.cookie),
+            ));
+        }
+        let token_sources = crate::token::TokenSources {
+            query_param: (!ts.query_param.is_empty()).then(|| ts.query_param.clone()),
+            cookie: (!ts.cookie.is_empty()).then(|| ts.cookie.clone()),
+        };
 
         Ok(Settings {
             listen,
@@ -467,12 +649,100 @@ impl RawConfig {
                 scope_header,
                 strip,
                 forward_authorization: id.forward_authorization,
+                claims,
             },
             log_format: self.log.format,
             max_token_bytes: self.limits.max_token_bytes,
             upstream_timeout: self.resilience.upstream_timeout,
             upstream_connect_timeout: self.resilience.upstream_connect_timeout,
             retry_after_secs: self.resilience.retry_after_secs,
+            routes,
+            token_sources,
+            discovery,
+        })
+    }
+
+    /// Compiles `[policy]` and `[[routes]]` into the ordered route table.
+    fn route_table(&self) -> Result<crate::policy::RouteTable, ConfigError> {
+        use crate::policy::{normalize_path, Access, Requirements, Route, RouteTable};
+        use std::sync::Arc;
+        let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+        let p = &self.policy;
+        let defaults = Requirements {
+            audience: p.require_audience.clone(),
+            issuer: non_empty(&p.require_issuer),
+            scopes: p.require_scopes.clone(),
+            clients: p.allow_clients.clone(),
+        };
+        let mut routes = Vec::with_capacity(self.routes.len());
+        for (n, r) in self.routes.iter().enumerate() {
+            let name = format!("routes[{n}]");
+            if !r.path_prefix.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    "routes.path_prefix",
+                    format!("{name}: {:?} must start with '/'", r.path_prefix),
+                ));
+            }
+            let mut methods = Vec::new();
+            for m in &r.methods {
+                let m = http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            "routes.methods",
+                            format!("{name}: {m:?} is not a method"),
+                        )
+                    })?;
+                methods.push(m);
+            }
+            let overrides = r.require_audience.is_some()
+                || r.require_issuer.is_some()
+                || r.require_scopes.is_some()
+                || r.allow_clients.is_some();
+            let access = if r.public {
+                if overrides {
+                    return Err(ConfigError::invalid(
+                        "routes.public",
+                        format!("{name} is public but also sets requirements; a public route checks no token"),
+                    ));
+                }
+                Access::Public
+            } else {
+                Access::Token(Arc::new(Requirements {
+                    audience: r
+                        .require_audience
+                        .clone()
+                        .unwrap_or_else(|| defaults.audience.clone()),
+                    issuer: match &r.require_issuer {
+                        Some(i) => non_empty(i),
+                        None => defaults.issuer.clone(),
+                    },
+                    scopes: r
+                        .require_scopes
+                        .clone()
+                        .unwrap_or_else(|| defaults.scopes.clone()),
+                    clients: r
+                        .allow_clients
+                        .clone()
+                        .unwrap_or_else(|| defaults.clients.clone()),
+                }))
+            };
+            routes.push(Route {
+                name,
+                path_prefix: normalize_path(&r.path_prefix),
+                methods,
+                host: non_empty(&r.host.to_ascii_lowercase()),
+                access,
+            });
+        }
+        Ok(RouteTable {
+            routes,
+            default: Route {
+                name: "default".into(),
+                path_prefix: "/".into(),
+                methods: Vec::new(),
+                host: None,
+                access: Access::Token(Arc::new(defaults)),
+            },
         })
     }
 
@@ -480,6 +750,12 @@ impl RawConfig {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
+}
+
+/// RFC 9110 `token` characters: what a parameter or cookie name may contain.
+fn is_token_char_str(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn read_secret_file(key: &'static str, path: &str) -> Result<Secret, ConfigError> {
@@ -498,12 +774,14 @@ fn parse_upstream(s: &str) -> Result<Upstream, ConfigError> {
     let uri: Uri = s
         .parse()
         .map_err(|e| ConfigError::invalid(key, format!("{s:?} is not a URL ({e})")))?;
-    let scheme = uri
-        .scheme()
-        .cloned()
-        .ok_or_else(|| ConfigError::invalid(key, format!("{s:?} needs a scheme: http:// or https://")))?;
+    let scheme = uri.scheme().cloned().ok_or_else(|| {
+        ConfigError::invalid(key, format!("{s:?} needs a scheme: http:// or https://"))
+    })?;
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-        return Err(ConfigError::invalid(key, format!("scheme {scheme} is not supported; use http:// or https://")));
+        return Err(ConfigError::invalid(
+            key,
+            format!("scheme {scheme} is not supported; use http:// or https://"),
+        ));
     }
     let authority = uri
         .authority()
@@ -521,6 +799,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, ConfigError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
 mod tests {
     use super::*;
     use figment::Jail;
@@ -540,9 +819,18 @@ mod tests {
             assert_eq!(raw.introspection.client_secret.expose(), "000123");
             let s = raw.validate().map_err(|e| e.to_string())?;
             assert_eq!(s.cache.max_ttl, Duration::from_secs(300));
-            assert!(!format!("{s:?}").contains("000123"), "secret leaked in Debug");
-            assert!(!format!("{raw:?}").contains("000123"), "secret leaked in Debug");
-            assert!(!raw.to_redacted_toml().contains("000123"), "secret leaked in --check-config");
+            assert!(
+                !format!("{s:?}").contains("000123"),
+                "secret leaked in Debug"
+            );
+            assert!(
+                !format!("{raw:?}").contains("000123"),
+                "secret leaked in Debug"
+            );
+            assert!(
+                !raw.to_redacted_toml().contains("000123"),
+                "secret leaked in --check-config"
+            );
             Ok(())
         });
     }
@@ -563,7 +851,11 @@ mod tests {
             jail.set_env("TOKENGATE_CACHE__MAX_TTL", "2m");
             let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(raw.listen, "127.0.0.1:9999");
-            assert_eq!(raw.cache.max_ttl, Duration::from_secs(120), "env wins over file");
+            assert_eq!(
+                raw.cache.max_ttl,
+                Duration::from_secs(120),
+                "env wins over file"
+            );
             assert_eq!(raw.cache.negative_ttl, Duration::from_millis(250));
             Ok(())
         });
@@ -578,7 +870,10 @@ mod tests {
             assert!(err.contains("max_tll") && err.contains("t.toml"), "{err}");
 
             let err = load(Some(Path::new("nope.toml"))).unwrap_err().to_string();
-            assert!(err.contains("nope.toml") && err.contains("does not exist"), "{err}");
+            assert!(
+                err.contains("nope.toml") && err.contains("does not exist"),
+                "{err}"
+            );
 
             jail.set_env("TOKENGATE_CACHE__MAX_TTL", "soon");
             let err = load(None).unwrap_err().to_string();
@@ -602,22 +897,46 @@ mod tests {
     fn validation_failures() {
         type Mutation = Box<dyn Fn(&mut RawConfig)>;
         let cases: Vec<(&str, Mutation)> = vec![
-            ("introspection.url", Box::new(|c| c.introspection.url.clear())),
-            ("introspection.url", Box::new(|c| c.introspection.url = "ftp://as/x".into())),
-            ("introspection.client_id", Box::new(|c| c.introspection.client_id.clear())),
-            ("introspection.client_secret", Box::new(|c| c.introspection.client_secret = Secret::default())),
-            ("introspection.client_secret_file", Box::new(|c| c.introspection.client_secret_file = "/x".into())),
+            (
+                "introspection.url",
+                Box::new(|c| c.introspection.url.clear()),
+            ),
+            (
+                "introspection.url",
+                Box::new(|c| c.introspection.url = "ftp://as/x".into()),
+            ),
+            (
+                "introspection.client_id",
+                Box::new(|c| c.introspection.client_id.clear()),
+            ),
+            (
+                "introspection.client_secret",
+                Box::new(|c| c.introspection.client_secret = Secret::default()),
+            ),
+            (
+                "introspection.client_secret_file",
+                Box::new(|c| c.introspection.client_secret_file = "/x".into()),
+            ),
             ("upstream", Box::new(|c| c.upstream = "ftp://x".into())),
-            ("upstream", Box::new(|c| c.upstream = "127.0.0.1:3000".into())),
+            (
+                "upstream",
+                Box::new(|c| c.upstream = "127.0.0.1:3000".into()),
+            ),
             ("listen", Box::new(|c| c.listen = "nowhere".into())),
-            ("identity.scope_header", Box::new(|c| c.identity.scope_header = "bad header".into())),
+            (
+                "identity.scope_header",
+                Box::new(|c| c.identity.scope_header = "bad header".into()),
+            ),
             ("cache.max_entries", Box::new(|c| c.cache.max_entries = 0)),
         ];
         for (key, mutate) in cases {
             let mut c = base();
             mutate(&mut c);
             let err = c.validate().unwrap_err().to_string();
-            assert!(err.contains(key), "expected an error naming {key}, got {err}");
+            assert!(
+                err.contains(key),
+                "expected an error naming {key}, got {err}"
+            );
         }
     }
 
@@ -627,7 +946,8 @@ mod tests {
             jail.create_file("secret", "s3cr3t\n")?;
             let mut c = base();
             c.introspection.client_secret = Secret::default();
-            c.introspection.client_secret_file = jail.directory().join("secret").display().to_string();
+            c.introspection.client_secret_file =
+                jail.directory().join("secret").display().to_string();
             let s = c.validate().map_err(|e| e.to_string())?;
             assert_eq!(s.introspection.client_secret.expose(), "s3cr3t");
             Ok(())

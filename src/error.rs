@@ -5,7 +5,7 @@
 
 use crate::forward::ForwardError;
 use crate::introspect::IntrospectError;
-use crate::policy::Deny;
+use crate::policy::{AmbiguousPath, Deny};
 use crate::token::TokenError;
 use http::StatusCode;
 
@@ -24,6 +24,8 @@ pub enum ProxyError {
     Upstream(#[from] ForwardError),
     #[error("CONNECT is not supported")]
     ConnectMethod,
+    #[error(transparent)]
+    AmbiguousPath(#[from] AmbiguousPath),
 }
 
 /// The RFC 6750 error code in the challenge, when there is one.
@@ -33,6 +35,8 @@ pub enum Challenge {
     Bare,
     InvalidRequest,
     InvalidToken,
+    /// 403 with `scope="…"` naming what the route requires (RFC 6750 §3.1).
+    InsufficientScope,
 }
 
 /// What the client gets back.
@@ -46,6 +50,8 @@ pub struct Rejection {
     pub challenge: Option<Challenge>,
     /// Sends `Retry-After`: the failure is ours or the AS's, and will pass.
     pub retry: bool,
+    /// The challenge's `scope` attribute (insufficient_scope only).
+    pub scope: Option<String>,
 }
 
 impl ProxyError {
@@ -57,6 +63,7 @@ impl ProxyError {
             description: description.to_owned(),
             challenge,
             retry,
+            scope: None,
         };
         match self {
             Self::NoCredentials => r(
@@ -72,7 +79,8 @@ impl ProxyError {
                 | TokenError::Empty
                 | TokenError::BadSeparator
                 | TokenError::BadCharacters
-                | TokenError::TooLong => r(
+                | TokenError::TooLong
+                | TokenError::MultipleSources => r(
                     S::BAD_REQUEST,
                     "invalid_request",
                     &e.to_string(),
@@ -81,12 +89,36 @@ impl ProxyError {
                 ),
             },
             Self::Denied(d) => {
-                let description = match d {
-                    Deny::Inactive => "token is not active",
-                    Deny::Expired => "token expired",
-                    Deny::NotYetValid => "token is not valid yet",
+                let invalid = |description| {
+                    r(
+                        S::UNAUTHORIZED,
+                        "invalid_token",
+                        description,
+                        Some(Challenge::InvalidToken),
+                        false,
+                    )
                 };
-                r(S::UNAUTHORIZED, "invalid_token", description, Some(Challenge::InvalidToken), false)
+                match d {
+                    Deny::Inactive => invalid("token is not active"),
+                    Deny::Expired => invalid("token expired"),
+                    Deny::NotYetValid => invalid("token is not valid yet"),
+                    Deny::NotAccessToken => invalid("token is not an access token"),
+                    // One description for all three, so a probe cannot map out
+                    // which of issuer, audience and client the policy checks.
+                    Deny::WrongIssuer | Deny::WrongAudience | Deny::ClientNotAllowed => {
+                        invalid("token is not valid for this resource")
+                    }
+                    Deny::InsufficientScope { required } => Rejection {
+                        scope: Some(required.clone()),
+                        ..r(
+                            S::FORBIDDEN,
+                            "insufficient_scope",
+                            "token lacks a required scope",
+                            Some(Challenge::InsufficientScope),
+                            false,
+                        )
+                    },
+                }
             }
             // The client did nothing wrong and its token may well be good: never
             // 401 (clients would throw the token away), never allow.
@@ -95,7 +127,8 @@ impl ProxyError {
                 | IntrospectError::Connect(_)
                 | IntrospectError::ClientUnauthorized
                 | IntrospectError::Status(_)
-                | IntrospectError::InvalidResponse(_) => r(
+                | IntrospectError::InvalidResponse(_)
+                | IntrospectError::NoEndpoint => r(
                     S::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
                     "the authorization server could not be reached; retry later",
@@ -104,20 +137,39 @@ impl ProxyError {
                 ),
             },
             Self::Upstream(e) => match e {
-                ForwardError::Connect(_) | ForwardError::Failed(_) => {
-                    r(S::BAD_GATEWAY, "bad_gateway", "the upstream service is unavailable", None, false)
-                }
-                ForwardError::Timeout(_) => {
-                    r(S::GATEWAY_TIMEOUT, "gateway_timeout", "the upstream service did not answer in time", None, false)
-                }
-                ForwardError::BadTarget => {
-                    r(S::BAD_REQUEST, "invalid_request", "the request target must be an absolute path", None, false)
-                }
+                ForwardError::Connect(_) | ForwardError::Failed(_) => r(
+                    S::BAD_GATEWAY,
+                    "bad_gateway",
+                    "the upstream service is unavailable",
+                    None,
+                    false,
+                ),
+                ForwardError::Timeout(_) => r(
+                    S::GATEWAY_TIMEOUT,
+                    "gateway_timeout",
+                    "the upstream service did not answer in time",
+                    None,
+                    false,
+                ),
+                ForwardError::BadTarget => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    "the request target must be an absolute path",
+                    None,
+                    false,
+                ),
             },
             Self::ConnectMethod => r(
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "CONNECT is not supported",
+                None,
+                false,
+            ),
+            Self::AmbiguousPath(_) => r(
+                S::BAD_REQUEST,
+                "invalid_request",
+                "the request path is ambiguous (encoded or dot segments change which rule applies)",
                 None,
                 false,
             ),
@@ -132,6 +184,7 @@ impl Rejection {
             Challenge::Bare => return Some(format!("Bearer realm=\"{realm}\"")),
             Challenge::InvalidRequest => "invalid_request",
             Challenge::InvalidToken => "invalid_token",
+            Challenge::InsufficientScope => "insufficient_scope",
         };
         // error_description must not contain '"' or '\' (RFC 6750 §3); ours are
         // fixed strings, but keep the guarantee local.
@@ -140,13 +193,17 @@ impl Rejection {
             .chars()
             .filter(|c| *c != '"' && *c != '\\')
             .collect();
-        Some(format!(
-            "Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{desc}\""
-        ))
+        let mut v =
+            format!("Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{desc}\"");
+        if let Some(scope) = &self.scope {
+            v.push_str(&format!(", scope=\"{scope}\""));
+        }
+        Some(v)
     }
 
     pub fn json_body(&self) -> String {
-        serde_json::json!({ "error": self.error, "error_description": self.description }).to_string()
+        serde_json::json!({ "error": self.error, "error_description": self.description })
+            .to_string()
     }
 }
 
@@ -158,22 +215,173 @@ mod tests {
     #[test]
     fn mapping_table() {
         let cases: Vec<(ProxyError, u16, &str, Option<&str>, bool)> = vec![
-            (ProxyError::NoCredentials, 401, "unauthorized", Some(r#"Bearer realm="r""#), false),
-            (TokenError::TooLong.into(), 400, "invalid_request", Some(r#"Bearer realm="r", error="invalid_request""#), false),
-            (TokenError::MultipleHeaders.into(), 400, "invalid_request", Some("error=\"invalid_request\""), false),
-            (Deny::Inactive.into(), 401, "invalid_token", Some("error=\"invalid_token\""), false),
-            (Deny::Expired.into(), 401, "invalid_token", Some(r#"error_description="token expired""#), false),
-            (Deny::NotYetValid.into(), 401, "invalid_token", Some("error=\"invalid_token\""), false),
-            (IntrospectError::Timeout(Duration::from_secs(2)).into(), 503, "temporarily_unavailable", None, true),
-            (IntrospectError::Connect("refused".into()).into(), 503, "temporarily_unavailable", None, true),
-            (IntrospectError::ClientUnauthorized.into(), 503, "temporarily_unavailable", None, true),
-            (IntrospectError::Status(500).into(), 503, "temporarily_unavailable", None, true),
-            (IntrospectError::InvalidResponse("html".into()).into(), 503, "temporarily_unavailable", None, true),
-            (ForwardError::Connect("refused".into()).into(), 502, "bad_gateway", None, false),
-            (ForwardError::Failed("reset".into()).into(), 502, "bad_gateway", None, false),
-            (ForwardError::Timeout(Duration::from_secs(1)).into(), 504, "gateway_timeout", None, false),
-            (ForwardError::BadTarget.into(), 400, "invalid_request", None, false),
-            (ProxyError::ConnectMethod, 405, "method_not_allowed", None, false),
+            (
+                ProxyError::NoCredentials,
+                401,
+                "unauthorized",
+                Some(r#"Bearer realm="r""#),
+                false,
+            ),
+            (
+                TokenError::TooLong.into(),
+                400,
+                "invalid_request",
+                Some(r#"Bearer realm="r", error="invalid_request""#),
+                false,
+            ),
+            (
+                TokenError::MultipleHeaders.into(),
+                400,
+                "invalid_request",
+                Some("error=\"invalid_request\""),
+                false,
+            ),
+            (
+                Deny::Inactive.into(),
+                401,
+                "invalid_token",
+                Some("error=\"invalid_token\""),
+                false,
+            ),
+            (
+                Deny::Expired.into(),
+                401,
+                "invalid_token",
+                Some(r#"error_description="token expired""#),
+                false,
+            ),
+            (
+                Deny::NotYetValid.into(),
+                401,
+                "invalid_token",
+                Some("error=\"invalid_token\""),
+                false,
+            ),
+            (
+                IntrospectError::Timeout(Duration::from_secs(2)).into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::Connect("refused".into()).into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::ClientUnauthorized.into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::Status(500).into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::InvalidResponse("html".into()).into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::NoEndpoint.into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                ForwardError::Connect("refused".into()).into(),
+                502,
+                "bad_gateway",
+                None,
+                false,
+            ),
+            (
+                ForwardError::Failed("reset".into()).into(),
+                502,
+                "bad_gateway",
+                None,
+                false,
+            ),
+            (
+                ForwardError::Timeout(Duration::from_secs(1)).into(),
+                504,
+                "gateway_timeout",
+                None,
+                false,
+            ),
+            (
+                ForwardError::BadTarget.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ProxyError::ConnectMethod,
+                405,
+                "method_not_allowed",
+                None,
+                false,
+            ),
+            (
+                TokenError::MultipleSources.into(),
+                400,
+                "invalid_request",
+                Some("error=\"invalid_request\""),
+                false,
+            ),
+            (
+                Deny::NotAccessToken.into(),
+                401,
+                "invalid_token",
+                Some("error=\"invalid_token\""),
+                false,
+            ),
+            (
+                Deny::WrongIssuer.into(),
+                401,
+                "invalid_token",
+                Some("not valid for this resource"),
+                false,
+            ),
+            (
+                Deny::WrongAudience.into(),
+                401,
+                "invalid_token",
+                Some("not valid for this resource"),
+                false,
+            ),
+            (
+                Deny::ClientNotAllowed.into(),
+                401,
+                "invalid_token",
+                Some("not valid for this resource"),
+                false,
+            ),
+            (
+                Deny::InsufficientScope {
+                    required: "admin write".into(),
+                }
+                .into(),
+                403,
+                "insufficient_scope",
+                Some(
+                    r#"error="insufficient_scope", error_description="token lacks a required scope", scope="admin write""#,
+                ),
+                false,
+            ),
+            (AmbiguousPath.into(), 400, "invalid_request", None, false),
         ];
         for (err, status, code, challenge, retry) in cases {
             let r = err.rejection();
@@ -189,7 +397,13 @@ mod tests {
                 }
             }
         }
-        let bare = ProxyError::NoCredentials.rejection().www_authenticate("r").unwrap();
-        assert!(!bare.contains("error"), "no error code without credentials: {bare}");
+        let bare = ProxyError::NoCredentials
+            .rejection()
+            .www_authenticate("r")
+            .unwrap();
+        assert!(
+            !bare.contains("error"),
+            "no error code without credentials: {bare}"
+        );
     }
 }

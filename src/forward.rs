@@ -62,7 +62,13 @@ pub fn header_safe(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap_or_else(|_| {
         let cleaned: String = value
             .chars()
-            .map(|c| if c == '\t' || (c >= ' ' && c != '\x7f') { c } else { '?' })
+            .map(|c| {
+                if c == '\t' || (c >= ' ' && c != '\x7f') {
+                    c
+                } else {
+                    '?'
+                }
+            })
             .collect();
         HeaderValue::from_str(&cleaned).unwrap_or_else(|_| HeaderValue::from_static("?"))
     })
@@ -109,6 +115,9 @@ pub fn rewrite_request_headers(
             headers.insert(id.client_id_header.clone(), header_safe(c));
         }
         headers.insert(id.scope_header.clone(), header_safe(&p.scope));
+        for (name, value) in &p.claims {
+            headers.insert(name.clone(), header_safe(value));
+        }
     }
 
     // Append the peer to any inbound chain; the upstream must only trust the
@@ -119,7 +128,10 @@ pub fn rewrite_request_headers(
         _ => ip,
     };
     headers.insert(X_FORWARDED_FOR.clone(), header_safe(&xff));
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(hop.proto));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(hop.proto),
+    );
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
         None => headers.remove(&X_FORWARDED_HOST),
@@ -175,7 +187,10 @@ impl Forwarder {
     /// Sends the (already rewritten) request and returns the upstream's response
     /// with hop-by-hop fields removed. The timeout covers the time to response
     /// headers; the body then streams for as long as it takes.
-    pub async fn send(&self, mut req: Request<Incoming>) -> Result<Response<Incoming>, ForwardError> {
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
         // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke to us.
         *req.version_mut() = Version::HTTP_11;
@@ -232,18 +247,30 @@ mod tests {
             ("authorization", "Bearer t"),
             ("accept", "application/json"),
         ] {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_static(v));
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
         }
         let host = h.get("host").cloned();
         let p = Principal {
             subject: Some("alice\r\nX-Evil: 1".into()),
             client_id: Some("app".into()),
             scope: "read write".into(),
+            claims: vec![(HeaderName::from_static("x-auth-email"), "a@b.c".into())],
         };
         rewrite_request_headers(&mut h, Version::HTTP_11, host, Some(&p), &hop);
         for gone in [
-            "connection", "x-secret-hop", "keep-alive", "te", "upgrade", "proxy-connection",
-            "transfer-encoding", "content-length", "x-remote-user", "host",
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-connection",
+            "transfer-encoding",
+            "content-length",
+            "x-remote-user",
+            "host",
         ] {
             assert!(h.get(gone).is_none(), "{gone} must be stripped");
         }
@@ -251,6 +278,7 @@ mod tests {
         assert_eq!(h["x-auth-subject"], "alice??X-Evil: 1");
         assert_eq!(h["x-auth-scope"], "read write");
         assert_eq!(h["x-auth-client-id"], "app");
+        assert_eq!(h["x-auth-email"], "a@b.c");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "front.example");

@@ -10,11 +10,14 @@ use oauth2::basic::{
     BasicErrorResponse, BasicRevocationErrorResponse, BasicTokenResponse, BasicTokenType,
 };
 use oauth2::{
-    AccessToken, AuthType, ClientId, EndpointNotSet, EndpointSet, RequestTokenError, Scope,
+    AccessToken, AuthType, ClientId, EndpointMaybeSet, EndpointNotSet, RequestTokenError, Scope,
     StandardRevocableToken, TokenIntrospectionResponse,
 };
 use serde::{Deserialize, Deserializer, Serialize};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Largest introspection response body we read. Real answers are < 2 KiB; an AS
 /// (or a gateway in front of it) that streams more is broken, and we must not
@@ -35,6 +38,8 @@ pub enum IntrospectError {
     Status(u16),
     #[error("introspection response is not a valid RFC 7662 answer: {0}")]
     InvalidResponse(String),
+    #[error("no introspection endpoint known yet (discovery has not succeeded)")]
+    NoEndpoint,
 }
 
 impl IntrospectError {
@@ -46,6 +51,7 @@ impl IntrospectError {
             Self::ClientUnauthorized => "unauthorized",
             Self::Status(_) => "status",
             Self::InvalidResponse(_) => "invalid_response",
+            Self::NoEndpoint => "no_endpoint",
         }
     }
 }
@@ -69,28 +75,73 @@ pub enum TransportError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Introspection {
     pub active: bool,
-    #[serde(default, deserialize_with = "de_scope", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_scope",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub scope: Option<Vec<Scope>>,
-    #[serde(default, deserialize_with = "de_client_id", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_client_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client_id: Option<ClientId>,
-    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_stringish",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub username: Option<String>,
     /// `token_type`, or Keycloak's `typ`; lower-cased; `null` means absent.
-    #[serde(default, alias = "typ", deserialize_with = "de_token_type", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "typ",
+        deserialize_with = "de_token_type",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub token_type: Option<BasicTokenType>,
-    #[serde(default, deserialize_with = "de_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub exp: Option<i64>,
-    #[serde(default, deserialize_with = "de_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub iat: Option<i64>,
-    #[serde(default, deserialize_with = "de_time", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub nbf: Option<i64>,
-    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_stringish",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sub: Option<String>,
-    #[serde(default, deserialize_with = "de_string_or_seq", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_string_or_seq",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub aud: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_stringish",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub iss: Option<String>,
-    #[serde(default, deserialize_with = "de_opt_stringish", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_stringish",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub jti: Option<String>,
     /// Every other member, kept for policy checks (e.g. Hydra's `token_use`).
     #[serde(flatten)]
@@ -128,17 +179,45 @@ impl Introspection {
     }
 }
 
+/// A claim of an introspection (as a JSON object, see `serde_json::to_value`)
+/// as header text, for `[identity.claims]`: strings as they are, numbers and
+/// booleans printed, arrays joined with spaces, objects as JSON. `a.b` walks
+/// into nested objects when there is no member literally named `a.b`.
+pub fn claim_text(claims: &serde_json::Value, name: &str) -> Option<String> {
+    let value = match claims.get(name) {
+        Some(v) => v,
+        None => {
+            let mut parts = name.split('.');
+            let first = claims.get(parts.next()?)?;
+            parts.try_fold(first, |v, p| v.get(p))?
+        }
+    };
+    fn text(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(items) => {
+                Some(items.iter().filter_map(text).collect::<Vec<_>>().join(" "))
+            }
+            other => Some(other.to_string()),
+        }
+    }
+    text(value)
+}
+
 fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     use serde::de::Error;
     let v = Option::<serde_json::Value>::deserialize(d)?;
     let secs = match v {
         None | Some(serde_json::Value::Null) => return Ok(None),
         Some(serde_json::Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(f64_secs)),
-        Some(serde_json::Value::String(s)) => s
-            .trim()
-            .parse::<i64>()
-            .ok()
-            .or_else(|| s.trim().parse::<f64>().ok().filter(|f| f.is_finite()).map(f64_secs)),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<i64>().ok().or_else(|| {
+            s.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite())
+                .map(f64_secs)
+        }),
         Some(_) => None,
     };
     secs.map(Some)
@@ -192,13 +271,13 @@ fn de_opt_stringish<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
 }
 
 fn de_token_type<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BasicTokenType>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(|s| {
-        match s.to_ascii_lowercase().as_str() {
+    Ok(
+        Option::<String>::deserialize(d)?.map(|s| match s.to_ascii_lowercase().as_str() {
             "bearer" => BasicTokenType::Bearer,
             "mac" => BasicTokenType::Mac,
             other => BasicTokenType::Extension(other.to_owned()),
-        }
-    }))
+        }),
+    )
 }
 
 impl TokenIntrospectionResponse for Introspection {
@@ -252,7 +331,11 @@ struct AsHttpClient<'a>(&'a HttpsClient);
 impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
     type Error = TransportError;
     type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<oauth2::HttpResponse, TransportError>> + Send + 'c>,
+        Box<
+            dyn std::future::Future<Output = Result<oauth2::HttpResponse, TransportError>>
+                + Send
+                + 'c,
+        >,
     >;
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
@@ -300,23 +383,35 @@ type OAuthClient = oauth2::Client<
     BasicRevocationErrorResponse,
     EndpointNotSet,
     EndpointNotSet,
-    EndpointSet,
+    EndpointMaybeSet,
     EndpointNotSet,
     EndpointNotSet,
 >;
 
-/// The RFC 7662 client. Cheap to share behind an `Arc`.
+/// Consecutive introspection 404s that make us re-run discovery: the AS has
+/// probably moved its endpoint.
+const REDISCOVER_AFTER_404S: u32 = 3;
+
+/// The RFC 7662 client. The endpoint can be swapped at run time (discovery
+/// refresh); everything else is fixed at start-up.
 pub struct Introspector {
-    oauth: OAuthClient,
+    oauth: std::sync::RwLock<Arc<OAuthClient>>,
     http: HttpsClient,
     timeout: Duration,
+    not_found_streak: AtomicU32,
+    /// Woken after repeated 404s; the discovery task listens.
+    pub rediscover: Notify,
 }
 
 impl std::fmt::Debug for Introspector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let oauth = self.client();
         f.debug_struct("Introspector")
-            .field("url", &self.oauth.introspection_url().as_str())
-            .field("client_id", &self.oauth.client_id().as_str())
+            .field(
+                "url",
+                &oauth.introspection_url().map(|u| u.as_str().to_owned()),
+            )
+            .field("client_id", &oauth.client_id().as_str())
             .field("client_secret", &"[redacted]")
             .field("timeout", &self.timeout)
             .finish()
@@ -334,12 +429,33 @@ impl Introspector {
                 settings.client_secret.expose().to_owned(),
             ))
             .set_auth_type(auth_type)
-            .set_introspection_url(settings.url.clone());
+            .set_introspection_url_option(settings.url.clone());
         Self {
-            oauth,
+            oauth: std::sync::RwLock::new(Arc::new(oauth)),
             http: crate::client::build(settings.timeout),
             timeout: settings.timeout,
+            not_found_streak: AtomicU32::new(0),
+            rediscover: Notify::new(),
         }
+    }
+
+    fn client(&self) -> Arc<OAuthClient> {
+        // A poisoned lock only means a writer panicked mid-swap of an `Arc`,
+        // which cannot leave it half-written: keep using it.
+        self.oauth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Points the client at a new endpoint (discovery refresh).
+    pub fn set_url(&self, url: oauth2::IntrospectionUrl) {
+        let mut guard = self.oauth.write().unwrap_or_else(|e| e.into_inner());
+        let updated = (**guard).clone().set_introspection_url_option(Some(url));
+        *guard = Arc::new(updated);
+    }
+
+    pub fn url(&self) -> Option<String> {
+        self.client()
+            .introspection_url()
+            .map(|u| u.as_str().to_owned())
     }
 
     /// One introspection call, bounded by the configured timeout as a whole
@@ -347,16 +463,25 @@ impl Introspector {
     pub async fn introspect(&self, token: &str) -> Result<Introspection, IntrospectError> {
         let token = AccessToken::new(token.to_owned());
         let http = AsHttpClient(&self.http);
-        let call = self
-            .oauth
+        let oauth = self.client();
+        let request = oauth
             .introspect(&token)
-            .set_token_type_hint("access_token")
-            .request_async(&http);
-        match tokio::time::timeout(self.timeout, call).await {
+            .map_err(|_| IntrospectError::NoEndpoint)?
+            .set_token_type_hint("access_token");
+        let result = match tokio::time::timeout(self.timeout, request.request_async(&http)).await {
             Err(_) => Err(IntrospectError::Timeout(self.timeout)),
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(map_oauth_error(e)),
+        };
+        if matches!(result, Err(IntrospectError::Status(404))) {
+            if self.not_found_streak.fetch_add(1, Ordering::Relaxed) + 1 >= REDISCOVER_AFTER_404S {
+                self.not_found_streak.store(0, Ordering::Relaxed);
+                self.rediscover.notify_one();
+            }
+        } else {
+            self.not_found_streak.store(0, Ordering::Relaxed);
         }
+        result
     }
 }
 
@@ -417,13 +542,20 @@ mod tests {
         // Hydra: aud array, token_use kept in extra.
         let i = parse(r#"{"active":true,"aud":["a","b"],"scope":"x y","token_use":"refresh_token","ext":{"k":1}}"#).unwrap();
         assert_eq!(i.aud.as_ref().map(Vec::len), Some(2));
-        assert_eq!(i.extra.get("token_use").and_then(|v| v.as_str()), Some("refresh_token"));
+        assert_eq!(
+            i.extra.get("token_use").and_then(|v| v.as_str()),
+            Some("refresh_token")
+        );
     }
 
     #[test]
     fn defensive_parsing() {
         let i = parse(r#"{"active":true,"exp":1795793393.7,"iat":"1795792793","nbf":1.0e9,"scope":["read","write"],"token_type":null,"client_id":42}"#).unwrap();
-        assert_eq!(i.exp, Some(1795793393), "float exp is floored, never rounded up");
+        assert_eq!(
+            i.exp,
+            Some(1795793393),
+            "float exp is floored, never rounded up"
+        );
         assert_eq!(i.iat, Some(1795792793));
         assert_eq!(i.nbf, Some(1_000_000_000));
         assert_eq!(i.scope_string(), "read write");
@@ -436,8 +568,14 @@ mod tests {
     fn unsafe_shapes_fail() {
         for (why, json) in [
             ("active is required", r#"{"scope":"x"}"#),
-            ("active must be a boolean, not a string", r#"{"active":"true"}"#),
-            ("a garbage exp must not be read as 'no exp'", r#"{"active":true,"exp":"soon"}"#),
+            (
+                "active must be a boolean, not a string",
+                r#"{"active":"true"}"#,
+            ),
+            (
+                "a garbage exp must not be read as 'no exp'",
+                r#"{"active":true,"exp":"soon"}"#,
+            ),
             ("an object exp must fail", r#"{"active":true,"exp":{}}"#),
             ("not json at all", "<html>bad gateway</html>"),
         ] {

@@ -8,7 +8,9 @@
 //! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
 //! - [`cache`]: moka cache keyed by SHA-256(token); TTL ≤ `exp`; negative cache; single-flight.
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
-//! - [`policy`]: pure decision (active, `exp`, `nbf`) → `Principal`, re-run on every request.
+//! - [`policy`]: pure route table (first match, normalised paths) and decision (active, `exp`,
+//!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
+//! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint, with background refresh.
 //! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream.
 //! - [`error`]: one enum for every failure; the one exhaustive status/challenge mapping.
 //! - [`client`]: the pooled hyper-util + rustls client used for the AS and the upstream.
@@ -17,9 +19,11 @@
 //! # One request
 //! ```text
 //! server::run ── accept ── server::handle
-//!    └─ token::extract_bearer          no token → 401, malformed → 400 (nothing else runs)
+//!    └─ policy::RouteTable::select     first matching route; public → skip to forward
+//!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss → introspect::Introspector (single-flight)
-//!    └─ policy::evaluate               inactive, expired, not yet valid → 401; AS failure → 503
+//!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
+//!                                      AS failure → 503
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
 //! ```
@@ -29,6 +33,7 @@ pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod introspect;

@@ -7,7 +7,11 @@ use clap::Parser;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "tokengate", version, about = "OAuth 2.0 token-introspection reverse proxy")]
+#[command(
+    name = "tokengate",
+    version,
+    about = "OAuth 2.0 token-introspection reverse proxy"
+)]
 struct Cli {
     /// TOML config file (settings in TOKENGATE_* env override it).
     #[arg(long, env = "TOKENGATE_CONFIG", value_name = "FILE")]
@@ -31,10 +35,14 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     let raw = tokengate::config::load(cli.config.as_deref()).context("invalid configuration")?;
-    let settings = raw.validate().context("invalid configuration")?;
+    let mut settings = raw.validate().context("invalid configuration")?;
     if cli.check_config {
         println!("# configuration is valid; effective settings (secrets redacted):");
         print!("{}", raw.to_redacted_toml());
+        println!("\n# route table (first match wins):");
+        for line in settings.routes.to_string().lines() {
+            println!("#   {line}");
+        }
         return Ok(());
     }
     tokengate::install_crypto_provider();
@@ -42,13 +50,16 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
+        tokengate::discovery::resolve(&mut settings)
+            .await
+            .context("introspection endpoint discovery failed")?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         tracing::info!(
             listen = %settings.listen,
             upstream = %format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.base_path),
-            introspection = %settings.introspection.url.as_str(),
+            introspection = %settings.introspection.url.as_ref().map_or("-", |u| u.as_str()),
             "tokengate started"
         );
         tokengate::run(tokengate::App::new(settings), listener, shutdown_signal()).await;

@@ -6,9 +6,10 @@ use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::error::ProxyError;
-use crate::forward::{self, Forwarder, Hop};
+use crate::forward::{self, ForwardError, Forwarder, Hop};
 use crate::introspect::Introspector;
 use crate::policy;
+use crate::policy::Access;
 use crate::token;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -70,6 +71,11 @@ impl App {
 /// `main` and the integration tests both call this.
 pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let app = Arc::new(app);
+    let refresher = app
+        .settings
+        .discovery
+        .clone()
+        .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
@@ -94,7 +100,9 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
             let app = app.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -103,16 +111,49 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         });
     }
     drop(listener);
+    if let Some(task) = refresher {
+        task.abort();
+    }
     let deadline = app.settings.shutdown_timeout;
-    info!(connections = graceful.count(), ?deadline, "shutting down: draining connections");
-    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+    info!(
+        connections = graceful.count(),
+        ?deadline,
+        "shutting down: draining connections"
+    );
+    if tokio::time::timeout(deadline, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!("shutdown deadline reached; closing remaining connections");
+    }
+}
+
+/// Re-runs discovery every `refresh_interval`, and early when the introspector
+/// reports repeated 404s. A failure keeps the last good endpoint.
+async fn refresh_discovery(app: Arc<App>, d: crate::config::DiscoverySettings) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(d.refresh_interval) => {},
+            () = app.introspector.rediscover.notified() => {
+                info!("introspection endpoint answers 404 repeatedly; re-running discovery");
+            },
+        }
+        match crate::discovery::discover(&d.issuer, app.settings.introspection.timeout).await {
+            Ok(url) => {
+                if app.introspector.url().as_deref() != Some(url.as_str()) {
+                    info!(endpoint = %url.as_str(), "introspection endpoint changed");
+                    app.introspector.set_url(url);
+                }
+            }
+            Err(e) => warn!(error = %e, "discovery refresh failed; keeping the last good endpoint"),
+        }
     }
 }
 
 /// What the access log line reports besides method, path, status and latency.
 #[derive(Default)]
 struct AccessInfo {
+    route: Option<String>,
     cache: Option<CacheStatus>,
     subject: Option<String>,
     fingerprint: Option<String>,
@@ -138,6 +179,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         method = %method,
         path = %path,
         status = response.status().as_u16(),
+        route = info.route.as_deref().unwrap_or("-"),
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         cache = info.cache.map(CacheStatus::as_str).unwrap_or("-"),
         subject = info.subject.as_deref().unwrap_or("-"),
@@ -156,7 +198,8 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         ProxyError::NoCredentials
         | ProxyError::Token(_)
         | ProxyError::Denied(_)
-        | ProxyError::ConnectMethod => debug!(reason = %err, token, "request rejected"),
+        | ProxyError::ConnectMethod
+        | ProxyError::AmbiguousPath(_) => debug!(reason = %err, token, "request rejected"),
     }
 }
 
@@ -170,36 +213,85 @@ async fn authorize_and_forward(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectMethod);
     }
-    let token = token::extract_bearer(req.headers(), app.settings.max_token_bytes)?
-        .ok_or(ProxyError::NoCredentials)?;
-    let key = token.hash();
-    info.fingerprint = Some(token::fingerprint(&key));
-
-    let (answer, status) = app
-        .cache
-        .get_or_load(key, || app.introspector.introspect(token.secret()))
-        .await;
-    info.cache = Some(status);
-    let introspection = match answer {
-        Ok(i) => i,
-        Err(LoadError::Inactive) => return Err(policy::Deny::Inactive.into()),
-        Err(LoadError::Failed(e)) => return Err(e.into()),
-    };
-    let principal = policy::evaluate(&introspection, app.clock.unix_secs())?;
-    info.subject = principal.subject.clone();
-    // Drop the raw token before the (possibly long) upstream call.
-    drop(token);
-
+    let settings = &app.settings;
     let host = forward::inbound_host(&req);
+    let route = settings.routes.select(
+        req.method(),
+        host.as_ref().and_then(|h| h.to_str().ok()),
+        req.uri().path(),
+    )?;
+    info.route = Some(route.name.clone());
+
+    let principal = match &route.access {
+        Access::Public => None,
+        Access::Token(requirements) => {
+            let found = token::extract(
+                req.headers(),
+                req.uri().query(),
+                &settings.token_sources,
+                settings.max_token_bytes,
+            )?;
+            let (token, _source) = found.ok_or(ProxyError::NoCredentials)?;
+            let key = token.hash();
+            info.fingerprint = Some(token::fingerprint(&key));
+
+            let (answer, status) = app
+                .cache
+                .get_or_load(key, || app.introspector.introspect(token.secret()))
+                .await;
+            info.cache = Some(status);
+            let introspection = match answer {
+                Ok(i) => i,
+                Err(LoadError::Inactive) => return Err(policy::Deny::Inactive.into()),
+                Err(LoadError::Failed(e)) => return Err(e.into()),
+            };
+            // Evaluated on every request, cache hit or not.
+            let principal = policy::evaluate(
+                &introspection,
+                requirements,
+                app.clock.unix_secs(),
+                &settings.identity.claims,
+            )
+            .inspect_err(|deny| {
+                debug!(route = %route.name, requirement = %deny, token = %token::fingerprint(&key), "policy denied")
+            })?;
+            info.subject = principal.subject.clone();
+            Some(principal)
+        }
+    };
+
+    // Credentials in the query or a cookie are for us, not the upstream.
+    strip_token_sources(&mut req, &settings.token_sources)?;
     let version = req.version();
     let hop = Hop {
         peer,
         proto: "http",
-        identity: &app.settings.identity,
+        identity: &settings.identity,
     };
-    forward::rewrite_request_headers(req.headers_mut(), version, host, Some(&principal), &hop);
+    forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
     let resp = app.forwarder.send(req).await?;
     Ok(resp.map(BodyExt::boxed))
+}
+
+/// Removes the configured query parameter and cookie, on every request.
+fn strip_token_sources<B>(
+    req: &mut Request<B>,
+    sources: &token::TokenSources,
+) -> Result<(), ProxyError> {
+    if let Some(name) = &sources.cookie {
+        token::strip_cookie(req.headers_mut(), name);
+    }
+    if let (Some(name), Some(query)) = (&sources.query_param, req.uri().query()) {
+        let path = req.uri().path();
+        let pq = match token::strip_query_param(query, name) {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = Some(pq.parse().map_err(|_| ForwardError::BadTarget)?);
+        *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ForwardError::BadTarget)?;
+    }
+    Ok(())
 }
 
 /// Builds 4xx/5xx answers: JSON body, `Cache-Control: no-store`, the RFC 6750
@@ -213,7 +305,10 @@ pub fn rejection_response(err: &ProxyError, retry_after_secs: u32) -> Response<B
     );
     *resp.status_mut() = r.status;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(www) = r.www_authenticate(REALM) {
         h.insert(header::WWW_AUTHENTICATE, forward::header_safe(&www));

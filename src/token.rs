@@ -28,6 +28,131 @@ pub enum TokenError {
     BadCharacters,
     #[error("Bearer token is longer than the configured maximum")]
     TooLong,
+    #[error("credentials sent by more than one method (RFC 6750 §2)")]
+    MultipleSources,
+}
+
+/// Opt-in places besides the `Authorization` header (`[token_sources]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenSources {
+    /// RFC 6750 §2.3 URI query parameter; removed before forwarding.
+    pub query_param: Option<String>,
+    /// Cookie name; the cookie is removed before forwarding.
+    pub cookie: Option<String>,
+}
+
+/// Where a request's token came from, so the forwarder can remove it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Header,
+    Query,
+    Cookie,
+}
+
+/// Extracts the one token a request carries from the header and any enabled
+/// source. Two sources at once, or the same parameter/cookie twice, is a 400:
+/// RFC 6750 §2 says a client MUST NOT use more than one method, and picking one
+/// would let a proxy and an upstream disagree about who the caller is.
+pub fn extract(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    sources: &TokenSources,
+    max_len: usize,
+) -> Result<Option<(Token, Source)>, TokenError> {
+    let mut found = extract_bearer(headers, max_len)?.map(|t| (t, Source::Header));
+    let mut add = |t: Token, src: Source| match found {
+        Some(_) => Err(TokenError::MultipleSources),
+        None => {
+            found = Some((t, src));
+            Ok(())
+        }
+    };
+    if let (Some(name), Some(q)) = (&sources.query_param, query) {
+        let mut values = url::form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == name);
+        if let Some((_, v)) = values.next() {
+            if values.next().is_some() {
+                return Err(TokenError::MultipleSources);
+            }
+            add(check_token(&v, max_len)?, Source::Query)?;
+        }
+    }
+    if let Some(name) = &sources.cookie {
+        let mut values = cookie_values(headers, name);
+        if let Some(v) = values.next() {
+            if values.next().is_some() {
+                return Err(TokenError::MultipleSources);
+            }
+            add(check_token(v, max_len)?, Source::Cookie)?;
+        }
+    }
+    Ok(found)
+}
+
+fn check_token(v: &str, max_len: usize) -> Result<Token, TokenError> {
+    // A value wrapped in quotes is a legal cookie-value; the token is inside.
+    let v = v
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v);
+    if v.is_empty() {
+        return Err(TokenError::Empty);
+    }
+    if v.len() > max_len {
+        return Err(TokenError::TooLong);
+    }
+    if !is_b64token(v.as_bytes()) {
+        return Err(TokenError::BadCharacters);
+    }
+    Ok(Token(v.to_owned()))
+}
+
+/// Values of cookie `name` across all `Cookie` headers.
+fn cookie_values<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == name).then(|| v.trim())
+        })
+}
+
+/// The query string without parameter `name` (every other byte unchanged);
+/// `None` when nothing is left.
+pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let key = pair.split('=').next().unwrap_or_default();
+            let decoded: String = url::form_urlencoded::parse(key.as_bytes())
+                .map(|(k, _)| k.into_owned())
+                .collect();
+            decoded != name
+        })
+        .collect();
+    let joined = kept.join("&");
+    (!joined.is_empty()).then_some(joined)
+}
+
+/// Removes cookie `name` from every `Cookie` header, keeping the others.
+pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter(|pair| pair.split_once('=').map_or(pair.trim(), |(k, _)| k.trim()) != name)
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    headers.remove(http::header::COOKIE);
+    if !kept.is_empty() {
+        if let Ok(v) = http::HeaderValue::from_str(&kept.join("; ")) {
+            headers.insert(http::header::COOKIE, v);
+        }
+    }
 }
 
 /// An access token. Holds the raw value only as long as a request needs it; the
@@ -127,6 +252,7 @@ fn is_b64token(b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
 mod tests {
     use super::*;
     use http::HeaderValue;
@@ -139,23 +265,55 @@ mod tests {
     fn parse_table() {
         use TokenError::*;
         let cases: &[(&str, &str, Result<Option<&str>, TokenError>)] = &[
-            ("plain bearer token is accepted", "Bearer abc", Ok(Some("abc"))),
+            (
+                "plain bearer token is accepted",
+                "Bearer abc",
+                Ok(Some("abc")),
+            ),
             ("scheme is case-insensitive", "bEaReR abc", Ok(Some("abc"))),
-            ("all b64token characters pass", "Bearer aZ0-._~+/==", Ok(Some("aZ0-._~+/=="))),
-            ("another scheme is no bearer credentials", "Basic dXNlcjpwdw==", Ok(None)),
-            ("a scheme that only starts with bearer is another scheme", "Bearerx abc", Ok(None)),
+            (
+                "all b64token characters pass",
+                "Bearer aZ0-._~+/==",
+                Ok(Some("aZ0-._~+/==")),
+            ),
+            (
+                "another scheme is no bearer credentials",
+                "Basic dXNlcjpwdw==",
+                Ok(None),
+            ),
+            (
+                "a scheme that only starts with bearer is another scheme",
+                "Bearerx abc",
+                Ok(None),
+            ),
             ("empty header value carries no scheme", "", Ok(None)),
             ("bare scheme must fail: empty token", "Bearer", Err(Empty)),
-            ("scheme plus spaces must fail: empty token", "Bearer   ", Err(Empty)),
+            (
+                "scheme plus spaces must fail: empty token",
+                "Bearer   ",
+                Err(Empty),
+            ),
             ("two spaces must fail", "Bearer  abc", Err(BadSeparator)),
             ("tab separator must fail", "Bearer\tabc", Err(BadSeparator)),
             ("two tokens must fail", "Bearer abc def", Err(BadCharacters)),
             ("comma must fail", "Bearer abc,def", Err(BadCharacters)),
-            ("padding in the middle must fail", "Bearer ab=c", Err(BadCharacters)),
+            (
+                "padding in the middle must fail",
+                "Bearer ab=c",
+                Err(BadCharacters),
+            ),
             ("only padding must fail", "Bearer ===", Err(BadCharacters)),
             ("quote must fail", "Bearer \"abc\"", Err(BadCharacters)),
-            ("exactly the limit passes", "Bearer 0123456789abcdef", Ok(Some("0123456789abcdef"))),
-            ("one over the limit must fail", "Bearer 0123456789abcdefg", Err(TooLong)),
+            (
+                "exactly the limit passes",
+                "Bearer 0123456789abcdef",
+                Ok(Some("0123456789abcdef")),
+            ),
+            (
+                "one over the limit must fail",
+                "Bearer 0123456789abcdefg",
+                Err(TooLong),
+            ),
         ];
         for (name, input, want) in cases {
             let want = want.map(|o| o.map(str::to_owned));
@@ -172,13 +330,144 @@ mod tests {
         h.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
         assert_eq!(extract_bearer(&h, 64), Err(TokenError::MultipleHeaders));
         let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_bytes(b"Bearer \xff").unwrap());
+        h.insert(
+            AUTHORIZATION,
+            HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
+        );
         assert_eq!(extract_bearer(&h, 64), Err(TokenError::NotAscii));
     }
 
     #[test]
+    fn sources_table() {
+        use TokenError::*;
+        let sources = TokenSources {
+            query_param: Some("access_token".into()),
+            cookie: Some("at".into()),
+        };
+        let none = TokenSources::default();
+        let cases: &[(
+            &str,
+            Option<&str>,
+            Option<&str>,
+            &TokenSources,
+            Result<Option<(&str, Source)>, TokenError>,
+        )] = &[
+            (
+                "header only",
+                Some("Bearer h"),
+                None,
+                &sources,
+                Ok(Some(("h", Source::Header))),
+            ),
+            (
+                "query only",
+                None,
+                Some("a=1&access_token=q%2B1"),
+                &sources,
+                Ok(Some(("q+1", Source::Query))),
+            ),
+            ("cookie only", None, None, &sources, Ok(None)),
+            (
+                "query ignored when not enabled",
+                None,
+                Some("access_token=q"),
+                &none,
+                Ok(None),
+            ),
+            (
+                "should fail because header and query both carry a token",
+                Some("Bearer h"),
+                Some("access_token=q"),
+                &sources,
+                Err(MultipleSources),
+            ),
+            (
+                "should fail because the parameter is repeated",
+                None,
+                Some("access_token=a&access_token=b"),
+                &sources,
+                Err(MultipleSources),
+            ),
+            (
+                "should fail because a query token has bad characters",
+                None,
+                Some("access_token=a%20b"),
+                &sources,
+                Err(BadCharacters),
+            ),
+            (
+                "should fail because a query token is empty",
+                None,
+                Some("access_token="),
+                &sources,
+                Err(Empty),
+            ),
+            (
+                "Basic header plus query token is one bearer source",
+                Some("Basic eDp5"),
+                Some("access_token=q"),
+                &sources,
+                Ok(Some(("q", Source::Query))),
+            ),
+        ];
+        for (name, auth, query, src, want) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(a) = auth {
+                h.insert(AUTHORIZATION, HeaderValue::from_str(a).unwrap());
+            }
+            let got =
+                extract(&h, *query, src, 64).map(|o| o.map(|(t, s)| (t.secret().to_owned(), s)));
+            let want = want.map(|o| o.map(|(t, s)| (t.to_owned(), s)));
+            assert_eq!(got, want, "{name}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; at=\"tok\"; b=2"),
+        );
+        let got = extract(&h, None, &sources, 64).unwrap().unwrap();
+        assert_eq!((got.0.secret(), got.1), ("tok", Source::Cookie));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert_eq!(
+            extract(&h, None, &sources, 64).unwrap_err(),
+            MultipleSources,
+            "cookie + header"
+        );
+    }
+
+    #[test]
+    fn stripping_sources() {
+        assert_eq!(
+            strip_query_param("a=1&access_token=x&b=%20", "access_token").as_deref(),
+            Some("a=1&b=%20")
+        );
+        assert_eq!(strip_query_param("access_token=x", "access_token"), None);
+        assert_eq!(
+            strip_query_param("access%5Ftoken=x&c", "access_token").as_deref(),
+            Some("c")
+        );
+        let mut h = HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_static("a=1; at=tok"),
+        );
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        strip_cookie(&mut h, "at");
+        assert_eq!(
+            h.get_all(http::header::COOKIE).iter().collect::<Vec<_>>(),
+            vec!["a=1; b=2"]
+        );
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, HeaderValue::from_static("at=tok"));
+        strip_cookie(&mut h, "at");
+        assert!(h.get(http::header::COOKIE).is_none());
+    }
+
+    #[test]
     fn debug_never_shows_the_token() {
-        let t = parse_bearer("Bearer supersecretvalue", 64).unwrap().unwrap();
+        let t = parse_bearer("Bearer supersecretvalue", 64)
+            .unwrap()
+            .unwrap();
         let dbg = format!("{t:?}");
         assert!(!dbg.contains("supersecret"), "{dbg}");
         assert_eq!(t.fingerprint().len(), 8);

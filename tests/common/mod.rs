@@ -255,6 +255,19 @@ pub struct Gate {
 }
 
 impl Gate {
+    /// Wraps a tokengate a test started itself (e.g. after discovery).
+    pub fn from_parts(
+        addr: SocketAddr,
+        clock: Arc<ManualClock>,
+        shutdown: oneshot::Sender<()>,
+    ) -> Self {
+        Self {
+            addr,
+            clock,
+            _shutdown: shutdown,
+        }
+    }
+
     pub async fn start(raw: &RawConfig) -> Self {
         tokengate::install_crypto_provider();
         let settings = raw.validate().expect("test config must validate");
