@@ -301,7 +301,8 @@ pub struct RawResilience {
     /// Time to the upstream's response headers (→ 504).
     #[serde(with = "duration_str")]
     pub upstream_timeout: Duration,
-    /// TCP (and TLS) connect to the upstream (→ 502).
+    /// TCP connect to the upstream (→ 502). A slow TLS handshake counts
+    /// against `upstream_timeout` instead.
     #[serde(with = "duration_str")]
     pub upstream_connect_timeout: Duration,
     /// `Retry-After` seconds on a 503.
@@ -470,8 +471,13 @@ pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
     }
     let generic = Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
         let k = k.as_str().to_ascii_uppercase();
-        // TOKENGATE_CONFIG names the file; it is not a setting.
-        k != "CONFIG" && !RAW_ENV_KEYS.iter().any(|(raw, _)| *raw == k)
+        // TOKENGATE_CONFIG names the file; it is not a setting. Kubernetes
+        // injects TOKENGATE_PORT* and TOKENGATE_SERVICE_* for a Service named
+        // "tokengate" (service links); they are not settings either.
+        k != "CONFIG"
+            && !k.starts_with("PORT")
+            && !k.starts_with("SERVICE_")
+            && !RAW_ENV_KEYS.iter().any(|(raw, _)| *raw == k)
     });
     fig = fig.merge(generic);
     for (suffix, key) in RAW_ENV_KEYS {
@@ -512,6 +518,14 @@ impl RawConfig {
                 refresh_interval: self.discovery.refresh_interval.max(Duration::from_secs(1)),
             })
         };
+        if discovery.is_some() && !i.url.is_empty() {
+            // Otherwise the background refresh would silently replace the URL
+            // the operator wrote down.
+            return Err(ConfigError::invalid(
+                "discovery.issuer",
+                "set either introspection.url or discovery.issuer, not both",
+            ));
+        }
         let url = if i.url.is_empty() {
             if discovery.is_none() {
                 return Err(ConfigError::invalid(
@@ -726,6 +740,12 @@ impl RawConfig {
                         .unwrap_or_else(|| defaults.clients.clone()),
                 }))
             };
+            if r.host.contains([':', '/']) {
+                return Err(ConfigError::invalid(
+                    "routes.host",
+                    format!("{name}: {:?} must be a bare host name (no port, no scheme); ports are ignored when matching", r.host),
+                ));
+            }
             routes.push(Route {
                 name,
                 path_prefix: normalize_path(&r.path_prefix),
@@ -815,6 +835,10 @@ mod tests {
         Jail::expect_with(|jail| {
             minimal_env(jail);
             jail.set_env("TOKENGATE_CONFIG", "ignored-here.toml");
+            // Kubernetes service links for a Service named "tokengate".
+            jail.set_env("TOKENGATE_PORT", "tcp://10.0.0.1:8080");
+            jail.set_env("TOKENGATE_PORT_8080_TCP_ADDR", "10.0.0.1");
+            jail.set_env("TOKENGATE_SERVICE_HOST", "10.0.0.1");
             let raw = load(None).map_err(|e| e.to_string())?;
             assert_eq!(raw.introspection.client_secret.expose(), "000123");
             let s = raw.validate().map_err(|e| e.to_string())?;
@@ -928,6 +952,25 @@ mod tests {
                 Box::new(|c| c.identity.scope_header = "bad header".into()),
             ),
             ("cache.max_entries", Box::new(|c| c.cache.max_entries = 0)),
+            (
+                "discovery.issuer",
+                Box::new(|c| c.discovery.issuer = "https://as.example".into()),
+            ),
+            (
+                "routes.host",
+                Box::new(|c| {
+                    c.routes = vec![RawRoute {
+                        path_prefix: "/".into(),
+                        methods: vec![],
+                        host: "api.example.com:8080".into(),
+                        public: true,
+                        require_audience: None,
+                        require_issuer: None,
+                        require_scopes: None,
+                        allow_clients: None,
+                    }]
+                }),
+            ),
         ];
         for (key, mutate) in cases {
             let mut c = base();

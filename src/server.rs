@@ -180,7 +180,8 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         path = %path,
         status = response.status().as_u16(),
         route = info.route.as_deref().unwrap_or("-"),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        // Whole microseconds, so the field prints as e.g. 4.234, not 4.233988999999999.
+        latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
         cache = info.cache.map(CacheStatus::as_str).unwrap_or("-"),
         subject = info.subject.as_deref().unwrap_or("-"),
         token = info.fingerprint.as_deref().unwrap_or("-"),
