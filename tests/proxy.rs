@@ -105,6 +105,11 @@ async fn should_400_when_token_exceeds_max_token_bytes() {
 
     let r = env.get("/x", &at_limit).await;
     assert_eq!(r.status, 200, "a token of exactly max_token_bytes passes");
+    assert_eq!(
+        env.introspections().await.len(),
+        1,
+        "the oversized token was never introspected"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -288,7 +293,7 @@ async fn should_503_when_as_is_slower_than_introspection_timeout() {
         .respond_with(
             ResponseTemplate::new(200)
                 .set_body_json(json!({"active": true}))
-                .set_delay(Duration::from_secs(3)),
+                .set_delay(Duration::from_secs(10)),
         )
         .mount(&env.auth)
         .await;
@@ -297,9 +302,10 @@ async fn should_503_when_as_is_slower_than_introspection_timeout() {
     let r = env.get("/x", "slow").await;
 
     assert_as_failure(&r, env.upstream.hits());
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "the timeout must cut the call short"
+        took < Duration::from_secs(5),
+        "the 200ms timeout must cut the 10s call short, took {took:?}"
     );
 }
 
@@ -812,13 +818,13 @@ async fn should_504_when_upstream_is_slower_than_upstream_timeout() {
     env.allow("tok", 1).await;
 
     let started = Instant::now();
-    let r = env.get("/sleep/5000", "tok").await;
+    let r = env.get("/sleep/10000", "tok").await;
 
     assert_rejection(&r, 504, "gateway_timeout");
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
+        took < Duration::from_secs(5),
+        "the 300ms timeout must cut the 10s wait short, took {took:?}"
     );
     assert_eq!(env.upstream.hits(), 1);
 }
@@ -899,8 +905,11 @@ async fn should_never_deliver_a_hidden_request_when_cl_and_te_disagree() {
         );
         let raw = raw_exchange(env.gate.addr, req.as_bytes()).await;
         let responses = parse_responses(&raw, &[]);
-        assert!(!responses.is_empty());
-        // Any request tokengate saw after the first carried no token: 401s only.
+        // hyper frames by Transfer-Encoding (RFC 9112 §6.1): an empty body; the
+        // bytes after it are not body, and never reach the upstream as a request.
+        assert_eq!(responses[0].echo().body_len, Some(0));
+        // hyper closes such a connection; should it ever serve what follows,
+        // those requests carry no token: 401s only.
         for r in &responses[1..] {
             assert_eq!(
                 r.status, 401,
@@ -919,4 +928,59 @@ async fn should_never_deliver_a_hidden_request_when_cl_and_te_disagree() {
             "both framing headers forwarded: {e:?}"
         );
     }
+}
+
+/// Framing that parsers disagree on is refused outright (hyper answers 400
+/// before tokengate's handler runs): nothing is introspected or forwarded.
+#[tokio::test]
+async fn should_400_ambiguous_framing_and_forward_nothing() {
+    let env = Env::start().await;
+    env.forbid_introspection().await;
+    let cases = [
+        (
+            "obfuscated TE",
+            "HTTP/1.1",
+            "Transfer-Encoding: xchunked\r\nContent-Length: 5\r\n",
+        ),
+        (
+            "TE not last chunked",
+            "HTTP/1.1",
+            "Transfer-Encoding: chunked, identity\r\n",
+        ),
+        (
+            "two different CLs",
+            "HTTP/1.1",
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+        ),
+        (
+            "CL list that disagrees",
+            "HTTP/1.1",
+            "Content-Length: 5, 6\r\n",
+        ),
+        ("negative CL", "HTTP/1.1", "Content-Length: -5\r\n"),
+        (
+            "space before colon",
+            "HTTP/1.1",
+            "Transfer-Encoding : chunked\r\n",
+        ),
+        (
+            "TE in HTTP/1.0",
+            "HTTP/1.0",
+            "Transfer-Encoding: chunked\r\n",
+        ),
+    ];
+    for (why, version, framing) in cases {
+        let req = format!(
+            "POST /smuggle {version}\r\nHost: gate\r\nAuthorization: Bearer tok\r\n{framing}\
+             Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /hidden HTTP/1.1\r\nHost: gate\r\n\r\n"
+        );
+        let raw = raw_exchange(env.gate.addr, req.as_bytes()).await;
+        let status_line = String::from_utf8_lossy(&raw)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(status_line.contains(" 400 "), "{why}: {status_line}");
+    }
+    assert_eq!(env.upstream.hits(), 0, "{:?}", env.upstream.seen());
 }
