@@ -195,6 +195,10 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         ProxyError::Introspection(e) => {
             warn!(kind = e.kind(), error = %e, token, "introspection failed; answering 503")
         }
+        // A client's broken body is the client's fault: not an upstream alarm.
+        ProxyError::Upstream(ForwardError::BadBody(_)) => {
+            debug!(reason = %err, token, "request rejected")
+        }
         ProxyError::Upstream(e) => warn!(error = %e, "upstream failure"),
         ProxyError::NoCredentials
         | ProxyError::Token(_)
