@@ -1166,7 +1166,15 @@ async fn should_reframe_leniently_chunked_bodies_for_the_upstream() {
         assert_ne!(echo.header("transfer-encoding"), Some(te), "{body:?}");
     }
     assert_eq!(env.upstream.hits(), cases.len());
+}
 
+/// Regression: chunked framing hyper cannot decode (bare-LF chunk lines) fails
+/// the body mid-stream, after the head went to the upstream. That is the
+/// client's fault and was answered 502 "upstream unavailable"; it is a 400.
+#[tokio::test]
+async fn should_400_not_502_when_the_client_chunked_body_is_malformed() {
+    let env = Env::start().await;
+    env.allow("tok", 1).await;
     let req = "POST /reframe HTTP/1.1\r\nHost: gate\r\nAuthorization: Bearer tok\r\n\
                Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\nhello\n0\n\n";
     let raw = raw_exchange(env.gate.addr, req.as_bytes()).await;
