@@ -222,6 +222,26 @@ impl Metrics {
             "Configuration reloads (SIGHUP), by result",
             reloads.clone(),
         );
+        // Series that exist from the start, so that `rate()` and alerts see a 0
+        // before the first event instead of no series at all.
+        for outcome in [
+            "active",
+            "inactive",
+            "timeout",
+            "connect",
+            "unauthorized",
+            "status",
+            "invalid_response",
+            "no_endpoint",
+        ] {
+            introspections.get_or_create(&OutcomeLabels { outcome });
+        }
+        for kind in ["connect", "timeout", "failed", "bad_target"] {
+            upstream_errors.get_or_create(&KindLabels { kind });
+        }
+        for result in ["ok", "error"] {
+            reloads.get_or_create(&ResultLabels { result });
+        }
         Self {
             registry,
             requests,

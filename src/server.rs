@@ -136,9 +136,13 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     tokio::pin!(shutdown);
+    // Owned here so that connections still open at the drain deadline are
+    // aborted when `run` returns, not left running in the background.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -159,7 +163,7 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection closed with error");
             }
@@ -183,6 +187,7 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     {
         warn!("shutdown deadline reached; closing remaining connections");
     }
+    connections.abort_all();
     let _ = stop_admin.send(true);
     if let Some(task) = admin {
         let _ = task.await;
