@@ -234,13 +234,13 @@ impl Metrics {
             "invalid_response",
             "no_endpoint",
         ] {
-            introspections.get_or_create(&OutcomeLabels { outcome });
+            drop(introspections.get_or_create(&OutcomeLabels { outcome }));
         }
         for kind in ["connect", "timeout", "failed", "bad_target"] {
-            upstream_errors.get_or_create(&KindLabels { kind });
+            drop(upstream_errors.get_or_create(&KindLabels { kind }));
         }
         for result in ["ok", "error"] {
-            reloads.get_or_create(&ResultLabels { result });
+            drop(reloads.get_or_create(&ResultLabels { result }));
         }
         Self {
             registry,

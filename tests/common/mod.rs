@@ -882,10 +882,8 @@ impl Scrape {
                     return Err(err(format!("bad metric name {name:?}")));
                 }
                 match kw {
-                    "HELP" => {
-                        if !helped.insert(name.to_owned()) {
-                            return Err(err("second HELP for a family".into()));
-                        }
+                    "HELP" if !helped.insert(name.to_owned()) => {
+                        return Err(err("second HELP for a family".into()));
                     }
                     "TYPE" => {
                         let t = parts.next().unwrap_or_default();
@@ -904,7 +902,7 @@ impl Scrape {
                 continue;
             }
             let name_end = line
-                .find(|c: char| c == '{' || c == ' ')
+                .find(['{', ' '])
                 .ok_or_else(|| err("no value".into()))?;
             let name = &line[..name_end];
             if !is_metric_name(name) {
@@ -925,7 +923,7 @@ impl Scrape {
                     }
                     let start = chars.peek().map(|(i, _)| *i).unwrap_or_default();
                     let mut end = start;
-                    while let Some((i, c)) = chars.next() {
+                    for (i, c) in chars.by_ref() {
                         if c == '=' {
                             end = i;
                             break;
