@@ -61,3 +61,22 @@ fn kubernetes_configmap_config_is_valid() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn example_config_parses_with_the_documented_defaults() {
+    let mut raw: RawConfig = toml::from_str(include_str!("../config/tokengate.toml"))
+        .expect("config/tokengate.toml does not parse");
+    // The example leaves the secret to the operator.
+    raw.introspection.client_secret = tokengate::config::Secret::new("x");
+    let settings = raw
+        .validate()
+        .expect("config/tokengate.toml does not validate");
+    let defaults = RawConfig::default();
+    assert_eq!(raw.admin.listen, defaults.admin.listen);
+    assert_eq!(
+        raw.admin.purge_secret_file,
+        defaults.admin.purge_secret_file
+    );
+    assert_eq!(raw.shutdown_timeout, defaults.shutdown_timeout);
+    assert!(settings.admin.purge_secret.is_none());
+}
