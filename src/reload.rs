@@ -106,26 +106,37 @@ impl ReloadHandle {
     /// Re-reads the config file and environment, validates, and applies the
     /// result; on any error the running configuration stays. Logs the outcome.
     pub fn reload_from(&self, file: Option<&Path>) -> Result<ReloadReport, ReloadError> {
-        let result = crate::config::load(file)
-            .and_then(|raw| raw.validate())
-            .map_err(ReloadError::from)
-            .map(|settings| self.reload(settings));
-        match result {
-            Ok(report) => Ok(report),
-            Err(e) => {
-                self.metrics.reload(false);
-                error!(error = %e, "configuration reload rejected; the previous configuration stays in effect");
-                Err(e)
-            }
+        match crate::config::load(file).and_then(|raw| raw.validate()) {
+            Ok(settings) => self.reload(settings),
+            Err(e) => Err(self.rejected(e.into())),
         }
     }
 
+    fn rejected(&self, e: ReloadError) -> ReloadError {
+        self.metrics.reload(false);
+        error!(error = %e, "configuration reload rejected; the previous configuration stays in effect");
+        e
+    }
+
     /// Applies already validated settings. Keys that need a restart keep their
-    /// running value, with a warning each.
-    pub fn reload(&self, mut new: Settings) -> ReloadReport {
+    /// running value, with a warning each. Fails, changing nothing, when the
+    /// result would be unsafe with the running listeners.
+    pub fn reload(&self, mut new: Settings) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.settings.load_full();
         let restart_required = keep_restart_only(&old, &mut new);
+        // `validate` checked the secret against the *new* admin.listen, but the
+        // running one stays until a restart: check against that.
+        if let Some(addr) = new.admin.listen {
+            if !addr.ip().is_loopback() && new.admin.purge_secret.is_none() {
+                return Err(self.rejected(ReloadError::Config(ConfigError::Invalid {
+                    key: "admin.purge_secret_file",
+                    message: format!(
+                        "is required while the running admin listener ({addr}) is not a loopback address"
+                    ),
+                })));
+            }
+        }
         for key in &restart_required {
             warn!(
                 key,
@@ -152,7 +163,7 @@ impl ReloadHandle {
             restart_required = restart_required.len(),
             "configuration reloaded"
         );
-        ReloadReport { restart_required }
+        Ok(ReloadReport { restart_required })
     }
 }
 

@@ -461,7 +461,7 @@ async fn reload_swaps_routes_and_keeps_restart_only_settings() {
     raw.routes = vec![public_route("/open/")];
     raw.listen = "127.0.0.1:1".into(); // needs a restart
     raw.resilience.retry_after_secs = 9;
-    let report = env.gate.reload().reload(raw.validate().unwrap());
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
     assert_eq!(report.restart_required, vec!["listen"]);
     let now = env.gate.reload().current();
     assert_eq!(now.listen.port(), 0, "the running listen address is kept");
@@ -504,6 +504,37 @@ async fn reload_rejects_a_bad_file_and_keeps_serving() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The admin listener cannot move without a restart, so a reload must not drop
+/// the purge secret while it listens off loopback.
+#[tokio::test]
+async fn reload_cannot_drop_the_purge_secret_of_a_public_admin_listener() {
+    let dir = temp_dir("reload-secret");
+    let secret_file = dir.join("purge-secret");
+    std::fs::write(&secret_file, "purge-s3cret").unwrap();
+    let env = Env::start_with(|raw| {
+        raw.admin.listen = "0.0.0.0:0".into();
+        raw.admin.purge_secret_file = secret_file.display().to_string();
+    })
+    .await;
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    raw.admin.listen = "127.0.0.1:0".into(); // valid on its own: loopback, no secret
+    let err = env
+        .gate
+        .reload()
+        .reload(raw.validate().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("admin.purge_secret_file"), "{err}");
+    let r = env
+        .purge("application/x-www-form-urlencoded", "token=x", None)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "the secret still applies"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// New cache TTLs apply to entries cached after the reload; entries already
 /// cached keep theirs.
 #[tokio::test]
@@ -517,7 +548,7 @@ async fn reload_applies_cache_ttls_to_new_entries() {
     let mut raw = base_config(&env.auth, &env.upstream.url());
     raw.cache.max_ttl = Duration::ZERO;
     raw.cache.negative_ttl = Duration::ZERO;
-    let report = env.gate.reload().reload(raw.validate().unwrap());
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
     assert!(report.restart_required.is_empty(), "{report:?}");
 
     assert_eq!(
