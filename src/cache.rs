@@ -9,6 +9,11 @@
 //!
 //! The cache holds the introspection, never the decision: `policy::evaluate`
 //! runs on every hit.
+//!
+//! `max_ttl` and `negative_ttl` can change at run time (config reload,
+//! [`CacheTtls`]): entries already cached keep the lifetime they were given,
+//! new entries get the new one. Capacities are fixed at start-up (moka cannot
+//! resize a cache).
 
 use crate::clock::Clock;
 use crate::config::RawCache;
@@ -16,18 +21,21 @@ use crate::introspect::{IntrospectError, Introspection};
 use crate::token::TokenHash;
 use moka::future::Cache;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where an answer came from, for the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
-    /// Served from the positive cache (or from another request's in-flight call).
+    /// Served from the positive cache.
     Hit,
     /// This request ran the introspection call.
     Miss,
     /// The token is in the negative cache.
     Negative,
+    /// Another request's in-flight introspection call answered this one too.
+    Coalesced,
 }
 
 impl CacheStatus {
@@ -36,6 +44,7 @@ impl CacheStatus {
             Self::Hit => "hit",
             Self::Miss => "miss",
             Self::Negative => "negative",
+            Self::Coalesced => "coalesced",
         }
     }
 }
@@ -64,8 +73,44 @@ pub fn entry_ttl(exp: Option<i64>, now: SystemTime, max_ttl: Duration) -> Durati
         .min(max_ttl)
 }
 
+/// The two TTLs that a config reload may change, shared with the caches'
+/// expiry policies. Read once per insert, so a change applies to new entries.
+#[derive(Clone)]
+pub struct CacheTtls {
+    max_ttl_ns: Arc<AtomicU64>,
+    negative_ttl_ns: Arc<AtomicU64>,
+}
+
+fn as_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl CacheTtls {
+    fn new(cfg: &RawCache) -> Self {
+        Self {
+            max_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.max_ttl))),
+            negative_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.negative_ttl))),
+        }
+    }
+
+    /// Applies `max_ttl` and `negative_ttl` of `cfg` to entries inserted from now on.
+    pub fn set(&self, cfg: &RawCache) {
+        self.max_ttl_ns.store(as_ns(cfg.max_ttl), Ordering::Relaxed);
+        self.negative_ttl_ns
+            .store(as_ns(cfg.negative_ttl), Ordering::Relaxed);
+    }
+
+    pub fn max_ttl(&self) -> Duration {
+        Duration::from_nanos(self.max_ttl_ns.load(Ordering::Relaxed))
+    }
+
+    pub fn negative_ttl(&self) -> Duration {
+        Duration::from_nanos(self.negative_ttl_ns.load(Ordering::Relaxed))
+    }
+}
+
 struct ExpAware {
-    max_ttl: Duration,
+    ttls: CacheTtls,
     clock: Arc<dyn Clock>,
 }
 
@@ -76,32 +121,96 @@ impl moka::Expiry<TokenHash, Arc<Introspection>> for ExpAware {
         value: &Arc<Introspection>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(entry_ttl(value.exp, self.clock.now(), self.max_ttl))
+        Some(entry_ttl(value.exp, self.clock.now(), self.ttls.max_ttl()))
     }
+}
+
+struct NegativeTtl(CacheTtls);
+
+impl moka::Expiry<TokenHash, ()> for NegativeTtl {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        _value: &(),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.0.negative_ttl())
+    }
+}
+
+/// Counters the cache bumps itself (prebuilt, so a lookup does no label work).
+#[derive(Clone, Default)]
+pub struct CacheCounters {
+    pub positive_hit: prometheus_client::metrics::counter::Counter,
+    pub positive_miss: prometheus_client::metrics::counter::Counter,
+    pub negative_hit: prometheus_client::metrics::counter::Counter,
+    pub negative_miss: prometheus_client::metrics::counter::Counter,
+    pub coalesced: prometheus_client::metrics::counter::Counter,
 }
 
 pub struct TokenCache {
     positive: Cache<TokenHash, Arc<Introspection>>,
-    /// `None` when `negative_ttl = "0s"`.
+    /// `None` when `negative_max_entries = 0`. Skipped while `negative_ttl` is 0
+    /// (it can become non-zero on reload).
     negative: Option<Cache<TokenHash, ()>>,
+    ttls: CacheTtls,
+    counters: CacheCounters,
 }
 
 impl TokenCache {
     pub fn new(cfg: &RawCache, clock: Arc<dyn Clock>) -> Self {
+        let ttls = CacheTtls::new(cfg);
         let positive = Cache::builder()
             .max_capacity(cfg.max_entries)
             .expire_after(ExpAware {
-                max_ttl: cfg.max_ttl,
+                ttls: ttls.clone(),
                 clock,
             })
             .build();
-        let negative = (!cfg.negative_ttl.is_zero() && cfg.negative_max_entries > 0).then(|| {
+        let negative = (cfg.negative_max_entries > 0).then(|| {
             Cache::builder()
                 .max_capacity(cfg.negative_max_entries)
-                .time_to_live(cfg.negative_ttl)
+                .expire_after(NegativeTtl(ttls.clone()))
                 .build()
         });
-        Self { positive, negative }
+        Self {
+            positive,
+            negative,
+            ttls,
+            counters: CacheCounters::default(),
+        }
+    }
+
+    /// Counts lookups into `counters` (see `metrics::Metrics::cache_counters`).
+    pub fn with_counters(mut self, counters: CacheCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// The live TTL settings, for config reload.
+    pub fn ttls(&self) -> CacheTtls {
+        self.ttls.clone()
+    }
+
+    /// The negative cache, if it is in use right now.
+    fn negative(&self) -> Option<&Cache<TokenHash, ()>> {
+        self.negative
+            .as_ref()
+            .filter(|_| !self.ttls.negative_ttl().is_zero())
+    }
+
+    /// Entries in the positive and negative caches, after moka's pending
+    /// maintenance (its counts lag inserts and expiries otherwise).
+    pub async fn entry_counts(&self) -> (u64, u64) {
+        self.positive.run_pending_tasks().await;
+        let negative = match &self.negative {
+            Some(neg) => {
+                neg.run_pending_tasks().await;
+                neg.entry_count()
+            }
+            None => 0,
+        };
+        (self.positive.entry_count(), negative)
     }
 
     /// Returns the cached introspection for `key`, or runs `load` once for all
@@ -116,13 +225,25 @@ impl TokenCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Introspection, IntrospectError>>,
     {
-        if let Some(neg) = &self.negative {
+        if let Some(neg) = self.negative() {
             if neg.contains_key(&key) {
+                self.counters.negative_hit.inc();
                 return (Err(LoadError::Inactive), CacheStatus::Negative);
             }
+            self.counters.negative_miss.inc();
         }
-        let negative = self.negative.clone();
+        // Fast path, and the only way to tell a plain hit from a coalesced wait:
+        // an entry that `get` cannot see but `entry` returns without running our
+        // `init` was being loaded by another request.
+        if let Some(hit) = self.positive.get(&key).await {
+            self.counters.positive_hit.inc();
+            return (Ok(hit), CacheStatus::Hit);
+        }
+        let negative = self.negative().cloned();
+        let ran = AtomicBool::new(false);
+        let ran_ref = &ran;
         let init = async move {
+            ran_ref.store(true, Ordering::Relaxed);
             let answer = load().await?;
             if answer.active {
                 Ok(Arc::new(answer))
@@ -133,16 +254,17 @@ impl TokenCache {
                 Err(LoadError::Inactive)
             }
         };
-        match self.positive.entry(key).or_try_insert_with(init).await {
-            Ok(entry) => {
-                let status = if entry.is_fresh() {
-                    CacheStatus::Miss
-                } else {
-                    CacheStatus::Hit
-                };
-                (Ok(entry.into_value()), status)
-            }
-            Err(e) => (Err(LoadError::clone(&e)), CacheStatus::Miss),
+        let result = self.positive.entry(key).or_try_insert_with(init).await;
+        let status = if ran.load(Ordering::Relaxed) {
+            self.counters.positive_miss.inc();
+            CacheStatus::Miss
+        } else {
+            self.counters.coalesced.inc();
+            CacheStatus::Coalesced
+        };
+        match result {
+            Ok(entry) => (Ok(entry.into_value()), status),
+            Err(e) => (Err(LoadError::clone(&e)), status),
         }
     }
 

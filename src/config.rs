@@ -183,6 +183,26 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub token_sources: RawTokenSources,
     pub discovery: RawDiscovery,
+    pub admin: RawAdmin,
+}
+
+/// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Empty: no admin listener.
+    pub listen: String,
+    /// Bearer secret for `POST /purge`; required when `listen` is not loopback.
+    pub purge_secret_file: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            purge_secret_file: String::new(),
+        }
+    }
 }
 
 /// `[policy]`: requirements for every authenticated request without a route
@@ -326,6 +346,7 @@ impl Default for RawConfig {
             routes: Vec::new(),
             token_sources: RawTokenSources::default(),
             discovery: RawDiscovery::default(),
+            admin: RawAdmin::default(),
         }
     }
 }
@@ -414,6 +435,15 @@ pub struct Settings {
     pub routes: crate::policy::RouteTable,
     pub token_sources: crate::token::TokenSources,
     pub discovery: Option<DiscoverySettings>,
+    pub admin: AdminSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `None`: no admin listener (`admin.listen = ""`).
+    pub listen: Option<SocketAddr>,
+    /// `None`: `POST /purge` needs no credentials (loopback listener only).
+    pub purge_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -645,6 +675,8 @@ impl RawConfig {
             cookie: (!ts.cookie.is_empty()).then(|| ts.cookie.clone()),
         };
 
+        let admin = self.admin_settings(listen)?;
+
         Ok(Settings {
             listen,
             upstream,
@@ -673,6 +705,50 @@ impl RawConfig {
             routes,
             token_sources,
             discovery,
+            admin,
+        })
+    }
+
+    fn admin_settings(&self, listen: SocketAddr) -> Result<AdminSettings, ConfigError> {
+        let a = &self.admin;
+        let admin_listen = if a.listen.trim().is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = a.listen.parse().map_err(|e| {
+                ConfigError::invalid(
+                    "admin.listen",
+                    format!("{:?} is not a socket address ({e})", a.listen),
+                )
+            })?;
+            if addr.port() != 0 && addr == listen {
+                return Err(ConfigError::invalid(
+                    "admin.listen",
+                    "must differ from listen: the admin endpoints never share the proxy's port",
+                ));
+            }
+            Some(addr)
+        };
+        let purge_secret = if a.purge_secret_file.is_empty() {
+            None
+        } else {
+            Some(read_secret_file(
+                "admin.purge_secret_file",
+                &a.purge_secret_file,
+            )?)
+        };
+        // Purge lets its caller force re-introspection of any token: off the
+        // loopback interface that must not be anonymous.
+        if let Some(addr) = admin_listen {
+            if !addr.ip().is_loopback() && purge_secret.is_none() {
+                return Err(ConfigError::invalid(
+                    "admin.purge_secret_file",
+                    format!("is required when admin.listen ({addr}) is not a loopback address"),
+                ));
+            }
+        }
+        Ok(AdminSettings {
+            listen: admin_listen,
+            purge_secret,
         })
     }
 
@@ -952,6 +1028,22 @@ mod tests {
                 Box::new(|c| c.identity.scope_header = "bad header".into()),
             ),
             ("cache.max_entries", Box::new(|c| c.cache.max_entries = 0)),
+            ("admin.listen", Box::new(|c| c.admin.listen = "9090".into())),
+            (
+                "admin.listen",
+                Box::new(|c| {
+                    c.listen = "127.0.0.1:8080".into();
+                    c.admin.listen = "127.0.0.1:8080".into();
+                }),
+            ),
+            (
+                "admin.purge_secret_file",
+                Box::new(|c| c.admin.listen = "0.0.0.0:9090".into()),
+            ),
+            (
+                "admin.purge_secret_file",
+                Box::new(|c| c.admin.purge_secret_file = "/nonexistent/secret".into()),
+            ),
             (
                 "discovery.issuer",
                 Box::new(|c| c.discovery.issuer = "https://as.example".into()),
@@ -993,6 +1085,27 @@ mod tests {
                 jail.directory().join("secret").display().to_string();
             let s = c.validate().map_err(|e| e.to_string())?;
             assert_eq!(s.introspection.client_secret.expose(), "s3cr3t");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn admin_defaults_loopback_and_secret() {
+        let s = base().validate().unwrap();
+        assert_eq!(s.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(s.admin.purge_secret.is_none());
+        let mut c = base();
+        c.admin.listen = String::new();
+        assert!(c.validate().unwrap().admin.listen.is_none(), "empty: off");
+        Jail::expect_with(|jail| {
+            jail.create_file("purge", "p-secret\n")?;
+            let mut c = base();
+            c.admin.listen = "0.0.0.0:9090".into();
+            c.admin.purge_secret_file = jail.directory().join("purge").display().to_string();
+            let s = c.validate().map_err(|e| e.to_string())?;
+            let secret = s.admin.purge_secret.as_ref().map(Secret::expose);
+            assert_eq!(secret, Some("p-secret"));
+            assert!(!format!("{s:?}").contains("p-secret"), "secret in Debug");
             Ok(())
         });
     }

@@ -15,10 +15,15 @@
 //! - [`error`]: one enum for every failure; the one exhaustive status/challenge mapping.
 //! - [`client`]: the pooled hyper-util + rustls client used for the AS and the upstream.
 //! - [`clock`]: wall clock behind a trait, so expiry is testable without sleeping.
+//! - [`admin`]: the admin listener: `/healthz`, `/readyz` ([`admin::Readiness`]), `/metrics`,
+//!   `POST /purge`; spawned by `server::run` when the app has an admin listener.
+//! - [`metrics`]: Prometheus metrics (`prometheus-client`), bumped by `server::handle`,
+//!   the cache and around each introspection call.
+//! - [`reload`]: config reload (SIGHUP): `ArcSwap<Settings>` swap, cache TTLs, log format.
 //!
 //! # One request
 //! ```text
-//! server::run ── accept ── server::handle
+//! server::run ── accept ── server::handle          (one `Settings` snapshot per request)
 //!    └─ policy::RouteTable::select     first matching route; public → skip to forward
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss → introspect::Introspector (single-flight)
@@ -26,9 +31,11 @@
 //!                                      AS failure → 503
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
+//!    └─ metrics::Metrics::observe_request  + one access log line
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod cache;
 pub mod client;
 pub mod clock;
@@ -37,7 +44,9 @@ pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod introspect;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod token;
 
@@ -50,17 +59,9 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Initialises `tracing` once: level from `RUST_LOG` (default `info`), text or JSON.
-pub fn init_tracing(format: config::LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only on a terminal: escape codes in a log file or `kubectl logs` are noise.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    let _ = match format {
-        config::LogFormat::Text => builder.try_init(),
-        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+/// Initialises `tracing` once: level from `RUST_LOG` (default `info`), text or
+/// JSON. The handle lets a config reload switch the format (`None` if a
+/// subscriber was already installed).
+pub fn init_tracing(format: config::LogFormat) -> Option<reload::LogHandle> {
+    reload::init_tracing(format)
 }

@@ -2,15 +2,19 @@
 //! port (hyper-util `auto`), graceful drain, and the request path
 //! token → cache/introspect → policy → forward.
 
+use crate::admin::Readiness;
 use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop};
 use crate::introspect::Introspector;
+use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::Access;
+use crate::reload::ReloadHandle;
 use crate::token;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
@@ -34,12 +38,18 @@ const REALM: &str = "tokengate";
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
-    settings: Settings,
+    /// Swapped whole by a config reload; a request uses one snapshot throughout.
+    settings: Arc<ArcSwap<Settings>>,
     cache: TokenCache,
     introspector: Introspector,
     forwarder: Forwarder,
     /// Wall clock for `exp`/`nbf` checks and cache TTLs; injectable for tests.
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    /// Taken by [`run`], which serves the admin endpoints on it.
+    admin_listener: Option<TcpListener>,
+    reload_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl App {
@@ -48,8 +58,10 @@ impl App {
     }
 
     pub fn with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Self {
-            cache: TokenCache::new(&settings.cache, clock.clone()),
+            cache: TokenCache::new(&settings.cache, clock.clone())
+                .with_counters(metrics.cache_counters()),
             introspector: Introspector::new(&settings.introspection),
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
@@ -57,22 +69,65 @@ impl App {
                 settings.upstream_timeout,
             ),
             clock,
-            settings,
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            metrics,
+            readiness: Arc::new(Readiness::default()),
+            admin_listener: None,
+            reload_lock: Default::default(),
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// Serves `/healthz`, `/readyz`, `/metrics` and `POST /purge` on `listener`
+    /// while [`run`] runs (see [`crate::admin`]).
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin_listener = Some(listener);
+        self
+    }
+
+    /// The settings in effect now (a reload may replace them at any time).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    pub fn introspector(&self) -> &Introspector {
+        &self.introspector
+    }
+
+    /// A handle that swaps this app's configuration (SIGHUP in `main`).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            settings: self.settings.clone(),
+            ttls: self.cache.ttls(),
+            metrics: self.metrics.clone(),
+            log: None,
+            lock: self.reload_lock.clone(),
+        }
     }
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish for up to `shutdown_timeout`, and returns.
 /// `main` and the integration tests both call this.
-pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let admin_listener = app.admin_listener.take();
     let app = Arc::new(app);
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin =
+        admin_listener.map(|l| tokio::spawn(crate::admin::serve(app.clone(), l, admin_stopped)));
     let refresher = app
-        .settings
+        .settings()
         .discovery
         .clone()
         .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
@@ -81,9 +136,13 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     tokio::pin!(shutdown);
+    // Owned here so that connections still open at the drain deadline are
+    // aborted when `run` returns, not left running in the background.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -104,17 +163,19 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection closed with error");
             }
         });
     }
+    // Load balancers that probe /readyz stop sending before we stop answering.
+    app.readiness.begin_shutdown();
     drop(listener);
     if let Some(task) = refresher {
         task.abort();
     }
-    let deadline = app.settings.shutdown_timeout;
+    let deadline = app.settings().shutdown_timeout;
     info!(
         connections = graceful.count(),
         ?deadline,
@@ -125,6 +186,11 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         .is_err()
     {
         warn!("shutdown deadline reached; closing remaining connections");
+    }
+    connections.abort_all();
+    let _ = stop_admin.send(true);
+    if let Some(task) = admin {
+        let _ = task.await;
     }
 }
 
@@ -138,7 +204,8 @@ async fn refresh_discovery(app: Arc<App>, d: crate::config::DiscoverySettings) {
                 info!("introspection endpoint answers 404 repeatedly; re-running discovery");
             },
         }
-        match crate::discovery::discover(&d.issuer, app.settings.introspection.timeout).await {
+        let timeout = app.settings().introspection.timeout;
+        match crate::discovery::discover(&d.issuer, timeout).await {
             Ok(url) => {
                 if app.introspector.url().as_deref() != Some(url.as_str()) {
                     info!(endpoint = %url.as_str(), "introspection endpoint changed");
@@ -171,9 +238,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         Ok(resp) => resp,
         Err(err) => {
             log_error(&err, &info);
-            rejection_response(&err, app.settings.retry_after_secs)
+            if let ProxyError::Upstream(e) = &err {
+                app.metrics.upstream_error(e);
+            }
+            rejection_response(&err, app.settings.load().retry_after_secs)
         }
     };
+    let elapsed = started.elapsed();
     info!(
         target: "tokengate::access",
         method = %method,
@@ -181,11 +252,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         status = response.status().as_u16(),
         route = info.route.as_deref().unwrap_or("-"),
         // Whole microseconds, so the field prints as e.g. 4.234, not 4.233988999999999.
-        latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
+        latency_ms = elapsed.as_micros() as f64 / 1000.0,
         cache = info.cache.map(CacheStatus::as_str).unwrap_or("-"),
         subject = info.subject.as_deref().unwrap_or("-"),
         token = info.fingerprint.as_deref().unwrap_or("-"),
     );
+    app.metrics
+        .observe_request(info.route, response.status(), elapsed);
     response
 }
 
@@ -218,7 +291,8 @@ async fn authorize_and_forward(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectMethod);
     }
-    let settings = &app.settings;
+    let current = app.settings.load_full();
+    let settings = &*current;
     let host = forward::inbound_host(&req);
     let route = settings.routes.select(
         req.method(),
@@ -242,7 +316,10 @@ async fn authorize_and_forward(
 
             let (answer, status) = app
                 .cache
-                .get_or_load(key, || app.introspector.introspect(token.secret()))
+                .get_or_load(key, || {
+                    app.metrics
+                        .time_introspection(app.introspector.introspect(token.secret()))
+                })
                 .await;
             info.cache = Some(status);
             let introspection = match answer {
