@@ -9,9 +9,14 @@
 //!
 //! The cache holds the introspection, never the decision: `policy::evaluate`
 //! runs on every hit.
+//!
+//! With `[cache.shared]`, this is the L1 in front of [`crate::fleet`]'s Redis
+//! L2: a miss here reads L2 before introspecting, and `invalidate` purges
+//! fleet-wide.
 
 use crate::clock::Clock;
 use crate::config::RawCache;
+use crate::fleet::Fleet;
 use crate::introspect::{IntrospectError, Introspection};
 use crate::token::TokenHash;
 use moka::future::Cache;
@@ -84,6 +89,34 @@ pub struct TokenCache {
     positive: Cache<TokenHash, Arc<Introspection>>,
     /// `None` when `negative_ttl = "0s"`.
     negative: Option<Cache<TokenHash, ()>>,
+    /// The fleet's shared L2 and purge fan-out; `None`: this replica alone.
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// A handle on this replica's L1 caches (moka caches are shared handles), for
+/// the fleet layer's purge subscriber, which must drop entries without going
+/// through [`TokenCache::invalidate`] (that would publish the purge again).
+#[derive(Clone)]
+pub struct L1 {
+    positive: Cache<TokenHash, Arc<Introspection>>,
+    negative: Option<Cache<TokenHash, ()>>,
+}
+
+impl L1 {
+    pub async fn invalidate(&self, key: &TokenHash) {
+        self.positive.invalidate(key).await;
+        if let Some(neg) = &self.negative {
+            neg.invalidate(key).await;
+        }
+    }
+
+    /// Drops every entry (moka removes them lazily; none is served after this).
+    pub fn clear(&self) {
+        self.positive.invalidate_all();
+        if let Some(neg) = &self.negative {
+            neg.invalidate_all();
+        }
+    }
 }
 
 impl TokenCache {
@@ -101,7 +134,29 @@ impl TokenCache {
                 .time_to_live(cfg.negative_ttl)
                 .build()
         });
-        Self { positive, negative }
+        Self {
+            positive,
+            negative,
+            fleet: None,
+        }
+    }
+
+    /// This cache's L1 handle (for [`Fleet::new`]).
+    pub fn l1(&self) -> L1 {
+        L1 {
+            positive: self.positive.clone(),
+            negative: self.negative.clone(),
+        }
+    }
+
+    /// Puts the fleet's shared L2 behind this cache.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// Returns the cached introspection for `key`, or runs `load` once for all
@@ -122,8 +177,12 @@ impl TokenCache {
             }
         }
         let negative = self.negative.clone();
+        let fleet = self.fleet.clone();
         let init = async move {
-            let answer = load().await?;
+            let answer = match fleet {
+                Some(fleet) => fleet.read_through(&key, load).await?,
+                None => load().await?,
+            };
             if answer.active {
                 Ok(Arc::new(answer))
             } else {
@@ -146,12 +205,22 @@ impl TokenCache {
         }
     }
 
-    /// Removes a token from both caches (used by purge).
+    /// Purge: removes a token from both caches, and with `[cache.shared]` from
+    /// L2 and from every replica's L1 (see [`Fleet::purge`]; if Redis is down
+    /// only this replica forgets the token, and a warning says so).
     pub async fn invalidate(&self, key: &TokenHash) {
-        self.positive.invalidate(key).await;
-        if let Some(neg) = &self.negative {
-            neg.invalidate(key).await;
+        match &self.fleet {
+            Some(fleet) => {
+                let _ = fleet.purge(key).await;
+            }
+            None => self.l1().invalidate(key).await,
         }
+    }
+
+    /// Empties this replica's L1 only (what a replica does when it may have
+    /// missed purges).
+    pub fn clear_local(&self) {
+        self.l1().clear();
     }
 }
 

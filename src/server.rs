@@ -49,7 +49,11 @@ impl App {
 
     pub fn with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            cache: TokenCache::new(&settings.cache, clock.clone()),
+            cache: crate::fleet::attach(
+                TokenCache::new(&settings.cache, clock.clone()),
+                &settings,
+                clock.clone(),
+            ),
             introspector: Introspector::new(&settings.introspection),
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
@@ -64,6 +68,11 @@ impl App {
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
+
+    /// The token cache (L1, and the fleet layer behind it); purge goes through it.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
 }
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets
@@ -76,6 +85,11 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         .discovery
         .clone()
         .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
+    // The fleet's purge subscriber (its own Redis connection), if configured.
+    let subscriber = app
+        .cache
+        .fleet()
+        .map(|f| tokio::spawn(f.clone().run_subscriber()));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
@@ -111,7 +125,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         });
     }
     drop(listener);
-    if let Some(task) = refresher {
+    for task in [refresher, subscriber].into_iter().flatten() {
         task.abort();
     }
     let deadline = app.settings.shutdown_timeout;
