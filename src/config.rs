@@ -1106,6 +1106,60 @@ mod tests {
     }
 
     #[test]
+    fn shared_cache_keys_validate_and_the_url_password_never_prints() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file("short", "tooshort\n")?;
+            jail.create_file("key", "0123456789abcdef0123456789abcdef\n")?;
+            jail.create_file(
+                "t.toml",
+                "[cache.shared]\nurl = \"rediss://tg:pw-123@redis.example:6380/2\"\nkey_secret_file = \"key\"\ntimeout = \"150ms\"\n",
+            )?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            let shared = s.shared_cache.as_ref().expect("on");
+            assert_eq!(shared.timeout, Duration::from_millis(150));
+            assert!(shared.single_flight);
+            for shown in [format!("{raw:?}"), format!("{s:?}"), raw.to_redacted_toml()] {
+                assert!(!shown.contains("pw-123"), "password leaked: {shown}");
+                assert!(!shown.contains("0123456789abcdef"), "key leaked");
+            }
+            assert!(raw.to_redacted_toml().contains("redis.example:6380"));
+
+            jail.create_file("typo.toml", "[cache.shared]\nurll = \"redis://r\"\n")?;
+            let err = load(Some(Path::new("typo.toml"))).unwrap_err().to_string();
+            assert!(err.contains("urll"), "{err}");
+
+            let cases: [(&str, &str, &str); 4] = [
+                ("http://redis:6379", "key", "cache.shared.url"),
+                ("redis://redis:6379", "", "cache.shared.key_secret_file"),
+                (
+                    "redis://redis:6379",
+                    "short",
+                    "cache.shared.key_secret_file",
+                ),
+                (
+                    "redis://redis:6379",
+                    "missing",
+                    "cache.shared.key_secret_file",
+                ),
+            ];
+            for (url, file, key) in cases {
+                let mut c = base();
+                c.cache.shared.url = RedisUrl(url.into());
+                c.cache.shared.key_secret_file = file.into();
+                let err = c.validate().unwrap_err().to_string();
+                assert!(err.contains(key), "{url} {file}: {err}");
+            }
+            assert!(
+                base().validate().unwrap().shared_cache.is_none(),
+                "off by default"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secret_file_is_read_and_trimmed() {
         Jail::expect_with(|jail| {
             jail.create_file("secret", "s3cr3t\n")?;

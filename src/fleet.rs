@@ -697,6 +697,46 @@ fn is_transport_error(e: &redis::RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::SystemClock;
+    use crate::config::{RawCache, RedisUrl, Secret};
+
+    fn fleet(secret: &str) -> Fleet {
+        let cfg = SharedCacheSettings {
+            url: RedisUrl("redis://127.0.0.1:1".into()),
+            key_secret: Secret::new(secret),
+            timeout: Duration::from_millis(100),
+            single_flight: true,
+        };
+        let l1 = TokenCache::new(&RawCache::default(), Arc::new(SystemClock)).l1();
+        let d = Duration::from_secs(1);
+        Fleet::new(&cfg, l1, d, d, d, Arc::new(SystemClock)).unwrap()
+    }
+
+    #[test]
+    fn values_round_trip_and_are_bound_to_key_secret_and_version() {
+        let f = fleet("0123456789abcdef");
+        let i: Introspection = serde_json::from_value(serde_json::json!({
+            "active": true, "scope": "read write", "client_id": "app", "username": "al",
+            "token_type": "Bearer", "exp": 2_000_000_000u64, "iat": 1_000, "nbf": 1_000,
+            "sub": "alice", "aud": ["api", "web"], "iss": "https://as", "jti": "j1",
+            "token_use": "access_token", "nested": {"a": [1, 2]},
+        }))
+        .unwrap();
+        let k = f.l2_key(&[7; 32]);
+        assert!(k.starts_with(KEY_PREFIX) && k.len() == KEY_PREFIX.len() + 64);
+        let v = f.encode(&k, &i).unwrap();
+        assert_eq!(f.decode(&k, &v), Some(i.clone()), "lossless round trip");
+        assert_eq!(f.decode(&f.l2_key(&[8; 32]), &v), None, "bound to its key");
+        assert_eq!(fleet("another-secret-16b").decode(&k, &v), None);
+        assert_ne!(fleet("another-secret-16b").l2_key(&[7; 32]), k);
+        let mut tampered = v.clone();
+        let last = tampered.len() - 2;
+        tampered[last] ^= 1;
+        assert_eq!(f.decode(&k, &tampered), None);
+        for junk in [&b""[..], b"tg1:", b"tg1:short", b"{\"active\":true}"] {
+            assert_eq!(f.decode(&k, junk), None);
+        }
+    }
 
     #[test]
     fn breaker_opens_after_consecutive_failures_and_retries_after_the_pause() {
