@@ -367,7 +367,22 @@ impl Fleet {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if !self.breaker_lock().allows(Instant::now()) {
+        self.call_with(what, true, f).await
+    }
+
+    /// `respect_breaker = false` for purges: they are rare, and a purge that
+    /// is not even tried because lookups failed recently would be a silent loss.
+    async fn call_with<T, F, Fut>(
+        &self,
+        what: &'static str,
+        respect_breaker: bool,
+        f: F,
+    ) -> Result<T, FleetError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if respect_breaker && !self.breaker_lock().allows(Instant::now()) {
             bump(&self.counters.l2_skipped);
             return Err(FleetError::BreakerOpen);
         }
@@ -591,7 +606,7 @@ impl Fleet {
         let key = self.l2_key(hash);
         let msg = hex::encode(hash);
         let sent = self
-            .call("purge", |mut c| async move {
+            .call_with("purge", false, |mut c| async move {
                 redis::pipe()
                     .cmd("DEL")
                     .arg(&key)

@@ -219,8 +219,11 @@ async fn redis_outage_falls_back_to_introspection_and_reconnect_clears_l1() {
     // tok-a is still in this replica's L1 (no AS call).
     get_via(&env, &env.gate, "tok-a").await.echo();
     assert_eq!(env.introspections().await.len(), 7);
-    // A purge while Redis is down still drops the local entry.
+    // A purge while Redis is down is still tried (the breaker does not hold
+    // it back), fails, and still drops the local entry.
+    let errors = f.stats().l2_errors;
     assert!(f.purge(&sha256("tok-b0")).await.is_err());
+    assert_eq!(f.stats().l2_errors, errors + 1, "the purge was attempted");
 
     // Redis comes back (empty): the subscriber reconnects and clears L1,
     // because purges published meanwhile never reached it.
@@ -415,4 +418,35 @@ async fn replicas_that_see_a_new_token_at_once_introspect_it_once() {
     let acquired: u64 = gates.iter().map(|g| fleet(g).stats().lock_acquired).sum();
     assert_eq!(acquired, 1, "one replica introspects");
     assert!(waits <= 2, "the others wait for it: {waits}");
+}
+
+#[tokio::test]
+async fn a_redis_that_never_answers_costs_one_timeout_not_an_error() {
+    // A "Redis" that accepts connections and never says a word: the slowest
+    // possible Redis. Every call hits `cache.shared.timeout`.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = blackhole.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        raw.cache.shared.url = tokengate::config::RedisUrl(format!("redis://127.0.0.1:{port}"));
+        raw.cache.shared.key_secret_file = key.path();
+        raw.cache.shared.timeout = Duration::from_millis(100);
+    })
+    .await;
+    for n in 0..5 {
+        env.allow(&format!("tok-slow{n}"), 1).await;
+        let r = get_via(&env, &env.gate, &format!("tok-slow{n}")).await;
+        assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    }
+    let s = fleet(&env.gate).stats();
+    assert!(s.l2_errors >= 1 && s.l2_skipped >= 1, "{s:?}");
+    assert_eq!(s.l2_hits + s.l2_writes, 0, "{s:?}");
+    assert!(!held.lock().unwrap().is_empty(), "tokengate did connect");
 }
