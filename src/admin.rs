@@ -161,6 +161,9 @@ fn ready(app: &App) -> Result<(), &'static str> {
 async fn metrics(app: &App, req: &Request<Incoming>) -> Response<AdminBody> {
     let (positive, negative) = app.cache().entry_counts().await;
     app.metrics().set_cache_entries(positive, negative);
+    if let Some(fleet) = app.cache().fleet() {
+        app.metrics().set_fleet_stats(fleet.stats());
+    }
     let openmetrics = req
         .headers()
         .get_all(header::ACCEPT)

@@ -14,9 +14,13 @@
 //! [`CacheTtls`]): entries already cached keep the lifetime they were given,
 //! new entries get the new one. Capacities are fixed at start-up (moka cannot
 //! resize a cache).
+//! With `[cache.shared]`, this is the L1 in front of [`crate::fleet`]'s Redis
+//! L2: a miss here reads L2 before introspecting, and `invalidate` purges
+//! fleet-wide.
 
 use crate::clock::Clock;
 use crate::config::RawCache;
+use crate::fleet::Fleet;
 use crate::introspect::{IntrospectError, Introspection};
 use crate::token::TokenHash;
 use moka::future::Cache;
@@ -155,6 +159,34 @@ pub struct TokenCache {
     negative: Option<Cache<TokenHash, ()>>,
     ttls: CacheTtls,
     counters: CacheCounters,
+    /// The fleet's shared L2 and purge fan-out; `None`: this replica alone.
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// A handle on this replica's L1 caches (moka caches are shared handles), for
+/// the fleet layer's purge subscriber, which must drop entries without going
+/// through [`TokenCache::invalidate`] (that would publish the purge again).
+#[derive(Clone)]
+pub struct L1 {
+    positive: Cache<TokenHash, Arc<Introspection>>,
+    negative: Option<Cache<TokenHash, ()>>,
+}
+
+impl L1 {
+    pub async fn invalidate(&self, key: &TokenHash) {
+        self.positive.invalidate(key).await;
+        if let Some(neg) = &self.negative {
+            neg.invalidate(key).await;
+        }
+    }
+
+    /// Drops every entry (moka removes them lazily; none is served after this).
+    pub fn clear(&self) {
+        self.positive.invalidate_all();
+        if let Some(neg) = &self.negative {
+            neg.invalidate_all();
+        }
+    }
 }
 
 impl TokenCache {
@@ -178,6 +210,7 @@ impl TokenCache {
             negative,
             ttls,
             counters: CacheCounters::default(),
+            fleet: None,
         }
     }
 
@@ -213,6 +246,24 @@ impl TokenCache {
         (self.positive.entry_count(), negative)
     }
 
+    /// This cache's L1 handle (for [`Fleet::new`]).
+    pub fn l1(&self) -> L1 {
+        L1 {
+            positive: self.positive.clone(),
+            negative: self.negative.clone(),
+        }
+    }
+
+    /// Puts the fleet's shared L2 behind this cache.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
     /// Returns the cached introspection for `key`, or runs `load` once for all
     /// concurrent callers with the same key. An inactive answer is stored in the
     /// negative cache and returned as [`LoadError::Inactive`].
@@ -240,11 +291,15 @@ impl TokenCache {
             return (Ok(hit), CacheStatus::Hit);
         }
         let negative = self.negative().cloned();
+        let fleet = self.fleet.clone();
         let ran = AtomicBool::new(false);
         let ran_ref = &ran;
         let init = async move {
             ran_ref.store(true, Ordering::Relaxed);
-            let answer = load().await?;
+            let answer = match fleet {
+                Some(fleet) => fleet.read_through(&key, load).await?,
+                None => load().await?,
+            };
             if answer.active {
                 Ok(Arc::new(answer))
             } else {
@@ -268,12 +323,22 @@ impl TokenCache {
         }
     }
 
-    /// Removes a token from both caches (used by purge).
+    /// Purge: removes a token from both caches, and with `[cache.shared]` from
+    /// L2 and from every replica's L1 (see [`Fleet::purge`]; if Redis is down
+    /// only this replica forgets the token, and a warning says so).
     pub async fn invalidate(&self, key: &TokenHash) {
-        self.positive.invalidate(key).await;
-        if let Some(neg) = &self.negative {
-            neg.invalidate(key).await;
+        match &self.fleet {
+            Some(fleet) => {
+                let _ = fleet.purge(key).await;
+            }
+            None => self.l1().invalidate(key).await,
         }
+    }
+
+    /// Empties this replica's L1 only (what a replica does when it may have
+    /// missed purges).
+    pub fn clear_local(&self) {
+        self.l1().clear();
     }
 }
 

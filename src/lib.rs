@@ -7,6 +7,8 @@
 //! - [`server`]: accept loop, HTTP/1.1 + h2c, graceful drain; the request handler.
 //! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
 //! - [`cache`]: moka cache keyed by SHA-256(token); TTL ≤ `exp`; negative cache; single-flight.
+//! - [`fleet`]: `[cache.shared]`: Redis/Valkey L2 behind the L1 (HMAC keys, versioned MAC'd
+//!   values, timeout + breaker: never needed for correctness) and fleet-wide purge over pub/sub.
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
 //! - [`policy`]: pure route table (first match, normalised paths) and decision (active, `exp`,
 //!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
@@ -27,6 +29,7 @@
 //!    └─ policy::RouteTable::select     first matching route; public → skip to forward
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss → introspect::Introspector (single-flight)
+//!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET; miss → lock, introspect, SET PX
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
@@ -42,6 +45,7 @@ pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod fleet;
 pub mod forward;
 pub mod introspect;
 pub mod metrics;

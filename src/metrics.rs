@@ -114,6 +114,11 @@ pub struct Metrics {
     upstream_errors: Family<KindLabels, Counter>,
     purges: Counter,
     reloads: Family<ResultLabels, Counter>,
+    shared_cache: Family<KindLabels, Counter>,
+    purge_messages: Family<KindLabels, Counter>,
+    /// The fleet's own counters as last copied in, so a scrape adds only the
+    /// difference (the fleet layer counts with plain atomics).
+    fleet_seen: std::sync::Mutex<crate::fleet::FleetStats>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -222,6 +227,18 @@ impl Metrics {
             "Configuration reloads (SIGHUP), by result",
             reloads.clone(),
         );
+        let shared_cache = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "shared_cache_operations",
+            "Redis L2 ([cache.shared]) operations by kind: hit, miss, garbage (unreadable value), error, skipped (breaker open), write",
+            shared_cache.clone(),
+        );
+        let purge_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "purge_messages",
+            "Fleet-wide purge messages on the Redis channel, sent and received",
+            purge_messages.clone(),
+        );
         // Series that exist from the start, so that `rate()` and alerts see a 0
         // before the first event instead of no series at all.
         for outcome in [
@@ -255,7 +272,31 @@ impl Metrics {
             upstream_errors,
             purges,
             reloads,
+            shared_cache,
+            purge_messages,
+            fleet_seen: std::sync::Mutex::new(crate::fleet::FleetStats::default()),
         }
+    }
+
+    /// Copies the fleet layer's counters in (at scrape time).
+    pub fn set_fleet_stats(&self, now: crate::fleet::FleetStats) {
+        let mut seen = self.fleet_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let add = |family: &Family<KindLabels, Counter>, kind, now: u64, before: u64| {
+            family
+                .get_or_create(&KindLabels { kind })
+                .inc_by(now.saturating_sub(before));
+        };
+        let sc = &self.shared_cache;
+        add(sc, "hit", now.l2_hits, seen.l2_hits);
+        add(sc, "miss", now.l2_misses, seen.l2_misses);
+        add(sc, "garbage", now.l2_garbage, seen.l2_garbage);
+        add(sc, "error", now.l2_errors, seen.l2_errors);
+        add(sc, "skipped", now.l2_skipped, seen.l2_skipped);
+        add(sc, "write", now.l2_writes, seen.l2_writes);
+        let pm = &self.purge_messages;
+        add(pm, "sent", now.purges_sent, seen.purges_sent);
+        add(pm, "received", now.purges_received, seen.purges_received);
+        *seen = now;
     }
 
     /// Handles for [`crate::cache::TokenCache::with_counters`].

@@ -60,8 +60,12 @@ impl App {
     pub fn with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Self {
         let metrics = Arc::new(Metrics::new());
         Self {
-            cache: TokenCache::new(&settings.cache, clock.clone())
-                .with_counters(metrics.cache_counters()),
+            cache: crate::fleet::attach(
+                TokenCache::new(&settings.cache, clock.clone())
+                    .with_counters(metrics.cache_counters()),
+                &settings,
+                clock.clone(),
+            ),
             introspector: Introspector::new(&settings.introspection),
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
@@ -97,6 +101,7 @@ impl App {
         &self.readiness
     }
 
+    /// The token cache (L1, and the fleet layer behind it); purge goes through it.
     pub fn cache(&self) -> &TokenCache {
         &self.cache
     }
@@ -131,6 +136,11 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
         .discovery
         .clone()
         .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
+    // The fleet's purge subscriber (its own Redis connection), if configured.
+    let subscriber = app
+        .cache
+        .fleet()
+        .map(|f| tokio::spawn(f.clone().run_subscriber()));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
@@ -172,7 +182,7 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     // Load balancers that probe /readyz stop sending before we stop answering.
     app.readiness.begin_shutdown();
     drop(listener);
-    if let Some(task) = refresher {
+    for task in [refresher, subscriber].into_iter().flatten() {
         task.abort();
     }
     let deadline = app.settings().shutdown_timeout;

@@ -257,6 +257,8 @@ pub struct Gate {
     pub readiness: Option<Arc<tokengate::admin::Readiness>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The fleet layer (`[cache.shared]`), to purge and read counters directly.
+    pub fleet: Option<Arc<tokengate::fleet::Fleet>>,
 }
 
 impl Gate {
@@ -274,6 +276,7 @@ impl Gate {
             readiness: None,
             shutdown: Some(shutdown),
             task: None,
+            fleet: None,
         }
     }
 
@@ -289,6 +292,7 @@ impl Gate {
             tokengate::App::with_clock(settings, clock.clone()).with_admin_listener(admin_listener);
         let reload = app.reload_handle();
         let readiness = app.readiness().clone();
+        let fleet = app.cache().fleet().cloned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
@@ -303,6 +307,7 @@ impl Gate {
             readiness: Some(readiness),
             shutdown: Some(tx),
             task: Some(task),
+            fleet,
         }
     }
 
@@ -1180,5 +1185,83 @@ impl Drop for Binary {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A real redis-server for the fleet tests
+// ---------------------------------------------------------------------------
+
+/// A `redis-server` (Debian package `redis-server`, installed by `.ci/run`) on a
+/// free loopback port, without persistence; killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut server = Self { port, child: None };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (or restarts, on the same port) the server and waits until it answers.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot run redis-server: install the Debian package `redis-server`");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut c) = self.client().get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to the clients) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
