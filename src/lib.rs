@@ -36,10 +36,13 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod forward;
+pub mod forward_auth;
 pub mod introspect;
 pub mod policy;
 pub mod server;
+pub mod tls;
 pub mod token;
+pub mod upgrade;
 
 pub use server::{run, App};
 
