@@ -103,7 +103,8 @@ async fn should_apply_the_route_policy_to_the_original_request() {
     let auth = ("authorization", "Bearer tok");
 
     // DELETE /admin/x needs scope admin → 403, whichever convention says so.
-    let cases: Vec<(Method, &str, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         (
             Method::GET,
             "/_auth",
