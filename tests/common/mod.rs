@@ -568,7 +568,10 @@ impl Resp {
     }
 }
 
-pub async fn send(client: &TestClient, req: Request<ClientBody>) -> Resp {
+pub async fn send<C>(client: &Client<C, ClientBody>, req: Request<ClientBody>) -> Resp
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
         .expect("tokengate did not answer within 20s")
@@ -859,7 +862,13 @@ pub struct RespWithTrailers {
     pub trailers: Option<HeaderMap>,
 }
 
-pub async fn send_keep_trailers(client: &TestClient, req: Request<ClientBody>) -> RespWithTrailers {
+pub async fn send_keep_trailers<C>(
+    client: &Client<C, ClientBody>,
+    req: Request<ClientBody>,
+) -> RespWithTrailers
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
         .expect("tokengate did not answer within 20s")
@@ -884,4 +893,106 @@ pub fn temp_socket_path(tag: &str) -> std::path::PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ))
+}
+
+// ---------------------------------------------------------------------------
+// A test CA (rcgen), made at test time
+// ---------------------------------------------------------------------------
+
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// A leaf certificate and its key, in PEM and DER.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses), usable as server and client.
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+        }
+    }
+}
+
+/// A fresh temporary directory (removed by the caller or left in /tmp).
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "tokengate-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A rustls client configuration trusting `roots` (and nothing else).
+pub fn tls_client_config(
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> rustls::ClientConfig {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth()
+}
+
+/// An https client for tokengate; `h2` offers ALPN h2 + http/1.1, else http/1.1 only.
+pub fn https_client(
+    config: rustls::ClientConfig,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, ClientBody> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = if h2 {
+        b.enable_all_versions().build()
+    } else {
+        b.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
 }
