@@ -1117,6 +1117,22 @@ mod tests {
             ),
             ("listen", Box::new(|c| c.listen = "nowhere".into())),
             (
+                "upstream",
+                Box::new(|c| c.upstream = "unix:relative.sock".into()),
+            ),
+            (
+                "forward_auth.path_prefix",
+                Box::new(|c| c.forward_auth.path_prefix = "ext_authz".into()),
+            ),
+            (
+                "tls.key_file",
+                Box::new(|c| c.tls.cert_file = "/etc/tls.crt".into()),
+            ),
+            (
+                "upstream_tls.ca_file",
+                Box::new(|c| c.upstream_tls.ca_file = "/nonexistent/ca.pem".into()),
+            ),
+            (
                 "identity.scope_header",
                 Box::new(|c| c.identity.scope_header = "bad header".into()),
             ),

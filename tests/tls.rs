@@ -245,6 +245,18 @@ async fn https_server(
     client_ca: Option<CertificateDer<'static>>,
     answer: &'static str,
 ) -> SocketAddr {
+    https_server_alpn(leaf, client_ca, answer, &[b"http/1.1"]).await
+}
+
+/// Like [`https_server`], offering the given ALPN protocols. The answer carries
+/// `x-request-version` and ends with a `grpc-status: 0` trailer (HTTP/1.1
+/// clients that did not ask for trailers never see it).
+async fn https_server_alpn(
+    leaf: &Issued,
+    client_ca: Option<CertificateDer<'static>>,
+    answer: &'static str,
+    alpn: &[&[u8]],
+) -> SocketAddr {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -267,7 +279,7 @@ async fn https_server(
     let mut config = builder
         .with_single_cert(vec![leaf.cert_der.clone()], key)
         .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -282,11 +294,21 @@ async fn https_server(
                     return;
                 };
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                    let version = format!("{:?}", req.version());
                     let _ = req.into_body().collect().await;
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let frames = futures_util::stream::iter(vec![
+                        Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(
+                            answer.as_bytes(),
+                        ))),
+                        Ok(hyper::body::Frame::trailers(trailers)),
+                    ]);
                     Ok::<_, Infallible>(
                         Response::builder()
                             .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(answer.as_bytes())))
+                            .header("x-request-version", version)
+                            .body(http_body_util::StreamBody::new(frames))
                             .unwrap(),
                     )
                 });
@@ -399,5 +421,46 @@ fn should_name_the_key_of_a_bad_ca_or_client_certificate() {
     raw.introspection.client_key_file = g;
     let err = raw.validate().unwrap_err().to_string();
     assert!(err.contains("introspection.client_cert_file"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn should_carry_grpc_over_tls_on_both_sides_with_h2_by_alpn() {
+    let ca = TestCa::new("test CA");
+    let dir = temp_dir("h2-tls");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let up = https_server_alpn(&ca.issue(&["localhost"]), None, "msg", &[b"h2"]).await;
+    let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+    let (cert, key) = write_pair(&dir, "server", &leaf);
+    let env = Env::start_with(|raw| {
+        raw.upstream = format!("https://localhost:{}", up.port());
+        raw.upstream_http2 = true;
+        raw.upstream_tls.ca_file = ca_file.display().to_string();
+        raw.tls.cert_file = cert.display().to_string();
+        raw.tls.key_file = key.display().to_string();
+    })
+    .await;
+    env.allow("tok", 1).await;
+
+    let client = https_client(tls_client_config(&[ca.der()]), true);
+    let req = request(
+        Method::POST,
+        &format!("https://127.0.0.1:{}/svc.Echo/Unary", env.gate.addr.port()),
+    )
+    .header("authorization", "Bearer tok")
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(full(grpc_frame(b"ping")))
+    .unwrap();
+    let r = send_keep_trailers(&client, req).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.version, http::Version::HTTP_2, "client side: h2 by ALPN");
+    assert_eq!(
+        r.headers["x-request-version"], "HTTP/2.0",
+        "upstream side: h2 by ALPN"
+    );
+    assert_eq!(r.body, "msg");
+    assert_eq!(r.trailers.expect("trailers")["grpc-status"], "0");
     let _ = std::fs::remove_dir_all(dir);
 }
