@@ -148,6 +148,9 @@ mod duration_str {
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Proxy,
+    /// Answer the auth sub-request of another proxy (nginx `auth_request`,
+    /// Traefik ForwardAuth, Envoy `ext_authz`): 200/401/403/503, no upstream.
+    ForwardAuth,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +186,11 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub token_sources: RawTokenSources,
     pub discovery: RawDiscovery,
+    /// Speak HTTP/2 to the upstream: h2 (ALPN) over https, h2c over http or unix (gRPC).
+    pub upstream_http2: bool,
+    pub tls: RawTls,
+    pub upstream_tls: RawUpstreamTls,
+    pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
 }
 
@@ -203,6 +211,33 @@ impl Default for RawAdmin {
             purge_secret_file: String::new(),
         }
     }
+}
+
+/// `[tls]`: TLS termination for `listen` (both empty: plain HTTP).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
+/// `[upstream_tls]`: trust for https upstreams and the AS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    /// PEM CA certificates added to the webpki roots (private CAs).
+    pub ca_file: String,
+}
+
+/// `[forward_auth]`: only read when `mode = "forward_auth"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForwardAuth {
+    /// Envoy `ext_authz` `path_prefix`: removed from the request path to get the
+    /// original path (used when no X-Original-URI / X-Forwarded-Uri is sent).
+    pub path_prefix: String,
 }
 
 /// `[policy]`: requirements for every authenticated request without a route
@@ -277,6 +312,9 @@ pub struct RawIntrospection {
     pub auth_method: AuthMethod,
     #[serde(with = "duration_str")]
     pub timeout: Duration,
+    /// PEM client certificate for mTLS to the AS (RFC 8705 `tls_client_auth`).
+    pub client_cert_file: String,
+    pub client_key_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -418,6 +456,10 @@ impl Default for RawConfig {
             token_sources: RawTokenSources::default(),
             discovery: RawDiscovery::default(),
             admin: RawAdmin::default(),
+            upstream_http2: false,
+            tls: RawTls::default(),
+            upstream_tls: RawUpstreamTls::default(),
+            forward_auth: RawForwardAuth::default(),
         }
     }
 }
@@ -431,6 +473,8 @@ impl Default for RawIntrospection {
             client_secret_file: String::new(),
             auth_method: AuthMethod::ClientSecretBasic,
             timeout: Duration::from_secs(2),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
         }
     }
 }
@@ -507,6 +551,13 @@ pub struct Settings {
     pub routes: crate::policy::RouteTable,
     pub token_sources: crate::token::TokenSources,
     pub discovery: Option<DiscoverySettings>,
+    pub mode: Mode,
+    /// `[tls]`: `Some` when `listen` terminates TLS.
+    pub tls: Option<crate::tls::ServerTlsSettings>,
+    /// Outbound TLS to the upstream (`[upstream_tls]`).
+    pub upstream_tls: crate::tls::ClientTls,
+    /// `[forward_auth] path_prefix`, normalised: empty or "/x" without a trailing '/'.
+    pub forward_auth_prefix: String,
     /// `[cache.shared]`; `None` when `url` is empty.
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
@@ -535,6 +586,11 @@ pub struct Upstream {
     pub authority: http::uri::Authority,
     /// Prefix prepended to every forwarded path; empty for "/".
     pub base_path: String,
+    /// `unix:/path.sock`: connect here instead of to `authority` (which is then
+    /// `localhost`, the Host the upstream sees).
+    pub unix_socket: Option<PathBuf>,
+    /// `upstream_http2`: h2 / h2c to the upstream.
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -545,6 +601,8 @@ pub struct IntrospectionSettings {
     pub client_secret: Secret,
     pub auth_method: AuthMethod,
     pub timeout: Duration,
+    /// Roots and the optional client certificate for the AS call.
+    pub tls: crate::tls::ClientTls,
 }
 
 #[derive(Debug, Clone)]
@@ -602,7 +660,19 @@ impl RawConfig {
                 format!("{:?} is not a socket address ({e})", self.listen),
             )
         })?;
-        let upstream = parse_upstream(&self.upstream)?;
+        let mut upstream = parse_upstream(&self.upstream)?;
+        upstream.http2 = self.upstream_http2;
+        let (tls, upstream_tls, as_tls) = self.tls_settings()?;
+        let forward_auth_prefix = {
+            let p = self.forward_auth.path_prefix.trim_end_matches('/');
+            if !p.is_empty() && !p.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    "forward_auth.path_prefix",
+                    format!("{p:?} must start with '/'"),
+                ));
+            }
+            p.to_owned()
+        };
 
         let i = &self.introspection;
         let discovery = if self.discovery.issuer.is_empty() {
@@ -762,6 +832,7 @@ impl RawConfig {
                 client_secret,
                 auth_method: i.auth_method,
                 timeout: i.timeout,
+                tls: as_tls,
             },
             cache: self.cache.clone(),
             identity: IdentitySettings {
@@ -780,6 +851,10 @@ impl RawConfig {
             routes,
             token_sources,
             discovery,
+            mode: self.mode,
+            tls,
+            upstream_tls,
+            forward_auth_prefix,
             shared_cache,
             admin,
         })
@@ -826,6 +901,81 @@ impl RawConfig {
             listen: admin_listen,
             purge_secret,
         })
+    }
+
+    /// `[tls]`, `[upstream_tls]` and the AS client certificate: every file is
+    /// read now, so a bad certificate or key stops start-up with the key's name.
+    fn tls_settings(
+        &self,
+    ) -> Result<
+        (
+            Option<crate::tls::ServerTlsSettings>,
+            crate::tls::ClientTls,
+            crate::tls::ClientTls,
+        ),
+        ConfigError,
+    > {
+        use crate::tls;
+        let t = &self.tls;
+        let server = match (t.cert_file.is_empty(), t.key_file.is_empty()) {
+            (true, true) => None,
+            (false, true) | (true, false) => {
+                return Err(ConfigError::invalid(
+                    if t.cert_file.is_empty() {
+                        "tls.cert_file"
+                    } else {
+                        "tls.key_file"
+                    },
+                    "set both tls.cert_file and tls.key_file, or neither",
+                ))
+            }
+            (false, false) => {
+                let (cert, key) = (PathBuf::from(&t.cert_file), PathBuf::from(&t.key_file));
+                let loaded = tls::ServerTlsSettings::load(&cert, &key).map_err(|e| {
+                    let k = match e {
+                        tls::TlsError::Certificates { .. }
+                        | tls::TlsError::NoCertificate { .. } => "tls.cert_file",
+                        _ => "tls.key_file",
+                    };
+                    ConfigError::invalid(k, e.to_string())
+                })?;
+                Some(loaded)
+            }
+        };
+        let roots = if self.upstream_tls.ca_file.is_empty() {
+            Vec::new()
+        } else {
+            tls::load_certs(Path::new(&self.upstream_tls.ca_file))
+                .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?
+        };
+        let upstream = tls::ClientTls::new(&roots, None)
+            .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?;
+        let i = &self.introspection;
+        let client_auth = match (i.client_cert_file.is_empty(), i.client_key_file.is_empty()) {
+            (true, true) => None,
+            (false, true) | (true, false) => {
+                return Err(ConfigError::invalid(
+                    if i.client_cert_file.is_empty() {
+                        "introspection.client_cert_file"
+                    } else {
+                        "introspection.client_key_file"
+                    },
+                    "set both introspection.client_cert_file and client_key_file, or neither",
+                ))
+            }
+            (false, false) => {
+                let certs = tls::load_certs(Path::new(&i.client_cert_file)).map_err(|e| {
+                    ConfigError::invalid("introspection.client_cert_file", e.to_string())
+                })?;
+                let key = tls::load_key(Path::new(&i.client_key_file)).map_err(|e| {
+                    ConfigError::invalid("introspection.client_key_file", e.to_string())
+                })?;
+                Some((certs, key))
+            }
+        };
+        let auth = tls::ClientTls::new(&roots, client_auth)
+            .map_err(|e| ConfigError::invalid("introspection.client_key_file", e.to_string()))?;
+        Ok((server, upstream, auth))
     }
 
     /// Compiles `[policy]` and `[[routes]]` into the ordered route table.
@@ -989,6 +1139,23 @@ fn read_secret_file(key: &'static str, path: &str) -> Result<Secret, ConfigError
 
 fn parse_upstream(s: &str) -> Result<Upstream, ConfigError> {
     let key = "upstream";
+    if let Some(path) = s.strip_prefix("unix:") {
+        // `unix:/run/app.sock`; `unix:///run/app.sock` is accepted too.
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if !path.starts_with('/') {
+            return Err(ConfigError::invalid(
+                key,
+                format!("{s:?}: the socket path must be absolute, e.g. unix:/run/app.sock"),
+            ));
+        }
+        return Ok(Upstream {
+            scheme: http::uri::Scheme::HTTP,
+            authority: http::uri::Authority::from_static("localhost"),
+            base_path: String::new(),
+            unix_socket: Some(PathBuf::from(path)),
+            http2: false,
+        });
+    }
     let uri: Uri = s
         .parse()
         .map_err(|e| ConfigError::invalid(key, format!("{s:?} is not a URL ({e})")))?;
@@ -998,7 +1165,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, ConfigError> {
     if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
         return Err(ConfigError::invalid(
             key,
-            format!("scheme {scheme} is not supported; use http:// or https://"),
+            format!("scheme {scheme} is not supported; use http://, https:// or unix:/path.sock"),
         ));
     }
     let authority = uri
@@ -1013,6 +1180,8 @@ fn parse_upstream(s: &str) -> Result<Upstream, ConfigError> {
         scheme,
         authority,
         base_path,
+        unix_socket: None,
+        http2: false,
     })
 }
 
@@ -1145,6 +1314,22 @@ mod tests {
                 Box::new(|c| c.upstream = "127.0.0.1:3000".into()),
             ),
             ("listen", Box::new(|c| c.listen = "nowhere".into())),
+            (
+                "upstream",
+                Box::new(|c| c.upstream = "unix:relative.sock".into()),
+            ),
+            (
+                "forward_auth.path_prefix",
+                Box::new(|c| c.forward_auth.path_prefix = "ext_authz".into()),
+            ),
+            (
+                "tls.key_file",
+                Box::new(|c| c.tls.cert_file = "/etc/tls.crt".into()),
+            ),
+            (
+                "upstream_tls.ca_file",
+                Box::new(|c| c.upstream_tls.ca_file = "/nonexistent/ca.pem".into()),
+            ),
             (
                 "identity.scope_header",
                 Box::new(|c| c.identity.scope_header = "bad header".into()),

@@ -4,6 +4,7 @@
 //! compile until someone decides its status, and `mapping_table` pins them.
 
 use crate::forward::ForwardError;
+use crate::forward_auth::ForwardAuthError;
 use crate::introspect::IntrospectError;
 use crate::policy::{AmbiguousPath, Deny};
 use crate::token::TokenError;
@@ -26,6 +27,9 @@ pub enum ProxyError {
     ConnectMethod,
     #[error(transparent)]
     AmbiguousPath(#[from] AmbiguousPath),
+    /// Forward-auth mode: the front proxy's description of the original request is unusable.
+    #[error("bad forward-auth request: {0}")]
+    ForwardAuth(#[from] ForwardAuthError),
 }
 
 /// The RFC 6750 error code in the challenge, when there is one.
@@ -173,6 +177,17 @@ impl ProxyError {
                 None,
                 false,
             ),
+            Self::ForwardAuth(e) => match e {
+                ForwardAuthError::BadUri(_)
+                | ForwardAuthError::BadMethod(_)
+                | ForwardAuthError::OutsidePrefix => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                    None,
+                    false,
+                ),
+            },
             Self::AmbiguousPath(_) => r(
                 S::BAD_REQUEST,
                 "invalid_request",
@@ -206,6 +221,38 @@ impl Rejection {
             v.push_str(&format!(", scope=\"{scope}\""));
         }
         Some(v)
+    }
+
+    /// The gRPC status code for a gRPC client (grpc/doc/statuscodes.md),
+    /// derived from the HTTP status so that every variant, present and future,
+    /// has one: 401 UNAUTHENTICATED, 403 PERMISSION_DENIED, 503 UNAVAILABLE ...
+    pub fn grpc_status(&self) -> u16 {
+        match self.status.as_u16() {
+            400 => 3,             // INVALID_ARGUMENT
+            401 => 16,            // UNAUTHENTICATED
+            403 => 7,             // PERMISSION_DENIED
+            404 => 5,             // NOT_FOUND
+            405 | 501 => 12,      // UNIMPLEMENTED
+            408 | 504 => 4,       // DEADLINE_EXCEEDED
+            413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+            502 | 503 => 14,      // UNAVAILABLE
+            500..=599 => 13,      // INTERNAL
+            _ => 2,               // UNKNOWN
+        }
+    }
+
+    /// `grpc-message`: the description, percent-encoded as the gRPC spec
+    /// requires (anything outside printable ASCII, and '%').
+    pub fn grpc_message(&self) -> String {
+        let mut out = String::with_capacity(self.description.len());
+        for b in self.description.bytes() {
+            if (0x20..=0x7e).contains(&b) && b != b'%' {
+                out.push(char::from(b));
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
     }
 
     pub fn json_body(&self) -> String {
@@ -396,6 +443,27 @@ mod tests {
                 false,
             ),
             (AmbiguousPath.into(), 400, "invalid_request", None, false),
+            (
+                ForwardAuthError::BadUri("X-Original-URI").into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ForwardAuthError::BadMethod("X-Forwarded-Method").into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ForwardAuthError::OutsidePrefix.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
         ];
         for (err, status, code, challenge, retry) in cases {
             let r = err.rejection();
@@ -411,6 +479,33 @@ mod tests {
                 }
             }
         }
+        let grpc: Vec<(ProxyError, u16)> = vec![
+            (ProxyError::NoCredentials, 16),
+            (Deny::Inactive.into(), 16),
+            (Deny::Expired.into(), 16),
+            (Deny::WrongAudience.into(), 16),
+            (
+                Deny::InsufficientScope {
+                    required: "admin".into(),
+                }
+                .into(),
+                7,
+            ),
+            (IntrospectError::Timeout(Duration::from_secs(2)).into(), 14),
+            (IntrospectError::Status(500).into(), 14),
+            (ForwardError::Connect("refused".into()).into(), 14),
+            (ForwardError::Timeout(Duration::from_secs(1)).into(), 4),
+            (TokenError::TooLong.into(), 3),
+            (ProxyError::ConnectMethod, 12),
+            (ForwardAuthError::OutsidePrefix.into(), 3),
+        ];
+        for (err, code) in grpc {
+            assert_eq!(err.rejection().grpc_status(), code, "{err:?}");
+        }
+        let mut r = ProxyError::NoCredentials.rejection();
+        r.description = "100% sure\n€".into();
+        assert_eq!(r.grpc_message(), "100%25 sure%0A%E2%82%AC");
+
         let bare = ProxyError::NoCredentials
             .rejection()
             .www_authenticate("r")

@@ -61,6 +61,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether the request's `TE` lists `trailers` (gRPC clients send it; an h2
+/// upstream that speaks gRPC requires it).
+pub fn te_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// Makes an identity value header-safe: control characters (which would let an
 /// AS-supplied claim inject headers, or make hyper refuse the value) become '?'.
 pub fn header_safe(value: &str) -> HeaderValue {
@@ -158,19 +173,45 @@ pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     })
 }
 
+/// The pooled client for the upstream's transport.
+enum UpstreamClient {
+    /// http:// or https:// (h1, or h2 / h2c with `upstream_http2`).
+    Tcp(Client<crate::client::Connector, Incoming>),
+    /// unix:/path.sock (h1, or h2c with `upstream_http2`).
+    Unix(Client<crate::client::UnixConnector, Incoming>),
+}
+
 pub struct Forwarder {
-    client: Client<crate::client::Connector, Incoming>,
+    client: UpstreamClient,
     upstream: Upstream,
     timeout: Duration,
 }
 
 impl Forwarder {
-    pub fn new(upstream: Upstream, connect_timeout: Duration, timeout: Duration) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        connect_timeout: Duration,
+        timeout: Duration,
+        tls: &crate::tls::ClientTls,
+    ) -> Self {
+        let client = match &upstream.unix_socket {
+            Some(path) => UpstreamClient::Unix(crate::client::build_unix(path, upstream.http2)),
+            None => UpstreamClient::Tcp(crate::client::build_with(
+                connect_timeout,
+                tls,
+                upstream.http2,
+            )),
+        };
         Self {
-            client: crate::client::build(connect_timeout),
+            client,
             upstream,
             timeout,
         }
+    }
+
+    /// The upstream speaks HTTP/2 (`upstream_http2`).
+    pub fn is_http2(&self) -> bool {
+        self.upstream.http2
     }
 
     /// The upstream URI for a request: always the configured scheme and
@@ -197,9 +238,19 @@ impl Forwarder {
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
-        // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke to us.
-        *req.version_mut() = Version::HTTP_11;
-        let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        // The upstream's version is ours to choose, whatever the client spoke to us.
+        *req.version_mut() = if self.upstream.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let call = async {
+            match &self.client {
+                UpstreamClient::Tcp(c) => c.request(req).await,
+                UpstreamClient::Unix(c) => c.request(req).await,
+            }
+        };
+        let mut resp = match tokio::time::timeout(self.timeout, call).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(e)) if inbound_body_failed(&e) => {
                 return Err(ForwardError::BadBody(crate::introspect::error_chain(&e)))
@@ -210,7 +261,15 @@ impl Forwarder {
             Ok(Err(e)) => return Err(ForwardError::Failed(crate::introspect::error_chain(&e))),
             Ok(Ok(resp)) => resp,
         };
+        // A 101 is only possible for an upgrade we forwarded: it must keep the
+        // two fields that say what the connection switches to.
+        let upgrade = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| resp.headers().get(header::UPGRADE).cloned())
+            .flatten();
         strip_hop_by_hop(resp.headers_mut());
+        if let Some(u) = upgrade {
+            crate::upgrade::restore_headers(resp.headers_mut(), u);
+        }
         Ok(resp)
     }
 }

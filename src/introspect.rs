@@ -432,7 +432,7 @@ impl Introspector {
             .set_introspection_url_option(settings.url.clone());
         Self {
             oauth: std::sync::RwLock::new(Arc::new(oauth)),
-            http: crate::client::build(settings.timeout),
+            http: crate::client::build_with(settings.timeout, &settings.tls, false),
             timeout: settings.timeout,
             not_found_streak: AtomicU32::new(0),
             rediscover: Notify::new(),

@@ -4,7 +4,10 @@
 //!
 //! # Module map
 //! - [`config`]: figment (defaults → TOML → `TOKENGATE_*` env) → `RawConfig` → `validate()` → `Settings`.
-//! - [`server`]: accept loop, HTTP/1.1 + h2c, graceful drain; the request handler.
+//! - [`server`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN), graceful drain
+//!   (tunnels included); the request handler, in proxy or forward-auth mode.
+//! - [`tls`]: TLS termination with a reloadable certificate; outbound roots (`ca_file`) and
+//!   the AS client certificate (mTLS).
 //! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
 //! - [`cache`]: moka cache keyed by SHA-256(token); TTL ≤ `exp`; negative cache; single-flight.
 //! - [`fleet`]: `[cache.shared]`: Redis/Valkey L2 behind the L1 (HMAC keys, versioned MAC'd
@@ -13,9 +16,13 @@
 //! - [`policy`]: pure route table (first match, normalised paths) and decision (active, `exp`,
 //!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
 //! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint, with background refresh.
-//! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream.
+//! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream
+//!   (HTTP/1.1 or HTTP/2, over TCP or a unix socket).
+//! - [`upgrade`]: HTTP/1.1 Upgrade (WebSocket) tunnels, closed at the token's `exp` and at shutdown.
+//! - [`forward_auth`]: `mode = "forward_auth"`: the original request from nginx / Traefik /
+//!   Envoy headers, and the 200 + identity answer.
 //! - [`error`]: one enum for every failure; the one exhaustive status/challenge mapping.
-//! - [`client`]: the pooled hyper-util + rustls client used for the AS and the upstream.
+//! - [`client`]: the pooled hyper-util + rustls clients for the AS and the upstream; the unix connector.
 //! - [`clock`]: wall clock behind a trait, so expiry is testable without sleeping.
 //! - [`admin`]: the admin listener: `/healthz`, `/readyz` ([`admin::Readiness`]), `/metrics`,
 //!   `POST /purge`; spawned by `server::run` when the app has an admin listener.
@@ -33,8 +40,12 @@
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
+//!       └─ upgrade::Tunnels::spawn     on 101: join the two connections until exp / close / shutdown
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
+//!                                      (gRPC request → grpc-status, server::grpc_rejection_response)
 //!    └─ metrics::Metrics::observe_request  + one access log line
+//! forward-auth mode: forward_auth::original → the same route/token/cache/policy → 200 + identity
+//! (forward_auth::allowed) instead of forwarding.
 //! ```
 #![forbid(unsafe_code)]
 
@@ -47,12 +58,15 @@ pub mod discovery;
 pub mod error;
 pub mod fleet;
 pub mod forward;
+pub mod forward_auth;
 pub mod introspect;
 pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod tls;
 pub mod token;
+pub mod upgrade;
 
 pub use server::{run, App};
 

@@ -88,10 +88,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             app = app.with_admin_listener(admin);
         }
         let reload = app.reload_handle().with_log(log);
+        let tls = app.tls_reloader();
         #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(hup, reload, config_file));
+        tokio::spawn(reload_on_sighup(hup, reload, tls, config_file));
         #[cfg(not(unix))]
-        let _ = (reload, config_file);
+        let _ = (reload, tls, config_file);
         tokengate::run(app, listener, shutdown).await;
         tracing::info!("tokengate stopped");
         Ok(())
@@ -105,10 +106,20 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     reload: tokengate::reload::ReloadHandle,
+    tls: Option<tokengate::tls::TlsReloader>,
     file: Option<PathBuf>,
 ) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the configuration");
+        if let Some(tls) = &tls {
+            // A bad certificate file keeps the running one; say so loudly.
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the running certificate")
+                }
+            }
+        }
         let reload = reload.clone();
         let file = file.clone();
         // Reading files and secrets blocks; keep it off the async workers.

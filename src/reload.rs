@@ -13,7 +13,10 @@
 //! * needs a restart (a warning names each key; the running value stays):
 //!   `listen`, `admin.listen`, `upstream`, `[introspection]`,
 //!   `[discovery]`, `cache.max_entries`, `cache.negative_max_entries`,
-//!   `resilience.upstream_timeout`, `resilience.upstream_connect_timeout`.
+//!   `resilience.upstream_timeout`, `resilience.upstream_connect_timeout`,
+//!   `mode`, `upstream_http2`, `[tls]` paths (the certificate files themselves
+//!   are re-read on SIGHUP and when they change), `[upstream_tls]` (kept
+//!   silently: the CA file is read into the clients at start-up).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -187,7 +190,22 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("admin.listen", admin.listen, |a, b| a == b);
     keep!("upstream", upstream, |a, b| a.scheme == b.scheme
         && a.authority == b.authority
-        && a.base_path == b.base_path);
+        && a.base_path == b.base_path
+        && a.unix_socket == b.unix_socket
+        && a.http2 == b.http2);
+    keep!("mode", mode, |a, b| a == b);
+    // The running listener holds the live acceptor and its file watcher; a new
+    // one would serve nothing. Certificate *contents* reload through them
+    // (file change, SIGHUP); only the paths and TLS on/off need a restart.
+    keep!("tls", tls, |a, b| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) =>
+            a.reloader.cert_file == b.reloader.cert_file
+                && a.reloader.key_file == b.reloader.key_file,
+        _ => false,
+    });
+    // Built into the pooled clients at start-up (CA roots, client certificate).
+    new.upstream_tls = old.upstream_tls.clone();
     keep!("discovery", discovery, |a, b| match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => a.issuer == b.issuer && a.refresh_interval == b.refresh_interval,

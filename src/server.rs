@@ -5,7 +5,7 @@
 use crate::admin::Readiness;
 use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
-use crate::config::Settings;
+use crate::config::{Mode, Settings};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop};
 use crate::introspect::Introspector;
@@ -50,6 +50,8 @@ pub struct App {
     /// Taken by [`run`], which serves the admin endpoints on it.
     admin_listener: Option<TcpListener>,
     reload_lock: Arc<std::sync::Mutex<()>>,
+    /// Upgraded (WebSocket) connections: shutdown must close them itself.
+    tunnels: crate::upgrade::Tunnels,
 }
 
 impl App {
@@ -71,6 +73,7 @@ impl App {
                 settings.upstream.clone(),
                 settings.upstream_connect_timeout,
                 settings.upstream_timeout,
+                &settings.upstream_tls,
             ),
             clock,
             settings: Arc::new(ArcSwap::from_pointee(settings)),
@@ -78,6 +81,7 @@ impl App {
             readiness: Arc::new(Readiness::default()),
             admin_listener: None,
             reload_lock: Default::default(),
+            tunnels: crate::upgrade::Tunnels::default(),
         }
     }
 
@@ -120,7 +124,31 @@ impl App {
             lock: self.reload_lock.clone(),
         }
     }
+
+    /// A handle that reloads the TLS certificate (for main's SIGHUP handler);
+    /// `None` without `[tls]`. Take it before handing the app to [`run`].
+    pub fn tls_reloader(&self) -> Option<crate::tls::TlsReloader> {
+        self.settings
+            .load()
+            .tls
+            .as_ref()
+            .map(|t| t.reloader.clone())
+    }
+
+    /// Reloads the TLS certificate from its files now. Open connections keep
+    /// the old one; a bad file leaves the old one in place and is reported.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
+        match &self.settings.load().tls {
+            Some(t) => t.reloader.reload(),
+            None => Ok(()),
+        }
+    }
 }
+
+/// The scheme the client used to reach us, put in each request's extensions by
+/// the accept loop (X-Forwarded-Proto).
+#[derive(Debug, Clone, Copy)]
+struct ClientProto(&'static str);
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish for up to `shutdown_timeout`, and returns.
@@ -141,6 +169,11 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
         .cache
         .fleet()
         .map(|f| tokio::spawn(f.clone().run_subscriber()));
+    let tls_watch = app
+        .tls_reloader()
+        .map(|r| tokio::spawn(r.watch(crate::tls::WATCH_INTERVAL)));
+    // TLS is a listener setting: fixed for the life of `run` (reload says so).
+    let tls = app.settings().tls.clone();
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
@@ -164,43 +197,97 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
             },
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        connections.spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "connection closed with error");
+        let watcher = graceful.watcher();
+        match &tls {
+            None => {
+                let conn = serve(
+                    &builder,
+                    watcher,
+                    app.clone(),
+                    TokioIo::new(stream),
+                    peer,
+                    "http",
+                );
+                connections.spawn(conn);
             }
-        });
+            Some(tls) => {
+                // The handshake runs in the connection's task, never in the accept loop.
+                let acceptor = tls.acceptor.clone();
+                let (builder, app) = (builder.clone(), app.clone());
+                connections.spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        crate::tls::HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    );
+                    match handshake.await {
+                        Ok(Ok(stream)) => {
+                            serve(&builder, watcher, app, TokioIo::new(stream), peer, "https")
+                                .await;
+                        }
+                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
     // Load balancers that probe /readyz stop sending before we stop answering.
     app.readiness.begin_shutdown();
     drop(listener);
-    for task in [refresher, subscriber].into_iter().flatten() {
+    for task in [refresher, subscriber, tls_watch].into_iter().flatten() {
         task.abort();
     }
     let deadline = app.settings().shutdown_timeout;
     info!(
         connections = graceful.count(),
+        tunnels = app.tunnels.count(),
         ?deadline,
         "shutting down: draining connections"
     );
-    if tokio::time::timeout(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Upgraded connections have left hyper's connection (and so `graceful`):
+    // wait for them too, and close them at the deadline.
+    let drained = async {
+        graceful.shutdown().await;
+        app.tunnels.wait().await;
+    };
+    if tokio::time::timeout(deadline, drained).await.is_err() {
         warn!("shutdown deadline reached; closing remaining connections");
     }
     connections.abort_all();
+    app.tunnels.close_all();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), app.tunnels.wait()).await;
     let _ = stop_admin.send(true);
     if let Some(task) = admin {
         let _ = task.await;
+    }
+}
+
+/// One connection: HTTP/1.1 (with Upgrade) or HTTP/2, over TCP or TLS,
+/// watched by the graceful drain.
+fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    app: Arc<App>,
+    io: I,
+    peer: SocketAddr,
+    proto: &'static str,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let app = app.clone();
+        req.extensions_mut().insert(ClientProto(proto));
+        async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
+    let conn = watcher.watch(conn);
+    async move {
+        if let Err(e) = conn.await {
+            debug!(%peer, error = %e, "connection closed with error");
+        }
     }
 }
 
@@ -244,14 +331,25 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     // The path only: a query string may carry credentials.
     let path = req.uri().path().to_owned();
     let mut info = AccessInfo::default();
-    let response = match authorize_and_forward(app, req, peer, &mut info).await {
+    // gRPC clients need their failures as gRPC statuses; decided before the
+    // request is consumed.
+    let grpc = is_grpc(req.headers());
+    let result = match app.settings.load().mode {
+        Mode::Proxy => authorize_and_forward(app, req, peer, &mut info).await,
+        Mode::ForwardAuth => forward_auth_check(app, req, &mut info).await,
+    };
+    let response = match result {
         Ok(resp) => resp,
         Err(err) => {
             log_error(&err, &info);
             if let ProxyError::Upstream(e) = &err {
                 app.metrics.upstream_error(e);
             }
-            rejection_response(&err, app.settings.load().retry_after_secs)
+            if grpc {
+                grpc_rejection_response(&err)
+            } else {
+                rejection_response(&err, app.settings.load().retry_after_secs)
+            }
         }
     };
     let elapsed = started.elapsed();
@@ -287,6 +385,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::Token(_)
         | ProxyError::Denied(_)
         | ProxyError::ConnectMethod
+        | ProxyError::ForwardAuth(_)
         | ProxyError::AmbiguousPath(_) => debug!(reason = %err, token, "request rejected"),
     }
 }
@@ -311,12 +410,61 @@ async fn authorize_and_forward(
     )?;
     info.route = Some(route.name.clone());
 
+    let (principal, exp) =
+        authorize(app, settings, route, req.headers(), req.uri().query(), info).await?;
+    let upgrade = crate::upgrade::requested(&req);
+    // Taken before the request is handed on; resolves once we answer 101.
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let te_trailers = forward::te_trailers(req.headers());
+
+    // Credentials in the query or a cookie are for us, not the upstream.
+    strip_token_sources(&mut req, &settings.token_sources)?;
+    let version = req.version();
+    let hop = Hop {
+        peer,
+        proto: req
+            .extensions()
+            .get::<ClientProto>()
+            .map_or("http", |p| p.0),
+        identity: &settings.identity,
+    };
+    forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
+    if let Some(u) = upgrade {
+        crate::upgrade::restore_headers(req.headers_mut(), u);
+    }
+    // gRPC over h2 needs `te: trailers`, the one TE value HTTP/2 allows (RFC 9113 §8.2.2).
+    if te_trailers && app.forwarder.is_http2() {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let mut resp = app.forwarder.send(req).await?;
+    if let Some(client) = client_upgrade {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let life = crate::upgrade::until_exp(exp, app.clock.now());
+            app.tunnels.spawn(client, upstream, life);
+        }
+    }
+    Ok(resp.map(BodyExt::boxed))
+}
+
+/// Route → token → cache/introspect → policy: may this request pass? Shared by
+/// proxy and forward-auth mode. `Ok((None, None))` for a public route; else the
+/// principal and the token's `exp`.
+async fn authorize(
+    app: &App,
+    settings: &Settings,
+    route: &policy::Route,
+    headers: &http::HeaderMap,
+    query: Option<&str>,
+    info: &mut AccessInfo,
+) -> Result<(Option<policy::Principal>, Option<i64>), ProxyError> {
     let principal = match &route.access {
         Access::Public => None,
         Access::Token(requirements) => {
             let found = token::extract(
-                req.headers(),
-                req.uri().query(),
+                headers,
+                query,
                 &settings.token_sources,
                 settings.max_token_bytes,
             )?;
@@ -348,21 +496,44 @@ async fn authorize_and_forward(
                 debug!(route = %route.name, requirement = %deny, token = %token::fingerprint(&key), "policy denied")
             })?;
             info.subject = principal.subject.clone();
-            Some(principal)
+            Some((principal, introspection.exp))
         }
     };
+    Ok(match principal {
+        Some((p, exp)) => (Some(p), exp),
+        None => (None, None),
+    })
+}
 
-    // Credentials in the query or a cookie are for us, not the upstream.
-    strip_token_sources(&mut req, &settings.token_sources)?;
-    let version = req.version();
-    let hop = Hop {
-        peer,
-        proto: "http",
-        identity: &settings.identity,
-    };
-    forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
-    let resp = app.forwarder.send(req).await?;
-    Ok(resp.map(BodyExt::boxed))
+/// `mode = "forward_auth"`: decide about the original request the front proxy
+/// describes, and answer 200 with identity headers (or a rejection).
+async fn forward_auth_check(
+    app: &App,
+    req: Request<Incoming>,
+    info: &mut AccessInfo,
+) -> Result<Response<Body>, ProxyError> {
+    let current = app.settings.load_full();
+    let settings = &*current;
+    let orig = crate::forward_auth::original(&req, &settings.forward_auth_prefix)?;
+    let route = settings.routes.select(
+        &orig.method,
+        orig.host.as_ref().and_then(|h| h.to_str().ok()),
+        orig.target.path(),
+    )?;
+    info.route = Some(route.name.clone());
+    let (principal, _exp) = authorize(
+        app,
+        settings,
+        route,
+        req.headers(),
+        orig.target.query(),
+        info,
+    )
+    .await?;
+    Ok(crate::forward_auth::allowed(
+        principal.as_ref(),
+        &settings.identity,
+    ))
 }
 
 /// Removes the configured query parameter and cookie, on every request.
@@ -384,6 +555,37 @@ fn strip_token_sources<B>(
         *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ForwardError::BadTarget)?;
     }
     Ok(())
+}
+
+/// `content-type: application/grpc` (and `+proto`, `+json`, ...).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A rejection for a gRPC client: HTTP 200 "Trailers-Only" with `grpc-status`
+/// and `grpc-message` (gRPC over HTTP/2 spec), so the client sees e.g.
+/// UNAUTHENTICATED instead of a transport error. The challenge is kept.
+pub fn grpc_rejection_response(err: &ProxyError) -> Response<Body> {
+    let r = err.rejection();
+    let mut resp = Response::new(
+        http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(r.grpc_status()));
+    h.insert("grpc-message", forward::header_safe(&r.grpc_message()));
+    if let Some(www) = r.www_authenticate(REALM) {
+        h.insert(header::WWW_AUTHENTICATE, forward::header_safe(&www));
+    }
+    resp
 }
 
 /// Builds 4xx/5xx answers: JSON body, `Cache-Control: no-store`, the RFC 6750

@@ -125,6 +125,35 @@ pub struct Upstream {
 type UpBody = BoxBody<Bytes, Infallible>;
 
 impl Upstream {
+    /// The same routes over a unix domain socket at `path` (HTTP/1.1).
+    pub async fn start_unix(path: &std::path::Path) -> Self {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let state = Arc::new(UpState::default());
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(upstream_handle(&st, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            state,
+        }
+    }
+
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -285,6 +314,13 @@ impl Gate {
     pub async fn start(raw: &RawConfig) -> Self {
         tokengate::install_crypto_provider();
         let settings = raw.validate().expect("test config must validate");
+        Self::start_settings(settings).await
+    }
+
+    /// Starts tokengate from validated settings (e.g. after keeping a handle
+    /// such as the TLS reloader).
+    pub async fn start_settings(settings: tokengate::config::Settings) -> Self {
+        tokengate::install_crypto_provider();
         let clock = Arc::new(ManualClock::default());
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = admin_listener.local_addr().unwrap();
@@ -615,7 +651,10 @@ impl Resp {
     }
 }
 
-pub async fn send(client: &TestClient, req: Request<ClientBody>) -> Resp {
+pub async fn send<C>(client: &Client<C, ClientBody>, req: Request<ClientBody>) -> Resp
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
         .expect("tokengate did not answer within 20s")
@@ -1043,6 +1082,180 @@ impl Scrape {
 }
 
 // ---------------------------------------------------------------------------
+// A gRPC-style upstream: HTTP/2 (h2c), answers with trailers
+// ---------------------------------------------------------------------------
+
+/// One gRPC message frame: compressed flag 0, 4-byte big-endian length, bytes.
+pub fn grpc_frame(msg: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(5 + msg.len());
+    b.push(0);
+    b.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+    b.extend_from_slice(msg);
+    Bytes::from(b)
+}
+
+/// A hyper HTTP/2-only server (prior knowledge) that behaves like a unary gRPC
+/// service: it echoes the request's message frames, then sends `grpc-status: 0`
+/// and `grpc-message: ok` as trailers. It records each request head.
+pub struct GrpcUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Echo>>>,
+}
+
+impl GrpcUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let st = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let st = st.clone();
+                        async move {
+                            st.lock().unwrap().push(Echo::of(&req));
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let mut trailers = HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            trailers.insert("grpc-message", "ok".parse().unwrap());
+                            let frames = stream::iter(vec![
+                                Ok::<_, Infallible>(Frame::data(body)),
+                                Ok(Frame::trailers(trailers)),
+                            ]);
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(StreamBody::new(frames))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Echo> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A response with its body and trailers collected.
+#[derive(Debug)]
+pub struct RespWithTrailers {
+    pub status: StatusCode,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
+}
+
+pub async fn send_keep_trailers<C>(
+    client: &Client<C, ClientBody>,
+    req: Request<ClientBody>,
+) -> RespWithTrailers
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let resp = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("tokengate did not answer within 20s")
+        .expect("request to tokengate failed");
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.expect("response body");
+    let trailers = collected.trailers().cloned();
+    RespWithTrailers {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+        trailers,
+    }
+}
+
+/// A unique path for a unix socket in the temp directory.
+pub fn temp_socket_path(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "tokengate-{tag}-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// A test CA (rcgen), made at test time
+// ---------------------------------------------------------------------------
+
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+/// A leaf certificate and its key, in PEM and DER.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: rustls::pki_types::CertificateDer<'static>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    pub fn der(&self) -> rustls::pki_types::CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+
+    /// A leaf for `names` (DNS names or IP addresses), usable as server and client.
+    pub fn issue(&self, names: &[&str]) -> Issued {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The real binary
 // ---------------------------------------------------------------------------
 
@@ -1264,4 +1477,35 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A rustls client configuration trusting `roots` (and nothing else).
+pub fn tls_client_config(
+    roots: &[rustls::pki_types::CertificateDer<'static>],
+) -> rustls::ClientConfig {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store.add(r.clone()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth()
+}
+
+/// An https client for tokengate; `h2` offers ALPN h2 + http/1.1, else http/1.1 only.
+pub fn https_client(
+    config: rustls::ClientConfig,
+    h2: bool,
+) -> Client<hyper_rustls::HttpsConnector<HttpConnector>, ClientBody> {
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only();
+    let connector = if h2 {
+        b.enable_all_versions().build()
+    } else {
+        b.enable_http1().build()
+    };
+    Client::builder(TokioExecutor::new()).build(connector)
 }
