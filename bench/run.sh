@@ -9,10 +9,12 @@
 # Options: --duration SECS (10)  --warmup SECS (3)  --connections N (32)
 #          --latency-ms MS (5)   --no-nginx  --no-mem  --no-write
 #          --mem-counts N,N,...  (10000,100000,1000000)
+#          --gate-bin PATH       measure this tokengate binary instead of the
+#                                one just built (before/after comparisons)
 #
 # What it measures, in this order, with the same wrk settings each time
-# (wrk -t1 -cN, load generator pinned to CPU 0, every server to CPU 1 when
-# there are >= 2 CPUs):
+# (wrk -t1 -cN; with >= 2 CPUs, wrk and the mock AS, an outside service, are
+# pinned to CPU 0, the upstream and the proxy under test to CPU 1):
 #   direct              wrk -> upstream
 #   nginx-proxy         wrk -> nginx (plain proxy_pass, no auth) -> upstream
 #   tokengate-hit       wrk -> tokengate -> upstream; one token, cached
@@ -29,7 +31,7 @@ REPO=$PWD
 COMMAND="bench/run.sh${*:+ $*}"
 
 SMOKE=0 DURATION=10 WARMUP=3 CONNS=32 LATENCY_MS=5 NGINX=1 MEM=1 WRITE=1
-MEM_COUNTS=10000,100000,1000000 BURST=1000
+MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN=""
 while (($#)); do
     case $1 in
     --smoke) SMOKE=1 DURATION=1 WARMUP=1 MEM_COUNTS=10000 WRITE=0 ;;
@@ -39,6 +41,7 @@ while (($#)); do
     --latency-ms) LATENCY_MS=$2; shift ;;
     --mem-counts) MEM_COUNTS=$2; shift ;;
     --no-nginx) NGINX=0 ;;
+    --gate-bin) GATE_BIN=$2; shift ;;
     --no-mem) MEM=0 ;;
     --no-write) WRITE=0 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
@@ -83,12 +86,13 @@ else
     BIN=$TARGET_DIR/release
 fi
 TOOLS=$BIN/examples/bench-tools
+GATE=${GATE_BIN:-$BIN/tokengate}
 
 # --- pinning ----------------------------------------------------------------
 LG=() SV=()
 if (($(nproc) >= 2)) && command -v taskset >/dev/null; then
     LG=(taskset -c 0) SV=(taskset -c 1)
-    PINNING="wrk on CPU 0; upstream, mock AS and the proxy under test on CPU 1"
+    PINNING="wrk and the mock AS on CPU 0; upstream and the proxy under test on CPU 1"
 else
     PINNING="not pinned ($(nproc) CPU)"
 fi
@@ -128,7 +132,9 @@ UP=http://127.0.0.1:$UP_PORT AS=http://127.0.0.1:$AS_PORT TG=http://127.0.0.1:$T
 say "starting upstream, mock AS (${LATENCY_MS} ms), tokengate"
 "${SV[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
 UP_PID=$!; PIDS+=("$UP_PID")
-"${SV[@]}" "$TOOLS" as "127.0.0.1:$AS_PORT" "$LATENCY_MS" >"$TMP/as.log" 2>&1 &
+# The AS is an outside service: it shares the load generator's CPU, so its own
+# work (parsing, JSON) is not charged to the proxy under test.
+"${LG[@]}" "$TOOLS" as "127.0.0.1:$AS_PORT" "$LATENCY_MS" >"$TMP/as.log" 2>&1 &
 AS_PID=$!; PIDS+=("$AS_PID")
 
 write_gate_config() { # FILE PORT
@@ -148,7 +154,7 @@ EOF
 }
 write_gate_config "$TMP/tokengate.toml" "$TG_PORT"
 # Default log level (info): one access log line per request, to a file, like nginx's access_log.
-"${SV[@]}" "$BIN/tokengate" --config "$TMP/tokengate.toml" >"$TMP/tokengate.log" 2>&1 &
+"${SV[@]}" "$GATE" --config "$TMP/tokengate.toml" >"$TMP/tokengate.log" 2>&1 &
 TG_PID=$!; PIDS+=("$TG_PID")
 wait_http "$UP/"
 wait_http "$AS/stats"
@@ -275,7 +281,7 @@ SU_PORT=$(port)
 write_gate_config "$TMP/startup.toml" "$SU_PORT"
 STARTUP_LINES=()
 for _ in 1 2 3 4 5; do
-    STARTUP_LINES+=("$("${SV[@]}" "$TOOLS" startup "$BIN/tokengate" "$TMP/startup.toml" "http://127.0.0.1:$SU_PORT/public")")
+    STARTUP_LINES+=("$("${SV[@]}" "$TOOLS" startup "$GATE" "$TMP/startup.toml" "http://127.0.0.1:$SU_PORT/public")")
 done
 
 MEM_LINES=()

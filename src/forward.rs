@@ -121,13 +121,13 @@ pub fn rewrite_request_headers(
     }
 
     // Append the peer to any inbound chain; the upstream must only trust the
-    // last element (the one we added).
-    let ip = hop.peer.ip().to_string();
+    // last element (the one we added). The common case (no inbound chain)
+    // formats the address on the stack: no `String` per request.
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => header_safe(&format!("{prev}, {}", hop.peer.ip())),
+        _ => ip_header_value(hop.peer.ip()),
     };
-    headers.insert(X_FORWARDED_FOR.clone(), header_safe(&xff));
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(hop.proto),
@@ -144,6 +144,21 @@ pub fn rewrite_request_headers(
     headers.append(header::VIA, HeaderValue::from_static(via));
 }
 
+/// An IP address as a header value, formatted without a heap `String`.
+fn ip_header_value(ip: std::net::IpAddr) -> HeaderValue {
+    use std::io::Write;
+    // The longest IpAddr text (an IPv4-mapped IPv6 address) is 45 bytes.
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    match write!(cursor, "{ip}") {
+        Ok(()) => {
+            let len = cursor.position() as usize;
+            HeaderValue::from_bytes(&buf[..len]).unwrap_or_else(|_| header_safe(&ip.to_string()))
+        }
+        Err(_) => header_safe(&ip.to_string()),
+    }
+}
+
 /// The request's own Host: the `Host` header (HTTP/1) or `:authority` (HTTP/2).
 pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers().get(header::HOST).cloned().or_else(|| {
@@ -156,14 +171,29 @@ pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 pub struct Forwarder {
     client: Client<crate::client::Connector, Incoming>,
     upstream: Upstream,
+    /// The upstream's `Host`, built once: the client would otherwise format it
+    /// from the URI on every request (same value: the authority as configured).
+    host: Option<HeaderValue>,
     timeout: Duration,
 }
 
 impl Forwarder {
     pub fn new(upstream: Upstream, connect_timeout: Duration, timeout: Duration) -> Self {
+        // As hyper-util would write it: the port only when it is not the default.
+        let default_port = if upstream.scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host = match upstream.authority.port_u16() {
+            Some(p) if p == default_port => upstream.authority.host(),
+            _ => upstream.authority.as_str(),
+        };
+        let host = HeaderValue::from_str(host).ok();
         Self {
             client: crate::client::build(connect_timeout),
             upstream,
+            host,
             timeout,
         }
     }
@@ -175,6 +205,18 @@ impl Forwarder {
         let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         if !pq.starts_with('/') {
             return Err(ForwardError::BadTarget);
+        }
+        if self.upstream.base_path.is_empty() {
+            // No prefix: reuse the parsed path-and-query (shares its bytes)
+            // instead of formatting and re-parsing it.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(self.upstream.scheme.clone());
+            parts.authority = Some(self.upstream.authority.clone());
+            parts.path_and_query = Some(match uri.path_and_query() {
+                Some(pq) => pq.clone(),
+                None => http::uri::PathAndQuery::from_static("/"),
+            });
+            return Uri::from_parts(parts).map_err(|_| ForwardError::BadTarget);
         }
         Uri::builder()
             .scheme(self.upstream.scheme.clone())
@@ -192,6 +234,10 @@ impl Forwarder {
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
+        if let Some(host) = &self.host {
+            // `rewrite_request_headers` removed the client's Host.
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
         // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke to us.
         *req.version_mut() = Version::HTTP_11;
         let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {

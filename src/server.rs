@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop};
 use crate::introspect::Introspector;
 use crate::policy;
-use crate::policy::Access;
+use crate::policy::{Access, Principal};
 use crate::token;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -151,12 +151,29 @@ async fn refresh_discovery(app: Arc<App>, d: crate::config::DiscoverySettings) {
 }
 
 /// What the access log line reports besides method, path, status and latency.
+/// Borrowed or plain data only: nothing is formatted into a `String` per request
+/// (the hot path allocates only where hyper needs owned values).
 #[derive(Default)]
-struct AccessInfo {
-    route: Option<String>,
+struct AccessInfo<'a> {
+    route: Option<&'a str>,
     cache: Option<CacheStatus>,
-    subject: Option<String>,
-    fingerprint: Option<String>,
+    /// Owned here rather than in `authorize_and_forward`, so the log can read the
+    /// subject without cloning it.
+    principal: Option<Principal>,
+    /// SHA-256(token); the log shows its first 4 bytes ([`token::fingerprint`]).
+    key: Option<token::TokenHash>,
+}
+
+impl AccessInfo<'_> {
+    /// The token fingerprint as `token::fingerprint` prints it, written into `buf`.
+    fn fingerprint<'b>(&self, buf: &'b mut [u8; 8]) -> &'b str {
+        match &self.key {
+            Some(key) if hex::encode_to_slice(&key[..4], buf).is_ok() => {
+                std::str::from_utf8(buf).unwrap_or("-")
+            }
+            _ => "-",
+        }
+    }
 }
 
 /// Outer handler: runs the request path, turns any error into a response,
@@ -164,8 +181,9 @@ struct AccessInfo {
 pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    // The path only: a query string may carry credentials.
-    let path = req.uri().path().to_owned();
+    // A `Uri` clone shares its bytes (no copy); the log prints the path only:
+    // a query string may carry credentials.
+    let uri = req.uri().clone();
     let mut info = AccessInfo::default();
     let response = match authorize_and_forward(app, req, peer, &mut info).await {
         Ok(resp) => resp,
@@ -174,23 +192,29 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
             rejection_response(&err, app.settings.retry_after_secs)
         }
     };
+    let mut fp = [0u8; 8];
     info!(
         target: "tokengate::access",
         method = %method,
-        path = %path,
+        path = %uri.path(),
         status = response.status().as_u16(),
-        route = info.route.as_deref().unwrap_or("-"),
+        route = info.route.unwrap_or("-"),
         // Whole microseconds, so the field prints as e.g. 4.234, not 4.233988999999999.
         latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
         cache = info.cache.map(CacheStatus::as_str).unwrap_or("-"),
-        subject = info.subject.as_deref().unwrap_or("-"),
-        token = info.fingerprint.as_deref().unwrap_or("-"),
+        subject = info
+            .principal
+            .as_ref()
+            .and_then(|p| p.subject.as_deref())
+            .unwrap_or("-"),
+        token = info.fingerprint(&mut fp),
     );
     response
 }
 
 fn log_error(err: &ProxyError, info: &AccessInfo) {
-    let token = info.fingerprint.as_deref().unwrap_or("-");
+    let mut fp = [0u8; 8];
+    let token = info.fingerprint(&mut fp);
     match err {
         ProxyError::Introspection(e) => {
             warn!(kind = e.kind(), error = %e, token, "introspection failed; answering 503")
@@ -205,11 +229,11 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
 }
 
 /// Inner handler: the request path, with `?` for every way out.
-async fn authorize_and_forward(
-    app: &App,
+async fn authorize_and_forward<'a>(
+    app: &'a App,
     mut req: Request<Incoming>,
     peer: SocketAddr,
-    info: &mut AccessInfo,
+    info: &mut AccessInfo<'a>,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectMethod);
@@ -221,9 +245,9 @@ async fn authorize_and_forward(
         host.as_ref().and_then(|h| h.to_str().ok()),
         req.uri().path(),
     )?;
-    info.route = Some(route.name.clone());
+    info.route = Some(&route.name);
 
-    let principal = match &route.access {
+    info.principal = match &route.access {
         Access::Public => None,
         Access::Token(requirements) => {
             let found = token::extract(
@@ -234,7 +258,7 @@ async fn authorize_and_forward(
             )?;
             let (token, _source) = found.ok_or(ProxyError::NoCredentials)?;
             let key = token.hash();
-            info.fingerprint = Some(token::fingerprint(&key));
+            info.key = Some(key);
 
             let (answer, status) = app
                 .cache
@@ -256,7 +280,6 @@ async fn authorize_and_forward(
             .inspect_err(|deny| {
                 debug!(route = %route.name, requirement = %deny, token = %token::fingerprint(&key), "policy denied")
             })?;
-            info.subject = principal.subject.clone();
             Some(principal)
         }
     };
@@ -269,7 +292,13 @@ async fn authorize_and_forward(
         proto: "http",
         identity: &settings.identity,
     };
-    forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
+    forward::rewrite_request_headers(
+        req.headers_mut(),
+        version,
+        host,
+        info.principal.as_ref(),
+        &hop,
+    );
     let resp = app.forwarder.send(req).await?;
     Ok(resp.map(BodyExt::boxed))
 }
