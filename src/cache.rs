@@ -323,6 +323,12 @@ impl TokenCache {
         }
     }
 
+    /// Runs moka's deferred maintenance (evictions, size accounting) now, so a
+    /// measurement (the memory benchmark) sees the settled state.
+    pub async fn run_pending_tasks(&self) {
+        self.positive.run_pending_tasks().await;
+    }
+
     /// Purge: removes a token from both caches, and with `[cache.shared]` from
     /// L2 and from every replica's L1 (see [`Fleet::purge`]; if Redis is down
     /// only this replica forgets the token, and a warning says so).

@@ -86,8 +86,11 @@ pub fn evaluate(
     }
     // A refresh token introspects as active at most servers (Hydra says so in
     // `token_use`); a resource server must not accept it.
-    let token_type = i.token_type().map(|t| t.as_ref().to_ascii_lowercase());
-    if token_type.is_some_and(|t| NON_ACCESS_TOKEN_TYPES.contains(&t.as_str())) {
+    if i.token_type().is_some_and(|t| {
+        NON_ACCESS_TOKEN_TYPES
+            .iter()
+            .any(|n| t.as_ref().eq_ignore_ascii_case(n))
+    }) {
         return Err(Deny::NotAccessToken);
     }
     if let Some(token_use) = i.extra.get("token_use") {
@@ -200,16 +203,21 @@ impl RouteTable {
     ) -> Result<&Route, AmbiguousPath> {
         let host = host.map(host_without_port);
         let host = host.as_deref();
-        let readings = [
-            normalize_path(&percent_decode(raw_path, DecodeMode::All)),
-            normalize_path(&percent_decode(raw_path, DecodeMode::KeepSlashes)),
-            normalize_path(raw_path),
-        ];
         let pick = |path: &str| {
             self.routes
                 .iter()
                 .position(|r| r.matches(method, host, path))
         };
+        // The common case: nothing to decode and nothing to normalise, so all
+        // three readings are the path itself. No allocation, one match.
+        if !raw_path.contains('%') && is_normal(raw_path) {
+            return Ok(pick(raw_path).map_or(&self.default, |i| &self.routes[i]));
+        }
+        let readings = [
+            normalize_path(&percent_decode(raw_path, DecodeMode::All)),
+            normalize_path(&percent_decode(raw_path, DecodeMode::KeepSlashes)),
+            normalize_path(raw_path),
+        ];
         let first = pick(&readings[0]);
         if readings[1..].iter().any(|p| pick(p) != first) {
             return Err(AmbiguousPath);
@@ -259,14 +267,35 @@ impl fmt::Display for RouteTable {
     }
 }
 
-fn host_without_port(h: &str) -> String {
+fn host_without_port(h: &str) -> std::borrow::Cow<'_, str> {
     let h = h.trim();
     // `[::1]:8080` → `[::1]`; `example.com:80` → `example.com`.
     let end = match h.rfind(':') {
         Some(i) if !h[i..].contains(']') => i,
         _ => h.len(),
     };
-    h[..end].to_ascii_lowercase()
+    let h = &h[..end];
+    // Borrow when already lower-case (the usual case): no allocation.
+    if h.bytes().any(|b| b.is_ascii_uppercase()) {
+        h.to_ascii_lowercase().into()
+    } else {
+        h.into()
+    }
+}
+
+/// Whether [`normalize_path`] would return `path` unchanged: "/", or "/"-separated
+/// segments none of which is empty, "." or "..", and no "\\".
+fn is_normal(path: &str) -> bool {
+    if path == "/" {
+        return true;
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    !rest.contains('\\')
+        && rest
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
 /// `/admin/` matches `/admin` and `/admin/x`, never `/administrator`.
@@ -740,6 +769,14 @@ mod tests {
             ("a//b", "/a/b"),
         ] {
             assert_eq!(normalize_path(input), want, "{input}");
+        }
+        // The fast path of `select` skips normalisation exactly when it would
+        // change nothing.
+        for p in [
+            "/", "", "/a", "/a/b", "/a/", "a", "//a", "/a//b", "/./a", "/a/.", "/a/..", "/..",
+            "/a\\b", "/.a", "/a..", "/a/.b/c", "/...", "/a/b/c/d",
+        ] {
+            assert_eq!(is_normal(p), normalize_path(p) == p, "{p:?}");
         }
         assert_eq!(percent_decode("/%2Fx%zz%4", DecodeMode::All), "//x%zz%4");
         assert_eq!(

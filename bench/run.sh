@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# tokengate benchmark harness: one command, one run, one table.
+#
+#   bench/run.sh            full run (release build), writes BENCHMARKS.md
+#   bench/run.sh --smoke    a few seconds, dev build, small counts; checks only
+#                           that the harness works and that every new token is
+#                           introspected exactly once (CI runs this)
+#
+# Options: --duration SECS (10)  --warmup SECS (3)  --connections N (32)
+#          --latency-ms MS (5)   --no-nginx  --no-mem  --no-write
+#          --mem-counts N,N,...  (10000,100000,1000000)
+#          --gate-bin PATH       measure this tokengate binary instead of the
+#                                one just built (before/after comparisons)
+#
+# What it measures, in this order, with the same wrk settings each time
+# (wrk -t1 -cN; with >= 2 CPUs, wrk and the mock AS, an outside service, are
+# pinned to CPU 0, the upstream and the proxy under test to CPU 1):
+#   direct              wrk -> upstream
+#   nginx-proxy         wrk -> nginx (plain proxy_pass, no auth) -> upstream
+#   tokengate-hit       wrk -> tokengate -> upstream; one token, cached
+#   nginx-auth-request  wrk -> nginx auth_request (GET /auth on the mock AS,
+#                       5 ms, no cache) -> upstream; a new token per request
+#   tokengate-miss      wrk -> tokengate (POST /introspect on the mock AS,
+#                       5 ms) -> upstream; a new token per request
+# then: 1000 concurrent requests with one new token (must be 1 introspection),
+# exec-to-first-200 time and idle RSS of the tokengate binary, and cache RSS per
+# entry (bench-tools mem).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+COMMAND="bench/run.sh${*:+ $*}"
+
+SMOKE=0 DURATION=10 WARMUP=3 CONNS=32 LATENCY_MS=5 NGINX=1 MEM=1 WRITE=1
+MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN=""
+while (($#)); do
+    case $1 in
+    --smoke) SMOKE=1 DURATION=1 WARMUP=1 MEM_COUNTS=10000 WRITE=0 ;;
+    --duration) DURATION=$2; shift ;;
+    --warmup) WARMUP=$2; shift ;;
+    --connections) CONNS=$2; shift ;;
+    --latency-ms) LATENCY_MS=$2; shift ;;
+    --mem-counts) MEM_COUNTS=$2; shift ;;
+    --no-nginx) NGINX=0 ;;
+    --gate-bin) GATE_BIN=$2; shift ;;
+    --no-mem) MEM=0 ;;
+    --no-write) WRITE=0 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "bench/run.sh: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- tools ------------------------------------------------------------------
+# wrk: in Debian (seconds to install), and its Lua hook can send a new token on
+# every request, which the cache-miss scenario needs.
+apt_install() {
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+command -v wrk >/dev/null || { say "installing wrk"; apt_install wrk || die "cannot install wrk"; }
+NGINX_BIN=""
+if ((NGINX)); then
+    NGINX_BIN=$(command -v nginx || true)
+    if [[ -z $NGINX_BIN && -x /usr/sbin/nginx ]]; then NGINX_BIN=/usr/sbin/nginx; fi
+    if [[ -z $NGINX_BIN ]] && ((SMOKE)); then
+        say "nginx is not installed: the smoke run skips the nginx baselines"
+    elif [[ -z $NGINX_BIN ]]; then
+        say "installing nginx (for the baselines)"
+        apt_install nginx || say "cannot install nginx: skipping the nginx baselines"
+        NGINX_BIN=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
+    fi
+fi
+
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+if ((SMOKE)); then
+    say "building (dev profile)"
+    cargo build --quiet --bin tokengate --example bench-tools
+    BIN=$TARGET_DIR/debug
+else
+    say "building (release profile)"
+    cargo build --quiet --release --bin tokengate --example bench-tools
+    BIN=$TARGET_DIR/release
+fi
+TOOLS=$BIN/examples/bench-tools
+GATE=${GATE_BIN:-$BIN/tokengate}
+
+# --- pinning ----------------------------------------------------------------
+LG=() SV=()
+if (($(nproc) >= 2)) && command -v taskset >/dev/null; then
+    LG=(taskset -c 0) SV=(taskset -c 1)
+    PINNING="wrk and the mock AS on CPU 0; upstream and the proxy under test on CPU 1"
+else
+    PINNING="not pinned ($(nproc) CPU)"
+fi
+
+TMP=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+port() { "$TOOLS" freeport; }
+wait_http() { # URL: until it answers 200 (5 s)
+    local i
+    for ((i = 0; i < 250; i++)); do
+        "$TOOLS" get "$1" >/dev/null 2>&1 && return 0
+        sleep 0.02
+    done
+    die "$1 did not come up; logs in $TMP"
+}
+rss_kib() { # PID...: summed VmRSS
+    local total=0 pid kib
+    for pid in "$@"; do
+        kib=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        total=$((total + ${kib:-0}))
+    done
+    echo "$total"
+}
+kv() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2" | head -1; }
+
+UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port)
+UP=http://127.0.0.1:$UP_PORT AS=http://127.0.0.1:$AS_PORT TG=http://127.0.0.1:$TG_PORT
+
+say "starting upstream, mock AS (${LATENCY_MS} ms), tokengate"
+"${SV[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+UP_PID=$!; PIDS+=("$UP_PID")
+# The AS is an outside service: it shares the load generator's CPU, so its own
+# work (parsing, JSON) is not charged to the proxy under test.
+"${LG[@]}" "$TOOLS" as "127.0.0.1:$AS_PORT" "$LATENCY_MS" >"$TMP/as.log" 2>&1 &
+AS_PID=$!; PIDS+=("$AS_PID")
+
+write_gate_config() { # FILE PORT
+    cat >"$1" <<EOF
+listen = "127.0.0.1:$2"
+upstream = "$UP"
+[introspection]
+url = "$AS/introspect"
+client_id = "tokengate"
+client_secret = "bench-secret"
+[cache]
+max_entries = 1000000
+[admin]
+# Off: the measured instance and the start-up probe run side by side, and the
+# admin port is not on the request path being measured.
+listen = ""
+[[routes]]
+path_prefix = "/public"
+public = true
+EOF
+}
+write_gate_config "$TMP/tokengate.toml" "$TG_PORT"
+# Default log level (info): one access log line per request, to a file, like nginx's access_log.
+"${SV[@]}" "$GATE" --config "$TMP/tokengate.toml" >"$TMP/tokengate.log" 2>&1 &
+TG_PID=$!; PIDS+=("$TG_PID")
+wait_http "$UP/"
+wait_http "$AS/stats"
+wait_http "$TG/public"
+
+NGINX_PIDS=()
+if [[ -n $NGINX_BIN ]]; then
+    NGX_PLAIN_PORT=$(port) NGX_AUTH_PORT=$(port)
+    mkdir -p "$TMP/nginx/logs"
+    USER_LINE=""
+    [[ $(id -u) -ne 0 ]] || USER_LINE="user root;"
+    # Both nginx baselines keep connections to the upstream and the AS alive
+    # (keepalive + HTTP/1.1): the strongest common configuration.
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+$USER_LINE
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log $TMP/nginx/logs/access.log;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; }
+    upstream as { server 127.0.0.1:$AS_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGX_PLAIN_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+    server {
+        listen 127.0.0.1:$NGX_AUTH_PORT;
+        location / {
+            auth_request /_auth;
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+        location = /_auth {
+            internal;
+            proxy_pass http://as/auth;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "${SV[@]}" "$NGINX_BIN" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" \
+        >"$TMP/nginx/stdout.log" 2>&1 &
+    NGX_PID=$!; PIDS+=("$NGX_PID")
+    wait_http "http://127.0.0.1:$NGX_PLAIN_PORT/"
+    NGINX_PIDS=("$NGX_PID" $(pgrep -P "$NGX_PID" || true))
+fi
+
+# --- load -------------------------------------------------------------------
+RUN_ID=$(date +%s%N)
+declare -A RPS P50 P99 IPR CPI RSS IPT
+ROWS=()
+FAILED=0
+
+# scenario NAME URL MODE PIDS...: warm-up, then the measured run.
+scenario() {
+    local name=$1 url=$2 mode=$3
+    shift 3
+    say "$name: warm-up ${WARMUP}s, measure ${DURATION}s"
+    # fixed: the warm-up caches the one token the measured run sends;
+    # unique: the measured run's tokens share no prefix with the warm-up's.
+    local warm_token=$name-$RUN_ID-w run_token=$name-$RUN_ID-m
+    [[ $mode == unique ]] || run_token=$warm_token
+    BENCH_TOKEN_MODE=$mode BENCH_TOKEN=$warm_token \
+        "${LG[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s bench/wrk.lua "$url" >/dev/null
+    local before after out
+    before=$("$TOOLS" get "$AS/stats")
+    out=$(BENCH_TOKEN_MODE=$mode BENCH_TOKEN=$run_token \
+        "${LG[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s bench/wrk.lua "$url")
+    after=$("$TOOLS" get "$AS/stats")
+    local line
+    line=$(grep '^BENCH ' <<<"$out") || die "$name: wrk printed no summary: $out"
+    local req dur p50 p99 non2xx errs
+    req=$(kv requests "$line") dur=$(kv duration_us "$line") p50=$(kv p50_us "$line")
+    p99=$(kv p99_us "$line") non2xx=$(kv non2xx "$line") errs=$(kv errors "$line")
+    local di dd dc
+    di=$(($(kv introspections "$after") - $(kv introspections "$before")))
+    dd=$(($(kv distinct_tokens "$after") - $(kv distinct_tokens "$before")))
+    dc=$(($(kv connections "$after") - $(kv connections "$before")))
+    RPS[$name]=$(awk -v r="$req" -v d="$dur" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+    P50[$name]=$(awk -v v="$p50" 'BEGIN { printf "%.2f", v / 1000 }')
+    P99[$name]=$(awk -v v="$p99" 'BEGIN { printf "%.2f", v / 1000 }')
+    IPR[$name]=$(awk -v i="$di" -v r="$req" 'BEGIN { printf "%.2f", r ? i / r : 0 }')
+    CPI[$name]=$(awk -v c="$dc" -v i="$di" 'BEGIN { if (i) printf "%.3f", c / i; else print "-" }')
+    IPT[$name]=$(awk -v i="$di" -v d="$dd" 'BEGIN { if (d) printf "%.2f", i / d; else print "-" }')
+    RSS[$name]=$(awk -v k="$(rss_kib "$@")" 'BEGIN { printf "%.1f", k / 1024 }')
+    ROWS+=("$name")
+    if ((non2xx + errs > 0)); then
+        say "$name: $non2xx non-2xx answers, $errs socket errors"
+        FAILED=1
+    fi
+    if [[ $mode == unique && $di -ne $dd ]]; then
+        say "$name: $di introspections for $dd new tokens (want exactly one each)"
+        FAILED=1
+    fi
+}
+
+scenario direct "$UP/" fixed "$UP_PID"
+[[ -z $NGINX_BIN ]] || scenario nginx-proxy "http://127.0.0.1:$NGX_PLAIN_PORT/" fixed "${NGINX_PIDS[@]}"
+scenario tokengate-hit "$TG/" fixed "$TG_PID"
+[[ -z $NGINX_BIN ]] || scenario nginx-auth-request "http://127.0.0.1:$NGX_AUTH_PORT/" unique "${NGINX_PIDS[@]}"
+scenario tokengate-miss "$TG/" unique "$TG_PID"
+
+say "burst: $BURST concurrent requests, one new token"
+BURST_LINE=$("$TOOLS" burst "$TG/" "$AS" "$BURST") || { echo "$BURST_LINE"; FAILED=1; }
+
+say "start-up: exec to first 200, idle RSS"
+SU_PORT=$(port)
+write_gate_config "$TMP/startup.toml" "$SU_PORT"
+STARTUP_LINES=()
+for _ in 1 2 3 4 5; do
+    STARTUP_LINES+=("$("${SV[@]}" "$TOOLS" startup "$GATE" "$TMP/startup.toml" "http://127.0.0.1:$SU_PORT/public")")
+done
+
+MEM_LINES=()
+if ((MEM)); then
+    say "memory: cache entries $MEM_COUNTS"
+    mapfile -t MEM_LINES < <("${SV[@]}" "$TOOLS" mem "$MEM_COUNTS")
+fi
+
+# --- report -----------------------------------------------------------------
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b) printf "%.2f", a / b; else print "-" }'; }
+table() {
+    echo "| scenario | req/s | p50 ms | p99 ms | vs direct | vs nginx | introspections/req | introspections/new token | AS conns/introspection | RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local n base
+    for n in "${ROWS[@]}"; do
+        base=""
+        case $n in
+        nginx-proxy | tokengate-hit) base=${RPS[nginx-proxy]:-} ;;
+        tokengate-miss | nginx-auth-request) base=${RPS[nginx-auth-request]:-} ;;
+        esac
+        echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $(ratio "${RPS[$n]}" "${RPS[direct]}") |" \
+            "$([[ -n $base ]] && ratio "${RPS[$n]}" "$base" || echo -) | ${IPR[$n]} | ${IPT[$n]} | ${CPI[$n]} | ${RSS[$n]} |"
+    done
+    echo
+    echo "- burst: \`$BURST_LINE\`"
+    local s
+    for s in "${STARTUP_LINES[@]}"; do echo "- \`$s\`"; done
+    for s in "${MEM_LINES[@]}"; do echo "- \`$s\`"; done
+}
+
+MODEL=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+REPORT=$(
+    echo "Run $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty'),"
+    echo "$(nproc) CPU ($MODEL), load average at the end $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Command: \`$COMMAND\` — wrk -t1 -c$CONNS -d${DURATION}s after ${WARMUP}s warm-up; $PINNING;"
+    echo "mock AS latency ${LATENCY_MS} ms; build: $( ((SMOKE)) && echo dev || echo release)."
+    echo
+    table
+)
+echo
+echo "$REPORT"
+
+if ((WRITE)); then
+    [[ -f BENCHMARKS.md ]] || printf '# Benchmarks\n\n<!-- bench:latest:start -->\n<!-- bench:latest:end -->\n' >BENCHMARKS.md
+    awk -v report="$REPORT" '
+        /<!-- bench:latest:start -->/ { print; print report; skip = 1; next }
+        /<!-- bench:latest:end -->/ { skip = 0 }
+        !skip { print }' BENCHMARKS.md >"$TMP/BENCHMARKS.md"
+    cp "$TMP/BENCHMARKS.md" BENCHMARKS.md
+    say "wrote the table into BENCHMARKS.md"
+fi
+
+((FAILED == 0)) || die "checks failed (see above); logs were in $TMP"
+say "ok"

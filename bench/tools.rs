@@ -1,0 +1,441 @@
+//! `bench-tools`: the small servers and probes that `bench/run.sh` drives.
+//! Built as an example (`cargo build --release --example bench-tools`) so it
+//! shares tokengate's dependency build and can call the library directly.
+//!
+//! Subcommands:
+//! * `upstream ADDR`: a minimal hyper HTTP/1.1 server answering `200 ok` to
+//!   everything (the "protected API").
+//! * `as ADDR LATENCY_MS`: a mock authorization server. `POST /introspect`
+//!   (RFC 7662 form body, any client credentials) and `GET /auth` (nginx
+//!   `auth_request` stand-in: token in `Authorization: Bearer`) both answer
+//!   "active" after `LATENCY_MS`, and count. `GET /stats` prints the counters:
+//!   `introspections=N distinct_tokens=N connections=N`.
+//! * `get URL`: prints the body of a GET (plain http, one connection).
+//! * `freeport`: prints a free 127.0.0.1 TCP port.
+//! * `burst GATE_URL AS_URL N`: opens N connections, sends one request with the
+//!   same brand-new token on each at once, and checks that all got 200 and the
+//!   AS saw exactly one introspection (single-flight).
+//! * `startup BIN CONFIG URL`: execs `BIN --config CONFIG`, polls URL until it
+//!   answers 200, prints the time from exec to that answer, then the idle RSS.
+//! * `mem N1,N2,...`: fills a real `TokenCache` through `get_or_load` with N
+//!   typical introspections and prints the RSS growth per entry at each N.
+//!
+//! Every server is single-threaded (current-thread runtime): `run.sh` pins it to
+//! a core, and one thread per core is the cheapest way to serve from there.
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        match args.as_slice() {
+            ["upstream", addr] => upstream(addr.parse()?).await,
+            ["as", addr, latency_ms] => {
+                mock_as(addr.parse()?, Duration::from_millis(latency_ms.parse()?)).await
+            }
+            ["get", url] => {
+                let (status, body) = http_get(url, None).await?;
+                if status != 200 {
+                    return Err(format!("GET {url}: HTTP {status}").into());
+                }
+                print!("{body}");
+                Ok(())
+            }
+            ["freeport"] => {
+                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                println!("{}", l.local_addr()?.port());
+                Ok(())
+            }
+            ["burst", gate, as_url, n] => burst(gate, as_url, n.parse()?).await,
+            ["startup", bin, config, url] => startup(bin, config, url).await,
+            ["mem", counts] => {
+                let counts = counts
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<std::result::Result<Vec<u64>, _>>()?;
+                mem(&counts).await
+            }
+            _ => Err(
+                "usage: bench-tools upstream ADDR | as ADDR LATENCY_MS | get URL | freeport \
+                 | burst GATE_URL AS_URL N | startup BIN CONFIG URL | mem N1,N2,..."
+                    .into(),
+            ),
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("bench-tools: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------
+
+/// Serves `listener` with `handle`, HTTP/1.1 keep-alive, until killed.
+/// `on_accept` runs once per new TCP connection.
+async fn serve<H, F>(listener: TcpListener, handle: H, on_accept: impl Fn())
+where
+    H: Fn(Request<Incoming>) -> F + Clone + 'static,
+    F: std::future::Future<Output = Response<Full<Bytes>>> + 'static,
+{
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        on_accept();
+        let _ = stream.set_nodelay(true);
+        let handle = handle.clone();
+        tokio::task::spawn_local(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(handle(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn upstream(addr: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    println!("upstream listening on {}", listener.local_addr()?);
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(serve(
+            listener,
+            |_req| async { Response::new(Full::new(Bytes::from_static(b"ok\n"))) },
+            || {},
+        ))
+        .await;
+    Ok(())
+}
+
+#[derive(Default)]
+struct AsState {
+    introspections: AtomicU64,
+    connections: AtomicU64,
+    /// 64-bit hashes of every token seen: "introspections per new token" is
+    /// `introspections / distinct_tokens`.
+    distinct: Mutex<HashSet<u64>>,
+}
+
+impl AsState {
+    fn record(&self, token: &[u8]) {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        token.hash(&mut h);
+        self.introspections.fetch_add(1, Ordering::Relaxed);
+        self.distinct
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h.finish());
+    }
+}
+
+/// A typical active answer: about the size and shape real servers send.
+fn active_answer(sub: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!(
+        r#"{{"active":true,"client_id":"bench-client","sub":"{sub}","scope":"read write","token_type":"Bearer","iss":"https://auth.example.com","aud":"bench-api","iat":{now},"exp":{}}}"#,
+        now + 3600
+    )
+}
+
+async fn mock_as(addr: SocketAddr, latency: Duration) -> Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    println!("mock AS listening on {}", listener.local_addr()?);
+    let state = Arc::new(AsState::default());
+    let handle = {
+        let state = state.clone();
+        move |req: Request<Incoming>| {
+            let state = state.clone();
+            async move { as_handle(&state, latency, req).await }
+        }
+    };
+    let on_accept = {
+        let state = state.clone();
+        move || {
+            state.connections.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.run_until(serve(listener, handle, on_accept)).await;
+    Ok(())
+}
+
+async fn as_handle(
+    state: &AsState,
+    latency: Duration,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let json = |status: StatusCode, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        r
+    };
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/stats") => {
+            let distinct = state
+                .distinct
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+            let body = format!(
+                "introspections={} distinct_tokens={} connections={}\n",
+                state.introspections.load(Ordering::Relaxed),
+                distinct,
+                state.connections.load(Ordering::Relaxed),
+            );
+            Response::new(Full::new(Bytes::from(body)))
+        }
+        (Method::POST, "/introspect") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return json(StatusCode::BAD_REQUEST, "{}".into()),
+            };
+            let token = url::form_urlencoded::parse(&body)
+                .find(|(k, _)| k == "token")
+                .map(|(_, v)| v.into_owned());
+            let Some(token) = token else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"error":"invalid_request"}"#.into(),
+                );
+            };
+            state.record(token.as_bytes());
+            tokio::time::sleep(latency).await;
+            json(StatusCode::OK, active_answer("bench-user"))
+        }
+        // nginx `auth_request` stand-in: 2xx lets the request through.
+        (Method::GET, "/auth") => {
+            let token = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            let Some(token) = token else {
+                return json(StatusCode::UNAUTHORIZED, "{}".into());
+            };
+            state.record(token);
+            tokio::time::sleep(latency).await;
+            // No body: nginx discards an auth_request answer's body unread and
+            // then cannot keep the connection alive; an empty one lets it.
+            Response::new(Full::new(Bytes::new()))
+        }
+        _ => json(StatusCode::NOT_FOUND, "{}".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Probes
+// ---------------------------------------------------------------------------
+
+/// `http://host:port/path` → (authority, path).
+fn split_url(url: &str) -> Result<(&str, &str)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("not an http:// URL: {url}"))?;
+    Ok(match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    })
+}
+
+/// One GET on its own connection (`Connection: close`), raw bytes: status and body.
+async fn http_get(url: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+    let (authority, path) = split_url(url)?;
+    let mut stream = TcpStream::connect(authority).await?;
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await?;
+    let text = String::from_utf8_lossy(&buf);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no HTTP status line in the answer")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn stat(stats: &str, name: &str) -> Result<u64> {
+    stats
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .ok_or_else(|| format!("no {name} in stats: {stats}"))?
+        .parse()
+        .map_err(Into::into)
+}
+
+async fn burst(gate: &str, as_url: &str, n: usize) -> Result<()> {
+    let stats_url = format!("{as_url}/stats");
+    let before = stat(&http_get(&stats_url, None).await?.1, "introspections")?;
+    let token = format!(
+        "burst-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos()
+    );
+    let (authority, path) = split_url(gate)?;
+    // Connect everything first, then release all requests at once, so they are
+    // really concurrent at the gate.
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        streams.push(TcpStream::connect(authority).await?);
+    }
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    let go = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut s| {
+            let go = go.clone();
+            let req = req.clone();
+            tokio::spawn(async move {
+                go.wait().await;
+                s.write_all(req.as_bytes()).await?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).await?;
+                Ok::<bool, std::io::Error>(buf.starts_with(b"HTTP/1.1 200"))
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        if matches!(t.await, Ok(Ok(true))) {
+            ok += 1;
+        }
+    }
+    let after = stat(&http_get(&stats_url, None).await?.1, "introspections")?;
+    let calls = after - before;
+    println!("burst requests={n} ok={ok} introspections={calls}");
+    if ok != n || calls != 1 {
+        return Err(format!(
+            "single-flight broken: {ok}/{n} answered 200, {calls} introspections (want 1)"
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .ok_or("no VmRSS")?;
+    Ok(line.split_whitespace().nth(1).ok_or("bad VmRSS")?.parse()?)
+}
+
+async fn startup(bin: &str, config: &str, url: &str) -> Result<()> {
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new(bin)
+        .arg("--config")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("child exited at once")?;
+    let ready = loop {
+        if let Ok((200, _)) = http_get(url, None).await {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            return Err("tokengate did not answer 200 within 10 s".into());
+        }
+        if let Some(status) = child.try_wait()? {
+            return Err(format!("tokengate exited: {status}").into());
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    };
+    // Let the start-up allocations settle, then read the idle RSS.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss = rss_kib(pid)?;
+    println!(
+        "startup ready_ms={:.1} idle_rss_kib={rss}",
+        ready.as_secs_f64() * 1000.0
+    );
+    child.kill().await?;
+    Ok(())
+}
+
+async fn mem(counts: &[u64]) -> Result<()> {
+    use tokengate::cache::TokenCache;
+    use tokengate::clock::SystemClock;
+    use tokengate::config::RawCache;
+    use tokengate::introspect::Introspection;
+
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let cfg = RawCache {
+        max_ttl: Duration::from_secs(3600),
+        max_entries: max + 1,
+        ..RawCache::default()
+    };
+    let cache = TokenCache::new(&cfg, Arc::new(SystemClock));
+    let template: Introspection = serde_json::from_str(&active_answer("user"))?;
+    let pid = std::process::id();
+    let base = rss_kib(pid)?;
+    let mut filled = 0u64;
+    for &n in counts {
+        while filled < n {
+            // A token is a random-looking 32-byte opaque handle; only its
+            // SHA-256 is the key, as in the proxy.
+            let token = format!("mem-{filled:016x}-opaque-access-token-value");
+            let key = tokengate::token::parse_bearer(&format!("Bearer {token}"), 4096)?
+                .ok_or("not a bearer token")?
+                .hash();
+            // Each entry owns its strings, as a parsed answer does.
+            let mut answer = template.clone();
+            answer.sub = Some(format!("user-{filled}"));
+            let (answer, _) = cache.get_or_load(key, || async move { Ok(answer) }).await;
+            answer.map_err(|e| format!("load failed: {e}"))?;
+            filled += 1;
+        }
+        cache.run_pending_tasks().await;
+        let rss = rss_kib(pid)?;
+        println!(
+            "mem entries={n} rss_kib={rss} growth_kib={} bytes_per_entry={:.0}",
+            rss - base,
+            (rss - base) as f64 * 1024.0 / n as f64
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Micro-benchmarks of the per-request hot path, piece by piece:
+//! `cargo bench --bench hot_path` (release). `cargo test --all-targets` runs
+//! each once as a smoke test. Results and the command live in BENCHMARKS.md.
+
+use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
+use std::sync::Arc;
+use tokengate::cache::TokenCache;
+use tokengate::clock::SystemClock;
+use tokengate::config::{RawConfig, Secret, Settings};
+use tokengate::forward::{self, Hop};
+use tokengate::introspect::Introspection;
+use tokengate::policy::{self, Access, Requirements};
+use tokengate::token::{self, TokenSources};
+
+/// A 43-character opaque token, the common size (32 random bytes, base64url).
+const OPAQUE: &str = "Bearer 4f3c2a1b9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2";
+
+fn settings() -> Settings {
+    let mut c = RawConfig::default();
+    c.introspection.url = "http://as.example/introspect".into();
+    c.introspection.client_id = "tokengate".into();
+    c.introspection.client_secret = Secret::new("s");
+    c.validate().expect("bench config is valid")
+}
+
+fn introspection() -> Introspection {
+    serde_json::from_str(
+        r#"{"active":true,"client_id":"bench-client","sub":"user-1234","scope":"read write","token_type":"Bearer","iss":"https://auth.example.com","aud":"bench-api","iat":1700000000,"exp":4102444800}"#,
+    )
+    .expect("sample parses")
+}
+
+fn jwt_header() -> String {
+    // A JWT-sized token (~800 bytes), the other common shape.
+    format!("Bearer eyJhbGciOiJSUzI1NiJ9.{}.sig", "a".repeat(760))
+}
+
+fn request_headers(auth: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("host", HeaderValue::from_static("api.example.com"));
+    h.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    h.insert("accept", HeaderValue::from_static("application/json"));
+    h.insert("authorization", HeaderValue::from_str(auth).expect("ascii"));
+    h
+}
+
+fn token_parsing(c: &mut Criterion) {
+    let sources = TokenSources::default();
+    let opaque = request_headers(OPAQUE);
+    let jwt = request_headers(&jwt_header());
+    c.bench_function("token/extract opaque", |b| {
+        b.iter(|| token::extract(black_box(&opaque), None, &sources, 4096))
+    });
+    c.bench_function("token/extract jwt 800B", |b| {
+        b.iter(|| token::extract(black_box(&jwt), None, &sources, 4096))
+    });
+}
+
+fn hashing(c: &mut Criterion) {
+    let tok = token::parse_bearer(OPAQUE, 4096).unwrap().unwrap();
+    let jwt = token::parse_bearer(&jwt_header(), 4096).unwrap().unwrap();
+    c.bench_function("hash/sha256 opaque", |b| b.iter(|| black_box(&tok).hash()));
+    c.bench_function("hash/sha256 jwt 800B", |b| {
+        b.iter(|| black_box(&jwt).hash())
+    });
+    let key = tok.hash();
+    c.bench_function("hash/fingerprint", |b| {
+        b.iter(|| token::fingerprint(black_box(&key)))
+    });
+}
+
+fn cache_lookup(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = settings();
+    let cache = TokenCache::new(&s.cache, Arc::new(SystemClock));
+    let i = introspection();
+    // 10 000 entries, so the lookup is not into an almost empty table.
+    let keys: Vec<_> = (0..10_000u32)
+        .map(|n| {
+            token::parse_bearer(&format!("Bearer tok{n}"), 4096)
+                .unwrap()
+                .unwrap()
+                .hash()
+        })
+        .collect();
+    rt.block_on(async {
+        for k in &keys {
+            let i = i.clone();
+            let _ = cache.get_or_load(*k, || async { Ok(i) }).await;
+        }
+    });
+    let mut n = 0;
+    c.bench_function("cache/get_or_load hit", |b| {
+        b.iter(|| {
+            n = (n + 7919) % keys.len();
+            rt.block_on(
+                cache.get_or_load(keys[n], || async { unreachable!("every key is cached") }),
+            )
+        })
+    });
+}
+
+fn header_rewrite(c: &mut Criterion) {
+    let s = settings();
+    let i = introspection();
+    let Access::Token(req) = &s.routes.default.access else {
+        panic!("default route needs a token")
+    };
+    let principal = policy::evaluate(&i, req, 1_800_000_000, &s.identity.claims).unwrap();
+    let hop = Hop {
+        peer: "10.1.2.3:40000".parse().unwrap(),
+        proto: "http",
+        identity: &s.identity,
+    };
+    let headers = request_headers(OPAQUE);
+    let host = headers.get("host").cloned();
+    c.bench_function("forward/rewrite_request_headers", |b| {
+        b.iter_batched(
+            || headers.clone(),
+            |mut h| {
+                forward::rewrite_request_headers(
+                    &mut h,
+                    Version::HTTP_11,
+                    host.clone(),
+                    Some(&principal),
+                    &hop,
+                );
+                h
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn policy_decision(c: &mut Criterion) {
+    let s = settings();
+    let i = introspection();
+    let open = Requirements::default();
+    let strict = Requirements {
+        audience: vec!["bench-api".into()],
+        issuer: Some("https://auth.example.com".into()),
+        scopes: vec!["read".into()],
+        clients: vec!["bench-client".into()],
+    };
+    let claims = vec![(HeaderName::from_static("x-auth-iss"), "iss".to_owned())];
+    c.bench_function("policy/evaluate no requirements", |b| {
+        b.iter(|| policy::evaluate(black_box(&i), &open, 1_800_000_000, &[]))
+    });
+    c.bench_function("policy/evaluate aud+iss+scope+client", |b| {
+        b.iter(|| policy::evaluate(black_box(&i), &strict, 1_800_000_000, &[]))
+    });
+    c.bench_function("policy/evaluate with a claim header", |b| {
+        b.iter(|| policy::evaluate(black_box(&i), &open, 1_800_000_000, &claims))
+    });
+    c.bench_function("policy/route select", |b| {
+        b.iter(|| {
+            s.routes
+                .select(
+                    &Method::GET,
+                    Some("api.example.com"),
+                    black_box("/v1/orders/123"),
+                )
+                .map(|r| r.name.len())
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    token_parsing,
+    hashing,
+    cache_lookup,
+    header_rewrite,
+    policy_decision
+);
+criterion_main!(benches);
