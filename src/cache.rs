@@ -1,17 +1,28 @@
 //! The introspection cache (moka `future::Cache`), keyed by SHA-256 of the token.
 //!
-//! * Positive entries live min(`max_ttl`, exp − now) (RFC 7662 §4: never past
-//!   `exp`), through moka's per-entry [`moka::Expiry`].
+//! * Positive entries are *fresh* for min(`max_ttl`, exp − now) (RFC 7662 §4:
+//!   never past `exp`). Freshness is judged by the injected [`Clock`] (moka's own
+//!   clock cannot be mocked), and moka keeps the entry a little longer — by
+//!   `stale_if_error`, still never past `exp` — so that it can be served *stale*
+//!   while the AS is failing.
+//! * A hit past its fresh time revalidates through the same single-flight path
+//!   as a miss. When that call fails (error, timeout, open circuit), the stale
+//!   answer is served if it is within the stale window and before `exp`;
+//!   otherwise the error stands (503). A token that turns out inactive is
+//!   dropped from the positive cache and never served stale.
 //! * Inactive answers go to a *separate*, separately bounded negative cache, so a
-//!   flood of garbage tokens cannot evict good entries.
-//! * A miss is single-flight: concurrent requests for one uncached token share
-//!   one introspection call (`or_try_insert_with`). Errors are never cached.
+//!   flood of garbage tokens cannot evict good entries. A negative-cached token
+//!   is never served stale.
+//! * A miss or a revalidation is single-flight: concurrent requests for one
+//!   token share one introspection call ([`SingleFlight`]). Errors are never
+//!   cached.
 //!
 //! The cache holds the introspection, never the decision: `policy::evaluate`
 //! runs on every hit.
 
 use crate::clock::Clock;
 use crate::config::RawCache;
+use crate::flight::SingleFlight;
 use crate::introspect::{IntrospectError, Introspection};
 use crate::token::TokenHash;
 use moka::future::Cache;
@@ -28,6 +39,8 @@ pub enum CacheStatus {
     Miss,
     /// The token is in the negative cache.
     Negative,
+    /// The AS failed and a cached answer past its TTL was served (`stale_if_error`).
+    Stale,
 }
 
 impl CacheStatus {
@@ -36,12 +49,13 @@ impl CacheStatus {
             Self::Hit => "hit",
             Self::Miss => "miss",
             Self::Negative => "negative",
+            Self::Stale => "stale",
         }
     }
 }
 
 /// A lookup that produced no usable introspection. Shared by all coalesced
-/// waiters through an `Arc`, so it must be cheap to clone out.
+/// waiters, so it must be cheap to clone.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     #[error("token is not active")]
@@ -64,35 +78,105 @@ pub fn entry_ttl(exp: Option<i64>, now: SystemTime, max_ttl: Duration) -> Durati
         .min(max_ttl)
 }
 
-struct ExpAware {
-    max_ttl: Duration,
-    clock: Arc<dyn Clock>,
+/// One cached active answer and, on the injected clock, when it stops being
+/// fresh and when it stops being usable at all.
+#[derive(Debug)]
+struct Entry {
+    introspection: Arc<Introspection>,
+    fresh_until: SystemTime,
+    /// fresh_until + stale_if_error, capped at `exp`.
+    stale_until: SystemTime,
 }
 
-impl moka::Expiry<TokenHash, Arc<Introspection>> for ExpAware {
-    fn expire_after_create(
-        &self,
-        _key: &TokenHash,
-        value: &Arc<Introspection>,
-        _created_at: std::time::Instant,
-    ) -> Option<Duration> {
-        Some(entry_ttl(value.exp, self.clock.now(), self.max_ttl))
+impl Entry {
+    fn new(
+        introspection: Introspection,
+        now: SystemTime,
+        max_ttl: Duration,
+        stale: Duration,
+    ) -> Self {
+        let fresh_until = now + entry_ttl(introspection.exp, now, max_ttl);
+        let stale_until = now + entry_ttl(introspection.exp, now, max_ttl.saturating_add(stale));
+        Self {
+            introspection: Arc::new(introspection),
+            fresh_until,
+            stale_until,
+        }
+    }
+
+    fn is_fresh(&self, now: SystemTime) -> bool {
+        now < self.fresh_until
+    }
+
+    /// Past `exp` on our clock: asking the AS again cannot make it valid, and
+    /// the policy check will refuse it (401 expired) without a call.
+    fn is_expired(&self, now: SystemTime) -> bool {
+        self.introspection.exp.is_some_and(|exp| {
+            UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)) <= now
+        })
+    }
+
+    /// Usable as a stale answer while the AS fails.
+    fn is_servable_stale(&self, now: SystemTime) -> bool {
+        now < self.stale_until && !self.is_expired(now)
     }
 }
 
+struct ExpAware {
+    clock: Arc<dyn Clock>,
+}
+
+impl ExpAware {
+    fn lifetime(&self, value: &Entry) -> Duration {
+        value
+            .stale_until
+            .duration_since(self.clock.now())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+impl moka::Expiry<TokenHash, Arc<Entry>> for ExpAware {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Entry>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
+    }
+
+    // moka's default keeps the *old* expiry on replace; a revalidated entry
+    // must get its own.
+    fn expire_after_update(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Entry>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
+    }
+}
+
+type Loaded = Result<Arc<Entry>, LoadError>;
+
 pub struct TokenCache {
-    positive: Cache<TokenHash, Arc<Introspection>>,
+    positive: Cache<TokenHash, Arc<Entry>>,
     /// `None` when `negative_ttl = "0s"`.
     negative: Option<Cache<TokenHash, ()>>,
+    flights: SingleFlight<TokenHash, Loaded>,
+    max_ttl: Duration,
+    stale_if_error: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl TokenCache {
-    pub fn new(cfg: &RawCache, clock: Arc<dyn Clock>) -> Self {
+    /// `stale_if_error` is `resilience.stale_if_error`; zero turns stale answers off.
+    pub fn new(cfg: &RawCache, stale_if_error: Duration, clock: Arc<dyn Clock>) -> Self {
         let positive = Cache::builder()
             .max_capacity(cfg.max_entries)
             .expire_after(ExpAware {
-                max_ttl: cfg.max_ttl,
-                clock,
+                clock: clock.clone(),
             })
             .build();
         let negative = (!cfg.negative_ttl.is_zero() && cfg.negative_max_entries > 0).then(|| {
@@ -101,12 +185,21 @@ impl TokenCache {
                 .time_to_live(cfg.negative_ttl)
                 .build()
         });
-        Self { positive, negative }
+        Self {
+            positive,
+            negative,
+            flights: SingleFlight::default(),
+            max_ttl: cfg.max_ttl,
+            stale_if_error,
+            clock,
+        }
     }
 
     /// Returns the cached introspection for `key`, or runs `load` once for all
     /// concurrent callers with the same key. An inactive answer is stored in the
-    /// negative cache and returned as [`LoadError::Inactive`].
+    /// negative cache and returned as [`LoadError::Inactive`]. When `load` fails
+    /// and a stale answer is still within `stale_if_error` (and before `exp`),
+    /// that answer is returned with [`CacheStatus::Stale`].
     pub async fn get_or_load<F, Fut>(
         &self,
         key: TokenHash,
@@ -121,28 +214,57 @@ impl TokenCache {
                 return (Err(LoadError::Inactive), CacheStatus::Negative);
             }
         }
-        let negative = self.negative.clone();
-        let init = async move {
-            let answer = load().await?;
-            if answer.active {
-                Ok(Arc::new(answer))
-            } else {
-                if let Some(neg) = negative {
-                    neg.insert(key, ()).await;
-                }
-                Err(LoadError::Inactive)
+        let cached = self.positive.get(&key).await;
+        let now = self.clock.now();
+        if let Some(entry) = &cached {
+            if entry.is_fresh(now) || entry.is_expired(now) {
+                return (Ok(entry.introspection.clone()), CacheStatus::Hit);
             }
-        };
-        match self.positive.entry(key).or_try_insert_with(init).await {
-            Ok(entry) => {
-                let status = if entry.is_fresh() {
-                    CacheStatus::Miss
+        }
+
+        let (loaded, led) = self
+            .flights
+            .run(key, || async {
+                let answer = load().await?;
+                if answer.active {
+                    let entry = Arc::new(Entry::new(
+                        answer,
+                        self.clock.now(),
+                        self.max_ttl,
+                        self.stale_if_error,
+                    ));
+                    self.positive.insert(key, entry.clone()).await;
+                    Ok(entry)
                 } else {
-                    CacheStatus::Hit
-                };
-                (Ok(entry.into_value()), status)
-            }
-            Err(e) => (Err(LoadError::clone(&e)), CacheStatus::Miss),
+                    // Revoked since it was cached: it must not be served stale.
+                    self.positive.invalidate(&key).await;
+                    if let Some(neg) = &self.negative {
+                        neg.insert(key, ()).await;
+                    }
+                    Err(LoadError::Inactive)
+                }
+            })
+            .await;
+        let status = if led {
+            CacheStatus::Miss
+        } else {
+            CacheStatus::Hit
+        };
+        match loaded {
+            Ok(entry) => (Ok(entry.introspection.clone()), status),
+            Err(LoadError::Failed(e)) => match cached {
+                Some(stale) if stale.is_servable_stale(self.clock.now()) => {
+                    tracing::warn!(
+                        kind = e.kind(),
+                        error = %e,
+                        token = %crate::token::fingerprint(&key),
+                        "introspection failed; serving the cached answer stale (stale_if_error)"
+                    );
+                    (Ok(stale.introspection.clone()), CacheStatus::Stale)
+                }
+                _ => (Err(LoadError::Failed(e)), status),
+            },
+            Err(LoadError::Inactive) => (Err(LoadError::Inactive), status),
         }
     }
 
@@ -158,6 +280,128 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::clock::ManualClock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const MAX_TTL: Duration = Duration::from_secs(60);
+    const STALE: Duration = Duration::from_secs(30);
+
+    fn cache(clock: &Arc<ManualClock>, stale: Duration) -> TokenCache {
+        let cfg = RawCache {
+            max_ttl: MAX_TTL,
+            ..RawCache::default()
+        };
+        TokenCache::new(&cfg, stale, clock.clone())
+    }
+
+    fn active(exp: i64) -> Introspection {
+        Introspection {
+            active: true,
+            exp: Some(exp),
+            ..Introspection::inactive()
+        }
+    }
+
+    fn key(n: u8) -> TokenHash {
+        [n; 32]
+    }
+
+    async fn ask(
+        c: &TokenCache,
+        k: TokenHash,
+        answer: Result<Introspection, IntrospectError>,
+        calls: &AtomicUsize,
+    ) -> (Result<Arc<Introspection>, LoadError>, CacheStatus) {
+        c.get_or_load(k, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            answer
+        })
+        .await
+    }
+
+    fn down() -> Result<Introspection, IntrospectError> {
+        Err(IntrospectError::Status(503))
+    }
+
+    #[tokio::test]
+    async fn stale_answer_within_the_window_only() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, STALE);
+        let calls = AtomicUsize::new(0);
+        let exp = clock.unix_secs() + 3600;
+        let (r, s) = ask(&c, key(1), Ok(active(exp)), &calls).await;
+        assert!(r.is_ok() && s == CacheStatus::Miss);
+        let (r, s) = ask(&c, key(1), down(), &calls).await;
+        assert!(r.is_ok() && s == CacheStatus::Hit, "fresh: no call");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        clock.advance(MAX_TTL + Duration::from_secs(1));
+        let (r, s) = ask(&c, key(1), down(), &calls).await;
+        assert!(r.is_ok(), "stale within the window");
+        assert_eq!(s, CacheStatus::Stale);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a stale hit revalidates");
+
+        clock.advance(STALE);
+        let (r, s) = ask(&c, key(1), down(), &calls).await;
+        assert!(matches!(r, Err(LoadError::Failed(_))), "past the window");
+        assert_eq!(s, CacheStatus::Miss);
+
+        // The AS is back: the answer is fresh again.
+        let (r, s) = ask(&c, key(1), Ok(active(exp)), &calls).await;
+        assert!(r.is_ok() && s == CacheStatus::Miss);
+        let (_, s) = ask(&c, key(1), down(), &calls).await;
+        assert_eq!(s, CacheStatus::Hit);
+    }
+
+    #[tokio::test]
+    async fn never_stale_past_exp() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, STALE);
+        let calls = AtomicUsize::new(0);
+        // exp 70 s away: fresh for 60 s, stale would reach 90 s but exp caps it at 70.
+        let exp = clock.unix_secs() + 70;
+        ask(&c, key(2), Ok(active(exp)), &calls).await.0.unwrap();
+        clock.advance(Duration::from_secs(65));
+        assert_eq!(ask(&c, key(2), down(), &calls).await.1, CacheStatus::Stale);
+        clock.advance(Duration::from_secs(6));
+        // Past exp: the cached answer comes back as a plain hit, without a
+        // call, and the policy (not the cache) refuses it as expired.
+        let before = calls.load(Ordering::SeqCst);
+        let (r, s) = ask(&c, key(2), down(), &calls).await;
+        assert_eq!(s, CacheStatus::Hit);
+        assert_eq!(r.unwrap().exp, Some(exp));
+        assert_eq!(calls.load(Ordering::SeqCst), before);
+    }
+
+    #[tokio::test]
+    async fn revoked_token_is_dropped_and_never_served_stale() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, STALE);
+        let calls = AtomicUsize::new(0);
+        let exp = clock.unix_secs() + 3600;
+        ask(&c, key(3), Ok(active(exp)), &calls).await.0.unwrap();
+        clock.advance(MAX_TTL);
+        let (r, _) = ask(&c, key(3), Ok(Introspection::inactive()), &calls).await;
+        assert!(matches!(r, Err(LoadError::Inactive)));
+        let (r, s) = ask(&c, key(3), down(), &calls).await;
+        assert!(matches!(r, Err(LoadError::Inactive)));
+        assert_eq!(s, CacheStatus::Negative);
+    }
+
+    #[tokio::test]
+    async fn zero_window_turns_stale_answers_off() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, Duration::ZERO);
+        let calls = AtomicUsize::new(0);
+        ask(&c, key(4), Ok(active(clock.unix_secs() + 3600)), &calls)
+            .await
+            .0
+            .unwrap();
+        clock.advance(MAX_TTL);
+        let (r, _) = ask(&c, key(4), down(), &calls).await;
+        assert!(matches!(r, Err(LoadError::Failed(_))));
+    }
 
     #[test]
     fn ttl_table() {

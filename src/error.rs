@@ -24,6 +24,9 @@ pub enum ProxyError {
     Upstream(#[from] ForwardError),
     #[error("CONNECT is not supported")]
     ConnectMethod,
+    /// The request body is longer than `limits.max_body_bytes`.
+    #[error("request body too large")]
+    BodyTooLarge,
     #[error(transparent)]
     AmbiguousPath(#[from] AmbiguousPath),
 }
@@ -128,7 +131,8 @@ impl ProxyError {
                 | IntrospectError::ClientUnauthorized
                 | IntrospectError::Status(_)
                 | IntrospectError::InvalidResponse(_)
-                | IntrospectError::NoEndpoint => r(
+                | IntrospectError::NoEndpoint
+                | IntrospectError::CircuitOpen => r(
                     S::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
                     "the authorization server could not be reached; retry later",
@@ -163,6 +167,13 @@ impl ProxyError {
                 S::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "CONNECT is not supported",
+                None,
+                false,
+            ),
+            Self::BodyTooLarge => r(
+                S::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "the request body is larger than this service accepts",
                 None,
                 false,
             ),
@@ -300,6 +311,13 @@ mod tests {
                 true,
             ),
             (
+                IntrospectError::CircuitOpen.into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
                 ForwardError::Connect("refused".into()).into(),
                 502,
                 "bad_gateway",
@@ -382,6 +400,13 @@ mod tests {
                 false,
             ),
             (AmbiguousPath.into(), 400, "invalid_request", None, false),
+            (
+                ProxyError::BodyTooLarge,
+                413,
+                "request_too_large",
+                None,
+                false,
+            ),
         ];
         for (err, status, code, challenge, retry) in cases {
             let r = err.rejection();

@@ -153,8 +153,11 @@ pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     })
 }
 
+/// What the forwarder sends: the client's body, counted against `limits.max_body_bytes`.
+pub type ForwardBody = crate::limits::LimitedBody<Incoming>;
+
 pub struct Forwarder {
-    client: Client<crate::client::Connector, Incoming>,
+    client: Client<crate::client::Connector, ForwardBody>,
     upstream: Upstream,
     timeout: Duration,
 }
@@ -189,7 +192,7 @@ impl Forwarder {
     /// headers; the body then streams for as long as it takes.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ForwardBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
         // The pooled client speaks HTTP/1.1 to the upstream whatever the client spoke to us.

@@ -29,14 +29,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod flight;
 pub mod forward;
 pub mod introspect;
+pub mod limits;
 pub mod policy;
 pub mod server;
 pub mod token;

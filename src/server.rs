@@ -2,12 +2,14 @@
 //! port (hyper-util `auto`), graceful drain, and the request path
 //! token → cache/introspect → policy → forward.
 
+use crate::breaker::Breaker;
 use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop};
-use crate::introspect::Introspector;
+use crate::introspect::{IntrospectError, Introspector};
+use crate::limits::{self, ConnectionLimit, LimitedBody};
 use crate::policy;
 use crate::policy::Access;
 use crate::token;
@@ -38,6 +40,10 @@ pub struct App {
     cache: TokenCache,
     introspector: Introspector,
     forwarder: Forwarder,
+    /// Fails AS calls fast after repeated failures.
+    breaker: Breaker,
+    /// Open client connections (`limits.max_connections`).
+    connections: ConnectionLimit,
     /// Wall clock for `exp`/`nbf` checks and cache TTLs; injectable for tests.
     clock: Arc<dyn Clock>,
 }
@@ -49,7 +55,9 @@ impl App {
 
     pub fn with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            cache: TokenCache::new(&settings.cache, clock.clone()),
+            cache: TokenCache::new(&settings.cache, settings.stale_if_error, clock.clone()),
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
+            connections: ConnectionLimit::new(settings.limits.max_connections),
             introspector: Introspector::new(&settings.introspection),
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
@@ -63,6 +71,16 @@ impl App {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The AS circuit breaker (its `state()` is for metrics).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The open-connection limit (its `in_use()` is for metrics).
+    pub fn connections(&self) -> &ConnectionLimit {
+        &self.connections
     }
 }
 
@@ -80,8 +98,25 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
+    limits::configure(&mut builder, &app.settings.limits);
     tokio::pin!(shutdown);
+    let mut full_warned: Option<tokio::time::Instant> = None;
     loop {
+        if app.connections.is_full()
+            && full_warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            // At most one line per 10 s: under sustained overload this would
+            // otherwise log once per closing connection.
+            warn!(
+                max_connections = ?app.settings.limits.max_connections,
+                "connection limit reached; new connections wait in the listen backlog"
+            );
+            full_warned = Some(tokio::time::Instant::now());
+        }
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = app.connections.acquire() => permit,
+        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -108,6 +143,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
             if let Err(e) = conn.await {
                 debug!(%peer, error = %e, "connection closed with error");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -192,6 +228,11 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
 fn log_error(err: &ProxyError, info: &AccessInfo) {
     let token = info.fingerprint.as_deref().unwrap_or("-");
     match err {
+        // The breaker logs when it opens; one WARN per fast-failed request
+        // would flood the log exactly when the AS is down.
+        ProxyError::Introspection(e @ IntrospectError::CircuitOpen) => {
+            debug!(kind = e.kind(), token, "circuit open; answering 503")
+        }
         ProxyError::Introspection(e) => {
             warn!(kind = e.kind(), error = %e, token, "introspection failed; answering 503")
         }
@@ -200,6 +241,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::Token(_)
         | ProxyError::Denied(_)
         | ProxyError::ConnectMethod
+        | ProxyError::BodyTooLarge
         | ProxyError::AmbiguousPath(_) => debug!(reason = %err, token, "request rejected"),
     }
 }
@@ -215,6 +257,10 @@ async fn authorize_and_forward(
         return Err(ProxyError::ConnectMethod);
     }
     let settings = &app.settings;
+    // Before anything costly: no introspection for a request we will refuse.
+    if limits::declared_too_large(req.headers(), settings.limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
     let host = forward::inbound_host(&req);
     let route = settings.routes.select(
         req.method(),
@@ -238,7 +284,10 @@ async fn authorize_and_forward(
 
             let (answer, status) = app
                 .cache
-                .get_or_load(key, || app.introspector.introspect(token.secret()))
+                .get_or_load(key, || {
+                    app.breaker
+                        .call(app.introspector.introspect(token.secret()))
+                })
                 .await;
             info.cache = Some(status);
             let introspection = match answer {
@@ -270,8 +319,17 @@ async fn authorize_and_forward(
         identity: &settings.identity,
     };
     forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
-    let resp = app.forwarder.send(req).await?;
-    Ok(resp.map(BodyExt::boxed))
+    let (req, tripped) = {
+        let (parts, body) = req.into_parts();
+        let (body, tripped) = LimitedBody::new(body, settings.limits.max_body_bytes);
+        (Request::from_parts(parts, body), tripped)
+    };
+    match app.forwarder.send(req).await {
+        Ok(resp) => Ok(resp.map(BodyExt::boxed)),
+        // The upstream call failed because we cut the body off.
+        Err(_) if tripped.is_set() => Err(ProxyError::BodyTooLarge),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes the configured query parameter and cookie, on every request.
