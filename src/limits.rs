@@ -95,6 +95,26 @@ impl ConnectionLimit {
     }
 }
 
+/// Waits for a new connection's first bytes, for at most `within`. hyper's
+/// `header_read_timeout` only starts once the `auto` builder has read those
+/// bytes (it peeks at them to tell HTTP/1 from h2c), so without this a client
+/// that connects and sends nothing would hold its connection slot forever.
+/// `false`: give up on the connection (timed out, or the server is stopping).
+pub async fn first_bytes(
+    stream: &tokio::net::TcpStream,
+    within: Duration,
+    stop: &mut tokio::sync::watch::Receiver<()>,
+) -> bool {
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        // `peek`, not `readable()`: a fresh socket can report readiness
+        // before any byte has arrived. EOF or an error also ends the wait; hyper
+        // then sees them itself.
+        ready = tokio::time::timeout(within, stream.peek(&mut byte)) => ready.is_ok(),
+        _ = stop.changed() => false,
+    }
+}
+
 /// True when the request declares a body longer than `max`.
 pub fn declared_too_large(headers: &HeaderMap, max: Option<u64>) -> bool {
     let Some(max) = max else { return false };

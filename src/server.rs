@@ -99,6 +99,10 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
     limits::configure(&mut builder, &app.settings.limits);
+    let builder = Arc::new(builder);
+    // Dropped when the loop ends: connections still waiting for their first
+    // bytes give up at once instead of holding up the drain.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     let mut full_warned: Option<tokio::time::Instant> = None;
     loop {
@@ -130,22 +134,30 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
             },
         };
         let _ = stream.set_nodelay(true);
+        let idle = app.settings.limits.idle_timeout;
         let app = app.clone();
         let service = hyper::service::service_fn(move |req| {
             let app = app.clone();
             async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if !limits::first_bytes(&stream, idle, &mut stop).await {
+                debug!(%peer, "closing a connection that sent nothing");
+                return;
+            }
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 debug!(%peer, error = %e, "connection closed with error");
             }
             drop(permit);
         });
     }
+    drop(stop_tx);
     drop(listener);
     if let Some(task) = refresher {
         task.abort();
