@@ -1051,6 +1051,38 @@ mod tests {
     }
 
     #[test]
+    fn resilience_and_limit_keys_defaults_and_zero_means_off() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            let s = load(None)
+                .and_then(|r| r.validate())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.stale_if_error, Duration::from_secs(30));
+            assert_eq!(s.breaker_failures, 5);
+            assert_eq!(s.breaker_open_for, Duration::from_secs(10));
+            assert_eq!(s.limits.max_header_bytes, 65536);
+            assert_eq!(s.limits.max_connections, Some(10_000));
+            assert_eq!(s.limits.max_body_bytes, None);
+            assert_eq!(s.limits.idle_timeout, Duration::from_secs(75));
+
+            jail.set_env("TOKENGATE_RESILIENCE__STALE_IF_ERROR", "0s");
+            jail.set_env("TOKENGATE_RESILIENCE__BREAKER_FAILURES", "0");
+            jail.set_env("TOKENGATE_LIMITS__MAX_CONNECTIONS", "0");
+            jail.set_env("TOKENGATE_LIMITS__MAX_BODY_BYTES", "1048576");
+            jail.set_env("TOKENGATE_LIMITS__IDLE_TIMEOUT", "5s");
+            let s = load(None)
+                .and_then(|r| r.validate())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.stale_if_error, Duration::ZERO);
+            assert_eq!(s.breaker_failures, 0);
+            assert_eq!(s.limits.max_connections, None);
+            assert_eq!(s.limits.max_body_bytes, Some(1_048_576));
+            assert_eq!(s.limits.idle_timeout, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secret_file_is_read_and_trimmed() {
         Jail::expect_with(|jail| {
             jail.create_file("secret", "s3cr3t\n")?;

@@ -6,7 +6,12 @@
 //! - [`config`]: figment (defaults → TOML → `TOKENGATE_*` env) → `RawConfig` → `validate()` → `Settings`.
 //! - [`server`]: accept loop, HTTP/1.1 + h2c, graceful drain; the request handler.
 //! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
-//! - [`cache`]: moka cache keyed by SHA-256(token); TTL ≤ `exp`; negative cache; single-flight.
+//! - [`cache`]: moka cache keyed by SHA-256(token); fresh for ≤ min(max_ttl, `exp`), then
+//!   revalidated; served stale (`stale_if_error`, never past `exp`) while the AS fails;
+//!   negative cache; single-flight through [`flight`].
+//! - [`flight`]: single-flight (one run per key for concurrent callers, cancellation-safe).
+//! - [`breaker`]: circuit breaker in front of the AS (closed → open → half-open probe).
+//! - [`limits`]: header size, connection count, body size, idle timeout.
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
 //! - [`policy`]: pure route table (first match, normalised paths) and decision (active, `exp`,
 //!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
@@ -18,13 +23,17 @@
 //!
 //! # One request
 //! ```text
-//! server::run ── accept ── server::handle
+//! server::run ── limits (connection slot, first bytes) ── accept ── server::handle
 //!    └─ policy::RouteTable::select     first matching route; public → skip to forward
+//!    └─ limits::declared_too_large     Content-Length over limits.max_body_bytes → 413
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
-//!    └─ cache::TokenCache::get_or_load hit / negative / miss → introspect::Introspector (single-flight)
+//!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → breaker::Breaker::call →
+//!                                      introspect::Introspector (single-flight); AS failure →
+//!                                      stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
+//!                                      (request body counted by limits::LimitedBody → 413)
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
 //! ```
 #![forbid(unsafe_code)]
