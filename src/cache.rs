@@ -262,9 +262,10 @@ impl TokenCache {
                     );
                     (Ok(stale.introspection.clone()), CacheStatus::Stale)
                 }
-                _ => (Err(LoadError::Failed(e)), status),
+                // A failed lookup is a miss whoever ran the call.
+                _ => (Err(LoadError::Failed(e)), CacheStatus::Miss),
             },
-            Err(LoadError::Inactive) => (Err(LoadError::Inactive), status),
+            Err(LoadError::Inactive) => (Err(LoadError::Inactive), CacheStatus::Miss),
         }
     }
 
