@@ -27,6 +27,9 @@ COPY config/tokengate.toml /etc/tokengate/tokengate.toml
 ENV TOKENGATE_CONFIG=/etc/tokengate/tokengate.toml
 # Numeric, so that Kubernetes' runAsNonRoot can verify it.
 USER 10001:10001
-EXPOSE 8080
+# 8080: the proxy. 9090: admin (/healthz, /readyz, /metrics, POST /purge); it
+# listens on 127.0.0.1 unless admin.listen says otherwise (e.g. "0.0.0.0:9090",
+# which also requires admin.purge_secret_file): see deploy/README.md.
+EXPOSE 8080 9090
 # Exec form: tokengate is PID 1 and receives SIGTERM (graceful drain).
 ENTRYPOINT ["/usr/local/bin/tokengate"]

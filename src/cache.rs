@@ -14,31 +14,45 @@
 //!   flood of garbage tokens cannot evict good entries. A negative-cached token
 //!   is never served stale.
 //! * A miss or a revalidation is single-flight: concurrent requests for one
-//!   token share one introspection call ([`SingleFlight`]). Errors are never
-//!   cached.
+//!   token share one lookup ([`SingleFlight`]; moka's `or_try_insert_with`
+//!   cannot coalesce a revalidation, because the stale entry is still
+//!   present). Errors are never cached.
 //!
 //! The cache holds the introspection, never the decision: `policy::evaluate`
 //! runs on every hit.
+//!
+//! `max_ttl`, `negative_ttl` and `stale_if_error` can change at run time
+//! (config reload, [`CacheTtls`]): entries already cached keep the lifetime
+//! they were given, new entries get the new one. Capacities are fixed at
+//! start-up (moka cannot resize a cache).
+//! With `[cache.shared]`, this is the L1 in front of [`crate::fleet`]'s Redis
+//! L2: the single-flight lookup reads L2 before introspecting (so a
+//! revalidation can be answered by another replica's fresh answer), and
+//! `invalidate` purges fleet-wide.
 
 use crate::clock::Clock;
 use crate::config::RawCache;
+use crate::fleet::Fleet;
 use crate::flight::SingleFlight;
 use crate::introspect::{IntrospectError, Introspection};
 use crate::token::TokenHash;
 use moka::future::Cache;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Where an answer came from, for the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheStatus {
-    /// Served from the positive cache (or from another request's in-flight call).
+    /// Served from the positive cache.
     Hit,
-    /// This request ran the introspection call.
+    /// This request ran the lookup (L2 and/or the introspection call).
     Miss,
     /// The token is in the negative cache.
     Negative,
+    /// Another request's in-flight lookup answered this one too.
+    Coalesced,
     /// The AS failed and a cached answer past its TTL was served (`stale_if_error`).
     Stale,
 }
@@ -49,6 +63,7 @@ impl CacheStatus {
             Self::Hit => "hit",
             Self::Miss => "miss",
             Self::Negative => "negative",
+            Self::Coalesced => "coalesced",
             Self::Stale => "stale",
         }
     }
@@ -76,6 +91,56 @@ pub fn entry_ttl(exp: Option<i64>, now: SystemTime, max_ttl: Duration) -> Durati
         .duration_since(now)
         .unwrap_or(Duration::ZERO)
         .min(max_ttl)
+}
+
+/// The lifetimes that a config reload may change, shared with the caches'
+/// expiry policies. Read once per insert, so a change applies to new entries.
+#[derive(Clone)]
+pub struct CacheTtls {
+    max_ttl_ns: Arc<AtomicU64>,
+    negative_ttl_ns: Arc<AtomicU64>,
+    /// `resilience.stale_if_error`; 0 turns stale answers off.
+    stale_if_error_ns: Arc<AtomicU64>,
+}
+
+fn as_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl CacheTtls {
+    fn new(cfg: &RawCache) -> Self {
+        Self {
+            max_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.max_ttl))),
+            negative_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.negative_ttl))),
+            stale_if_error_ns: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Applies `max_ttl` and `negative_ttl` of `cfg` to entries inserted from now on.
+    pub fn set(&self, cfg: &RawCache) {
+        self.max_ttl_ns.store(as_ns(cfg.max_ttl), Ordering::Relaxed);
+        self.negative_ttl_ns
+            .store(as_ns(cfg.negative_ttl), Ordering::Relaxed);
+    }
+
+    /// Applies `resilience.stale_if_error` to entries inserted from now on
+    /// (an entry's stale window is fixed when it is cached).
+    pub fn set_stale_if_error(&self, window: Duration) {
+        self.stale_if_error_ns
+            .store(as_ns(window), Ordering::Relaxed);
+    }
+
+    pub fn max_ttl(&self) -> Duration {
+        Duration::from_nanos(self.max_ttl_ns.load(Ordering::Relaxed))
+    }
+
+    pub fn negative_ttl(&self) -> Duration {
+        Duration::from_nanos(self.negative_ttl_ns.load(Ordering::Relaxed))
+    }
+
+    pub fn stale_if_error(&self) -> Duration {
+        Duration::from_nanos(self.stale_if_error_ns.load(Ordering::Relaxed))
+    }
 }
 
 /// One cached active answer and, on the injected clock, when it stops being
@@ -122,6 +187,8 @@ impl Entry {
     }
 }
 
+/// moka keeps an entry until its `stale_until` (on the injected clock);
+/// freshness within that is [`Entry::is_fresh`]'s business.
 struct ExpAware {
     clock: Arc<dyn Clock>,
 }
@@ -158,48 +225,163 @@ impl moka::Expiry<TokenHash, Arc<Entry>> for ExpAware {
     }
 }
 
+struct NegativeTtl(CacheTtls);
+
+impl moka::Expiry<TokenHash, ()> for NegativeTtl {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        _value: &(),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.0.negative_ttl())
+    }
+}
+
+/// Counters the cache bumps itself (prebuilt, so a lookup does no label work).
+#[derive(Clone, Default)]
+pub struct CacheCounters {
+    pub positive_hit: prometheus_client::metrics::counter::Counter,
+    pub positive_miss: prometheus_client::metrics::counter::Counter,
+    pub negative_hit: prometheus_client::metrics::counter::Counter,
+    pub negative_miss: prometheus_client::metrics::counter::Counter,
+    pub coalesced: prometheus_client::metrics::counter::Counter,
+}
+
 type Loaded = Result<Arc<Entry>, LoadError>;
 
 pub struct TokenCache {
     positive: Cache<TokenHash, Arc<Entry>>,
-    /// `None` when `negative_ttl = "0s"`.
+    /// `None` when `negative_max_entries = 0`. Skipped while `negative_ttl` is 0
+    /// (it can become non-zero on reload).
     negative: Option<Cache<TokenHash, ()>>,
     flights: SingleFlight<TokenHash, Loaded>,
-    max_ttl: Duration,
-    stale_if_error: Duration,
+    ttls: CacheTtls,
+    counters: CacheCounters,
     clock: Arc<dyn Clock>,
+    /// The fleet's shared L2 and purge fan-out; `None`: this replica alone.
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// A handle on this replica's L1 caches (moka caches are shared handles), for
+/// the fleet layer's purge subscriber, which must drop entries without going
+/// through [`TokenCache::invalidate`] (that would publish the purge again).
+#[derive(Clone)]
+pub struct L1 {
+    positive: Cache<TokenHash, Arc<Entry>>,
+    negative: Option<Cache<TokenHash, ()>>,
+}
+
+impl L1 {
+    /// Drops the token's entries, stale ones included: a purged token is never
+    /// served stale either.
+    pub async fn invalidate(&self, key: &TokenHash) {
+        self.positive.invalidate(key).await;
+        if let Some(neg) = &self.negative {
+            neg.invalidate(key).await;
+        }
+    }
+
+    /// Drops every entry (moka removes them lazily; none is served after this).
+    pub fn clear(&self) {
+        self.positive.invalidate_all();
+        if let Some(neg) = &self.negative {
+            neg.invalidate_all();
+        }
+    }
 }
 
 impl TokenCache {
-    /// `stale_if_error` is `resilience.stale_if_error`; zero turns stale answers off.
-    pub fn new(cfg: &RawCache, stale_if_error: Duration, clock: Arc<dyn Clock>) -> Self {
+    /// Stale answers are off until [`TokenCache::with_stale_if_error`].
+    pub fn new(cfg: &RawCache, clock: Arc<dyn Clock>) -> Self {
+        let ttls = CacheTtls::new(cfg);
         let positive = Cache::builder()
             .max_capacity(cfg.max_entries)
             .expire_after(ExpAware {
                 clock: clock.clone(),
             })
             .build();
-        let negative = (!cfg.negative_ttl.is_zero() && cfg.negative_max_entries > 0).then(|| {
+        let negative = (cfg.negative_max_entries > 0).then(|| {
             Cache::builder()
                 .max_capacity(cfg.negative_max_entries)
-                .time_to_live(cfg.negative_ttl)
+                .expire_after(NegativeTtl(ttls.clone()))
                 .build()
         });
         Self {
             positive,
             negative,
             flights: SingleFlight::default(),
-            max_ttl: cfg.max_ttl,
-            stale_if_error,
+            ttls,
+            counters: CacheCounters::default(),
             clock,
+            fleet: None,
         }
     }
 
-    /// Returns the cached introspection for `key`, or runs `load` once for all
-    /// concurrent callers with the same key. An inactive answer is stored in the
-    /// negative cache and returned as [`LoadError::Inactive`]. When `load` fails
-    /// and a stale answer is still within `stale_if_error` (and before `exp`),
-    /// that answer is returned with [`CacheStatus::Stale`].
+    /// `resilience.stale_if_error`: how long past its fresh time an answer may
+    /// be served while the AS fails; zero turns stale answers off.
+    pub fn with_stale_if_error(self, window: Duration) -> Self {
+        self.ttls.set_stale_if_error(window);
+        self
+    }
+
+    /// Counts lookups into `counters` (see `metrics::Metrics::cache_counters`).
+    pub fn with_counters(mut self, counters: CacheCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// The live TTL settings, for config reload.
+    pub fn ttls(&self) -> CacheTtls {
+        self.ttls.clone()
+    }
+
+    /// The negative cache, if it is in use right now.
+    fn negative(&self) -> Option<&Cache<TokenHash, ()>> {
+        self.negative
+            .as_ref()
+            .filter(|_| !self.ttls.negative_ttl().is_zero())
+    }
+
+    /// Entries in the positive and negative caches, after moka's pending
+    /// maintenance (its counts lag inserts and expiries otherwise). Positive
+    /// entries include those kept only to be served stale.
+    pub async fn entry_counts(&self) -> (u64, u64) {
+        self.positive.run_pending_tasks().await;
+        let negative = match &self.negative {
+            Some(neg) => {
+                neg.run_pending_tasks().await;
+                neg.entry_count()
+            }
+            None => 0,
+        };
+        (self.positive.entry_count(), negative)
+    }
+
+    /// This cache's L1 handle (for [`Fleet::new`]).
+    pub fn l1(&self) -> L1 {
+        L1 {
+            positive: self.positive.clone(),
+            negative: self.negative.clone(),
+        }
+    }
+
+    /// Puts the fleet's shared L2 behind this cache.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
+    pub fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.fleet.as_ref()
+    }
+
+    /// Returns the cached introspection for `key`, or runs one lookup for all
+    /// concurrent callers with the same key: L2 (with `[cache.shared]`), then
+    /// `load`. An inactive answer is stored in the negative cache and returned
+    /// as [`LoadError::Inactive`]. When `load` fails and a stale answer is
+    /// still within `stale_if_error` (and before `exp`), that answer is
+    /// returned with [`CacheStatus::Stale`].
     pub async fn get_or_load<F, Fut>(
         &self,
         key: TokenHash,
@@ -209,15 +391,18 @@ impl TokenCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Introspection, IntrospectError>>,
     {
-        if let Some(neg) = &self.negative {
+        if let Some(neg) = self.negative() {
             if neg.contains_key(&key) {
+                self.counters.negative_hit.inc();
                 return (Err(LoadError::Inactive), CacheStatus::Negative);
             }
+            self.counters.negative_miss.inc();
         }
         let cached = self.positive.get(&key).await;
         let now = self.clock.now();
         if let Some(entry) = &cached {
             if entry.is_fresh(now) || entry.is_expired(now) {
+                self.counters.positive_hit.inc();
                 return (Ok(entry.introspection.clone()), CacheStatus::Hit);
             }
         }
@@ -225,20 +410,23 @@ impl TokenCache {
         let (loaded, led) = self
             .flights
             .run(key, || async {
-                let answer = load().await?;
+                let answer = match &self.fleet {
+                    Some(fleet) => fleet.read_through(&key, load).await?,
+                    None => load().await?,
+                };
                 if answer.active {
                     let entry = Arc::new(Entry::new(
                         answer,
                         self.clock.now(),
-                        self.max_ttl,
-                        self.stale_if_error,
+                        self.ttls.max_ttl(),
+                        self.ttls.stale_if_error(),
                     ));
                     self.positive.insert(key, entry.clone()).await;
                     Ok(entry)
                 } else {
                     // Revoked since it was cached: it must not be served stale.
                     self.positive.invalidate(&key).await;
-                    if let Some(neg) = &self.negative {
+                    if let Some(neg) = self.negative() {
                         neg.insert(key, ()).await;
                     }
                     Err(LoadError::Inactive)
@@ -246,9 +434,11 @@ impl TokenCache {
             })
             .await;
         let status = if led {
+            self.counters.positive_miss.inc();
             CacheStatus::Miss
         } else {
-            CacheStatus::Hit
+            self.counters.coalesced.inc();
+            CacheStatus::Coalesced
         };
         match loaded {
             Ok(entry) => (Ok(entry.introspection.clone()), status),
@@ -262,19 +452,28 @@ impl TokenCache {
                     );
                     (Ok(stale.introspection.clone()), CacheStatus::Stale)
                 }
-                // A failed lookup is a miss whoever ran the call.
-                _ => (Err(LoadError::Failed(e)), CacheStatus::Miss),
+                _ => (Err(LoadError::Failed(e)), status),
             },
-            Err(LoadError::Inactive) => (Err(LoadError::Inactive), CacheStatus::Miss),
+            Err(LoadError::Inactive) => (Err(LoadError::Inactive), status),
         }
     }
 
-    /// Removes a token from both caches (used by purge).
+    /// Purge: removes a token from both caches, and with `[cache.shared]` from
+    /// L2 and from every replica's L1 (see [`Fleet::purge`]; if Redis is down
+    /// only this replica forgets the token, and a warning says so).
     pub async fn invalidate(&self, key: &TokenHash) {
-        self.positive.invalidate(key).await;
-        if let Some(neg) = &self.negative {
-            neg.invalidate(key).await;
+        match &self.fleet {
+            Some(fleet) => {
+                let _ = fleet.purge(key).await;
+            }
+            None => self.l1().invalidate(key).await,
         }
+    }
+
+    /// Empties this replica's L1 only (what a replica does when it may have
+    /// missed purges).
+    pub fn clear_local(&self) {
+        self.l1().clear();
     }
 }
 
@@ -293,7 +492,7 @@ mod tests {
             max_ttl: MAX_TTL,
             ..RawCache::default()
         };
-        TokenCache::new(&cfg, stale, clock.clone())
+        TokenCache::new(&cfg, clock.clone()).with_stale_if_error(stale)
     }
 
     fn active(exp: i64) -> Introspection {

@@ -183,6 +183,26 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     pub token_sources: RawTokenSources,
     pub discovery: RawDiscovery,
+    pub admin: RawAdmin,
+}
+
+/// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Empty: no admin listener.
+    pub listen: String,
+    /// Bearer secret for `POST /purge`; required when `listen` is not loopback.
+    pub purge_secret_file: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            purge_secret_file: String::new(),
+        }
+    }
 }
 
 /// `[policy]`: requirements for every authenticated request without a route
@@ -268,6 +288,77 @@ pub struct RawCache {
     #[serde(with = "duration_str")]
     pub negative_ttl: Duration,
     pub negative_max_entries: u64,
+    /// `[cache.shared]`: the fleet's L2 (see `fleet.rs`); off while `url` is empty.
+    pub shared: RawSharedCache,
+}
+
+/// `[cache.shared]`: a Redis/Valkey L2 cache and purge fan-out shared by replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSharedCache {
+    /// `redis://`, `rediss://` (TLS), `valkey://`, `valkeys://`; empty: off.
+    pub url: RedisUrl,
+    /// HMAC key for L2 keys and values, shared by every replica.
+    pub key_secret_file: String,
+    /// Each Redis call; past it the request goes on without Redis.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// A short `SET NX` lock so that replicas that see a new token at once
+    /// introspect it about once between them.
+    pub single_flight: bool,
+}
+
+impl Default for RawSharedCache {
+    fn default() -> Self {
+        Self {
+            url: RedisUrl::default(),
+            key_secret_file: String::new(),
+            timeout: Duration::from_millis(200),
+            single_flight: true,
+        }
+    }
+}
+
+/// A Redis URL; `Debug` and `Serialize` (`--check-config`) mask its password.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(pub String);
+
+impl RedisUrl {
+    fn masked(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("[redacted]"));
+                u.to_string()
+            }
+            Ok(_) => self.0.clone(),
+            // Unparsable: it may still hold a password, so show none of it.
+            Err(_) if self.0.is_empty() => String::new(),
+            Err(_) => "[unparsable, redacted]".into(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.masked(), f)
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+/// `[cache.shared]`, validated.
+#[derive(Debug, Clone)]
+pub struct SharedCacheSettings {
+    pub url: RedisUrl,
+    /// The HMAC key (≥ 16 bytes).
+    pub key_secret: Secret,
+    pub timeout: Duration,
+    pub single_flight: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -342,6 +433,7 @@ impl Default for RawConfig {
             routes: Vec::new(),
             token_sources: RawTokenSources::default(),
             discovery: RawDiscovery::default(),
+            admin: RawAdmin::default(),
         }
     }
 }
@@ -366,6 +458,7 @@ impl Default for RawCache {
             max_entries: 100_000,
             negative_ttl: Duration::from_secs(10),
             negative_max_entries: 10_000,
+            shared: RawSharedCache::default(),
         }
     }
 }
@@ -441,6 +534,17 @@ pub struct Settings {
     pub routes: crate::policy::RouteTable,
     pub token_sources: crate::token::TokenSources,
     pub discovery: Option<DiscoverySettings>,
+    /// `[cache.shared]`; `None` when `url` is empty.
+    pub shared_cache: Option<SharedCacheSettings>,
+    pub admin: AdminSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `None`: no admin listener (`admin.listen = ""`).
+    pub listen: Option<SocketAddr>,
+    /// `None`: `POST /purge` needs no credentials (loopback listener only).
+    pub purge_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -673,6 +777,7 @@ impl RawConfig {
         strip.dedup();
 
         let routes = self.route_table()?;
+        let shared_cache = validate_shared_cache(&self.cache.shared)?;
         let ts = &self.token_sources;
         if !ts.query_param.is_empty() && !is_token_char_str(&ts.query_param) {
             return Err(ConfigError::invalid(
@@ -690,6 +795,8 @@ impl RawConfig {
             query_param: (!ts.query_param.is_empty()).then(|| ts.query_param.clone()),
             cookie: (!ts.cookie.is_empty()).then(|| ts.cookie.clone()),
         };
+
+        let admin = self.admin_settings(listen)?;
 
         Ok(Settings {
             listen,
@@ -728,6 +835,51 @@ impl RawConfig {
             routes,
             token_sources,
             discovery,
+            shared_cache,
+            admin,
+        })
+    }
+
+    fn admin_settings(&self, listen: SocketAddr) -> Result<AdminSettings, ConfigError> {
+        let a = &self.admin;
+        let admin_listen = if a.listen.trim().is_empty() {
+            None
+        } else {
+            let addr: SocketAddr = a.listen.parse().map_err(|e| {
+                ConfigError::invalid(
+                    "admin.listen",
+                    format!("{:?} is not a socket address ({e})", a.listen),
+                )
+            })?;
+            if addr.port() != 0 && addr == listen {
+                return Err(ConfigError::invalid(
+                    "admin.listen",
+                    "must differ from listen: the admin endpoints never share the proxy's port",
+                ));
+            }
+            Some(addr)
+        };
+        let purge_secret = if a.purge_secret_file.is_empty() {
+            None
+        } else {
+            Some(read_secret_file(
+                "admin.purge_secret_file",
+                &a.purge_secret_file,
+            )?)
+        };
+        // Purge lets its caller force re-introspection of any token: off the
+        // loopback interface that must not be anonymous.
+        if let Some(addr) = admin_listen {
+            if !addr.ip().is_loopback() && purge_secret.is_none() {
+                return Err(ConfigError::invalid(
+                    "admin.purge_secret_file",
+                    format!("is required when admin.listen ({addr}) is not a loopback address"),
+                ));
+            }
+        }
+        Ok(AdminSettings {
+            listen: admin_listen,
+            purge_secret,
         })
     }
 
@@ -825,6 +977,52 @@ impl RawConfig {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
+}
+
+/// `[cache.shared]`: the URL must parse, and the HMAC key must be there and
+/// long enough, because a guessable key would let a Redis dump confirm tokens.
+fn validate_shared_cache(raw: &RawSharedCache) -> Result<Option<SharedCacheSettings>, ConfigError> {
+    if raw.url.0.is_empty() {
+        return Ok(None);
+    }
+    let scheme_ok = url::Url::parse(&raw.url.0).is_ok_and(|u| {
+        matches!(u.scheme(), "redis" | "rediss" | "valkey" | "valkeys") && u.has_host()
+    });
+    // `Client::open` only parses; it does not connect.
+    if !scheme_ok || redis::Client::open(raw.url.0.as_str()).is_err() {
+        return Err(ConfigError::invalid(
+            "cache.shared.url",
+            format!(
+                "{:?} is not a redis://, rediss://, valkey:// or valkeys:// URL with a host",
+                raw.url
+            ),
+        ));
+    }
+    if raw.key_secret_file.is_empty() {
+        return Err(ConfigError::invalid(
+            "cache.shared.key_secret_file",
+            "is required when cache.shared.url is set (e.g. `openssl rand -hex 32`), the same file on every replica",
+        ));
+    }
+    let key_secret = read_secret_file("cache.shared.key_secret_file", &raw.key_secret_file)?;
+    if key_secret.expose().len() < 16 {
+        return Err(ConfigError::invalid(
+            "cache.shared.key_secret_file",
+            "must hold at least 16 bytes (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    if raw.timeout.is_zero() {
+        return Err(ConfigError::invalid(
+            "cache.shared.timeout",
+            "must be greater than 0",
+        ));
+    }
+    Ok(Some(SharedCacheSettings {
+        url: raw.url.clone(),
+        key_secret,
+        timeout: raw.timeout,
+        single_flight: raw.single_flight,
+    }))
 }
 
 /// RFC 9110 `token` characters: what a parameter or cookie name may contain.
@@ -1007,6 +1205,22 @@ mod tests {
                 Box::new(|c| c.identity.scope_header = "bad header".into()),
             ),
             ("cache.max_entries", Box::new(|c| c.cache.max_entries = 0)),
+            ("admin.listen", Box::new(|c| c.admin.listen = "9090".into())),
+            (
+                "admin.listen",
+                Box::new(|c| {
+                    c.listen = "127.0.0.1:8080".into();
+                    c.admin.listen = "127.0.0.1:8080".into();
+                }),
+            ),
+            (
+                "admin.purge_secret_file",
+                Box::new(|c| c.admin.listen = "0.0.0.0:9090".into()),
+            ),
+            (
+                "admin.purge_secret_file",
+                Box::new(|c| c.admin.purge_secret_file = "/nonexistent/secret".into()),
+            ),
             (
                 "limits.max_header_bytes",
                 Box::new(|c| c.limits.max_header_bytes = 4096),
@@ -1083,6 +1297,60 @@ mod tests {
     }
 
     #[test]
+    fn shared_cache_keys_validate_and_the_url_password_never_prints() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file("short", "tooshort\n")?;
+            jail.create_file("key", "0123456789abcdef0123456789abcdef\n")?;
+            jail.create_file(
+                "t.toml",
+                "[cache.shared]\nurl = \"rediss://tg:pw-123@redis.example:6380/2\"\nkey_secret_file = \"key\"\ntimeout = \"150ms\"\n",
+            )?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            let shared = s.shared_cache.as_ref().expect("on");
+            assert_eq!(shared.timeout, Duration::from_millis(150));
+            assert!(shared.single_flight);
+            for shown in [format!("{raw:?}"), format!("{s:?}"), raw.to_redacted_toml()] {
+                assert!(!shown.contains("pw-123"), "password leaked: {shown}");
+                assert!(!shown.contains("0123456789abcdef"), "key leaked");
+            }
+            assert!(raw.to_redacted_toml().contains("redis.example:6380"));
+
+            jail.create_file("typo.toml", "[cache.shared]\nurll = \"redis://r\"\n")?;
+            let err = load(Some(Path::new("typo.toml"))).unwrap_err().to_string();
+            assert!(err.contains("urll"), "{err}");
+
+            let cases: [(&str, &str, &str); 4] = [
+                ("http://redis:6379", "key", "cache.shared.url"),
+                ("redis://redis:6379", "", "cache.shared.key_secret_file"),
+                (
+                    "redis://redis:6379",
+                    "short",
+                    "cache.shared.key_secret_file",
+                ),
+                (
+                    "redis://redis:6379",
+                    "missing",
+                    "cache.shared.key_secret_file",
+                ),
+            ];
+            for (url, file, key) in cases {
+                let mut c = base();
+                c.cache.shared.url = RedisUrl(url.into());
+                c.cache.shared.key_secret_file = file.into();
+                let err = c.validate().unwrap_err().to_string();
+                assert!(err.contains(key), "{url} {file}: {err}");
+            }
+            assert!(
+                base().validate().unwrap().shared_cache.is_none(),
+                "off by default"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secret_file_is_read_and_trimmed() {
         Jail::expect_with(|jail| {
             jail.create_file("secret", "s3cr3t\n")?;
@@ -1092,6 +1360,27 @@ mod tests {
                 jail.directory().join("secret").display().to_string();
             let s = c.validate().map_err(|e| e.to_string())?;
             assert_eq!(s.introspection.client_secret.expose(), "s3cr3t");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn admin_defaults_loopback_and_secret() {
+        let s = base().validate().unwrap();
+        assert_eq!(s.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(s.admin.purge_secret.is_none());
+        let mut c = base();
+        c.admin.listen = String::new();
+        assert!(c.validate().unwrap().admin.listen.is_none(), "empty: off");
+        Jail::expect_with(|jail| {
+            jail.create_file("purge", "p-secret\n")?;
+            let mut c = base();
+            c.admin.listen = "0.0.0.0:9090".into();
+            c.admin.purge_secret_file = jail.directory().join("purge").display().to_string();
+            let s = c.validate().map_err(|e| e.to_string())?;
+            let secret = s.admin.purge_secret.as_ref().map(Secret::expose);
+            assert_eq!(secret, Some("p-secret"));
+            assert!(!format!("{s:?}").contains("p-secret"), "secret in Debug");
             Ok(())
         });
     }

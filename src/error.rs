@@ -162,6 +162,13 @@ impl ProxyError {
                     None,
                     false,
                 ),
+                ForwardError::BadBody(_) => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    "the request body is malformed or was cut short",
+                    None,
+                    false,
+                ),
             },
             Self::ConnectMethod => r(
                 S::METHOD_NOT_ALLOWED,
@@ -340,6 +347,13 @@ mod tests {
             ),
             (
                 ForwardError::BadTarget.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ForwardError::BadBody("bad chunk size line".into()).into(),
                 400,
                 "invalid_request",
                 None,

@@ -21,6 +21,10 @@ pub enum ForwardError {
     Failed(String),
     #[error("request target is not a path")]
     BadTarget,
+    /// The *client's* body failed mid-stream (framing hyper cannot decode, or
+    /// the client went away): the client's fault, not the upstream's.
+    #[error("request body could not be read: {0}")]
+    BadBody(String),
 }
 
 /// RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones that real
@@ -41,12 +45,13 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Split the raw bytes, not `to_str()`: one obs-text byte anywhere in the
+    // value must not make us skip the names listed next to it.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -199,6 +204,9 @@ impl Forwarder {
         *req.version_mut() = Version::HTTP_11;
         let mut resp = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
+            Ok(Err(e)) if inbound_body_failed(&e) => {
+                return Err(ForwardError::BadBody(crate::introspect::error_chain(&e)))
+            }
             Ok(Err(e)) if e.is_connect() => {
                 return Err(ForwardError::Connect(crate::introspect::error_chain(&e)))
             }
@@ -208,6 +216,22 @@ impl Forwarder {
         strip_hop_by_hop(resp.headers_mut());
         Ok(resp)
     }
+}
+
+/// Whether a client error was caused by the request body we were streaming
+/// (hyper's "error from user's Body stream": the one user error that carries
+/// a cause), as opposed to the upstream failing.
+fn inbound_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_user() && std::error::Error::source(h).is_some() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -288,6 +312,22 @@ mod tests {
         assert_eq!(h["via"], "1.1 tokengate");
         assert_eq!(h["authorization"], "Bearer t");
         assert_eq!(h["accept"], "application/json");
+    }
+
+    /// Regression (found by `tests/props.rs`): a `Connection` value with an
+    /// obs-text byte was skipped whole, so the fields it listed were forwarded.
+    #[test]
+    fn connection_with_obs_text_still_strips_the_fields_it_lists() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-secret-hop, \x80junk").unwrap(),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret-hop").is_none(), "{h:?}");
+        assert!(h.get("x-keep").is_some());
     }
 
     #[test]

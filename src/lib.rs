@@ -8,10 +8,12 @@
 //! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
 //! - [`cache`]: moka cache keyed by SHA-256(token); fresh for ≤ min(max_ttl, `exp`), then
 //!   revalidated; served stale (`stale_if_error`, never past `exp`) while the AS fails;
-//!   negative cache; single-flight through [`flight`].
+//!   negative cache; single-flight through [`flight`] (L1 miss → fleet L2 → introspection).
 //! - [`flight`]: single-flight (one run per key for concurrent callers, cancellation-safe).
 //! - [`breaker`]: circuit breaker in front of the AS (closed → open → half-open probe).
 //! - [`limits`]: header size, connection count, body size, idle timeout.
+//! - [`fleet`]: `[cache.shared]`: Redis/Valkey L2 behind the L1 (HMAC keys, versioned MAC'd
+//!   values, timeout + breaker: never needed for correctness) and fleet-wide purge over pub/sub.
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
 //! - [`policy`]: pure route table (first match, normalised paths) and decision (active, `exp`,
 //!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
@@ -20,24 +22,33 @@
 //! - [`error`]: one enum for every failure; the one exhaustive status/challenge mapping.
 //! - [`client`]: the pooled hyper-util + rustls client used for the AS and the upstream.
 //! - [`clock`]: wall clock behind a trait, so expiry is testable without sleeping.
+//! - [`admin`]: the admin listener: `/healthz`, `/readyz` ([`admin::Readiness`]), `/metrics`,
+//!   `POST /purge`; spawned by `server::run` when the app has an admin listener.
+//! - [`metrics`]: Prometheus metrics (`prometheus-client`), bumped by `server::handle`,
+//!   the cache and around each introspection call.
+//! - [`reload`]: config reload (SIGHUP): `ArcSwap<Settings>` swap, cache TTLs, log format.
 //!
 //! # One request
 //! ```text
 //! server::run ── limits (connection slot, first bytes) ── accept ── server::handle
+//!                                                  (one `Settings` snapshot per request)
 //!    └─ policy::RouteTable::select     first matching route; public → skip to forward
 //!    └─ limits::declared_too_large     Content-Length over limits.max_body_bytes → 413
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
-//!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → breaker::Breaker::call →
-//!                                      introspect::Introspector (single-flight); AS failure →
-//!                                      stale answer if allowed, else 503
+//!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (flight) →
+//!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET; miss → lock, then
+//!              └─ breaker::Breaker::call → introspect::Introspector; SET PX
+//!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
 //!                                      (request body counted by limits::LimitedBody → 413)
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
+//!    └─ metrics::Metrics::observe_request  + one access log line
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod breaker;
 pub mod cache;
 pub mod client;
@@ -45,11 +56,14 @@ pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod fleet;
 pub mod flight;
 pub mod forward;
 pub mod introspect;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod server;
 pub mod token;
 
@@ -62,17 +76,9 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Initialises `tracing` once: level from `RUST_LOG` (default `info`), text or JSON.
-pub fn init_tracing(format: config::LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only on a terminal: escape codes in a log file or `kubectl logs` are noise.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    let _ = match format {
-        config::LogFormat::Text => builder.try_init(),
-        config::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
+/// Initialises `tracing` once: level from `RUST_LOG` (default `info`), text or
+/// JSON. The handle lets a config reload switch the format (`None` if a
+/// subscriber was already installed).
+pub fn init_tracing(format: config::LogFormat) -> Option<reload::LogHandle> {
+    reload::init_tracing(format)
 }

@@ -46,7 +46,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     tokengate::install_crypto_provider();
-    tokengate::init_tracing(settings.log_format);
+    let log = tokengate::init_tracing(settings.log_format);
+    let config_file = cli.config.clone();
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
@@ -56,43 +57,85 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let admin = match settings.admin.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?,
+            ),
+            None => None,
+        };
+        // Installed before "started" is logged: until a handler exists, SIGTERM
+        // and SIGHUP kill the process outright (exit by signal, not 0).
+        let shutdown = shutdown_signal()?;
+        #[cfg(unix)]
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        // The bound addresses, not the configured ones: with port 0 only these
+        // say where to connect.
+        let bound = |l: &tokio::net::TcpListener| {
+            l.local_addr().map_or_else(|_| "-".to_owned(), |a| a.to_string())
+        };
         tracing::info!(
-            listen = %settings.listen,
+            listen = %bound(&listener),
+            admin = %admin.as_ref().map_or_else(|| "off".to_owned(), bound),
             upstream = %format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.base_path),
             introspection = %settings.introspection.url.as_ref().map_or("-", |u| u.as_str()),
             "tokengate started"
         );
-        tokengate::run(tokengate::App::new(settings), listener, shutdown_signal()).await;
+        let mut app = tokengate::App::new(settings);
+        if let Some(admin) = admin {
+            app = app.with_admin_listener(admin);
+        }
+        let reload = app.reload_handle().with_log(log);
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(hup, reload, config_file));
+        #[cfg(not(unix))]
+        let _ = (reload, config_file);
+        tokengate::run(app, listener, shutdown).await;
         tracing::info!("tokengate stopped");
         Ok(())
     })
 }
 
-/// Resolves on SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// On every SIGHUP: re-reads the config file and the environment and applies
+/// what can change at run time (see `tokengate::reload`). A bad config is
+/// logged and changes nothing.
+#[cfg(unix)]
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    reload: tokengate::reload::ReloadHandle,
+    file: Option<PathBuf>,
+) {
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
+        let reload = reload.clone();
+        let file = file.clone();
+        // Reading files and secrets blocks; keep it off the async workers.
+        let _ = tokio::task::spawn_blocking(move || reload.reload_from(file.as_deref())).await;
+    }
+}
+
+/// Resolves on SIGTERM (Kubernetes, docker stop) or SIGINT (Ctrl-C). The
+/// handlers are installed when this is called, not when the future is polled.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot listen for SIGTERM")?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot listen for SIGINT")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("shutdown signal received");
+        tracing::info!("shutdown signal received");
+    })
 }

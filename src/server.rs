@@ -2,7 +2,8 @@
 //! port (hyper-util `auto`), graceful drain, and the request path
 //! token → cache/introspect → policy → forward.
 
-use crate::breaker::Breaker;
+use crate::admin::Readiness;
+use crate::breaker::{Breaker, BreakerState};
 use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
@@ -10,9 +11,12 @@ use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop};
 use crate::introspect::{IntrospectError, Introspector};
 use crate::limits::{self, ConnectionLimit, LimitedBody};
+use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::Access;
+use crate::reload::ReloadHandle;
 use crate::token;
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
@@ -36,16 +40,23 @@ const REALM: &str = "tokengate";
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
-    settings: Settings,
+    /// Swapped whole by a config reload; a request uses one snapshot throughout.
+    settings: Arc<ArcSwap<Settings>>,
     cache: TokenCache,
     introspector: Introspector,
     forwarder: Forwarder,
-    /// Fails AS calls fast after repeated failures.
-    breaker: Breaker,
+    /// Fails AS calls fast after repeated failures; shared with the
+    /// readiness check.
+    breaker: Arc<Breaker>,
     /// Open client connections (`limits.max_connections`).
     connections: ConnectionLimit,
     /// Wall clock for `exp`/`nbf` checks and cache TTLs; injectable for tests.
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    /// Taken by [`run`], which serves the admin endpoints on it.
+    admin_listener: Option<TcpListener>,
+    reload_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl App {
@@ -54,9 +65,28 @@ impl App {
     }
 
     pub fn with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Self {
+        let metrics = Arc::new(Metrics::new());
+        let breaker = Arc::new(Breaker::new(
+            settings.breaker_failures,
+            settings.breaker_open_for,
+        ));
+        // The readiness contract: not ready while the breaker is open.
+        // An open breaker whose period is over reports half-open, so the pod
+        // becomes ready again in time for the probe that can close it.
+        let readiness = Arc::new(Readiness::default());
+        let b = breaker.clone();
+        readiness.add_check("introspection circuit breaker open", move || {
+            b.state() != BreakerState::Open
+        });
         Self {
-            cache: TokenCache::new(&settings.cache, settings.stale_if_error, clock.clone()),
-            breaker: Breaker::new(settings.breaker_failures, settings.breaker_open_for),
+            cache: crate::fleet::attach(
+                TokenCache::new(&settings.cache, clock.clone())
+                    .with_stale_if_error(settings.stale_if_error)
+                    .with_counters(metrics.cache_counters()),
+                &settings,
+                clock.clone(),
+            ),
+            breaker,
             connections: ConnectionLimit::new(settings.limits.max_connections),
             introspector: Introspector::new(&settings.introspection),
             forwarder: Forwarder::new(
@@ -65,12 +95,52 @@ impl App {
                 settings.upstream_timeout,
             ),
             clock,
-            settings,
+            settings: Arc::new(ArcSwap::from_pointee(settings)),
+            metrics,
+            readiness,
+            admin_listener: None,
+            reload_lock: Default::default(),
         }
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
+    /// Serves `/healthz`, `/readyz`, `/metrics` and `POST /purge` on `listener`
+    /// while [`run`] runs (see [`crate::admin`]).
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin_listener = Some(listener);
+        self
+    }
+
+    /// The settings in effect now (a reload may replace them at any time).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// The token cache (L1, and the fleet layer behind it); purge goes through it.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    pub fn introspector(&self) -> &Introspector {
+        &self.introspector
+    }
+
+    /// A handle that swaps this app's configuration (SIGHUP in `main`).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        ReloadHandle {
+            settings: self.settings.clone(),
+            ttls: self.cache.ttls(),
+            metrics: self.metrics.clone(),
+            log: None,
+            lock: self.reload_lock.clone(),
+        }
     }
 
     /// The AS circuit breaker (its `state()` is for metrics).
@@ -87,24 +157,40 @@ impl App {
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish for up to `shutdown_timeout`, and returns.
 /// `main` and the integration tests both call this.
-pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let admin_listener = app.admin_listener.take();
     let app = Arc::new(app);
+    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+    let admin =
+        admin_listener.map(|l| tokio::spawn(crate::admin::serve(app.clone(), l, admin_stopped)));
     let refresher = app
-        .settings
+        .settings()
         .discovery
         .clone()
         .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
+    // The fleet's purge subscriber (its own Redis connection), if configured.
+    let subscriber = app
+        .cache
+        .fleet()
+        .map(|f| tokio::spawn(f.clone().run_subscriber()));
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
-    limits::configure(&mut builder, &app.settings.limits);
+    // Connection-level limits are read once: hyper's builder and the
+    // connection semaphore cannot change under running connections
+    // (restart-only, see `crate::reload`).
+    let conn_limits = app.settings().limits.clone();
+    limits::configure(&mut builder, &conn_limits);
     let builder = Arc::new(builder);
     // Dropped when the loop ends: connections still waiting for their first
     // bytes give up at once instead of holding up the drain.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
     let mut full_warned: Option<tokio::time::Instant> = None;
+    // Owned here so that connections still open at the drain deadline are
+    // aborted when `run` returns, not left running in the background.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         if app.connections.is_full()
             && full_warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
@@ -112,7 +198,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
             // At most one line per 10 s: under sustained overload this would
             // otherwise log once per closing connection.
             warn!(
-                max_connections = ?app.settings.limits.max_connections,
+                max_connections = ?conn_limits.max_connections,
                 "connection limit reached; new connections wait in the listen backlog"
             );
             full_warned = Some(tokio::time::Instant::now());
@@ -123,6 +209,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -134,7 +221,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
             },
         };
         let _ = stream.set_nodelay(true);
-        let idle = app.settings.limits.idle_timeout;
+        let idle = conn_limits.idle_timeout;
         let app = app.clone();
         let service = hyper::service::service_fn(move |req| {
             let app = app.clone();
@@ -143,7 +230,7 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         let watcher = graceful.watcher();
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if !limits::first_bytes(&stream, idle, &mut stop).await {
                 debug!(%peer, "closing a connection that sent nothing");
                 return;
@@ -158,11 +245,13 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         });
     }
     drop(stop_tx);
+    // Load balancers that probe /readyz stop sending before we stop answering.
+    app.readiness.begin_shutdown();
     drop(listener);
-    if let Some(task) = refresher {
+    for task in [refresher, subscriber].into_iter().flatten() {
         task.abort();
     }
-    let deadline = app.settings.shutdown_timeout;
+    let deadline = app.settings().shutdown_timeout;
     info!(
         connections = graceful.count(),
         ?deadline,
@@ -173,6 +262,11 @@ pub async fn run(app: App, listener: TcpListener, shutdown: impl Future<Output =
         .is_err()
     {
         warn!("shutdown deadline reached; closing remaining connections");
+    }
+    connections.abort_all();
+    let _ = stop_admin.send(true);
+    if let Some(task) = admin {
+        let _ = task.await;
     }
 }
 
@@ -186,7 +280,8 @@ async fn refresh_discovery(app: Arc<App>, d: crate::config::DiscoverySettings) {
                 info!("introspection endpoint answers 404 repeatedly; re-running discovery");
             },
         }
-        match crate::discovery::discover(&d.issuer, app.settings.introspection.timeout).await {
+        let timeout = app.settings().introspection.timeout;
+        match crate::discovery::discover(&d.issuer, timeout).await {
             Ok(url) => {
                 if app.introspector.url().as_deref() != Some(url.as_str()) {
                     info!(endpoint = %url.as_str(), "introspection endpoint changed");
@@ -219,9 +314,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         Ok(resp) => resp,
         Err(err) => {
             log_error(&err, &info);
-            rejection_response(&err, app.settings.retry_after_secs)
+            if let ProxyError::Upstream(e) = &err {
+                app.metrics.upstream_error(e);
+            }
+            rejection_response(&err, app.settings.load().retry_after_secs)
         }
     };
+    let elapsed = started.elapsed();
     info!(
         target: "tokengate::access",
         method = %method,
@@ -229,11 +328,13 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
         status = response.status().as_u16(),
         route = info.route.as_deref().unwrap_or("-"),
         // Whole microseconds, so the field prints as e.g. 4.234, not 4.233988999999999.
-        latency_ms = started.elapsed().as_micros() as f64 / 1000.0,
+        latency_ms = elapsed.as_micros() as f64 / 1000.0,
         cache = info.cache.map(CacheStatus::as_str).unwrap_or("-"),
         subject = info.subject.as_deref().unwrap_or("-"),
         token = info.fingerprint.as_deref().unwrap_or("-"),
     );
+    app.metrics
+        .observe_request(info.route, response.status(), elapsed);
     response
 }
 
@@ -247,6 +348,10 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         }
         ProxyError::Introspection(e) => {
             warn!(kind = e.kind(), error = %e, token, "introspection failed; answering 503")
+        }
+        // A client's broken body is the client's fault: not an upstream alarm.
+        ProxyError::Upstream(ForwardError::BadBody(_)) => {
+            debug!(reason = %err, token, "request rejected")
         }
         ProxyError::Upstream(e) => warn!(error = %e, "upstream failure"),
         ProxyError::NoCredentials
@@ -268,7 +373,8 @@ async fn authorize_and_forward(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectMethod);
     }
-    let settings = &app.settings;
+    let current = app.settings.load_full();
+    let settings = &*current;
     // Before anything costly: no introspection for a request we will refuse.
     if limits::declared_too_large(req.headers(), settings.limits.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
@@ -297,11 +403,27 @@ async fn authorize_and_forward(
             let (answer, status) = app
                 .cache
                 .get_or_load(key, || {
-                    app.breaker
-                        .call(app.introspector.introspect(token.secret()))
+                    // The breaker goes outside the timing: a call it refuses
+                    // is not an introspection call (no duration to observe),
+                    // but it is counted as outcome "circuit_open".
+                    async {
+                        let result =
+                            app.breaker
+                                .call(app.metrics.time_introspection(
+                                    app.introspector.introspect(token.secret()),
+                                ))
+                                .await;
+                        if let Err(IntrospectError::CircuitOpen) = &result {
+                            app.metrics.introspection_refused();
+                        }
+                        result
+                    }
                 })
                 .await;
             info.cache = Some(status);
+            if status == CacheStatus::Stale {
+                app.metrics.stale_answer();
+            }
             let introspection = match answer {
                 Ok(i) => i,
                 Err(LoadError::Inactive) => return Err(policy::Deny::Inactive.into()),

@@ -214,6 +214,67 @@ async fn should_open_the_breaker_fail_fast_then_probe_and_close() {
     assert_eq!(env.introspections().await.len(), 2);
 }
 
+/// The breaker seen from operations: `tokengate_breaker_state`, the
+/// `circuit_open` outcome, and `/readyz` (the issue: not ready while open).
+#[tokio::test]
+async fn should_export_the_breaker_state_and_be_unready_only_while_it_is_open() {
+    let env = Env::start_with(|c| {
+        c.resilience.breaker_failures = 2;
+        c.resilience.breaker_open_for = Duration::from_secs(10);
+    })
+    .await;
+    let breaker_state = |m: &Scrape| m.sum("tokengate_breaker_state", &[]);
+    let refused = |m: &Scrape| {
+        m.sum(
+            "tokengate_introspections_total",
+            &[("outcome", "circuit_open")],
+        )
+    };
+    let m = env.scrape().await;
+    assert_eq!(breaker_state(&m), 0.0, "closed at start");
+    assert_eq!(
+        refused(&m),
+        0.0,
+        "the circuit_open series exists from the start"
+    );
+    assert_eq!(env.admin_get("/readyz").await.status, 200);
+
+    as_down(&env).await;
+    for i in 0..2 {
+        assert_as_failure(&env.get("/x", &format!("brk-ops-{i}")).await, &env);
+    }
+    assert_as_failure(&env.get("/x", "brk-ops-fast").await, &env);
+    let m = env.scrape().await;
+    assert_eq!(breaker_state(&m), 2.0, "open");
+    assert_eq!(refused(&m), 1.0, "the fast 503 is counted as circuit_open");
+    assert_eq!(
+        m.sum("tokengate_introspections_total", &[("outcome", "status")]),
+        2.0
+    );
+    let r = env.admin_get("/readyz").await;
+    assert_eq!(r.status, 503, "not ready while the breaker is open");
+    assert!(r.text().contains("breaker"), "{}", r.text());
+    assert_eq!(env.admin_get("/healthz").await.status, 200, "still alive");
+
+    // The open period is over: half-open, ready again so that a probe can come.
+    jump_tokio_clock(Duration::from_secs(10)).await;
+    assert_eq!(breaker_state(&env.scrape().await), 1.0, "half-open");
+    assert_eq!(env.admin_get("/readyz").await.status, 200);
+
+    // A failed probe re-opens it: unready again.
+    assert_as_failure(&env.get("/x", "brk-ops-probe-1").await, &env);
+    assert_eq!(breaker_state(&env.scrape().await), 2.0);
+    assert_eq!(env.admin_get("/readyz").await.status, 503);
+
+    // The AS is back; the next probe closes the breaker.
+    jump_tokio_clock(Duration::from_secs(10)).await;
+    env.auth.reset().await;
+    env.allow("brk-ops-probe-2", 1).await;
+    assert_eq!(env.get("/x", "brk-ops-probe-2").await.status, 200);
+    assert_eq!(breaker_state(&env.scrape().await), 0.0, "closed");
+    assert_eq!(env.admin_get("/readyz").await.status, 200);
+}
+
 // ---------------------------------------------------------------------------
 // stale_if_error
 // ---------------------------------------------------------------------------
@@ -229,17 +290,22 @@ async fn should_serve_a_cached_token_stale_while_the_as_fails_within_the_window_
     let logs = capture();
     let env = Env::start_with(stale_config).await;
     let token = "stale-window-Kp1";
+    let stale_answers = || async { env.scrape().await.sum("tokengate_stale_answers_total", &[]) };
     env.allow(token, 1).await;
     assert_eq!(env.get("/x", token).await.status, 200);
+    assert_eq!(stale_answers().await, 0.0);
 
     as_down(&env).await;
     env.advance(Duration::from_secs(61)); // past the 60 s TTL, inside the 30 s window
     let r = env.get("/x", token).await;
     assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(stale_answers().await, 1.0);
+    assert_eq!(env.get("/x", token).await.status, 200);
+    assert_eq!(stale_answers().await, 2.0, "every stale answer counts");
     assert_eq!(
         env.introspections().await.len(),
-        1,
-        "it tried to revalidate first"
+        2,
+        "each request tried to revalidate first"
     );
     assert_eq!(
         access_cache_field(&logs, token).last().map(String::as_str),
@@ -252,7 +318,8 @@ async fn should_serve_a_cached_token_stale_while_the_as_fails_within_the_window_
     env.advance(Duration::from_secs(30)); // 91 s: past TTL + window
     let r = env.get("/x", token).await;
     assert_rejection(&r, 503, "temporarily_unavailable");
-    assert_eq!(env.upstream.hits(), 2);
+    assert_eq!(env.upstream.hits(), 3);
+    assert_eq!(stale_answers().await, 2.0, "a 503 is not a stale answer");
 }
 
 #[tokio::test]
@@ -506,4 +573,75 @@ async fn should_close_idle_keep_alive_connections_after_idle_timeout() {
         .await
         .expect("a silent connection must be closed");
     assert!(closed.is_none());
+}
+
+// ---------------------------------------------------------------------------
+// Reload
+// ---------------------------------------------------------------------------
+
+/// A reload applies `limits.max_body_bytes` and `resilience.stale_if_error` (the
+/// latter to entries cached from then on) and keeps the connection-level limits
+/// and the breaker settings, which need a restart.
+#[tokio::test]
+async fn should_reload_body_limit_and_stale_window_and_keep_restart_only_keys() {
+    let env = Env::start_with(|c| {
+        stale_config(c);
+        c.resilience.stale_if_error = Duration::ZERO;
+    })
+    .await;
+    let post = |len: usize| {
+        format!(
+            "POST /x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer reload-body\r\n\
+             Content-Length: {len}\r\nConnection: close\r\n\r\n{}",
+            "x".repeat(len)
+        )
+    };
+    env.allow("reload-body", 1).await;
+    let out = raw_exchange(env.gate.addr, post(2000).as_bytes()).await;
+    assert_eq!(
+        parse_responses(&out, &[false])[0].status,
+        200,
+        "no limit yet"
+    );
+
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    stale_config(&mut raw);
+    raw.limits.max_body_bytes = 1000;
+    raw.resilience.stale_if_error = Duration::from_secs(30);
+    raw.limits.max_connections = 7;
+    raw.limits.idle_timeout = Duration::from_secs(9);
+    raw.limits.max_header_bytes = 10_000;
+    raw.resilience.breaker_failures = 9;
+    raw.resilience.breaker_open_for = Duration::from_secs(9);
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert_eq!(
+        report.restart_required,
+        vec![
+            "resilience.breaker_failures",
+            "resilience.breaker_open_for",
+            "limits.max_header_bytes",
+            "limits.max_connections",
+            "limits.idle_timeout",
+        ]
+    );
+    let now = env.gate.reload().current();
+    assert_eq!(
+        now.limits.max_connections,
+        Some(10_000),
+        "running value kept"
+    );
+    assert_eq!(now.breaker_failures, 0);
+
+    let out = raw_exchange(env.gate.addr, post(2000).as_bytes()).await;
+    let r = &parse_responses(&out, &[false])[0];
+    assert_eq!(r.status, 413, "the new body limit applies at once");
+    assert_eq!(env.upstream.hits(), 1);
+
+    // The new stale window applies to a token cached after the reload.
+    let token = "reload-stale-Kp6";
+    env.allow(token, 1).await;
+    assert_eq!(env.get("/x", token).await.status, 200);
+    as_down(&env).await;
+    env.advance(Duration::from_secs(61));
+    assert_eq!(env.get("/x", token).await.status, 200, "served stale");
 }

@@ -258,8 +258,15 @@ async fn upstream_handle(st: &UpState, req: Request<Incoming>) -> Response<UpBod
 /// A running tokengate. Dropping it resolves the shutdown future.
 pub struct Gate {
     pub addr: SocketAddr,
+    /// The admin listener (`None` for gates built with [`Gate::from_parts`]).
+    pub admin: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
-    _shutdown: oneshot::Sender<()>,
+    pub reload: Option<tokengate::reload::ReloadHandle>,
+    pub readiness: Option<Arc<tokengate::admin::Readiness>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// The fleet layer (`[cache.shared]`), to purge and read counters directly.
+    pub fleet: Option<Arc<tokengate::fleet::Fleet>>,
 }
 
 impl Gate {
@@ -271,27 +278,73 @@ impl Gate {
     ) -> Self {
         Self {
             addr,
+            admin: None,
             clock,
-            _shutdown: shutdown,
+            reload: None,
+            readiness: None,
+            shutdown: Some(shutdown),
+            task: None,
+            fleet: None,
         }
     }
 
+    /// Starts `tokengate::run` with an admin listener on 127.0.0.1:0
+    /// (whatever `admin.listen` says).
     pub async fn start(raw: &RawConfig) -> Self {
         tokengate::install_crypto_provider();
         let settings = raw.validate().expect("test config must validate");
         let clock = Arc::new(ManualClock::default());
-        let app = tokengate::App::with_clock(settings, clock.clone());
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let app =
+            tokengate::App::with_clock(settings, clock.clone()).with_admin_listener(admin_listener);
+        let reload = app.reload_handle();
+        let readiness = app.readiness().clone();
+        let fleet = app.cache().fleet().cloned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(tokengate::run(app, listener, async move {
+        let task = tokio::spawn(tokengate::run(app, listener, async move {
             let _ = rx.await;
         }));
         Self {
             addr,
+            admin: Some(admin),
             clock,
-            _shutdown: tx,
+            reload: Some(reload),
+            readiness: Some(readiness),
+            shutdown: Some(tx),
+            task: Some(task),
+            fleet,
         }
+    }
+
+    /// Resolves the shutdown future (what SIGTERM does in `main`).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits until `tokengate::run` has returned (drain finished).
+    pub async fn stopped(&mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("tokengate::run did not return within 20s")
+                .expect("tokengate::run panicked");
+        }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin.expect("gate has no admin listener")
+        )
+    }
+
+    pub fn reload(&self) -> &tokengate::reload::ReloadHandle {
+        self.reload.as_ref().expect("gate has no reload handle")
     }
 }
 
@@ -398,6 +451,36 @@ impl Env {
             .named("no introspection call is allowed")
             .mount(&self.auth)
             .await;
+    }
+
+    /// GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        let req = request(Method::GET, &self.gate.admin_url(path))
+            .body(empty())
+            .unwrap();
+        send(&self.http1, req).await
+    }
+
+    /// `POST /purge` with `body` of `content_type`, and `Authorization: <auth>` if given.
+    pub async fn purge(&self, content_type: &str, body: &str, auth: Option<&str>) -> Resp {
+        let mut b = request(Method::POST, &self.gate.admin_url("/purge"))
+            .header("content-type", content_type);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        send(&self.http1, b.body(full(body.to_owned())).unwrap()).await
+    }
+
+    /// Scrapes `/metrics` and parses it strictly (see [`Scrape::parse`]).
+    pub async fn scrape(&self) -> Scrape {
+        let r = self.admin_get("/metrics").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        Scrape::parse(&r.text())
+            .unwrap_or_else(|e| panic!("bad exposition format: {e}\n{}", r.text()))
     }
 
     /// Introspection calls that reached the fake AS so far.
@@ -851,5 +934,447 @@ pub async fn read_response(s: &mut TcpStream) -> Option<RawResp> {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Prometheus text exposition format (0.0.4), parsed strictly
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub name: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub value: f64,
+}
+
+/// One scrape. [`Scrape::parse`] rejects anything a Prometheus server would:
+/// bad metric or label names, bad quoting, unparsable values, samples without
+/// a preceding `# TYPE`, a family declared twice, and histograms whose buckets
+/// are not cumulative or whose `+Inf` bucket differs from `_count`.
+#[derive(Debug, Default)]
+pub struct Scrape {
+    pub samples: Vec<Sample>,
+    pub types: std::collections::HashMap<String, String>,
+}
+
+fn is_metric_name(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_' || f == ':')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
+}
+
+fn is_label_name(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+fn parse_value(s: &str) -> Result<f64, String> {
+    match s {
+        "+Inf" => Ok(f64::INFINITY),
+        "-Inf" => Ok(f64::NEG_INFINITY),
+        "NaN" => Ok(f64::NAN),
+        _ => s.parse::<f64>().map_err(|e| format!("value {s:?}: {e}")),
+    }
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut out = Scrape::default();
+        let mut helped = std::collections::HashSet::new();
+        for (n, line) in text.lines().enumerate() {
+            let err = |m: String| format!("line {}: {m}: {line:?}", n + 1);
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut parts = rest.splitn(3, ' ');
+                let kw = parts.next().unwrap_or_default();
+                let name = parts
+                    .next()
+                    .ok_or_else(|| err("comment without a name".into()))?;
+                if !is_metric_name(name) {
+                    return Err(err(format!("bad metric name {name:?}")));
+                }
+                match kw {
+                    "HELP" if !helped.insert(name.to_owned()) => {
+                        return Err(err("second HELP for a family".into()));
+                    }
+                    "TYPE" => {
+                        let t = parts.next().unwrap_or_default();
+                        if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&t) {
+                            return Err(err(format!("bad type {t:?}")));
+                        }
+                        if out.types.insert(name.to_owned(), t.to_owned()).is_some() {
+                            return Err(err("second TYPE for a family".into()));
+                        }
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name_end = line
+                .find(['{', ' '])
+                .ok_or_else(|| err("no value".into()))?;
+            let name = &line[..name_end];
+            if !is_metric_name(name) {
+                return Err(err(format!("bad metric name {name:?}")));
+            }
+            let mut labels = std::collections::BTreeMap::new();
+            let mut rest = &line[name_end..];
+            if let Some(r) = rest.strip_prefix('{') {
+                let mut chars = r.char_indices().peekable();
+                loop {
+                    match chars.peek() {
+                        Some((i, '}')) => {
+                            rest = &r[i + 1..];
+                            break;
+                        }
+                        Some(_) => {}
+                        None => return Err(err("unclosed label set".into())),
+                    }
+                    let start = chars.peek().map(|(i, _)| *i).unwrap_or_default();
+                    let mut end = start;
+                    for (i, c) in chars.by_ref() {
+                        if c == '=' {
+                            end = i;
+                            break;
+                        }
+                    }
+                    let key = &r[start..end];
+                    if !is_label_name(key) {
+                        return Err(err(format!("bad label name {key:?}")));
+                    }
+                    if chars.next().map(|(_, c)| c) != Some('"') {
+                        return Err(err("label value not quoted".into()));
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next() {
+                            Some((_, '\\')) => match chars.next() {
+                                Some((_, 'n')) => value.push('\n'),
+                                Some((_, '\\')) => value.push('\\'),
+                                Some((_, '"')) => value.push('"'),
+                                _ => return Err(err("bad escape".into())),
+                            },
+                            Some((_, '"')) => break,
+                            Some((_, c)) => value.push(c),
+                            None => return Err(err("unterminated label value".into())),
+                        }
+                    }
+                    if labels.insert(key.to_owned(), value).is_some() {
+                        return Err(err(format!("label {key} twice")));
+                    }
+                    if let Some((_, ',')) = chars.peek() {
+                        chars.next();
+                    }
+                }
+            }
+            let mut fields = rest.trim_start().split(' ');
+            let value = parse_value(fields.next().unwrap_or_default()).map_err(err)?;
+            if let Some(ts) = fields.next() {
+                ts.parse::<i64>()
+                    .map_err(|e| err(format!("timestamp: {e}")))?;
+            }
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suf| {
+                    name.strip_suffix(suf)
+                        .filter(|f| out.types.get(*f).map(String::as_str) == Some("histogram"))
+                })
+                .unwrap_or(name);
+            if !out.types.contains_key(family) {
+                return Err(err(format!("sample before the TYPE of {family}")));
+            }
+            out.samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        out.check_histograms()?;
+        Ok(out)
+    }
+
+    fn check_histograms(&self) -> Result<(), String> {
+        for (family, t) in &self.types {
+            if t != "histogram" {
+                continue;
+            }
+            let bucket = format!("{family}_bucket");
+            let count = format!("{family}_count");
+            for c in self.samples.iter().filter(|s| s.name == count) {
+                let mut buckets: Vec<(f64, f64)> = self
+                    .samples
+                    .iter()
+                    .filter(|s| s.name == bucket)
+                    .filter(|s| {
+                        let mut l = s.labels.clone();
+                        l.remove("le");
+                        l == c.labels
+                    })
+                    .map(|s| (parse_value(&s.labels["le"]).unwrap(), s.value))
+                    .collect();
+                buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                if buckets.windows(2).any(|w| w[1].1 < w[0].1) {
+                    return Err(format!("{family}: buckets not cumulative: {buckets:?}"));
+                }
+                match buckets.last() {
+                    Some((le, n)) if le.is_infinite() && *n == c.value => {}
+                    _ => return Err(format!("{family}: +Inf bucket != _count {}", c.value)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Samples named `name` whose labels include every pair in `labels`.
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples.iter().filter(move |s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+    }
+
+    /// The sum over [`Scrape::matching`]; 0 when there is none (a counter that
+    /// was never touched).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|s| s.value).sum()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real binary
+// ---------------------------------------------------------------------------
+
+/// A fresh directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tokengate-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The `tokengate` binary, started with `--config FILE`, a clean environment and
+/// `RUST_LOG=info`; every stdout/stderr line is collected.
+pub struct Binary {
+    child: Option<std::process::Child>,
+    lines: Arc<Mutex<Vec<String>>>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Binary {
+    /// Starts it and waits for the JSON "tokengate started" line (the config
+    /// must set `[log] format = "json"`), which carries the bound addresses.
+    pub async fn start(config: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .arg("--config")
+            .arg(config)
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start the tokengate binary");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        for pipe in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut bin = Self {
+            child: Some(child),
+            lines,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+        };
+        let started = bin
+            .wait_for_line(0, |l| l.contains("tokengate started"))
+            .await;
+        let v: Value = serde_json::from_str(&started).expect("started line is JSON");
+        bin.addr = v["listen"].as_str().unwrap().parse().unwrap();
+        bin.admin = v["admin"].as_str().unwrap().parse().unwrap();
+        bin
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits (up to 20 s) for a line at index >= `from` that satisfies `pred`.
+    pub async fn wait_for_line(&self, from: usize, pred: impl Fn(&str) -> bool) -> String {
+        for _ in 0..1000 {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .skip(from)
+                .find(|l| pred(l))
+            {
+                return l.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "expected log line not printed within 20s; output:\n{}",
+            self.output()
+        );
+    }
+
+    /// Sends a signal by name ("TERM", "HUP") with `kill(1)`.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill(1) is missing");
+        assert!(status.success(), "kill -{sig} {pid} failed");
+    }
+
+    /// Waits (up to 20 s) for the process to exit.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        for _ in 0..1000 {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "tokengate did not exit within 20s; output:\n{}",
+            self.output()
+        );
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // A failed test must not leave the process behind.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A real redis-server for the fleet tests
+// ---------------------------------------------------------------------------
+
+/// A `redis-server` (Debian package `redis-server`, installed by `.ci/run`) on a
+/// free loopback port, without persistence; killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut server = Self { port, child: None };
+        server.spawn().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Starts (or restarts, on the same port) the server and waits until it answers.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot run redis-server: install the Debian package `redis-server`");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut c) = self.client().get_multiplexed_async_connection().await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("redis-server on port {} did not come up", self.port);
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to the clients) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).unwrap()
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        self.client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -1,0 +1,255 @@
+//! Configuration reload (SIGHUP in `main`; [`ReloadHandle::reload`] in tests).
+//!
+//! The per-request settings live in one `ArcSwap<Settings>`: a request loads the
+//! current `Arc` once and uses that snapshot to the end, so it never sees half
+//! of an old and half of a new configuration. A reload validates first (a bad
+//! file changes nothing), then swaps:
+//!
+//! * applied at once: `[[routes]]`, `[policy]`, `[identity]` (incl. claims),
+//!   `[token_sources]`, `limits.max_token_bytes`, `limits.max_body_bytes`,
+//!   `resilience.retry_after_secs`, `shutdown_timeout`,
+//!   `admin.purge_secret_file` (re-read), `log.format`;
+//! * `cache.max_ttl` / `cache.negative_ttl` / `resilience.stale_if_error`: for
+//!   entries cached from now on; entries already cached keep their lifetime
+//!   and stale window (purge one to drop it early);
+//! * needs a restart (a warning names each key; the running value stays):
+//!   `listen`, `admin.listen`, `upstream`, `[introspection]`,
+//!   `[discovery]`, `cache.max_entries`, `cache.negative_max_entries`,
+//!   `resilience.upstream_timeout`, `resilience.upstream_connect_timeout`,
+//!   `resilience.breaker_failures`, `resilience.breaker_open_for` (the breaker
+//!   keeps its state machine across a reload), `limits.max_header_bytes`,
+//!   `limits.idle_timeout` (both set on hyper's connection builder at start),
+//!   `limits.max_connections` (the connection semaphore is sized at start).
+
+use crate::cache::CacheTtls;
+use crate::config::{ConfigError, LogFormat, Settings};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use tracing::{error, info, warn};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+type FormatLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+/// Switches the log format of the subscriber [`init_tracing`] installed.
+#[derive(Clone)]
+pub struct LogHandle {
+    handle: reload::Handle<FormatLayer, Registry>,
+}
+
+fn format_layer(format: LogFormat) -> FormatLayer {
+    // Colour only on a terminal: escape codes in a log file or `kubectl logs` are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .boxed(),
+    }
+}
+
+/// Installs the global subscriber: level from `RUST_LOG` (default `info`), text
+/// or JSON, the format swappable at run time. `None` if one was already installed.
+pub fn init_tracing(format: LogFormat) -> Option<LogHandle> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let (layer, handle) = reload::Layer::new(format_layer(format));
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(filter)
+        .try_init()
+        .ok()
+        .map(|()| LogHandle { handle })
+}
+
+impl LogHandle {
+    pub fn set_format(&self, format: LogFormat) -> Result<(), String> {
+        self.handle
+            .reload(format_layer(format))
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// What a successful reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Keys whose new value needs a restart; the running value was kept.
+    pub restart_required: Vec<&'static str>,
+}
+
+/// Swaps the configuration of a running [`crate::App`]; cheap to clone.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    pub(crate) settings: Arc<ArcSwap<Settings>>,
+    pub(crate) ttls: CacheTtls,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) log: Option<LogHandle>,
+    /// One reload at a time: two SIGHUPs in a row must not interleave.
+    pub(crate) lock: Arc<Mutex<()>>,
+}
+
+impl ReloadHandle {
+    /// Lets reloads switch the log format (`main` passes what [`init_tracing`] returned).
+    pub fn with_log(mut self, log: Option<LogHandle>) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The settings requests see right now.
+    pub fn current(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
+    /// Re-reads the config file and environment, validates, and applies the
+    /// result; on any error the running configuration stays. Logs the outcome.
+    pub fn reload_from(&self, file: Option<&Path>) -> Result<ReloadReport, ReloadError> {
+        match crate::config::load(file).and_then(|raw| raw.validate()) {
+            Ok(settings) => self.reload(settings),
+            Err(e) => Err(self.rejected(e.into())),
+        }
+    }
+
+    fn rejected(&self, e: ReloadError) -> ReloadError {
+        self.metrics.reload(false);
+        error!(error = %e, "configuration reload rejected; the previous configuration stays in effect");
+        e
+    }
+
+    /// Applies already validated settings. Keys that need a restart keep their
+    /// running value, with a warning each. Fails, changing nothing, when the
+    /// result would be unsafe with the running listeners.
+    pub fn reload(&self, mut new: Settings) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.settings.load_full();
+        let restart_required = keep_restart_only(&old, &mut new);
+        // `validate` checked the secret against the *new* admin.listen, but the
+        // running one stays until a restart: check against that.
+        if let Some(addr) = new.admin.listen {
+            if !addr.ip().is_loopback() && new.admin.purge_secret.is_none() {
+                return Err(self.rejected(ReloadError::Config(ConfigError::Invalid {
+                    key: "admin.purge_secret_file",
+                    message: format!(
+                        "is required while the running admin listener ({addr}) is not a loopback address"
+                    ),
+                })));
+            }
+        }
+        for key in &restart_required {
+            warn!(
+                key,
+                "configuration reload: this setting changed but needs a restart; the running value stays"
+            );
+        }
+        if new.log_format != old.log_format {
+            match &self.log {
+                Some(log) => {
+                    if let Err(e) = log.set_format(new.log_format) {
+                        warn!(error = %e, "cannot switch the log format; keeping the old one");
+                        new.log_format = old.log_format;
+                    }
+                }
+                None => new.log_format = old.log_format,
+            }
+        }
+        self.ttls.set(&new.cache);
+        self.ttls.set_stale_if_error(new.stale_if_error);
+        let routes = new.routes.routes.len();
+        self.settings.store(Arc::new(new));
+        self.metrics.reload(true);
+        info!(
+            routes,
+            restart_required = restart_required.len(),
+            "configuration reloaded"
+        );
+        Ok(ReloadReport { restart_required })
+    }
+}
+
+fn same<T>(a: &T, b: &T, eq: impl Fn(&T, &T) -> bool) -> bool {
+    eq(a, b)
+}
+
+/// Copies every restart-only value of `old` into `new` and names those that
+/// differed.
+fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    macro_rules! keep {
+        ($key:literal, $($field:ident).+, $same:expr) => {{
+            if !same(&old.$($field).+, &new.$($field).+, $same) {
+                changed.push($key);
+            }
+            new.$($field).+ = old.$($field).+.clone();
+        }};
+    }
+    keep!("listen", listen, |a, b| a == b);
+    keep!("admin.listen", admin.listen, |a, b| a == b);
+    keep!("upstream", upstream, |a, b| a.scheme == b.scheme
+        && a.authority == b.authority
+        && a.base_path == b.base_path);
+    keep!("discovery", discovery, |a, b| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.issuer == b.issuer && a.refresh_interval == b.refresh_interval,
+        _ => false,
+    });
+    // With discovery the new URL is `None` until discovered: compare it only
+    // when the operator wrote one down.
+    let url_changed = new.discovery.is_none()
+        && old.introspection.url.as_ref().map(|u| u.as_str())
+            != new.introspection.url.as_ref().map(|u| u.as_str());
+    if url_changed {
+        changed.push("introspection.url");
+    }
+    keep!(
+        "introspection.client_id",
+        introspection.client_id,
+        |a, b| a == b
+    );
+    keep!(
+        "introspection.client_secret",
+        introspection.client_secret,
+        |a, b| a.expose() == b.expose()
+    );
+    keep!(
+        "introspection.auth_method",
+        introspection.auth_method,
+        |a, b| a == b
+    );
+    keep!("introspection.timeout", introspection.timeout, |a, b| a
+        == b);
+    new.introspection.url = old.introspection.url.clone();
+    keep!("cache.max_entries", cache.max_entries, |a, b| a == b);
+    keep!(
+        "cache.negative_max_entries",
+        cache.negative_max_entries,
+        |a, b| a == b
+    );
+    keep!("resilience.upstream_timeout", upstream_timeout, |a, b| a
+        == b);
+    keep!(
+        "resilience.upstream_connect_timeout",
+        upstream_connect_timeout,
+        |a, b| a == b
+    );
+    keep!("resilience.breaker_failures", breaker_failures, |a, b| a
+        == b);
+    keep!("resilience.breaker_open_for", breaker_open_for, |a, b| a
+        == b);
+    keep!(
+        "limits.max_header_bytes",
+        limits.max_header_bytes,
+        |a, b| a == b
+    );
+    keep!("limits.max_connections", limits.max_connections, |a, b| a
+        == b);
+    keep!("limits.idle_timeout", limits.idle_timeout, |a, b| a == b);
+    changed
+}

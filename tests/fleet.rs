@@ -1,0 +1,570 @@
+//! Issue 7: a shared Redis L2 and fleet-wide purge. Every test starts its own
+//! `redis-server` on a free port (no persistence) and two or more real
+//! tokengates (`tokengate::run`) that share it, one fake AS and one upstream.
+
+mod common;
+
+use common::*;
+use hmac::{Hmac, Mac};
+use http::Method;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+use tokengate::config::RawConfig;
+use tokengate::fleet::Fleet;
+use wiremock::ResponseTemplate;
+
+const KEY_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+/// The key file every replica of one fleet shares; removed when dropped.
+struct KeyFile(std::path::PathBuf);
+
+impl KeyFile {
+    fn new(secret: &str) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let p =
+            std::env::temp_dir().join(format!("tokengate-fleet-key-{}-{n}", std::process::id()));
+        std::fs::write(&p, format!("{secret}\n")).unwrap();
+        Self(p)
+    }
+
+    fn path(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn shared(raw: &mut RawConfig, redis: &RedisServer, key: &KeyFile) {
+    raw.cache.shared.url = tokengate::config::RedisUrl(redis.url());
+    raw.cache.shared.key_secret_file = key.path();
+    // Generous: a slow CI box must not turn a healthy Redis into a "failure".
+    raw.cache.shared.timeout = Duration::from_secs(2);
+}
+
+/// A second replica of `env`'s tokengate: same AS, same upstream, same Redis.
+async fn replica(env: &Env, redis: &RedisServer, key: &KeyFile) -> Gate {
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, redis, key);
+    Gate::start(&raw).await
+}
+
+async fn get_via(env: &Env, gate: &Gate, token: &str) -> Resp {
+    let req = request(Method::GET, &format!("http://{}/api", gate.addr))
+        .header("authorization", format!("Bearer {token}"))
+        .body(empty())
+        .unwrap();
+    send(&env.http1, req).await
+}
+
+fn fleet(gate: &Gate) -> Arc<Fleet> {
+    gate.fleet.clone().expect("[cache.shared] is configured")
+}
+
+fn sha256(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Polls `cond` every 10 ms; panics after `limit` (generous: this is a wait for
+/// an event, not a timing assertion).
+async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn subscribed(gates: &[&Gate]) {
+    for g in gates {
+        let f = fleet(g);
+        eventually("purge subscriber up", Duration::from_secs(10), || {
+            f.is_subscribed()
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn l2_hit_on_another_replica_and_purge_reaches_every_replica() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    let r2 = replica(&env, &redis, &key).await;
+    subscribed(&[&env.gate, &r2]).await;
+
+    let body = json!({"active": true, "sub": "alice", "scope": "read", "exp": env.now() + 3600});
+    introspection_of("tok-shared")
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .up_to_n_times(1)
+        .expect(1)
+        .named("first introspection: active")
+        .mount(&env.auth)
+        .await;
+
+    // Replica 1 introspects and writes L2; replica 2 reads it from L2.
+    let r = get_via(&env, &env.gate, "tok-shared").await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    let r = get_via(&env, &r2, "tok-shared").await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(
+        env.introspections().await.len(),
+        1,
+        "replica 2 must be served from L2"
+    );
+    assert_eq!(fleet(&r2).stats().l2_hits, 1);
+    assert_eq!(fleet(&env.gate).stats().l2_writes, 1);
+
+    // The token is revoked at the AS and purged through replica 2.
+    env.answer("tok-shared", json!({"active": false}), 1).await;
+    fleet(&r2)
+        .purge(&sha256("tok-shared"))
+        .await
+        .expect("purge published");
+    assert_eq!(fleet(&r2).stats().purges_sent, 1);
+    let f1 = fleet(&env.gate);
+    eventually("replica 1 hears the purge", Duration::from_secs(5), || {
+        f1.stats().purges_received >= 1
+    })
+    .await;
+
+    // Replica 1 no longer has it in L1, L2 is gone: it asks the AS and rejects.
+    let r = get_via(&env, &env.gate, "tok-shared").await;
+    assert_rejection(&r, 401, "invalid_token");
+    assert_eq!(env.introspections().await.len(), 2);
+    // The inactive answer went to L2 as a negative entry: replica 2 agrees
+    // without asking the AS again.
+    let r = get_via(&env, &r2, "tok-shared").await;
+    assert_rejection(&r, 401, "invalid_token");
+    assert_eq!(env.introspections().await.len(), 2);
+}
+
+#[tokio::test]
+async fn purge_via_token_cache_invalidate_is_fleet_wide() {
+    // The admin endpoint calls `TokenCache::invalidate`; with [cache.shared] it
+    // must purge L2 and publish, not only drop the local entry.
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    let r2 = replica(&env, &redis, &key).await;
+    subscribed(&[&env.gate, &r2]).await;
+    env.allow("tok-inv", 2).await;
+    get_via(&env, &env.gate, "tok-inv").await.echo();
+    get_via(&env, &r2, "tok-inv").await.echo();
+
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, &redis, &key);
+    // A third App used only as a purge client, like an admin handler would.
+    let app = tokengate::App::new(raw.validate().unwrap());
+    app.cache().invalidate(&sha256("tok-inv")).await;
+
+    let (f1, f2) = (fleet(&env.gate), fleet(&r2));
+    eventually(
+        "both replicas hear the purge",
+        Duration::from_secs(5),
+        || f1.stats().purges_received >= 1 && f2.stats().purges_received >= 1,
+    )
+    .await;
+    let mut c = redis.conn().await;
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(f1.l2_key(&sha256("tok-inv")))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!exists, "the L2 entry is deleted");
+    // Replica 2 re-introspects (the second and last allowed call).
+    get_via(&env, &r2, "tok-inv").await.echo();
+    assert_eq!(env.introspections().await.len(), 2);
+}
+
+#[tokio::test]
+async fn redis_outage_falls_back_to_introspection_and_reconnect_clears_l1() {
+    let mut redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.cache.shared.timeout = Duration::from_millis(300);
+    })
+    .await;
+    subscribed(&[&env.gate]).await;
+    let f = fleet(&env.gate);
+    env.allow("tok-a", 2).await;
+    for n in 0..6 {
+        env.allow(&format!("tok-b{n}"), 1).await;
+    }
+
+    get_via(&env, &env.gate, "tok-a").await.echo();
+    assert_eq!(f.stats().l2_writes, 1);
+    let resyncs = f.stats().l1_resyncs;
+
+    redis.kill();
+    // New tokens: L2 is unreachable, introspection answers, the client sees 200.
+    for n in 0..6 {
+        let r = get_via(&env, &env.gate, &format!("tok-b{n}")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let s = f.stats();
+    assert!(s.l2_errors >= 1, "{s:?}");
+    assert!(
+        s.l2_skipped >= 1,
+        "the breaker skips Redis after repeated failures: {s:?}"
+    );
+    // tok-a is still in this replica's L1 (no AS call).
+    get_via(&env, &env.gate, "tok-a").await.echo();
+    assert_eq!(env.introspections().await.len(), 7);
+    // A purge while Redis is down is still tried (the breaker does not hold
+    // it back), fails, and still drops the local entry.
+    let errors = f.stats().l2_errors;
+    assert!(f.purge(&sha256("tok-b0")).await.is_err());
+    assert_eq!(f.stats().l2_errors, errors + 1, "the purge was attempted");
+
+    // Redis comes back (empty): the subscriber reconnects and clears L1,
+    // because purges published meanwhile never reached it.
+    redis.spawn().await;
+    eventually("the subscriber reconnects", Duration::from_secs(20), || {
+        f.stats().l1_resyncs > resyncs && f.is_subscribed()
+    })
+    .await;
+    get_via(&env, &env.gate, "tok-a").await.echo();
+    assert_eq!(
+        env.introspections().await.len(),
+        8,
+        "L1 was cleared on reconnect: tok-a is introspected again"
+    );
+}
+
+#[tokio::test]
+async fn garbage_wrong_type_and_forged_values_are_misses() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    let f = fleet(&env.gate);
+    let mut c = redis.conn().await;
+
+    // Plain garbage, then a wrong type.
+    env.allow("tok-g1", 1).await;
+    env.allow("tok-g2", 1).await;
+    let k1 = f.l2_key(&sha256("tok-g1"));
+    let k2 = f.l2_key(&sha256("tok-g2"));
+    redis::cmd("SET")
+        .arg(&k1)
+        .arg(b"\x00\xffnot json at all".as_slice())
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    redis::cmd("RPUSH")
+        .arg(&k2)
+        .arg("x")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    get_via(&env, &env.gate, "tok-g1").await.echo();
+    get_via(&env, &env.gate, "tok-g2").await.echo();
+    let s = f.stats();
+    assert_eq!(
+        (s.l2_garbage, s.l2_errors, s.l2_hits),
+        (2, 0, 0),
+        "a miss, not an error: {s:?}"
+    );
+    // Both keys now hold good entries again.
+    let v: Vec<u8> = redis::cmd("GET")
+        .arg(&k1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(f.decode(&k1, &v).is_some_and(|i| i.active));
+
+    // A forged "active" entry: the right version prefix and a MAC under another
+    // secret. Someone who can write Redis cannot let a token in.
+    env.answer("tok-forged", json!({"active": false}), 1).await;
+    let other = KeyFile::new("ffffffffffffffffffffffffffffffff");
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, &redis, &other);
+    let forger = tokengate::App::new(raw.validate().unwrap());
+    let forger = forger.cache().fleet().unwrap().clone();
+    let k = f.l2_key(&sha256("tok-forged"));
+    let body: tokengate::introspect::Introspection =
+        serde_json::from_value(json!({"active": true, "sub": "mallory"})).unwrap();
+    let forged = forger.encode(&k, &body).unwrap();
+    assert!(f.decode(&k, &forged).is_none());
+    // And one of our own valid entries copied onto another token's key.
+    let copied = f.encode(&f.l2_key(&sha256("elsewhere")), &body).unwrap();
+    assert!(f.decode(&k, &copied).is_none());
+    redis::cmd("SET")
+        .arg(&k)
+        .arg(forged)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let r = get_via(&env, &env.gate, "tok-forged").await;
+    assert_rejection(&r, 401, "invalid_token");
+
+    // A value from a future format version is a miss too.
+    env.allow("tok-v2", 1).await;
+    let kv = f.l2_key(&sha256("tok-v2"));
+    let mut v2 = f.encode(&kv, &body).unwrap();
+    v2[2] = b'2';
+    redis::cmd("SET")
+        .arg(&kv)
+        .arg(v2)
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    let r = get_via(&env, &env.gate, "tok-v2").await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+}
+
+#[tokio::test]
+async fn l2_key_is_an_hmac_and_entries_expire_with_the_token() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.cache.negative_ttl = Duration::from_secs(7);
+    })
+    .await;
+    let exp = env.now() + 90;
+    env.answer(
+        "tok-secret-value",
+        json!({"active": true, "sub": "alice", "exp": exp}),
+        1,
+    )
+    .await;
+    env.answer("tok-dead", json!({"active": false}), 1).await;
+    get_via(&env, &env.gate, "tok-secret-value").await.echo();
+    let r = get_via(&env, &env.gate, "tok-dead").await;
+    assert_rejection(&r, 401, "invalid_token");
+
+    let mut c = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let hash = sha256("tok-secret-value");
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY_SECRET.as_bytes()).unwrap();
+    mac.update(b"tokengate l2 key\0");
+    mac.update(&hash);
+    let want = format!("tokengate:t:{}", hex::encode(mac.finalize().into_bytes()));
+    assert!(keys.contains(&want), "{keys:?} lacks {want}");
+    assert_eq!(keys.len(), 2, "one entry per token, no lock left: {keys:?}");
+    for k in &keys {
+        assert!(!k.contains("tok-"), "a raw token in a key: {k}");
+        assert!(
+            !k.contains(&hex::encode(hash)) && !k.contains(&hex::encode(sha256("tok-dead"))),
+            "a plain SHA-256 in a key: {k}"
+        );
+        let v: Vec<u8> = redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap();
+        assert!(
+            !String::from_utf8_lossy(&v).contains("tok-"),
+            "token in value"
+        );
+    }
+    // Redis expires the entries itself: at exp for the token, after
+    // negative_ttl for the inactive one.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&want)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 90_000, "PTTL {pttl} ms, exp in 90 s");
+    let dead = fleet(&env.gate).l2_key(&sha256("tok-dead"));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&dead)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= 7_000,
+        "PTTL {pttl} ms, negative_ttl 7 s"
+    );
+}
+
+#[tokio::test]
+async fn replicas_that_see_a_new_token_at_once_introspect_it_once() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    let r2 = replica(&env, &redis, &key).await;
+    let r3 = replica(&env, &redis, &key).await;
+    let body = json!({"active": true, "sub": "alice", "exp": env.now() + 3600});
+    introspection_of("tok-herd")
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(body)
+                .set_delay(Duration::from_millis(400)),
+        )
+        .expect(1)
+        .mount(&env.auth)
+        .await;
+    let gates = [&env.gate, &r2, &r3];
+    let calls = gates.iter().flat_map(|g| {
+        (0..3).map(|_| async {
+            let r = get_via(&env, g, "tok-herd").await;
+            r.status
+        })
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(env.introspections().await.len(), 1);
+    let waits: u64 = gates.iter().map(|g| fleet(g).stats().lock_waits).sum();
+    let acquired: u64 = gates.iter().map(|g| fleet(g).stats().lock_acquired).sum();
+    assert_eq!(acquired, 1, "one replica introspects");
+    assert!(waits <= 2, "the others wait for it: {waits}");
+}
+
+#[tokio::test]
+async fn a_redis_that_never_answers_costs_one_timeout_not_an_error() {
+    // A "Redis" that accepts connections and never says a word: the slowest
+    // possible Redis. Every call hits `cache.shared.timeout`.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = blackhole.local_addr().unwrap().port();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = blackhole.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        raw.cache.shared.url = tokengate::config::RedisUrl(format!("redis://127.0.0.1:{port}"));
+        raw.cache.shared.key_secret_file = key.path();
+        raw.cache.shared.timeout = Duration::from_millis(100);
+    })
+    .await;
+    for n in 0..5 {
+        env.allow(&format!("tok-slow{n}"), 1).await;
+        let r = get_via(&env, &env.gate, &format!("tok-slow{n}")).await;
+        assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    }
+    let s = fleet(&env.gate).stats();
+    assert!(s.l2_errors >= 1 && s.l2_skipped >= 1, "{s:?}");
+    assert_eq!(s.l2_hits + s.l2_writes, 0, "{s:?}");
+    assert!(!held.lock().unwrap().is_empty(), "tokengate did connect");
+}
+
+#[tokio::test]
+async fn admin_purge_on_one_replica_reaches_the_other_and_metrics_show_the_fleet() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    let r2 = replica(&env, &redis, &key).await;
+    subscribed(&[&env.gate, &r2]).await;
+    let body = json!({"active": true, "sub": "bob", "exp": env.now() + 3600});
+    introspection_of("tok-admin")
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&env.auth)
+        .await;
+    assert_eq!(get_via(&env, &env.gate, "tok-admin").await.status, 200);
+    assert_eq!(get_via(&env, &r2, "tok-admin").await.status, 200);
+    assert_eq!(env.introspections().await.len(), 1, "replica 2 read L2");
+
+    // Revoked at the AS, purged through replica 1's admin endpoint.
+    env.answer("tok-admin", json!({"active": false}), 1).await;
+    let r = env
+        .purge("application/x-www-form-urlencoded", "token=tok-admin", None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text());
+    let f2 = fleet(&r2);
+    eventually("replica 2 hears the purge", Duration::from_secs(5), || {
+        f2.stats().purges_received >= 1
+    })
+    .await;
+    assert_rejection(&get_via(&env, &r2, "tok-admin").await, 401, "invalid_token");
+
+    let m1 = env.scrape().await;
+    assert_eq!(
+        m1.sum("tokengate_purge_messages_total", &[("kind", "sent")]),
+        1.0
+    );
+    assert!(
+        m1.sum(
+            "tokengate_shared_cache_operations_total",
+            &[("kind", "write")]
+        ) >= 1.0
+    );
+    let r = send(
+        &env.http1,
+        request(Method::GET, &r2.admin_url("/metrics"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let m2 = Scrape::parse(&r.text()).expect("replica 2 metrics parse");
+    assert_eq!(
+        m2.sum(
+            "tokengate_shared_cache_operations_total",
+            &[("kind", "hit")]
+        ),
+        1.0
+    );
+    assert!(m2.sum("tokengate_purge_messages_total", &[("kind", "received")]) >= 1.0);
+}
+
+/// stale_if_error with a fleet: an L1 entry past its fresh time is revalidated
+/// from L2 (another replica's answer) without calling the failing AS; only when
+/// L2 has nothing either is the L1 entry served stale; and a purge drops the
+/// stale entry too.
+#[tokio::test]
+async fn a_stale_l1_entry_revalidates_from_l2_before_it_is_served_stale() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.cache.max_ttl = Duration::from_secs(60);
+        raw.resilience.stale_if_error = Duration::from_secs(30);
+        raw.resilience.breaker_failures = 0;
+    })
+    .await;
+    let token = "tok-stale-l2";
+    env.allow(token, 1).await;
+    assert_eq!(get_via(&env, &env.gate, token).await.status, 200);
+    assert_eq!(fleet(&env.gate).stats().l2_writes, 1);
+
+    // The AS fails from now on.
+    env.auth.reset().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&env.auth)
+        .await;
+    let stale_answers = || async { env.scrape().await.sum("tokengate_stale_answers_total", &[]) };
+
+    // Past L1's fresh time (injected clock); the L2 entry lives on Redis's
+    // own clock and is still there: the revalidation is an L2 hit.
+    env.advance(Duration::from_secs(61));
+    let r = get_via(&env, &env.gate, token).await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(env.introspections().await.len(), 0, "answered by L2");
+    assert_eq!(fleet(&env.gate).stats().l2_hits, 1);
+    assert_eq!(stale_answers().await, 0.0);
+
+    // L2 loses it: now the failing AS is asked, and the L1 entry is served stale.
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut redis.conn().await)
+        .await
+        .unwrap();
+    env.advance(Duration::from_secs(61));
+    let r = get_via(&env, &env.gate, token).await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(env.introspections().await.len(), 1);
+    assert_eq!(stale_answers().await, 1.0);
+
+    // A purged token is not served stale.
+    fleet(&env.gate)
+        .purge(&sha256(token))
+        .await
+        .expect("purge published");
+    let r = get_via(&env, &env.gate, token).await;
+    assert_rejection(&r, 503, "temporarily_unavailable");
+    assert_eq!(stale_answers().await, 1.0);
+}
