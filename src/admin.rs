@@ -4,8 +4,8 @@
 //! * `GET /healthz`: 200 while the process serves at all (liveness).
 //! * `GET /readyz`: 200 once the configuration is loaded, the introspection
 //!   endpoint is known (discovery) and every registered [`Readiness`] check
-//!   passes (the lead wires the circuit breaker in as one); 503 from the moment
-//!   shutdown starts.
+//!   passes (`App::with_clock` registers one: the introspection circuit
+//!   breaker is not open); 503 from the moment shutdown starts.
 //! * `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //! * `POST /purge`: removes one token from both caches, so a revoked token stops
 //!   working before its cache TTL ends. Body `token=...` (form) or
@@ -13,6 +13,8 @@
 //!   `admin.purge_secret_file` is set. Always 204, cached or not; the token is
 //!   never echoed or logged (its 8-hex fingerprint is).
 
+use crate::breaker::BreakerState;
+use crate::metrics::BreakerGauge;
 use crate::server::App;
 use crate::token;
 use bytes::Bytes;
@@ -164,6 +166,14 @@ async fn metrics(app: &App, req: &Request<Incoming>) -> Response<AdminBody> {
     if let Some(fleet) = app.cache().fleet() {
         app.metrics().set_fleet_stats(fleet.stats());
     }
+    // Read at scrape time: the breaker changes state inside request handling
+    // and by the clock (open → half-open), and a scrape is what needs the value.
+    app.metrics()
+        .set_breaker_state(match app.breaker().state() {
+            BreakerState::Closed => BreakerGauge::Closed,
+            BreakerState::HalfOpen => BreakerGauge::HalfOpen,
+            BreakerState::Open => BreakerGauge::Open,
+        });
     let openmetrics = req
         .headers()
         .get_all(header::ACCEPT)

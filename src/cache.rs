@@ -1,31 +1,44 @@
 //! The introspection cache (moka `future::Cache`), keyed by SHA-256 of the token.
 //!
-//! * Positive entries live min(`max_ttl`, exp − now) (RFC 7662 §4: never past
-//!   `exp`), through moka's per-entry [`moka::Expiry`].
+//! * Positive entries are *fresh* for min(`max_ttl`, exp − now) (RFC 7662 §4:
+//!   never past `exp`). Freshness is judged by the injected [`Clock`] (moka's own
+//!   clock cannot be mocked), and moka keeps the entry a little longer — by
+//!   `stale_if_error`, still never past `exp` — so that it can be served *stale*
+//!   while the AS is failing.
+//! * A hit past its fresh time revalidates through the same single-flight path
+//!   as a miss. When that call fails (error, timeout, open circuit), the stale
+//!   answer is served if it is within the stale window and before `exp`;
+//!   otherwise the error stands (503). A token that turns out inactive is
+//!   dropped from the positive cache and never served stale.
 //! * Inactive answers go to a *separate*, separately bounded negative cache, so a
-//!   flood of garbage tokens cannot evict good entries.
-//! * A miss is single-flight: concurrent requests for one uncached token share
-//!   one introspection call (`or_try_insert_with`). Errors are never cached.
+//!   flood of garbage tokens cannot evict good entries. A negative-cached token
+//!   is never served stale.
+//! * A miss or a revalidation is single-flight: concurrent requests for one
+//!   token share one lookup ([`SingleFlight`]; moka's `or_try_insert_with`
+//!   cannot coalesce a revalidation, because the stale entry is still
+//!   present). Errors are never cached.
 //!
 //! The cache holds the introspection, never the decision: `policy::evaluate`
 //! runs on every hit.
 //!
-//! `max_ttl` and `negative_ttl` can change at run time (config reload,
-//! [`CacheTtls`]): entries already cached keep the lifetime they were given,
-//! new entries get the new one. Capacities are fixed at start-up (moka cannot
-//! resize a cache).
+//! `max_ttl`, `negative_ttl` and `stale_if_error` can change at run time
+//! (config reload, [`CacheTtls`]): entries already cached keep the lifetime
+//! they were given, new entries get the new one. Capacities are fixed at
+//! start-up (moka cannot resize a cache).
 //! With `[cache.shared]`, this is the L1 in front of [`crate::fleet`]'s Redis
-//! L2: a miss here reads L2 before introspecting, and `invalidate` purges
-//! fleet-wide.
+//! L2: the single-flight lookup reads L2 before introspecting (so a
+//! revalidation can be answered by another replica's fresh answer), and
+//! `invalidate` purges fleet-wide.
 
 use crate::clock::Clock;
 use crate::config::RawCache;
 use crate::fleet::Fleet;
+use crate::flight::SingleFlight;
 use crate::introspect::{IntrospectError, Introspection};
 use crate::token::TokenHash;
 use moka::future::Cache;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,12 +47,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub enum CacheStatus {
     /// Served from the positive cache.
     Hit,
-    /// This request ran the introspection call.
+    /// This request ran the lookup (L2 and/or the introspection call).
     Miss,
     /// The token is in the negative cache.
     Negative,
-    /// Another request's in-flight introspection call answered this one too.
+    /// Another request's in-flight lookup answered this one too.
     Coalesced,
+    /// The AS failed and a cached answer past its TTL was served (`stale_if_error`).
+    Stale,
 }
 
 impl CacheStatus {
@@ -49,12 +64,13 @@ impl CacheStatus {
             Self::Miss => "miss",
             Self::Negative => "negative",
             Self::Coalesced => "coalesced",
+            Self::Stale => "stale",
         }
     }
 }
 
 /// A lookup that produced no usable introspection. Shared by all coalesced
-/// waiters through an `Arc`, so it must be cheap to clone out.
+/// waiters, so it must be cheap to clone.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LoadError {
     #[error("token is not active")]
@@ -77,12 +93,14 @@ pub fn entry_ttl(exp: Option<i64>, now: SystemTime, max_ttl: Duration) -> Durati
         .min(max_ttl)
 }
 
-/// The two TTLs that a config reload may change, shared with the caches'
+/// The lifetimes that a config reload may change, shared with the caches'
 /// expiry policies. Read once per insert, so a change applies to new entries.
 #[derive(Clone)]
 pub struct CacheTtls {
     max_ttl_ns: Arc<AtomicU64>,
     negative_ttl_ns: Arc<AtomicU64>,
+    /// `resilience.stale_if_error`; 0 turns stale answers off.
+    stale_if_error_ns: Arc<AtomicU64>,
 }
 
 fn as_ns(d: Duration) -> u64 {
@@ -94,6 +112,7 @@ impl CacheTtls {
         Self {
             max_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.max_ttl))),
             negative_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.negative_ttl))),
+            stale_if_error_ns: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -104,6 +123,13 @@ impl CacheTtls {
             .store(as_ns(cfg.negative_ttl), Ordering::Relaxed);
     }
 
+    /// Applies `resilience.stale_if_error` to entries inserted from now on
+    /// (an entry's stale window is fixed when it is cached).
+    pub fn set_stale_if_error(&self, window: Duration) {
+        self.stale_if_error_ns
+            .store(as_ns(window), Ordering::Relaxed);
+    }
+
     pub fn max_ttl(&self) -> Duration {
         Duration::from_nanos(self.max_ttl_ns.load(Ordering::Relaxed))
     }
@@ -111,21 +137,91 @@ impl CacheTtls {
     pub fn negative_ttl(&self) -> Duration {
         Duration::from_nanos(self.negative_ttl_ns.load(Ordering::Relaxed))
     }
+
+    pub fn stale_if_error(&self) -> Duration {
+        Duration::from_nanos(self.stale_if_error_ns.load(Ordering::Relaxed))
+    }
 }
 
+/// One cached active answer and, on the injected clock, when it stops being
+/// fresh and when it stops being usable at all.
+#[derive(Debug)]
+struct Entry {
+    introspection: Arc<Introspection>,
+    fresh_until: SystemTime,
+    /// fresh_until + stale_if_error, capped at `exp`.
+    stale_until: SystemTime,
+}
+
+impl Entry {
+    fn new(
+        introspection: Introspection,
+        now: SystemTime,
+        max_ttl: Duration,
+        stale: Duration,
+    ) -> Self {
+        let fresh_until = now + entry_ttl(introspection.exp, now, max_ttl);
+        let stale_until = now + entry_ttl(introspection.exp, now, max_ttl.saturating_add(stale));
+        Self {
+            introspection: Arc::new(introspection),
+            fresh_until,
+            stale_until,
+        }
+    }
+
+    fn is_fresh(&self, now: SystemTime) -> bool {
+        now < self.fresh_until
+    }
+
+    /// Past `exp` on our clock: asking the AS again cannot make it valid, and
+    /// the policy check will refuse it (401 expired) without a call.
+    fn is_expired(&self, now: SystemTime) -> bool {
+        self.introspection.exp.is_some_and(|exp| {
+            UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)) <= now
+        })
+    }
+
+    /// Usable as a stale answer while the AS fails.
+    fn is_servable_stale(&self, now: SystemTime) -> bool {
+        now < self.stale_until && !self.is_expired(now)
+    }
+}
+
+/// moka keeps an entry until its `stale_until` (on the injected clock);
+/// freshness within that is [`Entry::is_fresh`]'s business.
 struct ExpAware {
-    ttls: CacheTtls,
     clock: Arc<dyn Clock>,
 }
 
-impl moka::Expiry<TokenHash, Arc<Introspection>> for ExpAware {
+impl ExpAware {
+    fn lifetime(&self, value: &Entry) -> Duration {
+        value
+            .stale_until
+            .duration_since(self.clock.now())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
+impl moka::Expiry<TokenHash, Arc<Entry>> for ExpAware {
     fn expire_after_create(
         &self,
         _key: &TokenHash,
-        value: &Arc<Introspection>,
+        value: &Arc<Entry>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(entry_ttl(value.exp, self.clock.now(), self.ttls.max_ttl()))
+        Some(self.lifetime(value))
+    }
+
+    // moka's default keeps the *old* expiry on replace; a revalidated entry
+    // must get its own.
+    fn expire_after_update(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<Entry>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
     }
 }
 
@@ -152,13 +248,17 @@ pub struct CacheCounters {
     pub coalesced: prometheus_client::metrics::counter::Counter,
 }
 
+type Loaded = Result<Arc<Entry>, LoadError>;
+
 pub struct TokenCache {
-    positive: Cache<TokenHash, Arc<Introspection>>,
+    positive: Cache<TokenHash, Arc<Entry>>,
     /// `None` when `negative_max_entries = 0`. Skipped while `negative_ttl` is 0
     /// (it can become non-zero on reload).
     negative: Option<Cache<TokenHash, ()>>,
+    flights: SingleFlight<TokenHash, Loaded>,
     ttls: CacheTtls,
     counters: CacheCounters,
+    clock: Arc<dyn Clock>,
     /// The fleet's shared L2 and purge fan-out; `None`: this replica alone.
     fleet: Option<Arc<Fleet>>,
 }
@@ -168,11 +268,13 @@ pub struct TokenCache {
 /// through [`TokenCache::invalidate`] (that would publish the purge again).
 #[derive(Clone)]
 pub struct L1 {
-    positive: Cache<TokenHash, Arc<Introspection>>,
+    positive: Cache<TokenHash, Arc<Entry>>,
     negative: Option<Cache<TokenHash, ()>>,
 }
 
 impl L1 {
+    /// Drops the token's entries, stale ones included: a purged token is never
+    /// served stale either.
     pub async fn invalidate(&self, key: &TokenHash) {
         self.positive.invalidate(key).await;
         if let Some(neg) = &self.negative {
@@ -190,13 +292,13 @@ impl L1 {
 }
 
 impl TokenCache {
+    /// Stale answers are off until [`TokenCache::with_stale_if_error`].
     pub fn new(cfg: &RawCache, clock: Arc<dyn Clock>) -> Self {
         let ttls = CacheTtls::new(cfg);
         let positive = Cache::builder()
             .max_capacity(cfg.max_entries)
             .expire_after(ExpAware {
-                ttls: ttls.clone(),
-                clock,
+                clock: clock.clone(),
             })
             .build();
         let negative = (cfg.negative_max_entries > 0).then(|| {
@@ -208,10 +310,19 @@ impl TokenCache {
         Self {
             positive,
             negative,
+            flights: SingleFlight::default(),
             ttls,
             counters: CacheCounters::default(),
+            clock,
             fleet: None,
         }
+    }
+
+    /// `resilience.stale_if_error`: how long past its fresh time an answer may
+    /// be served while the AS fails; zero turns stale answers off.
+    pub fn with_stale_if_error(self, window: Duration) -> Self {
+        self.ttls.set_stale_if_error(window);
+        self
     }
 
     /// Counts lookups into `counters` (see `metrics::Metrics::cache_counters`).
@@ -233,7 +344,8 @@ impl TokenCache {
     }
 
     /// Entries in the positive and negative caches, after moka's pending
-    /// maintenance (its counts lag inserts and expiries otherwise).
+    /// maintenance (its counts lag inserts and expiries otherwise). Positive
+    /// entries include those kept only to be served stale.
     pub async fn entry_counts(&self) -> (u64, u64) {
         self.positive.run_pending_tasks().await;
         let negative = match &self.negative {
@@ -264,9 +376,12 @@ impl TokenCache {
         self.fleet.as_ref()
     }
 
-    /// Returns the cached introspection for `key`, or runs `load` once for all
-    /// concurrent callers with the same key. An inactive answer is stored in the
-    /// negative cache and returned as [`LoadError::Inactive`].
+    /// Returns the cached introspection for `key`, or runs one lookup for all
+    /// concurrent callers with the same key: L2 (with `[cache.shared]`), then
+    /// `load`. An inactive answer is stored in the negative cache and returned
+    /// as [`LoadError::Inactive`]. When `load` fails and a stale answer is
+    /// still within `stale_if_error` (and before `exp`), that answer is
+    /// returned with [`CacheStatus::Stale`].
     pub async fn get_or_load<F, Fut>(
         &self,
         key: TokenHash,
@@ -283,43 +398,63 @@ impl TokenCache {
             }
             self.counters.negative_miss.inc();
         }
-        // Fast path, and the only way to tell a plain hit from a coalesced wait:
-        // an entry that `get` cannot see but `entry` returns without running our
-        // `init` was being loaded by another request.
-        if let Some(hit) = self.positive.get(&key).await {
-            self.counters.positive_hit.inc();
-            return (Ok(hit), CacheStatus::Hit);
-        }
-        let negative = self.negative().cloned();
-        let fleet = self.fleet.clone();
-        let ran = AtomicBool::new(false);
-        let ran_ref = &ran;
-        let init = async move {
-            ran_ref.store(true, Ordering::Relaxed);
-            let answer = match fleet {
-                Some(fleet) => fleet.read_through(&key, load).await?,
-                None => load().await?,
-            };
-            if answer.active {
-                Ok(Arc::new(answer))
-            } else {
-                if let Some(neg) = negative {
-                    neg.insert(key, ()).await;
-                }
-                Err(LoadError::Inactive)
+        let cached = self.positive.get(&key).await;
+        let now = self.clock.now();
+        if let Some(entry) = &cached {
+            if entry.is_fresh(now) || entry.is_expired(now) {
+                self.counters.positive_hit.inc();
+                return (Ok(entry.introspection.clone()), CacheStatus::Hit);
             }
-        };
-        let result = self.positive.entry(key).or_try_insert_with(init).await;
-        let status = if ran.load(Ordering::Relaxed) {
+        }
+
+        let (loaded, led) = self
+            .flights
+            .run(key, || async {
+                let answer = match &self.fleet {
+                    Some(fleet) => fleet.read_through(&key, load).await?,
+                    None => load().await?,
+                };
+                if answer.active {
+                    let entry = Arc::new(Entry::new(
+                        answer,
+                        self.clock.now(),
+                        self.ttls.max_ttl(),
+                        self.ttls.stale_if_error(),
+                    ));
+                    self.positive.insert(key, entry.clone()).await;
+                    Ok(entry)
+                } else {
+                    // Revoked since it was cached: it must not be served stale.
+                    self.positive.invalidate(&key).await;
+                    if let Some(neg) = self.negative() {
+                        neg.insert(key, ()).await;
+                    }
+                    Err(LoadError::Inactive)
+                }
+            })
+            .await;
+        let status = if led {
             self.counters.positive_miss.inc();
             CacheStatus::Miss
         } else {
             self.counters.coalesced.inc();
             CacheStatus::Coalesced
         };
-        match result {
-            Ok(entry) => (Ok(entry.into_value()), status),
-            Err(e) => (Err(LoadError::clone(&e)), status),
+        match loaded {
+            Ok(entry) => (Ok(entry.introspection.clone()), status),
+            Err(LoadError::Failed(e)) => match cached {
+                Some(stale) if stale.is_servable_stale(self.clock.now()) => {
+                    tracing::warn!(
+                        kind = e.kind(),
+                        error = %e,
+                        token = %crate::token::fingerprint(&key),
+                        "introspection failed; serving the cached answer stale (stale_if_error)"
+                    );
+                    (Ok(stale.introspection.clone()), CacheStatus::Stale)
+                }
+                _ => (Err(LoadError::Failed(e)), status),
+            },
+            Err(LoadError::Inactive) => (Err(LoadError::Inactive), status),
         }
     }
 
@@ -351,6 +486,128 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::clock::ManualClock;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    const MAX_TTL: Duration = Duration::from_secs(60);
+    const STALE: Duration = Duration::from_secs(30);
+
+    fn cache(clock: &Arc<ManualClock>, stale: Duration) -> TokenCache {
+        let cfg = RawCache {
+            max_ttl: MAX_TTL,
+            ..RawCache::default()
+        };
+        TokenCache::new(&cfg, clock.clone()).with_stale_if_error(stale)
+    }
+
+    fn active(exp: i64) -> Introspection {
+        Introspection {
+            active: true,
+            exp: Some(exp),
+            ..Introspection::inactive()
+        }
+    }
+
+    fn key(n: u8) -> TokenHash {
+        [n; 32]
+    }
+
+    async fn ask(
+        c: &TokenCache,
+        k: TokenHash,
+        answer: Result<Introspection, IntrospectError>,
+        calls: &AtomicUsize,
+    ) -> (Result<Arc<Introspection>, LoadError>, CacheStatus) {
+        c.get_or_load(k, || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            answer
+        })
+        .await
+    }
+
+    fn down() -> Result<Introspection, IntrospectError> {
+        Err(IntrospectError::Status(503))
+    }
+
+    #[tokio::test]
+    async fn stale_answer_within_the_window_only() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, STALE);
+        let calls = AtomicUsize::new(0);
+        let exp = clock.unix_secs() + 3600;
+        let (r, s) = ask(&c, key(1), Ok(active(exp)), &calls).await;
+        assert!(r.is_ok() && s == CacheStatus::Miss);
+        let (r, s) = ask(&c, key(1), down(), &calls).await;
+        assert!(r.is_ok() && s == CacheStatus::Hit, "fresh: no call");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        clock.advance(MAX_TTL + Duration::from_secs(1));
+        let (r, s) = ask(&c, key(1), down(), &calls).await;
+        assert!(r.is_ok(), "stale within the window");
+        assert_eq!(s, CacheStatus::Stale);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a stale hit revalidates");
+
+        clock.advance(STALE);
+        let (r, s) = ask(&c, key(1), down(), &calls).await;
+        assert!(matches!(r, Err(LoadError::Failed(_))), "past the window");
+        assert_eq!(s, CacheStatus::Miss);
+
+        // The AS is back: the answer is fresh again.
+        let (r, s) = ask(&c, key(1), Ok(active(exp)), &calls).await;
+        assert!(r.is_ok() && s == CacheStatus::Miss);
+        let (_, s) = ask(&c, key(1), down(), &calls).await;
+        assert_eq!(s, CacheStatus::Hit);
+    }
+
+    #[tokio::test]
+    async fn never_stale_past_exp() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, STALE);
+        let calls = AtomicUsize::new(0);
+        // exp 70 s away: fresh for 60 s, stale would reach 90 s but exp caps it at 70.
+        let exp = clock.unix_secs() + 70;
+        ask(&c, key(2), Ok(active(exp)), &calls).await.0.unwrap();
+        clock.advance(Duration::from_secs(65));
+        assert_eq!(ask(&c, key(2), down(), &calls).await.1, CacheStatus::Stale);
+        clock.advance(Duration::from_secs(6));
+        // Past exp: the cached answer comes back as a plain hit, without a
+        // call, and the policy (not the cache) refuses it as expired.
+        let before = calls.load(Ordering::SeqCst);
+        let (r, s) = ask(&c, key(2), down(), &calls).await;
+        assert_eq!(s, CacheStatus::Hit);
+        assert_eq!(r.unwrap().exp, Some(exp));
+        assert_eq!(calls.load(Ordering::SeqCst), before);
+    }
+
+    #[tokio::test]
+    async fn revoked_token_is_dropped_and_never_served_stale() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, STALE);
+        let calls = AtomicUsize::new(0);
+        let exp = clock.unix_secs() + 3600;
+        ask(&c, key(3), Ok(active(exp)), &calls).await.0.unwrap();
+        clock.advance(MAX_TTL);
+        let (r, _) = ask(&c, key(3), Ok(Introspection::inactive()), &calls).await;
+        assert!(matches!(r, Err(LoadError::Inactive)));
+        let (r, s) = ask(&c, key(3), down(), &calls).await;
+        assert!(matches!(r, Err(LoadError::Inactive)));
+        assert_eq!(s, CacheStatus::Negative);
+    }
+
+    #[tokio::test]
+    async fn zero_window_turns_stale_answers_off() {
+        let clock = Arc::new(ManualClock::default());
+        let c = cache(&clock, Duration::ZERO);
+        let calls = AtomicUsize::new(0);
+        ask(&c, key(4), Ok(active(clock.unix_secs() + 3600)), &calls)
+            .await
+            .0
+            .unwrap();
+        clock.advance(MAX_TTL);
+        let (r, _) = ask(&c, key(4), down(), &calls).await;
+        assert!(matches!(r, Err(LoadError::Failed(_))));
+    }
 
     #[test]
     fn ttl_table() {

@@ -422,6 +422,15 @@ pub struct RawLog {
 pub struct RawLimits {
     /// Longest accepted Bearer token, in bytes.
     pub max_token_bytes: usize,
+    /// Largest request head (request line + headers), in bytes (→ 431).
+    pub max_header_bytes: usize,
+    /// Most client connections open at once; 0: unlimited.
+    pub max_connections: usize,
+    /// Largest request body, in bytes (→ 413); 0: unlimited.
+    pub max_body_bytes: u64,
+    /// How long a client connection may sit without sending a request head.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -436,6 +445,13 @@ pub struct RawResilience {
     pub upstream_connect_timeout: Duration,
     /// `Retry-After` seconds on a 503.
     pub retry_after_secs: u32,
+    /// Serve a cached answer this long past its TTL while the AS fails; "0s": off.
+    #[serde(with = "duration_str")]
+    pub stale_if_error: Duration,
+    /// Consecutive AS failures that open the circuit; 0: no breaker.
+    pub breaker_failures: u32,
+    #[serde(with = "duration_str")]
+    pub breaker_open_for: Duration,
 }
 
 impl Default for RawConfig {
@@ -520,6 +536,10 @@ impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            max_body_bytes: 0,
+            idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -530,6 +550,9 @@ impl Default for RawResilience {
             upstream_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             retry_after_secs: 5,
+            stale_if_error: Duration::from_secs(30),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(10),
         }
     }
 }
@@ -548,6 +571,10 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub retry_after_secs: u32,
+    pub stale_if_error: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open_for: Duration,
+    pub limits: crate::limits::Limits,
     pub routes: crate::policy::RouteTable,
     pub token_sources: crate::token::TokenSources,
     pub discovery: Option<DiscoverySettings>,
@@ -762,6 +789,25 @@ impl RawConfig {
                 "must be at least 1",
             ));
         }
+        let l = &self.limits;
+        if l.max_header_bytes < crate::limits::MIN_HEADER_BYTES {
+            return Err(ConfigError::invalid(
+                "limits.max_header_bytes",
+                format!("must be at least {}", crate::limits::MIN_HEADER_BYTES),
+            ));
+        }
+        if l.idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.idle_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if self.resilience.breaker_failures > 0 && self.resilience.breaker_open_for.is_zero() {
+            return Err(ConfigError::invalid(
+                "resilience.breaker_open_for",
+                "must be greater than 0 (set breaker_failures = 0 to turn the breaker off)",
+            ));
+        }
         if self.resilience.upstream_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "resilience.upstream_timeout",
@@ -848,6 +894,15 @@ impl RawConfig {
             upstream_timeout: self.resilience.upstream_timeout,
             upstream_connect_timeout: self.resilience.upstream_connect_timeout,
             retry_after_secs: self.resilience.retry_after_secs,
+            stale_if_error: self.resilience.stale_if_error,
+            breaker_failures: self.resilience.breaker_failures,
+            breaker_open_for: self.resilience.breaker_open_for,
+            limits: crate::limits::Limits {
+                max_header_bytes: l.max_header_bytes,
+                max_connections: (l.max_connections > 0).then_some(l.max_connections),
+                max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
+                idle_timeout: l.idle_timeout,
+            },
             routes,
             token_sources,
             discovery,
@@ -1352,6 +1407,18 @@ mod tests {
                 Box::new(|c| c.admin.purge_secret_file = "/nonexistent/secret".into()),
             ),
             (
+                "limits.max_header_bytes",
+                Box::new(|c| c.limits.max_header_bytes = 4096),
+            ),
+            (
+                "limits.idle_timeout",
+                Box::new(|c| c.limits.idle_timeout = Duration::ZERO),
+            ),
+            (
+                "resilience.breaker_open_for",
+                Box::new(|c| c.resilience.breaker_open_for = Duration::ZERO),
+            ),
+            (
                 "discovery.issuer",
                 Box::new(|c| c.discovery.issuer = "https://as.example".into()),
             ),
@@ -1380,6 +1447,38 @@ mod tests {
                 "expected an error naming {key}, got {err}"
             );
         }
+    }
+
+    #[test]
+    fn resilience_and_limit_keys_defaults_and_zero_means_off() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            let s = load(None)
+                .and_then(|r| r.validate())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.stale_if_error, Duration::from_secs(30));
+            assert_eq!(s.breaker_failures, 5);
+            assert_eq!(s.breaker_open_for, Duration::from_secs(10));
+            assert_eq!(s.limits.max_header_bytes, 65536);
+            assert_eq!(s.limits.max_connections, Some(10_000));
+            assert_eq!(s.limits.max_body_bytes, None);
+            assert_eq!(s.limits.idle_timeout, Duration::from_secs(75));
+
+            jail.set_env("TOKENGATE_RESILIENCE__STALE_IF_ERROR", "0s");
+            jail.set_env("TOKENGATE_RESILIENCE__BREAKER_FAILURES", "0");
+            jail.set_env("TOKENGATE_LIMITS__MAX_CONNECTIONS", "0");
+            jail.set_env("TOKENGATE_LIMITS__MAX_BODY_BYTES", "1048576");
+            jail.set_env("TOKENGATE_LIMITS__IDLE_TIMEOUT", "5s");
+            let s = load(None)
+                .and_then(|r| r.validate())
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.stale_if_error, Duration::ZERO);
+            assert_eq!(s.breaker_failures, 0);
+            assert_eq!(s.limits.max_connections, None);
+            assert_eq!(s.limits.max_body_bytes, Some(1_048_576));
+            assert_eq!(s.limits.idle_timeout, Duration::from_secs(5));
+            Ok(())
+        });
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum ProxyError {
     Upstream(#[from] ForwardError),
     #[error("CONNECT is not supported")]
     ConnectMethod,
+    /// The request body is longer than `limits.max_body_bytes`.
+    #[error("request body too large")]
+    BodyTooLarge,
     #[error(transparent)]
     AmbiguousPath(#[from] AmbiguousPath),
     /// Forward-auth mode: the front proxy's description of the original request is unusable.
@@ -132,7 +135,8 @@ impl ProxyError {
                 | IntrospectError::ClientUnauthorized
                 | IntrospectError::Status(_)
                 | IntrospectError::InvalidResponse(_)
-                | IntrospectError::NoEndpoint => r(
+                | IntrospectError::NoEndpoint
+                | IntrospectError::CircuitOpen => r(
                     S::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
                     "the authorization server could not be reached; retry later",
@@ -188,6 +192,13 @@ impl ProxyError {
                     false,
                 ),
             },
+            Self::BodyTooLarge => r(
+                S::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                "the request body is larger than this service accepts",
+                None,
+                false,
+            ),
             Self::AmbiguousPath(_) => r(
                 S::BAD_REQUEST,
                 "invalid_request",
@@ -354,6 +365,13 @@ mod tests {
                 true,
             ),
             (
+                IntrospectError::CircuitOpen.into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
                 ForwardError::Connect("refused".into()).into(),
                 502,
                 "bad_gateway",
@@ -461,6 +479,13 @@ mod tests {
                 ForwardAuthError::OutsidePrefix.into(),
                 400,
                 "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ProxyError::BodyTooLarge,
+                413,
+                "request_too_large",
                 None,
                 false,
             ),

@@ -173,12 +173,15 @@ pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     })
 }
 
+/// What the forwarder sends: the client's body, counted against `limits.max_body_bytes`.
+pub type ForwardBody = crate::limits::LimitedBody<Incoming>;
+
 /// The pooled client for the upstream's transport.
 enum UpstreamClient {
     /// http:// or https:// (h1, or h2 / h2c with `upstream_http2`).
-    Tcp(Client<crate::client::Connector, Incoming>),
+    Tcp(Client<crate::client::Connector, ForwardBody>),
     /// unix:/path.sock (h1, or h2c with `upstream_http2`).
-    Unix(Client<crate::client::UnixConnector, Incoming>),
+    Unix(Client<crate::client::UnixConnector, ForwardBody>),
 }
 
 pub struct Forwarder {
@@ -235,7 +238,7 @@ impl Forwarder {
     /// headers; the body then streams for as long as it takes.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ForwardBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
         // The upstream's version is ours to choose, whatever the client spoke to us.

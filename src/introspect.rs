@@ -40,6 +40,9 @@ pub enum IntrospectError {
     InvalidResponse(String),
     #[error("no introspection endpoint known yet (discovery has not succeeded)")]
     NoEndpoint,
+    /// The circuit breaker is open after repeated failures: the AS was not called.
+    #[error("authorization server circuit is open after repeated failures; not calling it")]
+    CircuitOpen,
 }
 
 impl IntrospectError {
@@ -52,6 +55,7 @@ impl IntrospectError {
             Self::Status(_) => "status",
             Self::InvalidResponse(_) => "invalid_response",
             Self::NoEndpoint => "no_endpoint",
+            Self::CircuitOpen => "circuit_open",
         }
     }
 }

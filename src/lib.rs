@@ -9,7 +9,12 @@
 //! - [`tls`]: TLS termination with a reloadable certificate; outbound roots (`ca_file`) and
 //!   the AS client certificate (mTLS).
 //! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
-//! - [`cache`]: moka cache keyed by SHA-256(token); TTL ≤ `exp`; negative cache; single-flight.
+//! - [`cache`]: moka cache keyed by SHA-256(token); fresh for ≤ min(max_ttl, `exp`), then
+//!   revalidated; served stale (`stale_if_error`, never past `exp`) while the AS fails;
+//!   negative cache; single-flight through [`flight`] (L1 miss → fleet L2 → introspection).
+//! - [`flight`]: single-flight (one run per key for concurrent callers, cancellation-safe).
+//! - [`breaker`]: circuit breaker in front of the AS (closed → open → half-open probe).
+//! - [`limits`]: header size, connection count, body size, idle timeout.
 //! - [`fleet`]: `[cache.shared]`: Redis/Valkey L2 behind the L1 (HMAC keys, versioned MAC'd
 //!   values, timeout + breaker: never needed for correctness) and fleet-wide purge over pub/sub.
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
@@ -32,14 +37,19 @@
 //!
 //! # One request
 //! ```text
-//! server::run ── accept ── server::handle          (one `Settings` snapshot per request)
+//! server::run ── limits (connection slot, first bytes) ── accept ── server::handle
+//!                                                  (one `Settings` snapshot per request)
 //!    └─ policy::RouteTable::select     first matching route; public → skip to forward
+//!    └─ limits::declared_too_large     Content-Length over limits.max_body_bytes → 413
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
-//!    └─ cache::TokenCache::get_or_load hit / negative / miss → introspect::Introspector (single-flight)
-//!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET; miss → lock, introspect, SET PX
+//!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (flight) →
+//!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET; miss → lock, then
+//!              └─ breaker::Breaker::call → introspect::Introspector; SET PX
+//!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
+//!                                      (request body counted by limits::LimitedBody → 413)
 //!       └─ upgrade::Tunnels::spawn     on 101: join the two connections until exp / close / shutdown
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
 //!                                      (gRPC request → grpc-status, server::grpc_rejection_response)
@@ -50,6 +60,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod breaker;
 pub mod cache;
 pub mod client;
 pub mod clock;
@@ -57,9 +68,11 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod fleet;
+pub mod flight;
 pub mod forward;
 pub mod forward_auth;
 pub mod introspect;
+pub mod limits;
 pub mod metrics;
 pub mod policy;
 pub mod reload;

@@ -152,7 +152,7 @@ impl Metrics {
         let introspections = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "introspections",
-            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind)",
+            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; circuit_open: refused by the open circuit breaker without a call)",
             introspections.clone(),
         );
         let introspection_duration = Histogram::new(INTROSPECTION_BUCKETS);
@@ -250,10 +250,11 @@ impl Metrics {
             "status",
             "invalid_response",
             "no_endpoint",
+            "circuit_open",
         ] {
             drop(introspections.get_or_create(&OutcomeLabels { outcome }));
         }
-        for kind in ["connect", "timeout", "failed", "bad_target"] {
+        for kind in ["connect", "timeout", "failed", "bad_target", "client_body"] {
             drop(upstream_errors.get_or_create(&KindLabels { kind }));
         }
         for result in ["ok", "error"] {
@@ -340,6 +341,16 @@ impl Metrics {
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
         result
+    }
+
+    /// A lookup the open circuit breaker refused: no call was made, so it
+    /// is counted (outcome `circuit_open`) but not timed.
+    pub fn introspection_refused(&self) {
+        self.introspections
+            .get_or_create(&OutcomeLabels {
+                outcome: IntrospectError::CircuitOpen.kind(),
+            })
+            .inc();
     }
 
     pub fn upstream_error(&self, e: &ForwardError) {

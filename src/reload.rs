@@ -6,17 +6,23 @@
 //! file changes nothing), then swaps:
 //!
 //! * applied at once: `[[routes]]`, `[policy]`, `[identity]` (incl. claims),
-//!   `[token_sources]`, `limits.max_token_bytes`, `resilience.retry_after_secs`,
-//!   `shutdown_timeout`, `admin.purge_secret_file` (re-read), `log.format`;
-//! * `cache.max_ttl` / `cache.negative_ttl`: for entries cached from now on;
-//!   entries already cached keep their lifetime (purge one to drop it early);
+//!   `[token_sources]`, `limits.max_token_bytes`, `limits.max_body_bytes`,
+//!   `resilience.retry_after_secs`, `shutdown_timeout`,
+//!   `admin.purge_secret_file` (re-read), `log.format`;
+//! * `cache.max_ttl` / `cache.negative_ttl` / `resilience.stale_if_error`: for
+//!   entries cached from now on; entries already cached keep their lifetime
+//!   and stale window (purge one to drop it early);
 //! * needs a restart (a warning names each key; the running value stays):
 //!   `listen`, `admin.listen`, `upstream`, `[introspection]`,
 //!   `[discovery]`, `cache.max_entries`, `cache.negative_max_entries`,
 //!   `resilience.upstream_timeout`, `resilience.upstream_connect_timeout`,
 //!   `mode`, `upstream_http2`, `[tls]` paths (the certificate files themselves
 //!   are re-read on SIGHUP and when they change), `[upstream_tls]` (kept
-//!   silently: the CA file is read into the clients at start-up).
+//!   silently: the CA file is read into the clients at start-up),
+//!   `resilience.breaker_failures`, `resilience.breaker_open_for` (the breaker
+//!   keeps its state machine across a reload), `limits.max_header_bytes`,
+//!   `limits.idle_timeout` (both set on hyper's connection builder at start),
+//!   `limits.max_connections` (the connection semaphore is sized at start).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -158,6 +164,7 @@ impl ReloadHandle {
             }
         }
         self.ttls.set(&new.cache);
+        self.ttls.set_stale_if_error(new.stale_if_error);
         let routes = new.routes.routes.len();
         self.settings.store(Arc::new(new));
         self.metrics.reload(true);
@@ -250,5 +257,17 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         upstream_connect_timeout,
         |a, b| a == b
     );
+    keep!("resilience.breaker_failures", breaker_failures, |a, b| a
+        == b);
+    keep!("resilience.breaker_open_for", breaker_open_for, |a, b| a
+        == b);
+    keep!(
+        "limits.max_header_bytes",
+        limits.max_header_bytes,
+        |a, b| a == b
+    );
+    keep!("limits.max_connections", limits.max_connections, |a, b| a
+        == b);
+    keep!("limits.idle_timeout", limits.idle_timeout, |a, b| a == b);
     changed
 }

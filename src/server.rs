@@ -3,12 +3,14 @@
 //! token → cache/introspect → policy → forward.
 
 use crate::admin::Readiness;
+use crate::breaker::{Breaker, BreakerState};
 use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Mode, Settings};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop};
-use crate::introspect::Introspector;
+use crate::introspect::{IntrospectError, Introspector};
+use crate::limits::{self, ConnectionLimit, LimitedBody};
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::Access;
@@ -43,6 +45,11 @@ pub struct App {
     cache: TokenCache,
     introspector: Introspector,
     forwarder: Forwarder,
+    /// Fails AS calls fast after repeated failures; shared with the
+    /// readiness check.
+    breaker: Arc<Breaker>,
+    /// Open client connections (`limits.max_connections`).
+    connections: ConnectionLimit,
     /// Wall clock for `exp`/`nbf` checks and cache TTLs; injectable for tests.
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -61,13 +68,28 @@ impl App {
 
     pub fn with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Self {
         let metrics = Arc::new(Metrics::new());
+        let breaker = Arc::new(Breaker::new(
+            settings.breaker_failures,
+            settings.breaker_open_for,
+        ));
+        // The readiness contract: not ready while the breaker is open.
+        // An open breaker whose period is over reports half-open, so the pod
+        // becomes ready again in time for the probe that can close it.
+        let readiness = Arc::new(Readiness::default());
+        let b = breaker.clone();
+        readiness.add_check("introspection circuit breaker open", move || {
+            b.state() != BreakerState::Open
+        });
         Self {
             cache: crate::fleet::attach(
                 TokenCache::new(&settings.cache, clock.clone())
+                    .with_stale_if_error(settings.stale_if_error)
                     .with_counters(metrics.cache_counters()),
                 &settings,
                 clock.clone(),
             ),
+            breaker,
+            connections: ConnectionLimit::new(settings.limits.max_connections),
             introspector: Introspector::new(&settings.introspection),
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
@@ -78,7 +100,7 @@ impl App {
             clock,
             settings: Arc::new(ArcSwap::from_pointee(settings)),
             metrics,
-            readiness: Arc::new(Readiness::default()),
+            readiness,
             admin_listener: None,
             reload_lock: Default::default(),
             tunnels: crate::upgrade::Tunnels::default(),
@@ -143,6 +165,16 @@ impl App {
             None => Ok(()),
         }
     }
+
+    /// The AS circuit breaker (its `state()` is for metrics).
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    /// The open-connection limit (its `in_use()` is for metrics).
+    pub fn connections(&self) -> &ConnectionLimit {
+        &self.connections
+    }
 }
 
 /// The scheme the client used to reach us, put in each request's extensions by
@@ -178,11 +210,36 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     builder.http2().timer(TokioTimer::new());
+    // Connection-level limits are read once: hyper's builder and the
+    // connection semaphore cannot change under running connections
+    // (restart-only, see `crate::reload`).
+    let conn_limits = app.settings().limits.clone();
+    limits::configure(&mut builder, &conn_limits);
+    let builder = Arc::new(builder);
+    // Dropped when the loop ends: connections still waiting for their first
+    // bytes give up at once instead of holding up the drain.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::pin!(shutdown);
+    let mut full_warned: Option<tokio::time::Instant> = None;
     // Owned here so that connections still open at the drain deadline are
     // aborted when `run` returns, not left running in the background.
     let mut connections = tokio::task::JoinSet::new();
     loop {
+        if app.connections.is_full()
+            && full_warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
+        {
+            // At most one line per 10 s: under sustained overload this would
+            // otherwise log once per closing connection.
+            warn!(
+                max_connections = ?conn_limits.max_connections,
+                "connection limit reached; new connections wait in the listen backlog"
+            );
+            full_warned = Some(tokio::time::Instant::now());
+        }
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = app.connections.acquire() => permit,
+        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
@@ -197,24 +254,21 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
             },
         };
         let _ = stream.set_nodelay(true);
+        let idle = conn_limits.idle_timeout;
         let watcher = graceful.watcher();
-        match &tls {
-            None => {
-                let conn = serve(
-                    &builder,
-                    watcher,
-                    app.clone(),
-                    TokioIo::new(stream),
-                    peer,
-                    "http",
-                );
-                connections.spawn(conn);
+        let builder = builder.clone();
+        let mut stop = stop_rx.clone();
+        let app = app.clone();
+        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
+        connections.spawn(async move {
+            if !limits::first_bytes(&stream, idle, &mut stop).await {
+                debug!(%peer, "closing a connection that sent nothing");
+                return;
             }
-            Some(tls) => {
+            match acceptor {
+                None => serve(&builder, watcher, app, TokioIo::new(stream), peer, "http").await,
                 // The handshake runs in the connection's task, never in the accept loop.
-                let acceptor = tls.acceptor.clone();
-                let (builder, app) = (builder.clone(), app.clone());
-                connections.spawn(async move {
+                Some(acceptor) => {
                     let handshake = tokio::time::timeout(
                         crate::tls::HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),
@@ -227,10 +281,12 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
-                });
+                }
             }
-        }
+            drop(permit);
+        });
     }
+    drop(stop_tx);
     // Load balancers that probe /readyz stop sending before we stop answering.
     app.readiness.begin_shutdown();
     drop(listener);
@@ -373,6 +429,11 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
 fn log_error(err: &ProxyError, info: &AccessInfo) {
     let token = info.fingerprint.as_deref().unwrap_or("-");
     match err {
+        // The breaker logs when it opens; one WARN per fast-failed request
+        // would flood the log exactly when the AS is down.
+        ProxyError::Introspection(e @ IntrospectError::CircuitOpen) => {
+            debug!(kind = e.kind(), token, "circuit open; answering 503")
+        }
         ProxyError::Introspection(e) => {
             warn!(kind = e.kind(), error = %e, token, "introspection failed; answering 503")
         }
@@ -386,6 +447,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::Denied(_)
         | ProxyError::ConnectMethod
         | ProxyError::ForwardAuth(_)
+        | ProxyError::BodyTooLarge
         | ProxyError::AmbiguousPath(_) => debug!(reason = %err, token, "request rejected"),
     }
 }
@@ -402,6 +464,10 @@ async fn authorize_and_forward(
     }
     let current = app.settings.load_full();
     let settings = &*current;
+    // Before anything costly: no introspection for a request we will refuse.
+    if limits::declared_too_large(req.headers(), settings.limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge);
+    }
     let host = forward::inbound_host(&req);
     let route = settings.routes.select(
         req.method(),
@@ -437,7 +503,17 @@ async fn authorize_and_forward(
         req.headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let mut resp = app.forwarder.send(req).await?;
+    let (req, tripped) = {
+        let (parts, body) = req.into_parts();
+        let (body, tripped) = LimitedBody::new(body, settings.limits.max_body_bytes);
+        (Request::from_parts(parts, body), tripped)
+    };
+    let mut resp = match app.forwarder.send(req).await {
+        Ok(resp) => resp,
+        // The upstream call failed because we cut the body off.
+        Err(_) if tripped.is_set() => return Err(ProxyError::BodyTooLarge),
+        Err(e) => return Err(e.into()),
+    };
     if let Some(client) = client_upgrade {
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut resp);
@@ -475,11 +551,27 @@ async fn authorize(
             let (answer, status) = app
                 .cache
                 .get_or_load(key, || {
-                    app.metrics
-                        .time_introspection(app.introspector.introspect(token.secret()))
+                    // The breaker goes outside the timing: a call it refuses
+                    // is not an introspection call (no duration to observe),
+                    // but it is counted as outcome "circuit_open".
+                    async {
+                        let result =
+                            app.breaker
+                                .call(app.metrics.time_introspection(
+                                    app.introspector.introspect(token.secret()),
+                                ))
+                                .await;
+                        if let Err(IntrospectError::CircuitOpen) = &result {
+                            app.metrics.introspection_refused();
+                        }
+                        result
+                    }
                 })
                 .await;
             info.cache = Some(status);
+            if status == CacheStatus::Stale {
+                app.metrics.stale_answer();
+            }
             let introspection = match answer {
                 Ok(i) => i,
                 Err(LoadError::Inactive) => return Err(policy::Deny::Inactive.into()),

@@ -510,3 +510,61 @@ async fn admin_purge_on_one_replica_reaches_the_other_and_metrics_show_the_fleet
     );
     assert!(m2.sum("tokengate_purge_messages_total", &[("kind", "received")]) >= 1.0);
 }
+
+/// stale_if_error with a fleet: an L1 entry past its fresh time is revalidated
+/// from L2 (another replica's answer) without calling the failing AS; only when
+/// L2 has nothing either is the L1 entry served stale; and a purge drops the
+/// stale entry too.
+#[tokio::test]
+async fn a_stale_l1_entry_revalidates_from_l2_before_it_is_served_stale() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.cache.max_ttl = Duration::from_secs(60);
+        raw.resilience.stale_if_error = Duration::from_secs(30);
+        raw.resilience.breaker_failures = 0;
+    })
+    .await;
+    let token = "tok-stale-l2";
+    env.allow(token, 1).await;
+    assert_eq!(get_via(&env, &env.gate, token).await.status, 200);
+    assert_eq!(fleet(&env.gate).stats().l2_writes, 1);
+
+    // The AS fails from now on.
+    env.auth.reset().await;
+    wiremock::Mock::given(wiremock::matchers::any())
+        .respond_with(ResponseTemplate::new(500))
+        .mount(&env.auth)
+        .await;
+    let stale_answers = || async { env.scrape().await.sum("tokengate_stale_answers_total", &[]) };
+
+    // Past L1's fresh time (injected clock); the L2 entry lives on Redis's
+    // own clock and is still there: the revalidation is an L2 hit.
+    env.advance(Duration::from_secs(61));
+    let r = get_via(&env, &env.gate, token).await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(env.introspections().await.len(), 0, "answered by L2");
+    assert_eq!(fleet(&env.gate).stats().l2_hits, 1);
+    assert_eq!(stale_answers().await, 0.0);
+
+    // L2 loses it: now the failing AS is asked, and the L1 entry is served stale.
+    redis::cmd("FLUSHALL")
+        .query_async::<()>(&mut redis.conn().await)
+        .await
+        .unwrap();
+    env.advance(Duration::from_secs(61));
+    let r = get_via(&env, &env.gate, token).await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(env.introspections().await.len(), 1);
+    assert_eq!(stale_answers().await, 1.0);
+
+    // A purged token is not served stale.
+    fleet(&env.gate)
+        .purge(&sha256(token))
+        .await
+        .expect("purge published");
+    let r = get_via(&env, &env.gate, token).await;
+    assert_rejection(&r, 503, "temporarily_unavailable");
+    assert_eq!(stale_answers().await, 1.0);
+}

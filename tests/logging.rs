@@ -1,78 +1,13 @@
 //! Access tokens never reach the logs; their 8-hex fingerprint does.
 //!
-//! A separate test binary, because it installs a *global* subscriber: tokengate
-//! logs from connection tasks on every worker thread, which a thread-local
-//! (`set_default`) subscriber would miss. It captures every level of every
-//! crate except the fake AS's own (wiremock prints the requests it receives).
+//! Uses [`capture`] (a *global* subscriber, see `common`).
 
 mod common;
 
 use common::*;
 use http::Method;
 use serde_json::json;
-use sha2::{Digest, Sha256};
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::EnvFilter;
 use wiremock::ResponseTemplate;
-
-/// Everything written by the subscriber, from all threads.
-#[derive(Clone, Default)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for LogBuf {
-    type Writer = LogBuf;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl LogBuf {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-/// Installs (once) a global subscriber writing text *and* JSON lines (the two
-/// `log.format`s) into one buffer.
-fn capture() -> LogBuf {
-    static BUF: OnceLock<LogBuf> = OnceLock::new();
-    BUF.get_or_init(|| {
-        let buf = LogBuf::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(EnvFilter::new("trace,wiremock=off"))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(buf.clone()),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(buf.clone()),
-            );
-        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
-        buf
-    })
-    .clone()
-}
-
-fn fingerprint(token: &str) -> String {
-    hex::encode(&Sha256::digest(token.as_bytes())[..4])
-}
 
 #[tokio::test]
 async fn should_log_the_fingerprint_and_never_the_raw_token() {

@@ -199,8 +199,17 @@ async fn metrics_parse_and_move_with_traffic() {
         before
             .matching("tokengate_introspections_total", &[])
             .count(),
-        8,
-        "every outcome from the start"
+        9,
+        "every outcome from the start (circuit_open included)"
+    );
+    assert_eq!(
+        before
+            .matching(
+                "tokengate_introspections_total",
+                &[("outcome", "circuit_open")]
+            )
+            .count(),
+        1
     );
 
     env.allow(TOKEN, 1).await;

@@ -1,0 +1,368 @@
+//! Circuit breaker in front of the authorization server.
+//!
+//! When the AS is down, every uncached token would otherwise wait a whole
+//! `introspection.timeout` before its 503, and every one of those waits holds a
+//! connection and a request open. After `breaker_failures` consecutive AS
+//! failures the breaker *opens*: calls fail at once with
+//! [`IntrospectError::CircuitOpen`] (still a 503, and a cached answer may still
+//! be served stale). After `breaker_open_for` it lets exactly one *probe* call
+//! through (half-open); the probe's success closes the breaker, its failure
+//! opens it again for another `breaker_open_for`.
+//!
+//! Time is `tokio::time::Instant`, so tests can move it with
+//! `tokio::time::pause()` / `advance()`.
+
+use crate::introspect::IntrospectError;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+/// What the breaker is doing, for logs and (later) metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through; failures are being counted.
+    Closed,
+    /// Calls fail fast until the open period ends.
+    Open,
+    /// The open period has ended: one probe call is (or may be) in flight.
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Closed { consecutive_failures: u32 },
+    Open { until: Instant },
+    HalfOpen { probing: bool },
+}
+
+/// How a call ended, as far as the AS's health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The AS gave an answer (active or not: `active:false` is a healthy AS).
+    Success,
+    /// The AS failed: timeout, unreachable, 5xx, 401 to us, garbage.
+    Failure,
+    /// Says nothing about the AS (no endpoint known yet, or the call was cancelled).
+    Neutral,
+}
+
+impl Outcome {
+    pub fn of<T>(result: &Result<T, IntrospectError>) -> Self {
+        match result {
+            Ok(_) => Self::Success,
+            Err(
+                IntrospectError::Timeout(_)
+                | IntrospectError::Connect(_)
+                | IntrospectError::ClientUnauthorized
+                | IntrospectError::Status(_)
+                | IntrospectError::InvalidResponse(_),
+            ) => Self::Failure,
+            // No call was made, so nothing was learned about the AS.
+            Err(IntrospectError::NoEndpoint | IntrospectError::CircuitOpen) => Self::Neutral,
+        }
+    }
+}
+
+pub struct Breaker {
+    state: Mutex<State>,
+    /// 0 disables the breaker.
+    failures_to_open: u32,
+    open_for: Duration,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .field("failures_to_open", &self.failures_to_open)
+            .field("open_for", &self.open_for)
+            .finish()
+    }
+}
+
+/// Permission for one call. Dropping it without [`Ticket::finish`] (the
+/// request was cancelled) counts as [`Outcome::Neutral`], so a cancelled probe
+/// cannot leave the breaker half-open with nobody probing.
+pub struct Ticket<'a> {
+    breaker: &'a Breaker,
+    probe: bool,
+    done: bool,
+}
+
+impl Ticket<'_> {
+    pub fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        self.breaker.record(self.probe, outcome);
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.record(self.probe, Outcome::Neutral);
+        }
+    }
+}
+
+impl Breaker {
+    /// `failures_to_open = 0` turns the breaker off: every call goes through.
+    pub fn new(failures_to_open: u32, open_for: Duration) -> Self {
+        Self {
+            state: Mutex::new(State::Closed {
+                consecutive_failures: 0,
+            }),
+            failures_to_open,
+            open_for,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is a few integers, always written whole: a panic elsewhere
+        // cannot leave it torn, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current state. An open breaker whose period is over reports
+    /// `HalfOpen`: the next call will be the probe.
+    pub fn state(&self) -> BreakerState {
+        match *self.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { until } if Instant::now() < until => BreakerState::Open,
+            State::Open { .. } | State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Asks to make one call. `Err(CircuitOpen)` means: do not call the AS.
+    pub fn admit(&self) -> Result<Ticket<'_>, IntrospectError> {
+        let ticket = |probe| Ticket {
+            breaker: self,
+            probe,
+            done: false,
+        };
+        if self.failures_to_open == 0 {
+            return Ok(ticket(false));
+        }
+        let mut state = self.lock();
+        match *state {
+            State::Closed { .. } => Ok(ticket(false)),
+            State::Open { until } if Instant::now() < until => Err(IntrospectError::CircuitOpen),
+            State::Open { .. } | State::HalfOpen { probing: false } => {
+                *state = State::HalfOpen { probing: true };
+                info!("authorization server circuit half-open: sending one probe");
+                Ok(ticket(true))
+            }
+            State::HalfOpen { probing: true } => Err(IntrospectError::CircuitOpen),
+        }
+    }
+
+    fn record(&self, probe: bool, outcome: Outcome) {
+        if self.failures_to_open == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        let open = |state: &mut State| {
+            *state = State::Open {
+                until: Instant::now() + self.open_for,
+            };
+        };
+        match (&mut *state, outcome) {
+            (
+                State::Closed {
+                    consecutive_failures,
+                },
+                Outcome::Failure,
+            ) => {
+                *consecutive_failures += 1;
+                if *consecutive_failures >= self.failures_to_open {
+                    warn!(
+                        failures = *consecutive_failures,
+                        open_for = ?self.open_for,
+                        "authorization server circuit opened: failing fast"
+                    );
+                    open(&mut state);
+                }
+            }
+            (
+                State::Closed {
+                    consecutive_failures,
+                },
+                Outcome::Success,
+            ) => {
+                *consecutive_failures = 0;
+            }
+            (State::HalfOpen { .. }, Outcome::Success) if probe => {
+                info!("authorization server circuit closed: probe succeeded");
+                *state = State::Closed {
+                    consecutive_failures: 0,
+                };
+            }
+            (State::HalfOpen { .. }, Outcome::Failure) if probe => {
+                warn!(open_for = ?self.open_for, "authorization server circuit re-opened: probe failed");
+                open(&mut state);
+            }
+            (State::HalfOpen { probing }, Outcome::Neutral) if probe => {
+                // Let the next caller probe instead.
+                *probing = false;
+            }
+            // Calls admitted before the breaker opened that finish now: the
+            // breaker already knows the AS is failing, and a late success does
+            // not prove the AS is back (only the probe decides that).
+            _ => {}
+        }
+    }
+
+    /// Runs `call` if the breaker admits it and records its outcome.
+    pub async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, IntrospectError>>,
+    ) -> Result<T, IntrospectError> {
+        let ticket = self.admit()?;
+        let result = call.await;
+        ticket.finish(Outcome::of(&result));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPEN_FOR: Duration = Duration::from_secs(10);
+
+    fn fail() -> Result<(), IntrospectError> {
+        Err(IntrospectError::Status(500))
+    }
+
+    async fn run(b: &Breaker, r: Result<(), IntrospectError>) -> Result<(), IntrospectError> {
+        b.call(async { r }).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_n_consecutive_failures_only() {
+        let b = Breaker::new(3, OPEN_FOR);
+        run(&b, fail()).await.unwrap_err();
+        run(&b, fail()).await.unwrap_err();
+        run(&b, Ok(())).await.unwrap();
+        // The success reset the count: two more failures do not open it.
+        run(&b, fail()).await.unwrap_err();
+        run(&b, fail()).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed);
+        run(&b, fail()).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Open);
+        let mut called = false;
+        let r = b
+            .call(async {
+                called = true;
+                Ok(())
+            })
+            .await;
+        assert!(matches!(r, Err(IntrospectError::CircuitOpen)));
+        assert!(!called, "an open breaker must not call the AS");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_probe_success_closes() {
+        let b = Breaker::new(1, OPEN_FOR);
+        run(&b, fail()).await.unwrap_err();
+        tokio::time::advance(OPEN_FOR - Duration::from_millis(1)).await;
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.admit().is_err());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        let probe = b.admit().expect("the probe is admitted");
+        assert!(
+            matches!(b.admit(), Err(IntrospectError::CircuitOpen)),
+            "only one probe at a time"
+        );
+        probe.finish(Outcome::Success);
+        assert_eq!(b.state(), BreakerState::Closed);
+        run(&b, Ok(())).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_probe_failure_reopens_for_another_period() {
+        let b = Breaker::new(2, OPEN_FOR);
+        run(&b, fail()).await.unwrap_err();
+        run(&b, fail()).await.unwrap_err();
+        tokio::time::advance(OPEN_FOR).await;
+        run(&b, fail()).await.unwrap_err();
+        assert_eq!(
+            b.state(),
+            BreakerState::Open,
+            "one failed probe re-opens, no count"
+        );
+        tokio::time::advance(OPEN_FOR / 2).await;
+        assert!(b.admit().is_err());
+        tokio::time::advance(OPEN_FOR / 2).await;
+        run(&b, Ok(())).await.unwrap();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelled_or_neutral_probe_lets_the_next_caller_probe() {
+        let b = Breaker::new(1, OPEN_FOR);
+        run(&b, fail()).await.unwrap_err();
+        tokio::time::advance(OPEN_FOR).await;
+        drop(b.admit().expect("probe"));
+        let probe = b.admit().expect("a dropped probe frees the slot");
+        probe.finish(Outcome::Neutral);
+        b.admit()
+            .expect("a neutral probe frees the slot")
+            .finish(Outcome::Success);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn inactive_answers_and_missing_endpoint_do_not_count() {
+        let b = Breaker::new(1, OPEN_FOR);
+        run(&b, Err(IntrospectError::NoEndpoint)).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // An `active:false` introspection is an `Ok` from the introspector.
+        assert_eq!(
+            Outcome::of(&Ok::<_, IntrospectError>(
+                crate::introspect::Introspection::inactive()
+            )),
+            Outcome::Success
+        );
+        for e in [
+            IntrospectError::Timeout(Duration::from_secs(1)),
+            IntrospectError::Connect("refused".into()),
+            IntrospectError::ClientUnauthorized,
+            IntrospectError::Status(503),
+            IntrospectError::InvalidResponse("html".into()),
+        ] {
+            assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Failure);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_success_of_a_pre_open_call_does_not_close() {
+        let b = Breaker::new(1, OPEN_FOR);
+        let slow = b.admit().unwrap();
+        run(&b, fail()).await.unwrap_err();
+        slow.finish(Outcome::Success);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_failures_disables_the_breaker() {
+        let b = Breaker::new(0, OPEN_FOR);
+        for _ in 0..10 {
+            run(&b, fail()).await.unwrap_err();
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        run(&b, Ok(())).await.unwrap();
+    }
+}
