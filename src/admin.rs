@@ -163,6 +163,8 @@ fn ready(app: &App) -> Result<(), &'static str> {
 async fn metrics(app: &App, req: &Request<Incoming>) -> Response<AdminBody> {
     let (positive, negative) = app.cache().entry_counts().await;
     app.metrics().set_cache_entries(positive, negative);
+    app.metrics()
+        .set_open_connections(app.connections().in_use());
     if let Some(fleet) = app.cache().fleet() {
         app.metrics().set_fleet_stats(fleet.stats());
     }

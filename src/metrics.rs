@@ -111,6 +111,7 @@ pub struct Metrics {
     cache_entries: Family<CacheLabels, Gauge>,
     stale_answers: Counter,
     breaker_state: Gauge,
+    open_connections: Gauge,
     upstream_errors: Family<KindLabels, Counter>,
     purges: Counter,
     reloads: Family<ResultLabels, Counter>,
@@ -209,6 +210,12 @@ impl Metrics {
             "Introspection circuit breaker: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections currently open on the proxy listener (counted against limits.max_connections; 0 when unlimited)",
+            open_connections.clone(),
+        );
         let upstream_errors = Family::<KindLabels, Counter>::default();
         registry.register(
             "upstream_errors",
@@ -270,6 +277,7 @@ impl Metrics {
             cache_entries,
             stale_answers,
             breaker_state,
+            open_connections,
             upstream_errors,
             purges,
             reloads,
@@ -277,6 +285,12 @@ impl Metrics {
             purge_messages,
             fleet_seen: std::sync::Mutex::new(crate::fleet::FleetStats::default()),
         }
+    }
+
+    /// At scrape time, from `limits::ConnectionLimit::in_use`.
+    pub fn set_open_connections(&self, n: usize) {
+        self.open_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Copies the fleet layer's counters in (at scrape time).

@@ -22,7 +22,8 @@
 //!   `resilience.breaker_failures`, `resilience.breaker_open_for` (the breaker
 //!   keeps its state machine across a reload), `limits.max_header_bytes`,
 //!   `limits.idle_timeout` (both set on hyper's connection builder at start),
-//!   `limits.max_connections` (the connection semaphore is sized at start).
+//!   `limits.max_connections` (the connection semaphore is sized at start),
+//!   `[cache.shared]` (the Redis layer is built once at start).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -269,5 +270,16 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("limits.max_connections", limits.max_connections, |a, b| a
         == b);
     keep!("limits.idle_timeout", limits.idle_timeout, |a, b| a == b);
+    // The fleet layer (Redis connections, subscriber, HMAC key) is built once
+    // in `App::with_clock`.
+    keep!("cache.shared", shared_cache, |a, b| match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) =>
+            a.url.0 == b.url.0
+                && a.key_secret.expose() == b.key_secret.expose()
+                && a.timeout == b.timeout
+                && a.single_flight == b.single_flight,
+        _ => false,
+    });
     changed
 }

@@ -189,6 +189,7 @@ async fn metrics_parse_and_move_with_traffic() {
         "tokengate_cache_entries",
         "tokengate_stale_answers_total",
         "tokengate_breaker_state",
+        "tokengate_open_connections",
         "tokengate_upstream_errors_total",
         "tokengate_purges_total",
         "tokengate_config_reloads_total",
@@ -227,6 +228,11 @@ async fn metrics_parse_and_move_with_traffic() {
     ] {
         assert!(m.types.contains_key(name), "{name} is not exported");
     }
+    // The test client keeps its pooled keep-alive connection to the proxy open.
+    assert!(
+        m.sum("tokengate_open_connections", &[]) >= 1.0,
+        "the client's keep-alive connection is counted"
+    );
     let ok = [("route", "default"), ("status", "2xx")];
     assert_eq!(m.sum("tokengate_requests_total", &ok), 2.0);
     assert_eq!(m.sum("tokengate_requests_total", &[("status", "4xx")]), 3.0);
