@@ -482,3 +482,29 @@ async fn should_rediscover_after_repeated_introspection_404s() {
     }
     assert_eq!(status, 200, "the endpoint was not rediscovered");
 }
+
+/// Oathkeeper's GHSA-qvp4-rpmr-xwrr class: a cached *decision* would survive a
+/// policy change. We cache the introspection only, so a stricter policy loaded
+/// at run time applies to the very next cache hit.
+#[tokio::test]
+async fn should_apply_a_reloaded_policy_to_a_cached_token() {
+    let env = Env::start().await;
+    env.allow("cached-tok", 1).await; // scope "read write"
+    assert_eq!(env.get("/reports", "cached-tok").await.status, 200);
+
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    raw.policy.require_scopes = vec!["admin".into()];
+    env.gate
+        .reload()
+        .reload(raw.validate().unwrap())
+        .expect("a valid config reloads");
+
+    let r = env.get("/reports", "cached-tok").await;
+    assert_rejection(&r, 403, "insufficient_scope");
+    assert_eq!(
+        env.introspections().await.len(),
+        1,
+        "the second decision was made on the cached introspection"
+    );
+    assert_eq!(env.upstream.hits(), 1);
+}
