@@ -23,26 +23,10 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
     http
 }
 
-/// Builds a pooled client with webpki roots. Keep-alive connections are reused,
-/// so an https AS costs one TLS handshake per pooled connection, not one per call.
-pub fn build<B>(connect_timeout: Duration) -> Client<Connector, B>
-where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http_connector(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
-}
-
-/// Like [`build`], with our TLS settings (extra roots, client certificate) and,
-/// when `http2`, HTTP/2 only: ALPN `h2` over https, prior knowledge (h2c) over
+/// Builds a pooled client with our TLS settings (web PKI roots plus extra
+/// roots, client certificate). Keep-alive connections are reused, so an https
+/// AS costs one TLS handshake per pooled connection, not one per call. When
+/// `http2`, HTTP/2 only: ALPN `h2` over https, prior knowledge (h2c) over
 /// http. gRPC services need that.
 pub fn build_with<B>(
     connect_timeout: Duration,

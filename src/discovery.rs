@@ -51,12 +51,15 @@ pub fn metadata_urls(issuer: &str) -> Vec<String> {
     urls
 }
 
-/// Finds the introspection endpoint of `issuer`.
+/// Finds the introspection endpoint of `issuer`. `tls` is the AS client's
+/// trust (web PKI roots plus `upstream_tls.ca_file`), so a private-CA AS is
+/// discovered the same way it is called.
 pub async fn discover(
     issuer: &str,
     timeout: Duration,
+    tls: &crate::tls::ClientTls,
 ) -> Result<oauth2::IntrospectionUrl, DiscoveryError> {
-    let client = crate::client::build::<Empty<Bytes>>(timeout);
+    let client = crate::client::build_with::<Empty<Bytes>>(timeout, tls, false);
     let mut errors = Vec::new();
     for url in metadata_urls(issuer) {
         match fetch(&client, &url, timeout).await {
@@ -127,7 +130,12 @@ pub async fn resolve(settings: &mut Settings) -> Result<(), DiscoveryError> {
         return Ok(());
     }
     if let Some(d) = &settings.discovery {
-        let url = discover(&d.issuer, settings.introspection.timeout).await?;
+        let url = discover(
+            &d.issuer,
+            settings.introspection.timeout,
+            &settings.introspection.tls,
+        )
+        .await?;
         tracing::info!(issuer = %d.issuer, endpoint = %url.as_str(), "discovered introspection endpoint");
         settings.introspection.url = Some(url);
     }

@@ -357,8 +357,10 @@ async fn refresh_discovery(app: Arc<App>, d: crate::config::DiscoverySettings) {
                 info!("introspection endpoint answers 404 repeatedly; re-running discovery");
             },
         }
-        let timeout = app.settings().introspection.timeout;
-        match crate::discovery::discover(&d.issuer, timeout).await {
+        let settings = app.settings();
+        let introspection = &settings.introspection;
+        match crate::discovery::discover(&d.issuer, introspection.timeout, &introspection.tls).await
+        {
             Ok(url) => {
                 if app.introspector.url().as_deref() != Some(url.as_str()) {
                     info!(endpoint = %url.as_str(), "introspection endpoint changed");
