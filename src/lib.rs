@@ -39,8 +39,10 @@
 //! ```text
 //! server::run ── limits (connection slot, first bytes) ── accept ── server::handle
 //!                                                  (one `Settings` snapshot per request)
-//!    └─ policy::RouteTable::select     first matching route; public → skip to forward
+//!    (hyper: request head over limits.max_header_bytes → 431; CONNECT → 405)
 //!    └─ limits::declared_too_large     Content-Length over limits.max_body_bytes → 413
+//!    └─ policy::RouteTable::select     first matching route; public → skip to forward;
+//!                                      path whose route depends on its decoding → 400
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (flight) →
 //!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET; miss → lock, then
@@ -54,6 +56,9 @@
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
 //!                                      (gRPC request → grpc-status, server::grpc_rejection_response)
 //!    └─ metrics::Metrics::observe_request  + one access log line
+//! admin::serve (own listener): /healthz, /readyz, /metrics, POST /purge →
+//!    cache::TokenCache::invalidate (→ fleet: L2 DEL + PUBLISH on tokengate:purge).
+//! reload (SIGHUP in main): ReloadHandle::reload_from → validate → ArcSwap<Settings> swap.
 //! forward-auth mode: forward_auth::original → the same route/token/cache/policy → 200 + identity
 //! (forward_auth::allowed) instead of forwarding.
 //! ```
