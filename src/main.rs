@@ -37,13 +37,11 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let raw = tokengate::config::load(cli.config.as_deref()).context("invalid configuration")?;
     let mut settings = raw.validate().context("invalid configuration")?;
     if cli.check_config {
-        println!("# configuration is valid; effective settings (secrets redacted):");
-        print!("{}", raw.to_redacted_toml());
-        println!("\n# route table (first match wins):");
-        for line in settings.routes.to_string().lines() {
-            println!("#   {line}");
-        }
-        return Ok(());
+        return match print_check_config(&raw, &settings) {
+            // `--check-config | head` closes the pipe early: not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            other => other.context("cannot write to stdout"),
+        };
     }
     tokengate::install_crypto_provider();
     let log = tokengate::init_tracing(settings.log_format);
@@ -97,6 +95,25 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         tracing::info!("tokengate stopped");
         Ok(())
     })
+}
+
+/// `--check-config`: the effective settings (secrets redacted) and the route table.
+fn print_check_config(
+    raw: &tokengate::config::RawConfig,
+    settings: &tokengate::config::Settings,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "# configuration is valid; effective settings (secrets redacted):"
+    )?;
+    write!(out, "{}", raw.to_redacted_toml())?;
+    writeln!(out, "\n# route table (first match wins):")?;
+    for line in settings.routes.to_string().lines() {
+        writeln!(out, "#   {line}")?;
+    }
+    out.flush()
 }
 
 /// On every SIGHUP: re-reads the config file and the environment and applies

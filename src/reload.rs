@@ -213,7 +213,10 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
         _ => false,
     });
     // Built into the pooled clients at start-up (CA roots, client certificate).
+    // Kept whole so that discovery refreshes (which read the settings) trust
+    // exactly what the running introspection client trusts.
     new.upstream_tls = old.upstream_tls.clone();
+    new.introspection.tls = old.introspection.tls.clone();
     keep!("discovery", discovery, |a, b| match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) => a.issuer == b.issuer && a.refresh_interval == b.refresh_interval,
