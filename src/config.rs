@@ -390,13 +390,29 @@ impl Serialize for RedisUrl {
 }
 
 /// `[cache.shared]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SharedCacheSettings {
     pub url: RedisUrl,
     /// The HMAC key (≥ 16 bytes).
     pub key_secret: Secret,
     pub timeout: Duration,
     pub single_flight: bool,
+    /// `[upstream_tls] ca_file`, trusted by `rediss://` in addition to the
+    /// system roots (empty without a `ca_file`).
+    pub ca_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl fmt::Debug for SharedCacheSettings {
+    // By hand so the CA certificates show as a count, not as pages of hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCacheSettings")
+            .field("url", &self.url)
+            .field("key_secret", &self.key_secret)
+            .field("timeout", &self.timeout)
+            .field("single_flight", &self.single_flight)
+            .field("ca_roots", &self.ca_roots.len())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -847,7 +863,13 @@ impl RawConfig {
         strip.dedup();
 
         let routes = self.route_table()?;
-        let shared_cache = validate_shared_cache(&self.cache.shared)?;
+        // rediss:// trusts the same private CA as the upstream and the AS.
+        let redis_roots = if self.cache.shared.url.0.is_empty() {
+            Vec::new()
+        } else {
+            self.ca_roots()?
+        };
+        let shared_cache = validate_shared_cache(&self.cache.shared, redis_roots)?;
         let ts = &self.token_sources;
         if !ts.query_param.is_empty() && !is_token_char_str(&ts.query_param) {
             return Err(ConfigError::invalid(
@@ -958,6 +980,15 @@ impl RawConfig {
         })
     }
 
+    /// `[upstream_tls] ca_file`, read (empty when unset).
+    fn ca_roots(&self) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+        if self.upstream_tls.ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        crate::tls::load_certs(Path::new(&self.upstream_tls.ca_file))
+            .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))
+    }
+
     /// `[tls]`, `[upstream_tls]` and the AS client certificate: every file is
     /// read now, so a bad certificate or key stops start-up with the key's name.
     fn tls_settings(
@@ -997,12 +1028,7 @@ impl RawConfig {
                 Some(loaded)
             }
         };
-        let roots = if self.upstream_tls.ca_file.is_empty() {
-            Vec::new()
-        } else {
-            tls::load_certs(Path::new(&self.upstream_tls.ca_file))
-                .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?
-        };
+        let roots = self.ca_roots()?;
         let upstream = tls::ClientTls::new(&roots, None)
             .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?;
         let i = &self.introspection;
@@ -1131,7 +1157,10 @@ impl RawConfig {
 
 /// `[cache.shared]`: the URL must parse, and the HMAC key must be there and
 /// long enough, because a guessable key would let a Redis dump confirm tokens.
-fn validate_shared_cache(raw: &RawSharedCache) -> Result<Option<SharedCacheSettings>, ConfigError> {
+fn validate_shared_cache(
+    raw: &RawSharedCache,
+    ca_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+) -> Result<Option<SharedCacheSettings>, ConfigError> {
     if raw.url.0.is_empty() {
         return Ok(None);
     }
@@ -1172,6 +1201,7 @@ fn validate_shared_cache(raw: &RawSharedCache) -> Result<Option<SharedCacheSetti
         key_secret,
         timeout: raw.timeout,
         single_flight: raw.single_flight,
+        ca_roots,
     }))
 }
 
