@@ -1531,6 +1531,25 @@ mod tests {
                 assert!(!shown.contains("0123456789abcdef"), "key leaked");
             }
             assert!(raw.to_redacted_toml().contains("redis.example:6380"));
+            assert!(shared.ca_roots.is_empty(), "no upstream_tls.ca_file");
+
+            // rediss:// gets [upstream_tls] ca_file; Debug shows a count, not the DER.
+            let ca = rcgen::CertificateParams::new(vec!["redis.example".to_owned()])
+                .and_then(|p| p.self_signed(&rcgen::KeyPair::generate()?))
+                .map_err(|e| e.to_string())?;
+            jail.create_file("ca.pem", &ca.pem())?;
+            jail.set_env("TOKENGATE_UPSTREAM_TLS__CA_FILE", "ca.pem");
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            let shared = s.shared_cache.as_ref().expect("on");
+            assert_eq!(shared.ca_roots.len(), 1);
+            assert_eq!(shared.ca_roots[0].as_ref(), ca.der().as_ref());
+            let shown = format!("{shared:?}");
+            assert!(
+                shown.contains("ca_roots: 1") && !shown.contains("pw-123"),
+                "{shown}"
+            );
+            jail.set_env("TOKENGATE_UPSTREAM_TLS__CA_FILE", "");
 
             jail.create_file("typo.toml", "[cache.shared]\nurll = \"redis://r\"\n")?;
             let err = load(Some(Path::new("typo.toml"))).unwrap_err().to_string();
