@@ -390,13 +390,29 @@ impl Serialize for RedisUrl {
 }
 
 /// `[cache.shared]`, validated.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SharedCacheSettings {
     pub url: RedisUrl,
     /// The HMAC key (≥ 16 bytes).
     pub key_secret: Secret,
     pub timeout: Duration,
     pub single_flight: bool,
+    /// `[upstream_tls] ca_file`, trusted by `rediss://` in addition to the
+    /// system roots (empty without a `ca_file`).
+    pub ca_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+impl fmt::Debug for SharedCacheSettings {
+    // By hand so the CA certificates show as a count, not as pages of hex.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedCacheSettings")
+            .field("url", &self.url)
+            .field("key_secret", &self.key_secret)
+            .field("timeout", &self.timeout)
+            .field("single_flight", &self.single_flight)
+            .field("ca_roots", &self.ca_roots.len())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -847,7 +863,13 @@ impl RawConfig {
         strip.dedup();
 
         let routes = self.route_table()?;
-        let shared_cache = validate_shared_cache(&self.cache.shared)?;
+        // rediss:// trusts the same private CA as the upstream and the AS.
+        let redis_roots = if self.cache.shared.url.0.is_empty() {
+            Vec::new()
+        } else {
+            self.ca_roots()?
+        };
+        let shared_cache = validate_shared_cache(&self.cache.shared, redis_roots)?;
         let ts = &self.token_sources;
         if !ts.query_param.is_empty() && !is_token_char_str(&ts.query_param) {
             return Err(ConfigError::invalid(
@@ -958,6 +980,15 @@ impl RawConfig {
         })
     }
 
+    /// `[upstream_tls] ca_file`, read (empty when unset).
+    fn ca_roots(&self) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ConfigError> {
+        if self.upstream_tls.ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        crate::tls::load_certs(Path::new(&self.upstream_tls.ca_file))
+            .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))
+    }
+
     /// `[tls]`, `[upstream_tls]` and the AS client certificate: every file is
     /// read now, so a bad certificate or key stops start-up with the key's name.
     fn tls_settings(
@@ -997,12 +1028,7 @@ impl RawConfig {
                 Some(loaded)
             }
         };
-        let roots = if self.upstream_tls.ca_file.is_empty() {
-            Vec::new()
-        } else {
-            tls::load_certs(Path::new(&self.upstream_tls.ca_file))
-                .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?
-        };
+        let roots = self.ca_roots()?;
         let upstream = tls::ClientTls::new(&roots, None)
             .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?;
         let i = &self.introspection;
@@ -1131,7 +1157,10 @@ impl RawConfig {
 
 /// `[cache.shared]`: the URL must parse, and the HMAC key must be there and
 /// long enough, because a guessable key would let a Redis dump confirm tokens.
-fn validate_shared_cache(raw: &RawSharedCache) -> Result<Option<SharedCacheSettings>, ConfigError> {
+fn validate_shared_cache(
+    raw: &RawSharedCache,
+    ca_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+) -> Result<Option<SharedCacheSettings>, ConfigError> {
     if raw.url.0.is_empty() {
         return Ok(None);
     }
@@ -1172,6 +1201,7 @@ fn validate_shared_cache(raw: &RawSharedCache) -> Result<Option<SharedCacheSetti
         key_secret,
         timeout: raw.timeout,
         single_flight: raw.single_flight,
+        ca_roots,
     }))
 }
 
@@ -1501,6 +1531,25 @@ mod tests {
                 assert!(!shown.contains("0123456789abcdef"), "key leaked");
             }
             assert!(raw.to_redacted_toml().contains("redis.example:6380"));
+            assert!(shared.ca_roots.is_empty(), "no upstream_tls.ca_file");
+
+            // rediss:// gets [upstream_tls] ca_file; Debug shows a count, not the DER.
+            let ca = rcgen::CertificateParams::new(vec!["redis.example".to_owned()])
+                .and_then(|p| p.self_signed(&rcgen::KeyPair::generate()?))
+                .map_err(|e| e.to_string())?;
+            jail.create_file("ca.pem", &ca.pem())?;
+            jail.set_env("TOKENGATE_UPSTREAM_TLS__CA_FILE", "ca.pem");
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            let shared = s.shared_cache.as_ref().expect("on");
+            assert_eq!(shared.ca_roots.len(), 1);
+            assert_eq!(shared.ca_roots[0].as_ref(), ca.der().as_ref());
+            let shown = format!("{shared:?}");
+            assert!(
+                shown.contains("ca_roots: 1") && !shown.contains("pw-123"),
+                "{shown}"
+            );
+            jail.set_env("TOKENGATE_UPSTREAM_TLS__CA_FILE", "");
 
             jail.create_file("typo.toml", "[cache.shared]\nurll = \"redis://r\"\n")?;
             let err = load(Some(Path::new("typo.toml"))).unwrap_err().to_string();

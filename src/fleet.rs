@@ -36,6 +36,17 @@
 //! subscriber that was disconnected may have missed purges, so it clears its
 //! whole L1 each time it (re)subscribes.
 //!
+//! # Connection
+//! One [`redis::Client`] ([`redis_client`]) makes both the command connection
+//! and the subscriber's, so both get the same URL, password and TLS trust. For
+//! `rediss://` (and `valkeys://`) that trust is the system roots plus
+//! `[upstream_tls] ca_file`, so a Redis with a private CA needs no
+//! `SSL_CERT_FILE` juggling. A password comes from the URL
+//! (`redis://:secret@host`); [`crate::config::RedisUrl`] masks it in Debug and
+//! in `--check-config`. A failed handshake or a refused password makes Redis
+//! "unavailable" like an outage: introspection answers, the request never
+//! fails because of it.
+//!
 //! Why the SHA-256 and not the HMAC on the channel: each replica must map the
 //! message to its L1 key, and an HMAC cannot be mapped back without scanning
 //! every L1 entry. The SHA-256 is what L1 already keys on; it cannot be turned
@@ -46,12 +57,13 @@
 
 use crate::cache::{entry_ttl, TokenCache, L1};
 use crate::clock::Clock;
-use crate::config::{Settings, SharedCacheSettings};
+use crate::config::{RedisUrl, Settings, SharedCacheSettings};
 use crate::introspect::{IntrospectError, Introspection};
 use crate::token::{fingerprint, TokenHash};
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use rustls_pki_types::CertificateDer;
 use sha2::Sha256;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,6 +108,55 @@ pub enum FleetError {
     BreakerOpen,
     #[error("cache.shared.key_secret_file: unusable HMAC key")]
     BadKey,
+}
+
+/// The Redis client for `url`. For a TLS URL with `ca_roots` (`[upstream_tls]
+/// ca_file`) it trusts those and the system roots. The redis crate takes custom
+/// roots only as one PEM bundle that *replaces* the system roots, so the
+/// system roots go into the bundle too. Without `ca_roots`, or for a plain
+/// URL, the crate's default applies (system roots). Nothing connects here.
+pub fn redis_client(
+    url: &RedisUrl,
+    ca_roots: &[CertificateDer<'static>],
+) -> Result<redis::Client, FleetError> {
+    let is_tls = url::Url::parse(&url.0).is_ok_and(|u| matches!(u.scheme(), "rediss" | "valkeys"));
+    if !is_tls || ca_roots.is_empty() {
+        return Ok(redis::Client::open(url.0.as_str())?);
+    }
+    let native = rustls_native_certs::load_native_certs();
+    if let Some(e) = native.errors.first() {
+        // The redis crate loads them again on each connect and refuses to
+        // connect on such an error, so say so now, once, at start-up.
+        warn!(error = %e, "cannot read every system CA certificate; rediss:// may fail to connect");
+    }
+    let mut pem = String::new();
+    for cert in ca_roots.iter().chain(native.certs.iter().filter(|c| {
+        // One system certificate that rustls cannot use would make the crate
+        // reject the whole bundle; leave such certificates out.
+        rustls::RootCertStore::empty().add((*c).clone()).is_ok()
+    })) {
+        push_pem(&mut pem, cert);
+    }
+    Ok(redis::Client::build_with_tls(
+        url.0.as_str(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.into_bytes()),
+        },
+    )?)
+}
+
+/// Appends `cert` as a PEM block (64-column base64, RFC 7468).
+fn push_pem(out: &mut String, cert: &CertificateDer<'_>) {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+    out.push_str("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 output is ASCII, so every chunk is valid UTF-8.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
 }
 
 /// Puts the fleet layer behind `cache` when `[cache.shared]` is set.
@@ -258,7 +319,7 @@ impl Fleet {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, FleetError> {
         Ok(Self {
-            client: redis::Client::open(cfg.url.0.as_str())?,
+            client: redis_client(&cfg.url, &cfg.ca_roots)?,
             conn: OnceCell::new(),
             key: HmacSha256::new_from_slice(cfg.key_secret.expose().as_bytes())
                 .map_err(|_| FleetError::BadKey)?,
@@ -359,9 +420,10 @@ impl Fleet {
         Ok(conn.clone())
     }
 
-    /// Runs one Redis exchange under the timeout and the breaker. Connection
-    /// failures and timeouts count against the breaker; an error reply from
-    /// the server (e.g. WRONGTYPE for a key someone else wrote) does not.
+    /// Runs one Redis exchange under the timeout and the breaker. Connection,
+    /// TLS and authentication failures, timeouts and server-wide error replies
+    /// count against the breaker; an error about the value at one key (e.g.
+    /// WRONGTYPE for a key someone else wrote) does not.
     async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, FleetError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -392,7 +454,7 @@ impl Fleet {
         };
         match &result {
             Ok(_) => self.breaker_lock().success(),
-            Err(FleetError::Redis(e)) if !is_transport_error(e) => {
+            Err(FleetError::Redis(e)) if is_about_the_key(e) => {
                 self.breaker_lock().success();
                 debug!(op = what, error = %e, "shared cache: error reply");
             }
@@ -445,7 +507,7 @@ impl Fleet {
                 bump(&self.counters.l2_misses);
                 Lookup::Miss
             }
-            Err(FleetError::Redis(e)) if !is_transport_error(&e) => {
+            Err(FleetError::Redis(e)) if is_about_the_key(&e) => {
                 // The server answered, with an error about this key (e.g. not a string).
                 bump(&self.counters.l2_garbage);
                 bump(&self.counters.l2_misses);
@@ -705,8 +767,13 @@ async fn within<T>(
     }
 }
 
-fn is_transport_error(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+/// An error about the value stored at one key, from a Redis that works: a miss
+/// for that key, not a sign of trouble. Everything else (I/O, TLS, timeouts,
+/// a refused password, NOAUTH, NOPERM, OOM, READONLY, ...) means this Redis
+/// cannot serve us now, and is counted and logged as such, so that a wrong
+/// password shows up as `l2_errors` and a warning, not as a stream of misses.
+fn is_about_the_key(e: &redis::RedisError) -> bool {
+    e.code() == Some("WRONGTYPE") || e.kind() == redis::ErrorKind::UnexpectedReturnType
 }
 
 #[cfg(test)]
@@ -721,6 +788,7 @@ mod tests {
             key_secret: Secret::new(secret),
             timeout: Duration::from_millis(100),
             single_flight: true,
+            ca_roots: Vec::new(),
         };
         let l1 = TokenCache::new(&RawCache::default(), Arc::new(SystemClock)).l1();
         let d = Duration::from_secs(1);
@@ -751,6 +819,26 @@ mod tests {
         for junk in [&b""[..], b"tg1:", b"tg1:short", b"{\"active\":true}"] {
             assert_eq!(f.decode(&k, junk), None);
         }
+    }
+
+    #[test]
+    fn ca_roots_go_into_a_pem_bundle_that_round_trips() {
+        use rustls_pki_types::pem::PemObject;
+        // Any DER-shaped bytes do for the encoding; length not a multiple of 48
+        // so that the last line is short.
+        let certs: Vec<CertificateDer<'static>> = vec![
+            CertificateDer::from((0u8..=200).collect::<Vec<_>>()),
+            CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x05]),
+        ];
+        let mut pem = String::new();
+        for c in &certs {
+            push_pem(&mut pem, c);
+        }
+        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+        let back = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert_eq!(back, certs);
     }
 
     #[test]

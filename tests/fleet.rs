@@ -568,3 +568,220 @@ async fn a_stale_l1_entry_revalidates_from_l2_before_it_is_served_stale() {
     assert_rejection(&r, 503, "temporarily_unavailable");
     assert_eq!(stale_answers().await, 1.0);
 }
+
+/// A `[upstream_tls] ca_file` holding `ca`'s certificate, in a fresh temp
+/// directory (a public certificate; left behind like the other test files).
+fn ca_file(ca: &TestCa) -> String {
+    let p = temp_dir("redis-ca").join("ca.pem");
+    std::fs::write(&p, ca.pem()).unwrap();
+    p.display().to_string()
+}
+
+/// `rediss://` to a Redis whose certificate comes from a private CA: with that
+/// CA in `[upstream_tls] ca_file` both connections (commands and the purge
+/// subscriber) verify it, so L2 and purges work as over plain TCP.
+#[tokio::test]
+async fn rediss_with_upstream_tls_ca_file_shares_l2_and_purges() {
+    let ca = TestCa::new("tokengate test redis CA");
+    let redis = RedisServer::start_with(None, Some(&ca)).await;
+    assert!(
+        redis.url().starts_with("rediss://localhost:"),
+        "{}",
+        redis.url()
+    );
+    let key = KeyFile::new(KEY_SECRET);
+    let ca_path = ca_file(&ca);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.upstream_tls.ca_file = ca_path.clone();
+    })
+    .await;
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, &redis, &key);
+    raw.upstream_tls.ca_file = ca_path.clone();
+    let r2 = Gate::start(&raw).await;
+    // The subscriber's own connection is up over TLS too.
+    subscribed(&[&env.gate, &r2]).await;
+
+    let body = json!({"active": true, "sub": "alice", "scope": "read", "exp": env.now() + 3600});
+    introspection_of("tok-tls")
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&env.auth)
+        .await;
+    let r = get_via(&env, &env.gate, "tok-tls").await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    let r = get_via(&env, &r2, "tok-tls").await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(env.introspections().await.len(), 1, "replica 2 read L2");
+    let (f1, f2) = (fleet(&env.gate), fleet(&r2));
+    assert_eq!((f1.stats().l2_writes, f2.stats().l2_hits), (1, 1));
+    assert_eq!(f1.stats().l2_errors + f2.stats().l2_errors, 0);
+    // The entry is in this (TLS-only) Redis.
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(f1.l2_key(&sha256("tok-tls")))
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap();
+    assert!(exists);
+
+    // Revoked and purged through replica 2: replica 1 hears it over TLS.
+    env.answer("tok-tls", json!({"active": false}), 1).await;
+    f2.purge(&sha256("tok-tls")).await.expect("purge published");
+    eventually("replica 1 hears the purge", Duration::from_secs(5), || {
+        f1.stats().purges_received >= 1
+    })
+    .await;
+    assert_rejection(
+        &get_via(&env, &env.gate, "tok-tls").await,
+        401,
+        "invalid_token",
+    );
+    assert_eq!(env.introspections().await.len(), 2);
+}
+
+/// The same TLS Redis without the CA: the handshake fails (unknown issuer), so
+/// L2 is unavailable. Requests are still answered by introspection, never a
+/// 5xx, and the failures are counted.
+#[tokio::test]
+async fn rediss_without_the_ca_file_fails_closed_to_introspection() {
+    let ca = TestCa::new("tokengate untrusted redis CA");
+    let redis = RedisServer::start_with(None, Some(&ca)).await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    for n in 0..4 {
+        let token = format!("tok-untrusted{n}");
+        env.allow(&token, 1).await;
+        let r = get_via(&env, &env.gate, &token).await;
+        assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    }
+    assert_eq!(env.introspections().await.len(), 4);
+    let f = fleet(&env.gate);
+    let s = f.stats();
+    assert!(s.l2_errors >= 1, "handshake failures are errors: {s:?}");
+    assert_eq!(
+        (s.l2_hits, s.l2_writes, s.l2_misses, s.l1_resyncs),
+        (0, 0, 0, 0),
+        "nothing was read or written, the subscriber never got in: {s:?}"
+    );
+    assert!(!f.is_subscribed());
+    let m = env.scrape().await;
+    assert!(
+        m.sum(
+            "tokengate_shared_cache_operations_total",
+            &[("kind", "error")]
+        ) >= 1.0
+    );
+}
+
+/// A password in the URL (`redis://:secret@host`): it authenticates both
+/// connections; a wrong one makes L2 unavailable (introspection answers, the
+/// failure is counted); and it never shows in Debug or `--check-config`.
+#[tokio::test]
+async fn a_password_in_the_url_authenticates_and_a_wrong_one_falls_back() {
+    const PASSWORD: &str = "s3cret-redis-pw";
+    let redis = RedisServer::start_with(Some(PASSWORD), None).await;
+    assert!(redis.url().contains(&format!(":{PASSWORD}@")));
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    let r2 = replica(&env, &redis, &key).await;
+    subscribed(&[&env.gate, &r2]).await;
+    let body = json!({"active": true, "sub": "alice", "exp": env.now() + 3600});
+    introspection_of("tok-pw")
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&env.auth)
+        .await;
+    get_via(&env, &env.gate, "tok-pw").await.echo();
+    let r = get_via(&env, &r2, "tok-pw").await;
+    assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    assert_eq!(env.introspections().await.len(), 1, "replica 2 read L2");
+    assert_eq!(fleet(&r2).stats().l2_hits, 1);
+
+    // A replica with the wrong password: every request still succeeds through
+    // the AS; the refused AUTH counts as an error, not as a miss.
+    let wrong = "wrong-redis-pw-42";
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, &redis, &key);
+    raw.cache.shared.url =
+        tokengate::config::RedisUrl(format!("redis://:{wrong}@127.0.0.1:{}/0", redis.port));
+    let bad = Gate::start(&raw).await;
+    for n in 0..3 {
+        let token = format!("tok-wrongpw{n}");
+        env.allow(&token, 1).await;
+        let r = get_via(&env, &bad, &token).await;
+        assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    }
+    assert_eq!(env.introspections().await.len(), 4);
+    let f = fleet(&bad);
+    let s = f.stats();
+    assert!(s.l2_errors >= 1, "{s:?}");
+    assert_eq!((s.l2_hits, s.l2_writes, s.l2_garbage), (0, 0, 0), "{s:?}");
+    assert!(!f.is_subscribed());
+
+    // Neither password in Debug (raw config, settings, the fleet) nor in the
+    // redacted TOML.
+    let settings = raw.validate().unwrap();
+    for shown in [
+        format!("{raw:?}"),
+        format!("{settings:?}"),
+        format!("{:?}", fleet(&env.gate)),
+        format!("{:?}", fleet(&bad)),
+        raw.to_redacted_toml(),
+    ] {
+        assert!(
+            !shown.contains(wrong) && !shown.contains(PASSWORD),
+            "{shown}"
+        );
+    }
+
+    // `--check-config` of the real binary with the right password in the file.
+    let dir = temp_dir("redis-pw-check");
+    let config = dir.join("tokengate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+
+[introspection]
+url = "{auth}{INTROSPECT_PATH}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+
+[cache.shared]
+url = "{url}"
+key_secret_file = "{key}"
+"#,
+            upstream = env.upstream.url(),
+            auth = env.auth.uri(),
+            url = redis.url(),
+            key = key.path(),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--check-config")
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!("127.0.0.1:{}", redis.port)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(PASSWORD) && !stderr.contains(PASSWORD),
+        "{stdout}\n{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1523,28 +1523,79 @@ impl Drop for Binary {
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// `--requirepass`; the URL carries it.
+    password: Option<String>,
+    /// TLS only (`--port 0 --tls-port`): the directory with the server's
+    /// certificate and key, and the CA that issued it (PEM).
+    tls: Option<(std::path::PathBuf, String)>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(None, None).await
+    }
+
+    /// `password`: `--requirepass`. `ca`: TLS only, with a server certificate
+    /// for `localhost` and `127.0.0.1` issued by `ca` (no client certificates).
+    pub async fn start_with(password: Option<&str>, ca: Option<&TestCa>) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let mut server = Self { port, child: None };
+        let tls = ca.map(|ca| {
+            let dir = temp_dir("redis-tls");
+            let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+            std::fs::write(dir.join("server.pem"), &leaf.cert_pem).unwrap();
+            std::fs::write(dir.join("server.key"), &leaf.key_pem).unwrap();
+            std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+            (dir, ca.pem())
+        });
+        let mut server = Self {
+            port,
+            child: None,
+            password: password.map(str::to_owned),
+            tls,
+        };
         server.spawn().await;
         server
     }
 
+    /// `redis://127.0.0.1:N/0`, or `rediss://localhost:N/0` (the name in the
+    /// certificate) for TLS; with `:password@` when there is one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let auth = self
+            .password
+            .as_ref()
+            .map(|p| format!(":{p}@"))
+            .unwrap_or_default();
+        match &self.tls {
+            Some(_) => format!("rediss://{auth}localhost:{}/0", self.port),
+            None => format!("redis://{auth}127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// Starts (or restarts, on the same port) the server and waits until it answers.
     pub async fn spawn(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+        // The test's own TLS client (below) uses rustls' process-wide provider.
+        tokengate::install_crypto_provider();
+        let mut cmd = std::process::Command::new("redis-server");
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((dir, _)) => {
+                let file = |f: &str| dir.join(f).display().to_string();
+                cmd.args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .args(["--tls-cert-file", &file("server.pem")])
+                    .args(["--tls-key-file", &file("server.key")])
+                    .args(["--tls-ca-cert-file", &file("ca.pem")])
+                    .args(["--tls-auth-clients", "no"])
+            }
+        };
+        if let Some(p) = &self.password {
+            cmd.args(["--requirepass", p]);
+        }
+        let child = cmd
+            .args(["--bind", "127.0.0.1", "-::1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -1574,8 +1625,19 @@ impl RedisServer {
         }
     }
 
+    /// A client for the test's own commands (trusting the test CA for TLS).
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).unwrap()
+        match &self.tls {
+            None => redis::Client::open(self.url()).unwrap(),
+            Some((_, ca_pem)) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca_pem.clone().into_bytes()),
+                },
+            )
+            .unwrap(),
+        }
     }
 
     pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
@@ -1589,6 +1651,9 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some((dir, _)) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
