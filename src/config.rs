@@ -273,6 +273,31 @@ pub struct RawRoute {
     pub allow_clients: Option<Vec<String>>,
 }
 
+impl RawRoute {
+    /// A token route for `path_prefix` that inherits every `[policy]` default
+    /// (what a `[[routes]]` entry with only `path_prefix` means).
+    pub fn new(path_prefix: impl Into<String>) -> Self {
+        Self {
+            path_prefix: path_prefix.into(),
+            methods: Vec::new(),
+            host: String::new(),
+            public: false,
+            require_audience: None,
+            require_issuer: None,
+            require_scopes: None,
+            allow_clients: None,
+        }
+    }
+
+    /// A public route for `path_prefix`: no token needed.
+    pub fn public(path_prefix: impl Into<String>) -> Self {
+        Self {
+            public: true,
+            ..Self::new(path_prefix)
+        }
+    }
+}
+
 /// `[token_sources]`: where else a token may come from (the header always works).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1456,14 +1481,8 @@ mod tests {
                 "routes.host",
                 Box::new(|c| {
                     c.routes = vec![RawRoute {
-                        path_prefix: "/".into(),
-                        methods: vec![],
                         host: "api.example.com:8080".into(),
-                        public: true,
-                        require_audience: None,
-                        require_issuer: None,
-                        require_scopes: None,
-                        allow_clients: None,
+                        ..RawRoute::public("/")
                     }]
                 }),
             ),

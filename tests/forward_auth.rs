@@ -14,28 +14,14 @@ use tokengate::config::{Mode, RawConfig, RawRoute};
 
 fn admin_route() -> RawRoute {
     RawRoute {
-        path_prefix: "/admin/".into(),
         methods: vec!["DELETE".into()],
-        host: String::new(),
-        public: false,
-        require_audience: None,
-        require_issuer: None,
         require_scopes: Some(vec!["admin".into()]),
-        allow_clients: None,
+        ..RawRoute::new("/admin/")
     }
 }
 
 fn public_route() -> RawRoute {
-    RawRoute {
-        path_prefix: "/public/".into(),
-        methods: vec![],
-        host: String::new(),
-        public: true,
-        require_audience: None,
-        require_issuer: None,
-        require_scopes: None,
-        allow_clients: None,
-    }
+    RawRoute::public("/public/")
 }
 
 fn forward_auth(raw: &mut RawConfig) {

@@ -27,16 +27,7 @@ async fn wait_ready_status(env: &Env, want: StatusCode) -> Resp {
 }
 
 fn public_route(prefix: &str) -> RawRoute {
-    RawRoute {
-        path_prefix: prefix.into(),
-        methods: vec![],
-        host: String::new(),
-        public: true,
-        require_audience: None,
-        require_issuer: None,
-        require_scopes: None,
-        allow_clients: None,
-    }
+    RawRoute::public(prefix)
 }
 
 #[tokio::test]

@@ -15,23 +15,11 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 fn route(prefix: &str) -> RawRoute {
-    RawRoute {
-        path_prefix: prefix.into(),
-        methods: vec![],
-        host: String::new(),
-        public: false,
-        require_audience: None,
-        require_issuer: None,
-        require_scopes: None,
-        allow_clients: None,
-    }
+    RawRoute::new(prefix)
 }
 
 fn public(prefix: &str) -> RawRoute {
-    RawRoute {
-        public: true,
-        ..route(prefix)
-    }
+    RawRoute::public(prefix)
 }
 
 #[tokio::test]

@@ -57,16 +57,7 @@ async fn jump_tokio_clock(by: Duration) {
 }
 
 fn public_everything(c: &mut tokengate::config::RawConfig) {
-    c.routes = vec![RawRoute {
-        path_prefix: "/".into(),
-        methods: vec![],
-        host: String::new(),
-        public: true,
-        require_audience: None,
-        require_issuer: None,
-        require_scopes: None,
-        allow_clients: None,
-    }];
+    c.routes = vec![RawRoute::public("/")];
 }
 
 /// JSON log lines about one token (by fingerprint).
