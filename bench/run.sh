@@ -97,7 +97,7 @@ else
     PINNING="not pinned ($(nproc) CPU)"
 fi
 
-TMP=$(mktemp -d /tmp/tokengate-bench.XXXXXX)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tokengate-bench.XXXXXX")
 PIDS=()
 cleanup() {
     local pid
