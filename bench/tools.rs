@@ -17,8 +17,12 @@
 //!   AS saw exactly one introspection (single-flight).
 //! * `startup BIN CONFIG URL`: execs `BIN --config CONFIG`, polls URL until it
 //!   answers 200, prints the time from exec to that answer, then the idle RSS.
-//! * `mem N1,N2,...`: fills a real `TokenCache` through `get_or_load` with N
+//! * `mem N1,N2,... [VARIANT]`: fills a real `TokenCache` through `get_or_load` with N
 //!   typical introspections and prints the RSS growth per entry at each N.
+//!   `minimal`: the same with `{"active":true,"exp":..}` answers (no strings):
+//!   the floor of the cache's own per-entry cost. `moka-unit`: a bare moka
+//!   `Cache<[u8; 32], ()>` with a per-entry expiry, as `TokenCache` builds it:
+//!   moka's own floor.
 //!
 //! Every server is single-threaded (current-thread runtime): `run.sh` pins it to
 //! a core, and one thread per core is the cheapest way to serve from there.
@@ -69,16 +73,22 @@ fn main() {
             }
             ["burst", gate, as_url, n] => burst(gate, as_url, n.parse()?).await,
             ["startup", bin, config, url] => startup(bin, config, url).await,
-            ["mem", counts] => {
+            ["mem", counts] | ["mem", counts, _] => {
                 let counts = counts
                     .split(',')
                     .map(str::parse)
                     .collect::<std::result::Result<Vec<u64>, _>>()?;
-                mem(&counts).await
+                match args.get(2).copied().unwrap_or("typical") {
+                    "typical" => mem(&counts, false).await,
+                    "minimal" => mem(&counts, true).await,
+                    "moka-unit" => mem_moka_unit(&counts).await,
+                    other => Err(format!("mem: unknown variant {other}").into()),
+                }
             }
             _ => Err(
                 "usage: bench-tools upstream ADDR | as ADDR LATENCY_MS | get URL | freeport \
-                 | burst GATE_URL AS_URL N | startup BIN CONFIG URL | mem N1,N2,..."
+                 | burst GATE_URL AS_URL N | startup BIN CONFIG URL \
+                 | mem N1,N2,... [typical|minimal|moka-unit]"
                     .into(),
             ),
         }
@@ -397,7 +407,7 @@ async fn startup(bin: &str, config: &str, url: &str) -> Result<()> {
     Ok(())
 }
 
-async fn mem(counts: &[u64]) -> Result<()> {
+async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
     use tokengate::cache::TokenCache;
     use tokengate::clock::SystemClock;
     use tokengate::config::RawCache;
@@ -410,7 +420,18 @@ async fn mem(counts: &[u64]) -> Result<()> {
         ..RawCache::default()
     };
     let cache = TokenCache::new(&cfg, Arc::new(SystemClock));
-    let template: Introspection = serde_json::from_str(&active_answer("user"))?;
+    let template: Introspection = if minimal {
+        let mut t = Introspection::inactive();
+        t.active = true;
+        t.exp = serde_json::from_str::<Introspection>(&active_answer("user"))?.exp;
+        t
+    } else {
+        serde_json::from_str(&active_answer("user"))?
+    };
+    eprintln!(
+        "size_of::<Introspection>() = {} bytes",
+        std::mem::size_of::<Introspection>()
+    );
     let pid = std::process::id();
     let base = rss_kib(pid)?;
     let mut filled = 0u64;
@@ -424,7 +445,9 @@ async fn mem(counts: &[u64]) -> Result<()> {
                 .hash();
             // Each entry owns its strings, as a parsed answer does.
             let mut answer = template.clone();
-            answer.sub = Some(format!("user-{filled}"));
+            if !minimal {
+                answer.sub = Some(format!("user-{filled}"));
+            }
             let (answer, _) = cache.get_or_load(key, || async move { Ok(answer) }).await;
             answer.map_err(|e| format!("load failed: {e}"))?;
             filled += 1;
@@ -433,6 +456,46 @@ async fn mem(counts: &[u64]) -> Result<()> {
         let rss = rss_kib(pid)?;
         println!(
             "mem entries={n} rss_kib={rss} growth_kib={} bytes_per_entry={:.0}",
+            rss - base,
+            (rss - base) as f64 * 1024.0 / n as f64
+        );
+    }
+    Ok(())
+}
+
+/// moka's own per-entry floor: a bare `Cache<[u8; 32], ()>` built like
+/// `TokenCache`'s (max capacity, a per-entry expiry, so the timer wheel is used).
+async fn mem_moka_unit(counts: &[u64]) -> Result<()> {
+    struct Hour;
+    impl moka::Expiry<[u8; 32], ()> for Hour {
+        fn expire_after_create(
+            &self,
+            _: &[u8; 32],
+            _: &(),
+            _: std::time::Instant,
+        ) -> Option<Duration> {
+            Some(Duration::from_secs(3600))
+        }
+    }
+    let max = counts.iter().copied().max().unwrap_or(0);
+    let cache: moka::future::Cache<[u8; 32], ()> = moka::future::Cache::builder()
+        .max_capacity(max + 1)
+        .expire_after(Hour)
+        .build();
+    let pid = std::process::id();
+    let base = rss_kib(pid)?;
+    let mut filled = 0u64;
+    for &n in counts {
+        while filled < n {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&filled.to_le_bytes());
+            cache.insert(key, ()).await;
+            filled += 1;
+        }
+        cache.run_pending_tasks().await;
+        let rss = rss_kib(pid)?;
+        println!(
+            "mem-moka-unit entries={n} rss_kib={rss} growth_kib={} bytes_per_entry={:.0}",
             rss - base,
             (rss - base) as f64 * 1024.0 / n as f64
         );

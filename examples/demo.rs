@@ -59,7 +59,8 @@ type DemoResponse = Response<Full<Bytes>>;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tokengate::install_crypto_provider();
-    tokengate::init_tracing(tokengate::config::LogFormat::Text);
+    // Held to the end of `main`: dropping it would stop the log writer thread.
+    let _logging = tokengate::init_tracing(tokengate::config::LogFormat::Text);
 
     // 1. The demo authorization server.
     let as_listener = bind_preferred(AS_PORT, "demo AS").await?;

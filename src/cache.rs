@@ -144,8 +144,10 @@ impl CacheTtls {
 }
 
 /// One cached active answer and, on the injected clock, when it stops being
-/// fresh and when it stops being usable at all.
-#[derive(Debug)]
+/// fresh and when it stops being usable at all. Stored by value in moka (it
+/// is 40 bytes and clones as one `Arc` increment): an `Arc<Entry>` cost one
+/// more heap block, 64 bytes of RSS per cached token.
+#[derive(Debug, Clone)]
 struct Entry {
     introspection: Arc<Introspection>,
     fresh_until: SystemTime,
@@ -202,11 +204,11 @@ impl ExpAware {
     }
 }
 
-impl moka::Expiry<TokenHash, Arc<Entry>> for ExpAware {
+impl moka::Expiry<TokenHash, Entry> for ExpAware {
     fn expire_after_create(
         &self,
         _key: &TokenHash,
-        value: &Arc<Entry>,
+        value: &Entry,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(self.lifetime(value))
@@ -217,7 +219,7 @@ impl moka::Expiry<TokenHash, Arc<Entry>> for ExpAware {
     fn expire_after_update(
         &self,
         _key: &TokenHash,
-        value: &Arc<Entry>,
+        value: &Entry,
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
@@ -248,10 +250,10 @@ pub struct CacheCounters {
     pub coalesced: prometheus_client::metrics::counter::Counter,
 }
 
-type Loaded = Result<Arc<Entry>, LoadError>;
+type Loaded = Result<Entry, LoadError>;
 
 pub struct TokenCache {
-    positive: Cache<TokenHash, Arc<Entry>>,
+    positive: Cache<TokenHash, Entry>,
     /// `None` when `negative_max_entries = 0`. Skipped while `negative_ttl` is 0
     /// (it can become non-zero on reload).
     negative: Option<Cache<TokenHash, ()>>,
@@ -268,7 +270,7 @@ pub struct TokenCache {
 /// through [`TokenCache::invalidate`] (that would publish the purge again).
 #[derive(Clone)]
 pub struct L1 {
-    positive: Cache<TokenHash, Arc<Entry>>,
+    positive: Cache<TokenHash, Entry>,
     negative: Option<Cache<TokenHash, ()>>,
 }
 
@@ -415,12 +417,12 @@ impl TokenCache {
                     None => load().await?,
                 };
                 if answer.active {
-                    let entry = Arc::new(Entry::new(
+                    let entry = Entry::new(
                         answer,
                         self.clock.now(),
                         self.ttls.max_ttl(),
                         self.ttls.stale_if_error(),
-                    ));
+                    );
                     self.positive.insert(key, entry.clone()).await;
                     Ok(entry)
                 } else {

@@ -98,6 +98,6 @@ pub fn install_crypto_provider() {
 /// Initialises `tracing` once: level from `RUST_LOG` (default `info`), text or
 /// JSON. The handle lets a config reload switch the format (`None` if a
 /// subscriber was already installed).
-pub fn init_tracing(format: config::LogFormat) -> Option<reload::LogHandle> {
+pub fn init_tracing(format: config::LogFormat) -> Option<reload::Logging> {
     reload::init_tracing(format)
 }

@@ -44,7 +44,13 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         };
     }
     tokengate::install_crypto_provider();
-    let log = tokengate::init_tracing(settings.log_format);
+    // The guard lives to the end of this function, after the runtime (declared
+    // later, dropped first): its drop flushes the lines still queued for the
+    // log writer thread, "tokengate stopped" included.
+    let (log, _log_guard) = match tokengate::init_tracing(settings.log_format) {
+        Some(logging) => (Some(logging.handle), Some(logging.guard)),
+        None => (None, None),
+    };
     let config_file = cli.config.clone();
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;

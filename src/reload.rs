@@ -32,47 +32,95 @@ use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tracing::{error, info, warn};
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 type FormatLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
+/// Lines the log writer thread may hold before a logging call waits for it.
+/// Bounded so a stalled stdout cannot grow memory without limit (~300 B a line:
+/// at most a few MiB); large enough to absorb bursts without any request waiting.
+const LOG_BUFFER_LINES: usize = 16_384;
+
+/// Bytes the writer thread gathers before a `write`, if its queue is not empty first.
+const LOG_WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
 /// Switches the log format of the subscriber [`init_tracing`] installed.
 #[derive(Clone)]
 pub struct LogHandle {
     handle: reload::Handle<FormatLayer, Registry>,
+    /// The same background writer for every format: a reload must not start a
+    /// second writer thread or reorder lines.
+    writer: NonBlocking,
 }
 
-fn format_layer(format: LogFormat) -> FormatLayer {
+/// What [`init_tracing`] returns: the reload handle, and the guard that flushes
+/// the buffered log lines when dropped. `main` keeps it until it returns, so
+/// the last lines ("tokengate stopped") are written before the process exits.
+#[must_use = "dropping the guard stops the log writer thread"]
+pub struct Logging {
+    pub handle: LogHandle,
+    pub guard: WorkerGuard,
+}
+
+fn format_layer(format: LogFormat, writer: NonBlocking) -> FormatLayer {
     // Colour only on a terminal: escape codes in a log file or `kubectl logs` are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            .with_writer(writer)
             .boxed(),
     }
 }
 
 /// Installs the global subscriber: level from `RUST_LOG` (default `info`), text
 /// or JSON, the format swappable at run time. `None` if one was already installed.
-pub fn init_tracing(format: LogFormat) -> Option<LogHandle> {
+///
+/// Lines go to stdout through a background thread (`tracing-appender`'s
+/// non-blocking writer): formatting stays on the request's thread, the `write`
+/// system call (one per line when it was done inline) does not, and the thread
+/// writes whatever has queued up in one go.
+/// Not lossy: when [`LOG_BUFFER_LINES`] lines are waiting, a logging call waits
+/// for room, as the synchronous writer did on every line. An access log of an
+/// authorising proxy is an audit trail; losing lines under overload is worse
+/// than the back-pressure, which only happens when stdout cannot keep up.
+pub fn init_tracing(format: LogFormat) -> Option<Logging> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let (layer, handle) = reload::Layer::new(format_layer(format));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .thread_name("tokengate-log")
+        // Buffered: the writer thread writes every line that queued up while
+        // it was busy, then flushes once (tracing-appender flushes when its
+        // queue is empty), so under load one `write` carries many lines.
+        .finish(std::io::BufWriter::with_capacity(
+            LOG_WRITE_BUFFER_BYTES,
+            std::io::stdout(),
+        ));
+    let (layer, handle) = reload::Layer::new(format_layer(format, writer.clone()));
     tracing_subscriber::registry()
         .with(layer)
         .with(filter)
         .try_init()
         .ok()
-        .map(|()| LogHandle { handle })
+        .map(|()| Logging {
+            handle: LogHandle { handle, writer },
+            guard,
+        })
 }
 
 impl LogHandle {
     pub fn set_format(&self, format: LogFormat) -> Result<(), String> {
         self.handle
-            .reload(format_layer(format))
+            .reload(format_layer(format, self.writer.clone()))
             .map_err(|e| e.to_string())
     }
 }

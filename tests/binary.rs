@@ -115,6 +115,9 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let out = bin.output();
     assert!(out.contains("shutdown signal received"), "{out}");
     assert!(out.contains("token purged"), "{out}");
+    // The last line main logs, just before it returns: it reaches stdout only
+    // if main still holds the log writer's guard, whose drop flushes the queue.
+    assert!(out.contains("tokengate stopped"), "{out}");
     assert!(!out.contains(TOKEN), "raw token in the logs:\n{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
