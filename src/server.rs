@@ -157,15 +157,6 @@ impl App {
             .map(|t| t.reloader.clone())
     }
 
-    /// Reloads the TLS certificate from its files now. Open connections keep
-    /// the old one; a bad file leaves the old one in place and is reported.
-    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsError> {
-        match &self.settings.load().tls {
-            Some(t) => t.reloader.reload(),
-            None => Ok(()),
-        }
-    }
-
     /// The AS circuit breaker (its `state()` is for metrics).
     pub fn breaker(&self) -> &Breaker {
         &self.breaker
@@ -392,9 +383,11 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
     // gRPC clients need their failures as gRPC statuses; decided before the
     // request is consumed.
     let grpc = is_grpc(req.headers());
-    let result = match app.settings.load().mode {
-        Mode::Proxy => authorize_and_forward(app, req, peer, &mut info).await,
-        Mode::ForwardAuth => forward_auth_check(app, req, &mut info).await,
+    // The one settings snapshot this request uses, whatever a reload does meanwhile.
+    let settings = app.settings.load_full();
+    let result = match settings.mode {
+        Mode::Proxy => authorize_and_forward(app, &settings, req, peer, &mut info).await,
+        Mode::ForwardAuth => forward_auth_check(app, &settings, req, &mut info).await,
     };
     let response = match result {
         Ok(resp) => resp,
@@ -406,7 +399,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Resp
             if grpc {
                 grpc_rejection_response(&err)
             } else {
-                rejection_response(&err, app.settings.load().retry_after_secs)
+                rejection_response(&err, settings.retry_after_secs)
             }
         }
     };
@@ -457,6 +450,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
 /// Inner handler: the request path, with `?` for every way out.
 async fn authorize_and_forward(
     app: &App,
+    settings: &Settings,
     mut req: Request<Incoming>,
     peer: SocketAddr,
     info: &mut AccessInfo,
@@ -464,8 +458,6 @@ async fn authorize_and_forward(
     if req.method() == Method::CONNECT {
         return Err(ProxyError::ConnectMethod);
     }
-    let current = app.settings.load_full();
-    let settings = &*current;
     // Before anything costly: no introspection for a request we will refuse.
     if limits::declared_too_large(req.headers(), settings.limits.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
@@ -603,11 +595,10 @@ async fn authorize(
 /// describes, and answer 200 with identity headers (or a rejection).
 async fn forward_auth_check(
     app: &App,
+    settings: &Settings,
     req: Request<Incoming>,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
-    let current = app.settings.load_full();
-    let settings = &*current;
     let orig = crate::forward_auth::original(&req, &settings.forward_auth_prefix)?;
     let route = settings.routes.select(
         &orig.method,
