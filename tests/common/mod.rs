@@ -126,6 +126,22 @@ pub struct Upstream {
 
 type UpBody = BoxBody<Bytes, Infallible>;
 
+/// Serves one upstream connection (TCP or unix) with [`upstream_handle`].
+fn serve_upstream_conn<S>(st: Arc<UpState>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| {
+            let st = st.clone();
+            async move { Ok::<_, Infallible>(upstream_handle(&st, req).await) }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    });
+}
+
 impl Upstream {
     /// The same routes over a unix domain socket at `path` (HTTP/1.1).
     pub async fn start_unix(path: &std::path::Path) -> Self {
@@ -138,16 +154,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(upstream_handle(&st, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                serve_upstream_conn(st.clone(), stream);
             }
         });
         Self {
@@ -166,16 +173,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(upstream_handle(&st, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                serve_upstream_conn(st.clone(), stream);
             }
         });
         Self { addr, state }
