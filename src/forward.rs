@@ -43,15 +43,21 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Split the raw bytes, not `to_str()`: one obs-text byte anywhere in the
-    // value must not make us skip the names listed next to it.
-    let named: Vec<HeaderName> = headers
+/// The comma-separated tokens of every `Connection` field, trimmed. Split on
+/// the raw bytes, not `to_str()`: one obs-text byte anywhere in the value must
+/// not make us skip the tokens listed next to it.
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
+        .map(<[u8]>::trim_ascii)
+}
+
+/// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -94,6 +100,22 @@ pub fn header_safe(value: &str) -> HeaderValue {
     })
 }
 
+/// Writes the principal's identity headers (subject, client id, scopes,
+/// `[identity.claims]`), each made header-safe. The one place that decides
+/// what the upstream (or, in forward-auth mode, the front proxy) is told.
+pub fn insert_identity(headers: &mut HeaderMap, p: &Principal, id: &IdentitySettings) {
+    if let Some(s) = &p.subject {
+        headers.insert(id.subject_header.clone(), header_safe(s));
+    }
+    if let Some(c) = &p.client_id {
+        headers.insert(id.client_id_header.clone(), header_safe(c));
+    }
+    headers.insert(id.scope_header.clone(), header_safe(&p.scope));
+    for (name, value) in &p.claims {
+        headers.insert(name.clone(), header_safe(value));
+    }
+}
+
 /// Everything the request-side rewrite needs to know about the connection.
 pub struct Hop<'a> {
     pub peer: SocketAddr,
@@ -127,17 +149,7 @@ pub fn rewrite_request_headers(
     }
 
     if let Some(p) = principal {
-        let id = hop.identity;
-        if let Some(s) = &p.subject {
-            headers.insert(id.subject_header.clone(), header_safe(s));
-        }
-        if let Some(c) = &p.client_id {
-            headers.insert(id.client_id_header.clone(), header_safe(c));
-        }
-        headers.insert(id.scope_header.clone(), header_safe(&p.scope));
-        for (name, value) in &p.claims {
-            headers.insert(name.clone(), header_safe(value));
-        }
+        insert_identity(headers, p, hop.identity);
     }
 
     // Append the peer to any inbound chain; the upstream must only trust the

@@ -160,17 +160,7 @@ pub fn allowed(principal: Option<&Principal>, id: &IdentitySettings) -> Response
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(p) = principal {
-        let safe = crate::forward::header_safe;
-        if let Some(s) = &p.subject {
-            h.insert(id.subject_header.clone(), safe(s));
-        }
-        if let Some(c) = &p.client_id {
-            h.insert(id.client_id_header.clone(), safe(c));
-        }
-        h.insert(id.scope_header.clone(), safe(&p.scope));
-        for (name, value) in &p.claims {
-            h.insert(name.clone(), safe(value));
-        }
+        crate::forward::insert_identity(h, p, id);
     }
     resp
 }

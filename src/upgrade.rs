@@ -84,13 +84,8 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let connection_says_upgrade = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let connection_says_upgrade = crate::forward::connection_tokens(req.headers())
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     if !connection_says_upgrade {
         return None;
     }
@@ -145,6 +140,18 @@ mod tests {
         assert!(requested(&req(Version::HTTP_11, "keep-alive", Some("websocket"))).is_none());
         assert!(requested(&req(Version::HTTP_11, "upgrade", None)).is_none());
         assert!(requested(&req(Version::HTTP_10, "upgrade", Some("websocket"))).is_none());
+        // The same tokenizer as hop-by-hop stripping: an obs-text byte next to
+        // `upgrade` does not hide it.
+        let obs = Request::builder()
+            .version(Version::HTTP_11)
+            .header(
+                "connection",
+                HeaderValue::from_bytes(b"x-\xff, upgrade").unwrap(),
+            )
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        assert_eq!(requested(&obs).unwrap(), "websocket");
     }
 
     #[test]
