@@ -2,8 +2,8 @@
 //! L1, and fleet-wide purge over pub/sub.
 //!
 //! # Read path
-//! L1 miss (inside moka's single-flight) → [`Fleet::read_through`]: `GET` the L2
-//! key; a valid entry is the answer. Otherwise (optionally) take a short
+//! L1 miss (inside the cache's single-flight, [`crate::flight`]) →
+//! [`Fleet::read_through`]: `GET` the L2 key; a valid entry is the answer. Otherwise (optionally) take a short
 //! `SET NX PX` lock so that replicas that see a new token at once introspect it
 //! about once; the losers poll L2 for at most the introspection timeout, then
 //! introspect themselves. The introspecting replica writes L2 with
@@ -55,7 +55,7 @@
 //! where a dump would find them. A forged message can only drop an L1 entry,
 //! which costs one introspection.
 
-use crate::cache::{entry_ttl, TokenCache, L1};
+use crate::cache::{entry_ttl, CacheTtls, TokenCache, L1};
 use crate::clock::Clock;
 use crate::config::{RedisUrl, Settings, SharedCacheSettings};
 use crate::introspect::{IntrospectError, Introspection};
@@ -164,18 +164,13 @@ pub fn attach(cache: TokenCache, settings: &Settings, clock: Arc<dyn Clock>) -> 
     let Some(shared) = &settings.shared_cache else {
         return cache;
     };
-    let c = &settings.cache;
     // No negative entries in L2 when L1 keeps none: the operator turned them off.
-    let negative_ttl = if c.negative_max_entries == 0 {
-        Duration::ZERO
-    } else {
-        c.negative_ttl
-    };
+    let negative_entries = settings.cache.negative_max_entries > 0;
     match Fleet::new(
         shared,
         cache.l1(),
-        c.max_ttl,
-        negative_ttl,
+        cache.ttls(),
+        negative_entries,
         settings.introspection.timeout,
         clock,
     ) {
@@ -291,8 +286,11 @@ pub struct Fleet {
     /// The longest a replica waits for another's introspection (never longer
     /// than it would wait for its own).
     lock_wait: Duration,
-    max_ttl: Duration,
-    negative_ttl: Duration,
+    /// The L1's live `max_ttl`/`negative_ttl`, so a config reload changes the
+    /// L2 lifetimes of new entries exactly as it does for L1.
+    ttls: CacheTtls,
+    /// `false`: `negative_max_entries = 0`, so no inactive answers in L2 either.
+    negative_entries: bool,
     clock: Arc<dyn Clock>,
     breaker: Mutex<Breaker>,
     subscribed: AtomicBool,
@@ -313,8 +311,8 @@ impl Fleet {
     pub fn new(
         cfg: &SharedCacheSettings,
         l1: L1,
-        max_ttl: Duration,
-        negative_ttl: Duration,
+        ttls: CacheTtls,
+        negative_entries: bool,
         introspection_timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, FleetError> {
@@ -327,8 +325,8 @@ impl Fleet {
             timeout: cfg.timeout,
             single_flight: cfg.single_flight,
             lock_wait: introspection_timeout,
-            max_ttl,
-            negative_ttl,
+            ttls,
+            negative_entries,
             clock,
             breaker: Mutex::new(Breaker::default()),
             subscribed: AtomicBool::new(false),
@@ -520,9 +518,11 @@ impl Fleet {
     /// Writes an answer with its own lifetime. Best effort.
     async fn store(&self, l2_key: &str, i: &Introspection) {
         let ttl = if i.active {
-            entry_ttl(i.exp, self.clock.now(), self.max_ttl)
+            entry_ttl(i.exp, self.clock.now(), self.ttls.max_ttl())
+        } else if self.negative_entries {
+            self.ttls.negative_ttl()
         } else {
-            self.negative_ttl
+            Duration::ZERO
         };
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         let Some(value) = (ms > 0).then(|| self.encode(l2_key, i)).flatten() else {
@@ -790,9 +790,17 @@ mod tests {
             single_flight: true,
             ca_roots: Vec::new(),
         };
-        let l1 = TokenCache::new(&RawCache::default(), Arc::new(SystemClock)).l1();
+        let cache = TokenCache::new(&RawCache::default(), Arc::new(SystemClock));
         let d = Duration::from_secs(1);
-        Fleet::new(&cfg, l1, d, d, d, Arc::new(SystemClock)).unwrap()
+        Fleet::new(
+            &cfg,
+            cache.l1(),
+            cache.ttls(),
+            true,
+            d,
+            Arc::new(SystemClock),
+        )
+        .unwrap()
     }
 
     #[test]

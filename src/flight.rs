@@ -2,8 +2,8 @@
 //!
 //! moka's `or_try_insert_with` coalesces only while the key is *absent*; a
 //! stale entry that is being revalidated is present, so the cache needs its own
-//! coalescing for that case. The first caller (the leader) runs the future on
-//! its own task; the others wait on a `watch` channel. If the leader is
+//! coalescing for that case. The first caller (the leader) runs the future
+//! itself, in its own request's task; the others wait on a `watch` channel. If the leader is
 //! cancelled (its client went away), its slot is removed and a waiter takes
 //! over, so nobody waits for work that nobody runs. Results, errors included,
 //! go to the callers that were waiting and are not kept.

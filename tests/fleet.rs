@@ -785,3 +785,47 @@ key_secret_file = "{key}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_reloaded_cache_lifetime_applies_to_new_l2_entries() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    // Shorter lifetimes from a reload: L2 must follow them like L1 does.
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, &redis, &key);
+    raw.cache.max_ttl = Duration::from_secs(20);
+    raw.cache.negative_ttl = Duration::from_secs(3);
+    env.gate
+        .reload()
+        .reload(raw.validate().unwrap())
+        .expect("a valid config reloads");
+
+    env.answer(
+        "tok-long",
+        json!({"active": true, "sub": "alice", "exp": env.now() + 3600}),
+        1,
+    )
+    .await;
+    env.answer("tok-gone", json!({"active": false}), 1).await;
+    assert_eq!(get_via(&env, &env.gate, "tok-long").await.status, 200);
+    assert_rejection(
+        &get_via(&env, &env.gate, "tok-gone").await,
+        401,
+        "invalid_token",
+    );
+
+    let mut c = redis.conn().await;
+    let f = fleet(&env.gate);
+    for (token, max_ms) in [("tok-long", 20_000), ("tok-gone", 3_000)] {
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(f.l2_key(&sha256(token)))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(
+            pttl > 0 && pttl <= max_ms,
+            "{token}: PTTL {pttl} ms, want ≤ {max_ms}"
+        );
+    }
+}
