@@ -293,8 +293,7 @@ async fn purge_inner(app: &App, req: Request<Incoming>) -> Result<String, PurgeE
             "token is longer than limits.max_token_bytes",
         ));
     }
-    // The same key the request path uses (`token::Token::hash`).
-    let key: token::TokenHash = Sha256::digest(token.as_bytes()).into();
+    let key = token::hash(&token);
     app.cache().invalidate(&key).await;
     Ok(token::fingerprint(&key))
 }
@@ -372,6 +371,7 @@ mod tests {
             .unwrap();
         let key: token::TokenHash = Sha256::digest(b"abc.DEF-123").into();
         assert_eq!(t.hash(), key);
+        assert_eq!(token::hash("abc.DEF-123"), key);
     }
 
     #[test]

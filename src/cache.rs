@@ -477,12 +477,6 @@ impl TokenCache {
             None => self.l1().invalidate(key).await,
         }
     }
-
-    /// Empties this replica's L1 only (what a replica does when it may have
-    /// missed purges).
-    pub fn clear_local(&self) {
-        self.l1().clear();
-    }
 }
 
 #[cfg(test)]

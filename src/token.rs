@@ -170,7 +170,7 @@ impl Token {
     }
 
     pub fn hash(&self) -> TokenHash {
-        Sha256::digest(self.0.as_bytes()).into()
+        hash(&self.0)
     }
 
     /// First 8 hex digits of SHA-256(token): enough to correlate log lines for one
@@ -178,6 +178,12 @@ impl Token {
     pub fn fingerprint(&self) -> String {
         fingerprint(&self.hash())
     }
+}
+
+/// SHA-256 of a token's bytes: the key of every cache entry. Purge, which gets
+/// the token in a body rather than a header, uses this too.
+pub fn hash(token: &str) -> TokenHash {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 pub fn fingerprint(hash: &TokenHash) -> String {
