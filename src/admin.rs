@@ -13,8 +13,6 @@
 //!   `admin.purge_secret_file` is set. Always 204, cached or not; the token is
 //!   never echoed or logged (its 8-hex fingerprint is).
 
-use crate::breaker::BreakerState;
-use crate::metrics::BreakerGauge;
 use crate::server::App;
 use crate::token;
 use bytes::Bytes;
@@ -170,12 +168,7 @@ async fn metrics(app: &App, req: &Request<Incoming>) -> Response<AdminBody> {
     }
     // Read at scrape time: the breaker changes state inside request handling
     // and by the clock (open → half-open), and a scrape is what needs the value.
-    app.metrics()
-        .set_breaker_state(match app.breaker().state() {
-            BreakerState::Closed => BreakerGauge::Closed,
-            BreakerState::HalfOpen => BreakerGauge::HalfOpen,
-            BreakerState::Open => BreakerGauge::Open,
-        });
+    app.metrics().set_breaker_state(app.breaker().state());
     let openmetrics = req
         .headers()
         .get_all(header::ACCEPT)

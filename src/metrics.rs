@@ -6,6 +6,7 @@
 //! or the route name the access log already owns (moved in, not copied), and
 //! the cache bumps prebuilt counter handles ([`CacheCounters`]).
 
+use crate::breaker::BreakerState;
 use crate::cache::CacheCounters;
 use crate::forward::ForwardError;
 use crate::introspect::{IntrospectError, Introspection};
@@ -84,14 +85,6 @@ struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
-}
-
-/// Circuit-breaker state, as exported by `tokengate_breaker_state`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BreakerGauge {
-    Closed = 0,
-    HalfOpen = 1,
-    Open = 2,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -387,9 +380,14 @@ impl Metrics {
         self.stale_answers.inc();
     }
 
-    /// For the circuit breaker: its current state.
-    pub fn set_breaker_state(&self, state: BreakerGauge) {
-        self.breaker_state.set(state as i64);
+    /// The circuit breaker's state as `tokengate_breaker_state`: 0 closed,
+    /// 1 half-open, 2 open.
+    pub fn set_breaker_state(&self, state: BreakerState) {
+        self.breaker_state.set(match state {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
     }
 
     pub fn purged(&self) {
@@ -443,7 +441,7 @@ mod tests {
         );
         m.observe_request(None, http::StatusCode::BAD_REQUEST, Duration::ZERO);
         m.cache_counters().positive_hit.inc();
-        m.set_breaker_state(BreakerGauge::Open);
+        m.set_breaker_state(BreakerState::Open);
         let text = m.render(false);
         for want in [
             "# TYPE tokengate_requests_total counter",
