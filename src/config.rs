@@ -730,7 +730,9 @@ impl RawConfig {
         })?;
         let mut upstream = parse_upstream(&self.upstream)?;
         upstream.http2 = self.upstream_http2;
-        let (tls, upstream_tls, as_tls) = self.tls_settings()?;
+        // Read once: the same private CA serves the upstream, the AS and rediss://.
+        let ca_roots = self.ca_roots()?;
+        let (tls, upstream_tls, as_tls) = self.tls_settings(&ca_roots)?;
         let forward_auth_prefix = {
             let p = self.forward_auth.path_prefix.trim_end_matches('/');
             if !p.is_empty() && !p.starts_with('/') {
@@ -892,7 +894,7 @@ impl RawConfig {
         let redis_roots = if self.cache.shared.url.0.is_empty() {
             Vec::new()
         } else {
-            self.ca_roots()?
+            ca_roots
         };
         let shared_cache = validate_shared_cache(&self.cache.shared, redis_roots)?;
         let ts = &self.token_sources;
@@ -1018,6 +1020,7 @@ impl RawConfig {
     /// read now, so a bad certificate or key stops start-up with the key's name.
     fn tls_settings(
         &self,
+        roots: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<
         (
             Option<crate::tls::ServerTlsSettings>,
@@ -1053,8 +1056,7 @@ impl RawConfig {
                 Some(loaded)
             }
         };
-        let roots = self.ca_roots()?;
-        let upstream = tls::ClientTls::new(&roots, None)
+        let upstream = tls::ClientTls::new(roots, None)
             .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?;
         let i = &self.introspection;
         let client_auth = match (i.client_cert_file.is_empty(), i.client_key_file.is_empty()) {
@@ -1079,7 +1081,7 @@ impl RawConfig {
                 Some((certs, key))
             }
         };
-        let auth = tls::ClientTls::new(&roots, client_auth)
+        let auth = tls::ClientTls::new(roots, client_auth)
             .map_err(|e| ConfigError::invalid("introspection.client_key_file", e.to_string()))?;
         Ok((server, upstream, auth))
     }
