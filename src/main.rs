@@ -134,19 +134,21 @@ async fn reload_on_sighup(
 ) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the configuration");
-        if let Some(tls) = &tls {
-            // A bad certificate file keeps the running one; say so loudly.
-            match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the running certificate")
-                }
-            }
-        }
         let reload = reload.clone();
+        let tls = tls.clone();
         let file = file.clone();
         // Reading files and secrets blocks; keep it off the async workers.
-        let _ = tokio::task::spawn_blocking(move || reload.reload_from(file.as_deref())).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(tls) = &tls {
+                // `reload` logs success itself; a bad file keeps the running
+                // certificate, which must be said loudly.
+                if let Err(e) = tls.reload() {
+                    tracing::error!(error = %e, "TLS certificate reload failed; keeping the running certificate");
+                }
+            }
+            reload.reload_from(file.as_deref())
+        })
+        .await;
     }
 }
 
