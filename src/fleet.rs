@@ -487,20 +487,10 @@ impl Fleet {
             })
             .await;
         match got {
-            Ok(Some(raw)) => {
-                match self.decode(l2_key, &raw) {
-                    Some(i) => {
-                        bump(&self.counters.l2_hits);
-                        Lookup::Hit(Box::new(i))
-                    }
-                    None => {
-                        bump(&self.counters.l2_garbage);
-                        bump(&self.counters.l2_misses);
-                        debug!("shared cache: unreadable value (other version, bad MAC or JSON); a miss");
-                        Lookup::Miss
-                    }
-                }
-            }
+            Ok(Some(raw)) => match self.decode_counted(l2_key, &raw) {
+                Some(i) => Lookup::Hit(Box::new(i)),
+                None => Lookup::Miss,
+            },
             Ok(None) => {
                 bump(&self.counters.l2_misses);
                 Lookup::Miss
@@ -579,6 +569,20 @@ impl Fleet {
     /// Polls L2 while another replica introspects. Gives up at the deadline,
     /// when the lock disappears without a value (its holder failed), or when
     /// Redis fails.
+    /// Decodes a value read from L2 and counts it: a hit, or an unreadable
+    /// value (garbage) that is a miss. Every L2 read goes through here.
+    fn decode_counted(&self, l2_key: &str, raw: &[u8]) -> Option<Introspection> {
+        let found = self.decode(l2_key, raw);
+        if found.is_some() {
+            bump(&self.counters.l2_hits);
+        } else {
+            bump(&self.counters.l2_garbage);
+            bump(&self.counters.l2_misses);
+            debug!("shared cache: unreadable value (other version, bad MAC or JSON); a miss");
+        }
+        found
+    }
+
     async fn wait_for_other(&self, l2_key: &str) -> Option<Introspection> {
         bump(&self.counters.lock_waits);
         let deadline = tokio::time::Instant::now() + self.lock_wait;
@@ -602,10 +606,9 @@ impl Fleet {
                 .await
                 .ok()?;
             if let Some(raw) = raw {
-                let found = self.decode(l2_key, &raw);
+                let found = self.decode_counted(l2_key, &raw);
                 if found.is_some() {
                     bump(&self.counters.lock_wait_hits);
-                    bump(&self.counters.l2_hits);
                 }
                 return found;
             }
