@@ -5,7 +5,7 @@
 //! included: the cache stores the introspection, never the decision (the bug
 //! class of Oathkeeper's GHSA-qvp4-rpmr-xwrr).
 
-use crate::introspect::{claim_text, Introspection};
+use crate::introspect::Introspection;
 use http::{HeaderName, Method};
 use oauth2::TokenIntrospectionResponse;
 use std::fmt;
@@ -125,16 +125,10 @@ pub fn evaluate(
             });
         }
     }
-    let claims = if claim_headers.is_empty() {
-        Vec::new()
-    } else {
-        // One JSON view of the answer serves every configured claim.
-        let view = serde_json::to_value(i).unwrap_or_default();
-        claim_headers
-            .iter()
-            .filter_map(|(header, claim)| Some((header.clone(), claim_text(&view, claim)?)))
-            .collect()
-    };
+    let claims = claim_headers
+        .iter()
+        .filter_map(|(header, claim)| Some((header.clone(), i.claim_text(claim)?)))
+        .collect();
     Ok(Principal {
         subject: i.sub.clone().or_else(|| client_id.clone()),
         client_id,
