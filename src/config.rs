@@ -639,6 +639,23 @@ pub struct AdminSettings {
     pub purge_secret: Option<Secret>,
 }
 
+impl AdminSettings {
+    /// Purge lets its caller force re-introspection of any token: off the
+    /// loopback interface that must not be anonymous. Checked at start-up and,
+    /// against the running listener, on every reload.
+    pub fn check_purge_secret(&self) -> Result<(), ConfigError> {
+        match self.listen {
+            Some(addr) if !addr.ip().is_loopback() && self.purge_secret.is_none() => {
+                Err(ConfigError::invalid(
+                    "admin.purge_secret_file",
+                    format!("is required when admin.listen ({addr}) is not a loopback address"),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DiscoverySettings {
     /// Must equal the metadata's `issuer` exactly (RFC 8414 §3.3).
@@ -991,20 +1008,12 @@ impl RawConfig {
                 &a.purge_secret_file,
             )?)
         };
-        // Purge lets its caller force re-introspection of any token: off the
-        // loopback interface that must not be anonymous.
-        if let Some(addr) = admin_listen {
-            if !addr.ip().is_loopback() && purge_secret.is_none() {
-                return Err(ConfigError::invalid(
-                    "admin.purge_secret_file",
-                    format!("is required when admin.listen ({addr}) is not a loopback address"),
-                ));
-            }
-        }
-        Ok(AdminSettings {
+        let admin = AdminSettings {
             listen: admin_listen,
             purge_secret,
-        })
+        };
+        admin.check_purge_secret()?;
+        Ok(admin)
     }
 
     /// `[upstream_tls] ca_file`, read (empty when unset).

@@ -185,15 +185,9 @@ impl ReloadHandle {
         let restart_required = keep_restart_only(&old, &mut new);
         // `validate` checked the secret against the *new* admin.listen, but the
         // running one stays until a restart: check against that.
-        if let Some(addr) = new.admin.listen {
-            if !addr.ip().is_loopback() && new.admin.purge_secret.is_none() {
-                return Err(self.rejected(ReloadError::Config(ConfigError::Invalid {
-                    key: "admin.purge_secret_file",
-                    message: format!(
-                        "is required while the running admin listener ({addr}) is not a loopback address"
-                    ),
-                })));
-            }
+        // (`keep_restart_only` put the running listener back into `new`.)
+        if let Err(e) = new.admin.check_purge_secret() {
+            return Err(self.rejected(ReloadError::Config(e)));
         }
         for key in &restart_required {
             warn!(
