@@ -630,6 +630,11 @@ fn strip_token_sources<B>(
         token::strip_cookie(req.headers_mut(), name);
     }
     if let (Some(name), Some(query)) = (&sources.query_param, req.uri().query()) {
+        // Rebuild the target only when the parameter is there: every other
+        // request keeps its exact bytes (and skips the allocation).
+        if !url::form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == name.as_str()) {
+            return Ok(());
+        }
         let path = req.uri().path();
         let pq = match token::strip_query_param(query, name) {
             Some(q) => format!("{path}?{q}"),

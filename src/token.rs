@@ -138,6 +138,10 @@ pub fn strip_query_param(query: &str, name: &str) -> Option<String> {
 
 /// Removes cookie `name` from every `Cookie` header, keeping the others.
 pub fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    // Most requests carry no such cookie: leave their Cookie fields untouched.
+    if cookie_values(headers, name).next().is_none() {
+        return;
+    }
     let kept: Vec<String> = headers
         .get_all(http::header::COOKIE)
         .iter()

@@ -244,6 +244,13 @@ async fn should_accept_query_token_and_remove_it_before_forwarding() {
     assert_eq!(echo.target, "/items?a=1&b=%20x");
     assert_eq!(echo.header("x-auth-subject"), Some("alice"));
 
+    // A query without the parameter is forwarded byte for byte.
+    let r = env.get("/items?a=1&&b=%2F&", "qtok").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().target, "/items?a=1&&b=%2F&");
+    let r = env.get("/items?", "qtok").await;
+    assert_eq!(r.echo().target, "/items?", "an empty query keeps its '?'");
+
     // Header and query at once: 400, nothing introspected.
     let req = request(Method::GET, &env.url("/items?access_token=qtok"))
         .header("authorization", "Bearer other")
