@@ -71,11 +71,14 @@ fn format_layer(format: LogFormat, writer: NonBlocking) -> FormatLayer {
     match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
+            .fmt_fields(crate::logfmt::PlainFields)
+            .with_timer(crate::logfmt::Utc)
             .with_writer(writer)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
+            .with_timer(crate::logfmt::Utc)
             .with_writer(writer)
             .boxed(),
     }
