@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokengate::cache::TokenCache;
 use tokengate::clock::SystemClock;
 use tokengate::config::{RawConfig, Secret, Settings};
-use tokengate::forward::{self, Hop};
+use tokengate::forward::{self, Hop, Peer};
 use tokengate::introspect::Introspection;
 use tokengate::policy::{self, Access, Requirements};
 use tokengate::token::{self, TokenSources};
@@ -112,9 +112,9 @@ fn header_rewrite(c: &mut Criterion) {
         panic!("default route needs a token")
     };
     let principal = policy::evaluate(&i, req, 1_800_000_000, &s.identity.claims).unwrap();
+    let peer = Peer::new("10.1.2.3:40000".parse().unwrap(), "http");
     let hop = Hop {
-        peer: "10.1.2.3:40000".parse().unwrap(),
-        proto: "http",
+        peer: &peer,
         identity: &s.identity,
     };
     let headers = request_headers(OPAQUE);

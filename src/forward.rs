@@ -56,14 +56,22 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 
 /// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    strip(headers, |_| false);
+}
+
+/// Removes the hop-by-hop fields (as [`strip_hop_by_hop`]) and every field
+/// `also` selects. One pass over the names the message has: a request carries
+/// a handful of fields, and removing each of the ~15 names we refuse by
+/// lookup hashed every one of them on every request.
+fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
+    // Allocates only when `Connection` names something (rare).
     let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|name| HeaderName::from_bytes(name).ok())
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    let doomed =
+        |name: &HeaderName| HOP_BY_HOP.contains(name) || named.contains(name) || also(name);
+    while let Some(name) = headers.keys().find(|n| doomed(n)).cloned() {
+        headers.remove(&name);
     }
 }
 
@@ -116,11 +124,31 @@ pub fn insert_identity(headers: &mut HeaderMap, p: &Principal, id: &IdentitySett
     }
 }
 
-/// Everything the request-side rewrite needs to know about the connection.
-pub struct Hop<'a> {
-    pub peer: SocketAddr,
+/// The client end of one connection, as the upstream is told about it. Built
+/// once per connection: formatting the address on every request cost more
+/// than the rest of the `X-Forwarded-*` work.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client's IP, as our `X-Forwarded-For` element.
+    ip: HeaderValue,
     /// The scheme the client used to reach us.
     pub proto: &'static str,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
+        Self {
+            addr,
+            ip: header_safe(&addr.ip().to_string()),
+            proto,
+        }
+    }
+}
+
+/// Everything the request-side rewrite needs to know about the connection.
+pub struct Hop<'a> {
+    pub peer: &'a Peer,
     pub identity: &'a IdentitySettings,
 }
 
@@ -133,20 +161,19 @@ pub fn rewrite_request_headers(
     principal: Option<&Principal>,
     hop: &Hop<'_>,
 ) {
-    strip_hop_by_hop(headers);
-    for name in &hop.identity.strip {
-        headers.remove(name);
-    }
-    // Framing is recomputed by hyper from the body itself (never copied): a
-    // request that arrived with both Content-Length and Transfer-Encoding must
-    // not reach the upstream with a length that disagrees with its body.
-    headers.remove(header::CONTENT_LENGTH);
-    // The upstream sees its own authority as Host (like nginx's default); the
-    // client's is in X-Forwarded-Host. The client sets Host from the URI.
-    headers.remove(header::HOST);
-    if !hop.identity.forward_authorization {
-        headers.remove(header::AUTHORIZATION);
-    }
+    strip(headers, |name| {
+        hop.identity.strip.contains(name)
+            // Framing is recomputed by hyper from the body itself (never
+            // copied): a request that arrived with both Content-Length and
+            // Transfer-Encoding must not reach the upstream with a length that
+            // disagrees with its body.
+            || name == header::CONTENT_LENGTH
+            // The upstream sees its own authority as Host (like nginx's
+            // default); the client's is in X-Forwarded-Host. The client sets
+            // Host from the URI.
+            || name == header::HOST
+            || (name == header::AUTHORIZATION && !hop.identity.forward_authorization)
+    });
 
     if let Some(p) = principal {
         insert_identity(headers, p, hop.identity);
@@ -154,15 +181,18 @@ pub fn rewrite_request_headers(
 
     // Append the peer to any inbound chain; the upstream must only trust the
     // last element (the one we added).
-    let ip = hop.peer.ip().to_string();
+    let ip = &hop.peer.ip;
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        Some(prev) if !prev.trim().is_empty() => {
+            let ip = ip.to_str().unwrap_or_default();
+            header_safe(&format!("{prev}, {ip}"))
+        }
+        _ => ip.clone(),
     };
-    headers.insert(X_FORWARDED_FOR.clone(), header_safe(&xff));
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(hop.proto),
+        HeaderValue::from_static(hop.peer.proto),
     );
     match host {
         Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h),
@@ -321,9 +351,9 @@ mod tests {
     #[test]
     fn request_rewrite() {
         let id = identity();
+        let peer = Peer::new("10.0.0.9:5555".parse().unwrap(), "http");
         let hop = Hop {
-            peer: "10.0.0.9:5555".parse().unwrap(),
-            proto: "http",
+            peer: &peer,
             identity: &id,
         };
         let mut h = HeaderMap::new();
@@ -404,9 +434,9 @@ mod tests {
     #[test]
     fn no_principal_still_strips_identity() {
         let id = identity();
+        let peer = Peer::new("[::1]:1".parse().unwrap(), "http");
         let hop = Hop {
-            peer: "[::1]:1".parse().unwrap(),
-            proto: "http",
+            peer: &peer,
             identity: &id,
         };
         let mut h = HeaderMap::new();

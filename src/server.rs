@@ -8,7 +8,7 @@ use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Mode, Settings};
 use crate::error::ProxyError;
-use crate::forward::{self, ForwardError, Forwarder, Hop};
+use crate::forward::{self, ForwardError, Forwarder, Hop, Peer};
 use crate::introspect::{IntrospectError, Introspector};
 use crate::limits::{self, ConnectionLimit, LimitedBody};
 use crate::metrics::Metrics;
@@ -168,11 +168,6 @@ impl App {
     }
 }
 
-/// The scheme the client used to reach us, put in each request's extensions by
-/// the accept loop (X-Forwarded-Proto).
-#[derive(Debug, Clone, Copy)]
-struct ClientProto(&'static str);
-
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets
 /// in-flight requests finish for up to `shutdown_timeout`, and returns.
 /// `main` and the integration tests both call this.
@@ -322,10 +317,11 @@ fn serve<I>(
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let client = Arc::new(Peer::new(peer, proto));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
-        req.extensions_mut().insert(ClientProto(proto));
-        async move { Ok::<_, std::convert::Infallible>(handle(&app, req, peer).await) }
+        let client = client.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&app, req, &client).await) }
     });
     let conn = builder
         .serve_connection_with_upgrades(io, service)
@@ -374,7 +370,7 @@ struct AccessInfo {
 
 /// Outer handler: runs the request path, turns any error into a response,
 /// and writes exactly one access log line.
-pub async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(app: &App, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: a query string may carry credentials.
@@ -452,7 +448,7 @@ async fn authorize_and_forward(
     app: &App,
     settings: &Settings,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    peer: &Peer,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
@@ -482,10 +478,6 @@ async fn authorize_and_forward(
     let version = req.version();
     let hop = Hop {
         peer,
-        proto: req
-            .extensions()
-            .get::<ClientProto>()
-            .map_or("http", |p| p.0),
         identity: &settings.identity,
     };
     forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);

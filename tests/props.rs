@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokengate::config::{IdentitySettings, RawConfig, Secret};
-use tokengate::forward::{header_safe, rewrite_request_headers, strip_hop_by_hop, Hop};
+use tokengate::forward::{header_safe, rewrite_request_headers, strip_hop_by_hop, Hop, Peer};
 use tokengate::introspect::Introspection;
 use tokengate::policy::{normalize_path, Access, Principal, Requirements, Route, RouteTable};
 use tokengate::token::{self, Source, TokenSources};
@@ -480,7 +480,8 @@ proptest! {
         h2 in any::<bool>(),
     ) {
         let id = identity_settings();
-        let hop = Hop { peer: "192.0.2.7:4000".parse().unwrap(), proto: "http", identity: id };
+        let peer = Peer::new("192.0.2.7:4000".parse().unwrap(), "http");
+        let hop = Hop { peer: &peer, identity: id };
         let listed = connection_listed(&headers);
         let host = headers.get(http::header::HOST).cloned();
         let version = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
