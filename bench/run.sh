@@ -11,6 +11,10 @@
 #          --as-sleep precise|tokio  how the mock AS waits (precise: a timer
 #                                thread, held = the latency to ~0.1 ms; tokio:
 #                                tokio's 1 ms wheel, held 5-6 ms for "5 ms")
+#          --njs fetch|subrequest    how nginx-auth-request's njs handler calls
+#                                the AS (fetch: ngx.fetch, a new connection per
+#                                introspection; subrequest: r.subrequest to a
+#                                proxy_pass location with keep-alive)
 #          --mem-counts N,N,...  (10000,100000,1000000)
 #          --gate-bin PATH       measure this tokengate binary instead of the
 #                                one just built (before/after comparisons)
@@ -48,7 +52,7 @@ REPO=$PWD
 COMMAND="bench/run.sh${*:+ $*}"
 
 SMOKE=0 DURATION=10 WARMUP=3 CONNS=32 LATENCY_MS=5 NGINX=1 MEM=1 WRITE=1
-MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN="" AS_SLEEP=precise
+MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN="" AS_SLEEP=precise NJS_CALL=fetch
 while (($#)); do
     case $1 in
     --smoke) SMOKE=1 DURATION=1 WARMUP=1 MEM_COUNTS=10000 WRITE=0 ;;
@@ -57,6 +61,7 @@ while (($#)); do
     --connections) CONNS=$2; shift ;;
     --latency-ms) LATENCY_MS=$2; shift ;;
     --as-sleep) AS_SLEEP=$2; shift ;;
+    --njs) NJS_CALL=$2; shift ;;
     --mem-counts) MEM_COUNTS=$2; shift ;;
     --no-nginx) NGINX=0 ;;
     --gate-bin) GATE_BIN=$2; shift ;;
@@ -70,6 +75,8 @@ done
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
+[[ $NJS_CALL == fetch || $NJS_CALL == subrequest ]] || die "--njs: fetch or subrequest, not $NJS_CALL"
+[[ $AS_SLEEP == precise || $AS_SLEEP == tokio ]] || die "--as-sleep: precise or tokio, not $AS_SLEEP"
 
 # --- tools ------------------------------------------------------------------
 # wrk: in Debian (seconds to install), and its Lua hook can send a new token on
@@ -206,8 +213,13 @@ if [[ -n $NGINX_BIN ]]; then
         NJS_LOAD="load_module $NJS_MODULE;"
         NJS_IMPORT="js_import introspect from $REPO/bench/introspect.js;"
         # The issue's baseline: auth_request -> njs -> RFC 7662 introspection
-        # (bench/introspect.js, ngx.fetch), no cache. The upstream side keeps
-        # its connections alive as in the other rows.
+        # (bench/introspect.js), no cache. The upstream side keeps its
+        # connections alive as in the other rows. --njs subrequest: the
+        # handler calls the AS through /_introspect_send instead of ngx.fetch
+        # (nginx's own published pattern, here with keep-alive to the AS).
+        NJS_FN=introspect
+        [[ $NJS_CALL == fetch ]] || NJS_FN=introspect_subrequest
+        BASIC=$(printf '%s' "nginx:bench-secret" | base64)
         NJS_SERVER="
     server {
         listen 127.0.0.1:$NGX_NJS_PORT;
@@ -222,7 +234,16 @@ if [[ -n $NGINX_BIN ]]; then
             set \$oauth_introspection_url http://127.0.0.1:$AS_PORT/introspect;
             set \$oauth_client_id nginx;
             set \$oauth_client_secret bench-secret;
-            js_content introspect.introspect;
+            js_content introspect.$NJS_FN;
+        }
+        location = /_introspect_send {
+            internal;
+            proxy_pass http://as/introspect;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_pass_request_headers off;
+            proxy_set_header Authorization \"Basic $BASIC\";
+            proxy_set_header Content-Type application/x-www-form-urlencoded;
         }
     }"
     fi
@@ -394,7 +415,7 @@ table() {
     echo
     local bound
     bound=$(awk -v c="$CONNS" -v l="$LATENCY_MS" 'BEGIN { if (l > 0) printf "%.0f", c / (l / 1000); else print "-" }')
-    echo "- miss rows: \"vs nginx\" is against nginx-auth-request (auth_request + njs introspection, no cache)$( ((NJS)) || echo ": not run, $NJS_WHY")."
+    echo "- miss rows: \"vs nginx\" is against nginx-auth-request (auth_request + njs introspection with $NJS_CALL, no cache)$( ((NJS)) || echo ": not run, $NJS_WHY")."
     if [[ -n ${RPS[nginx-auth-request-lite]:-} ]]; then
         echo "- tokengate-miss vs nginx-auth-request-lite (GET /auth, keep-alive, no introspection): $(ratio "${RPS[tokengate-miss]}" "${RPS[nginx-auth-request-lite]}")×."
     fi
