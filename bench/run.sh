@@ -30,19 +30,22 @@
 #                       200 after 5 ms, no body, no client auth, no JSON) ->
 #                       upstream; a new token per request. No real RFC 7662
 #                       deployment can work this way: the least work any
-#                       auth_request set-up does per request (an upper bound
-#                       on nginx's miss throughput), shown so nothing is hidden
+#                       auth_request set-up does per request, shown so
+#                       nothing is hidden
 #   nginx-auth-request  wrk -> nginx auth_request -> njs (js_content,
 #                       bench/introspect.js: ngx.fetch POST /introspect, form
 #                       body, HTTP Basic, JSON "active") -> upstream; no cache;
 #                       a new token per request. The baseline of issue 6
 #                       ("nginx auth_request + njs"). Needs the njs module
-#                       (Debian libnginx-mod-http-js, installed when missing)
+#                       (Debian libnginx-mod-http-js: a full run installs it
+#                       when missing, --smoke skips the row)
 #   tokengate-miss      wrk -> tokengate (POST /introspect on the mock AS,
 #                       5 ms) -> upstream; a new token per request
 # The miss rows' "vs nginx" is against nginx-auth-request; a note under the
 # table gives tokengate-miss against nginx-auth-request-lite, and the bound
-# connections / latency that no proxy can pass.
+# connections / latency that no proxy can pass. Before the load, tokengate and
+# both auth_request servers must answer 401 without a token and for a token
+# the AS calls inactive, and 200 for an active one.
 # then: 1000 concurrent requests with one new token (must be 1 introspection),
 # exec-to-first-200 time and idle RSS of the tokengate binary, and cache RSS per
 # entry (bench-tools mem), and moka's own floor per entry (mem ... moka-unit).
