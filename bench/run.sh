@@ -8,6 +8,13 @@
 #
 # Options: --duration SECS (10)  --warmup SECS (3)  --connections N (32)
 #          --latency-ms MS (5)   --no-nginx  --no-mem  --no-write
+#          --as-sleep precise|tokio  how the mock AS waits (precise: a timer
+#                                thread, held = the latency to ~0.1 ms; tokio:
+#                                tokio's 1 ms wheel, held 5-6 ms for "5 ms")
+#          --njs fetch|subrequest    how nginx-auth-request's njs handler calls
+#                                the AS (fetch: ngx.fetch, a new connection per
+#                                introspection; subrequest: r.subrequest to a
+#                                proxy_pass location with keep-alive)
 #          --mem-counts N,N,...  (10000,100000,1000000)
 #          --gate-bin PATH       measure this tokengate binary instead of the
 #                                one just built (before/after comparisons)
@@ -18,10 +25,27 @@
 #   direct              wrk -> upstream
 #   nginx-proxy         wrk -> nginx (plain proxy_pass, no auth) -> upstream
 #   tokengate-hit       wrk -> tokengate -> upstream; one token, cached
-#   nginx-auth-request  wrk -> nginx auth_request (GET /auth on the mock AS,
-#                       5 ms, no cache) -> upstream; a new token per request
+#   nginx-auth-request-lite  wrk -> nginx auth_request (GET /auth on the mock
+#                       AS, keep-alive, no introspection: the AS just answers
+#                       200 after 5 ms, no body, no client auth, no JSON) ->
+#                       upstream; a new token per request. No real RFC 7662
+#                       deployment can work this way: the least work any
+#                       auth_request set-up does per request, shown so
+#                       nothing is hidden
+#   nginx-auth-request  wrk -> nginx auth_request -> njs (js_content,
+#                       bench/introspect.js: ngx.fetch POST /introspect, form
+#                       body, HTTP Basic, JSON "active") -> upstream; no cache;
+#                       a new token per request. The baseline of issue 6
+#                       ("nginx auth_request + njs"). Needs the njs module
+#                       (Debian libnginx-mod-http-js: a full run installs it
+#                       when missing, --smoke skips the row)
 #   tokengate-miss      wrk -> tokengate (POST /introspect on the mock AS,
 #                       5 ms) -> upstream; a new token per request
+# The miss rows' "vs nginx" is against nginx-auth-request; a note under the
+# table gives tokengate-miss against nginx-auth-request-lite, and the bound
+# connections / latency that no proxy can pass. Before the load, tokengate and
+# both auth_request servers must answer 401 without a token and for a token
+# the AS calls inactive, and 200 for an active one.
 # then: 1000 concurrent requests with one new token (must be 1 introspection),
 # exec-to-first-200 time and idle RSS of the tokengate binary, and cache RSS per
 # entry (bench-tools mem), and moka's own floor per entry (mem ... moka-unit).
@@ -31,7 +55,7 @@ REPO=$PWD
 COMMAND="bench/run.sh${*:+ $*}"
 
 SMOKE=0 DURATION=10 WARMUP=3 CONNS=32 LATENCY_MS=5 NGINX=1 MEM=1 WRITE=1
-MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN=""
+MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN="" AS_SLEEP=precise NJS_CALL=fetch
 while (($#)); do
     case $1 in
     --smoke) SMOKE=1 DURATION=1 WARMUP=1 MEM_COUNTS=10000 WRITE=0 ;;
@@ -39,6 +63,8 @@ while (($#)); do
     --warmup) WARMUP=$2; shift ;;
     --connections) CONNS=$2; shift ;;
     --latency-ms) LATENCY_MS=$2; shift ;;
+    --as-sleep) AS_SLEEP=$2; shift ;;
+    --njs) NJS_CALL=$2; shift ;;
     --mem-counts) MEM_COUNTS=$2; shift ;;
     --no-nginx) NGINX=0 ;;
     --gate-bin) GATE_BIN=$2; shift ;;
@@ -52,6 +78,8 @@ done
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
+[[ $NJS_CALL == fetch || $NJS_CALL == subrequest ]] || die "--njs: fetch or subrequest, not $NJS_CALL"
+[[ $AS_SLEEP == precise || $AS_SLEEP == tokio ]] || die "--as-sleep: precise or tokio, not $AS_SLEEP"
 
 # --- tools ------------------------------------------------------------------
 # wrk: in Debian (seconds to install), and its Lua hook can send a new token on
@@ -73,6 +101,20 @@ if ((NGINX)); then
         apt_install nginx || say "cannot install nginx: skipping the nginx baselines"
         NGINX_BIN=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
     fi
+fi
+# njs, for the nginx-auth-request row (the issue's baseline). Debian's module
+# package must match the nginx package's ABI, which apt resolves.
+NJS_MODULE=/usr/lib/nginx/modules/ngx_http_js_module.so
+NJS=0 NJS_WHY="nginx is not run"
+if [[ -n $NGINX_BIN ]]; then
+    NJS_WHY="the njs module is missing"
+    if [[ ! -f $NJS_MODULE ]] && ((SMOKE)); then
+        say "the nginx njs module is not installed: the smoke run skips nginx-auth-request"
+    elif [[ ! -f $NJS_MODULE ]]; then
+        say "installing libnginx-mod-http-js (njs, for nginx-auth-request)"
+        apt_install libnginx-mod-http-js || say "cannot install the njs module: skipping nginx-auth-request"
+    fi
+    [[ ! -f $NJS_MODULE ]] || NJS=1
 fi
 
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
@@ -129,12 +171,12 @@ kv() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2" | head -1; }
 UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port)
 UP=http://127.0.0.1:$UP_PORT AS=http://127.0.0.1:$AS_PORT TG=http://127.0.0.1:$TG_PORT
 
-say "starting upstream, mock AS (${LATENCY_MS} ms), tokengate"
+say "starting upstream, mock AS (${LATENCY_MS} ms, $AS_SLEEP sleep), tokengate"
 "${SV[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
 UP_PID=$!; PIDS+=("$UP_PID")
 # The AS is an outside service: it shares the load generator's CPU, so its own
 # work (parsing, JSON) is not charged to the proxy under test.
-"${LG[@]}" "$TOOLS" as "127.0.0.1:$AS_PORT" "$LATENCY_MS" >"$TMP/as.log" 2>&1 &
+"${LG[@]}" "$TOOLS" as "127.0.0.1:$AS_PORT" "$LATENCY_MS" "$AS_SLEEP" >"$TMP/as.log" 2>&1 &
 AS_PID=$!; PIDS+=("$AS_PID")
 
 write_gate_config() { # FILE PORT
@@ -166,13 +208,52 @@ wait_http "$TG/public"
 
 NGINX_PIDS=()
 if [[ -n $NGINX_BIN ]]; then
-    NGX_PLAIN_PORT=$(port) NGX_AUTH_PORT=$(port)
+    NGX_PLAIN_PORT=$(port) NGX_LITE_PORT=$(port) NGX_NJS_PORT=$(port)
     mkdir -p "$TMP/nginx/logs"
-    USER_LINE=""
+    USER_LINE="" NJS_LOAD="" NJS_IMPORT="" NJS_SERVER=""
     [[ $(id -u) -ne 0 ]] || USER_LINE="user root;"
-    # Both nginx baselines keep connections to the upstream and the AS alive
-    # (keepalive + HTTP/1.1): the strongest common configuration.
+    if ((NJS)); then
+        NJS_LOAD="load_module $NJS_MODULE;"
+        NJS_IMPORT="js_import introspect from $REPO/bench/introspect.js;"
+        # The issue's baseline: auth_request -> njs -> RFC 7662 introspection
+        # (bench/introspect.js), no cache. The upstream side keeps its
+        # connections alive as in the other rows. --njs subrequest: the
+        # handler calls the AS through /_introspect_send instead of ngx.fetch
+        # (nginx's own published pattern, here with keep-alive to the AS).
+        NJS_FN=introspect
+        [[ $NJS_CALL == fetch ]] || NJS_FN=introspect_subrequest
+        BASIC=$(printf '%s' "nginx:bench-secret" | base64)
+        NJS_SERVER="
+    server {
+        listen 127.0.0.1:$NGX_NJS_PORT;
+        location / {
+            auth_request /_introspect;
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+        }
+        location = /_introspect {
+            internal;
+            set \$oauth_introspection_url http://127.0.0.1:$AS_PORT/introspect;
+            set \$oauth_client_id nginx;
+            set \$oauth_client_secret bench-secret;
+            js_content introspect.$NJS_FN;
+        }
+        location = /_introspect_send {
+            internal;
+            proxy_pass http://as/introspect;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_pass_request_headers off;
+            proxy_set_header Authorization \"Basic $BASIC\";
+            proxy_set_header Content-Type application/x-www-form-urlencoded;
+        }
+    }"
+    fi
+    # The plain and lite servers keep connections to the upstream and the AS
+    # alive (keepalive + HTTP/1.1): the strongest common configuration.
     cat >"$TMP/nginx/nginx.conf" <<EOF
+$NJS_LOAD
 $USER_LINE
 worker_processes 1;
 daemon off;
@@ -188,6 +269,7 @@ http {
     scgi_temp_path $TMP/nginx/scgi;
     upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; }
     upstream as { server 127.0.0.1:$AS_PORT; keepalive 64; }
+    $NJS_IMPORT
     server {
         listen 127.0.0.1:$NGX_PLAIN_PORT;
         location / {
@@ -197,7 +279,7 @@ http {
         }
     }
     server {
-        listen 127.0.0.1:$NGX_AUTH_PORT;
+        listen 127.0.0.1:$NGX_LITE_PORT;
         location / {
             auth_request /_auth;
             proxy_pass http://app;
@@ -212,7 +294,7 @@ http {
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
-    }
+    }$NJS_SERVER
 }
 EOF
     "${SV[@]}" "$NGINX_BIN" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log" \
@@ -222,9 +304,26 @@ EOF
     NGINX_PIDS=("$NGX_PID" $(pgrep -P "$NGX_PID" || true))
 fi
 
+# --- checks -----------------------------------------------------------------
+# Every guarded endpoint must refuse a request without a token and one whose
+# token the AS calls inactive, and let an active one through: a baseline that
+# let everything through (or never read the answer) would be a cheap one.
+check_guard() { # NAME URL
+    local got want token
+    for token in "" "inactive-probe-$RANDOM" "active-probe-$RANDOM"; do
+        want=401
+        [[ $token != active-* ]] || want=200
+        got=$("$TOOLS" status "$2" ${token:+"$token"} || echo error)
+        [[ $got == "$want" ]] || die "$1: HTTP $got for ${token:-no token} (want $want)"
+    done
+}
+check_guard tokengate "$TG/"
+if [[ -n $NGINX_BIN ]]; then check_guard nginx-auth-request-lite "http://127.0.0.1:$NGX_LITE_PORT/"; fi
+if ((NJS)); then check_guard nginx-auth-request "http://127.0.0.1:$NGX_NJS_PORT/"; fi
+
 # --- load -------------------------------------------------------------------
 RUN_ID=$(date +%s%N)
-declare -A RPS P50 P99 IPR CPI RSS IPT
+declare -A RPS P50 P99 IPR CPI RSS IPT HELD
 ROWS=()
 FAILED=0
 
@@ -260,6 +359,10 @@ scenario() {
     CPI[$name]=$(awk -v c="$dc" -v i="$di" 'BEGIN { if (i) printf "%.3f", c / i; else print "-" }')
     IPT[$name]=$(awk -v i="$di" -v d="$dd" 'BEGIN { if (d) printf "%.2f", i / d; else print "-" }')
     RSS[$name]=$(awk -v k="$(rss_kib "$@")" 'BEGIN { printf "%.1f", k / 1024 }')
+    # The AS's held times cover exactly the measured run: it resets them on
+    # every /stats read, and `before` was the last one before it.
+    HELD[$name]=$(awk -v m="$(kv held_us_mean "$after")" -v p="$(kv held_us_p99 "$after")" \
+        'BEGIN { if (m != "") printf "%.2f / %.2f", m / 1000, p / 1000; else print "-" }')
     ROWS+=("$name")
     if ((non2xx + errs > 0)); then
         say "$name: $non2xx non-2xx answers, $errs socket errors"
@@ -274,7 +377,8 @@ scenario() {
 scenario direct "$UP/" fixed "$UP_PID"
 [[ -z $NGINX_BIN ]] || scenario nginx-proxy "http://127.0.0.1:$NGX_PLAIN_PORT/" fixed "${NGINX_PIDS[@]}"
 scenario tokengate-hit "$TG/" fixed "$TG_PID"
-[[ -z $NGINX_BIN ]] || scenario nginx-auth-request "http://127.0.0.1:$NGX_AUTH_PORT/" unique "${NGINX_PIDS[@]}"
+[[ -z $NGINX_BIN ]] || scenario nginx-auth-request-lite "http://127.0.0.1:$NGX_LITE_PORT/" unique "${NGINX_PIDS[@]}"
+((NJS == 0)) || scenario nginx-auth-request "http://127.0.0.1:$NGX_NJS_PORT/" unique "${NGINX_PIDS[@]}"
 scenario tokengate-miss "$TG/" unique "$TG_PID"
 
 say "burst: $BURST concurrent requests, one new token"
@@ -299,19 +403,26 @@ fi
 # --- report -----------------------------------------------------------------
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b) printf "%.2f", a / b; else print "-" }'; }
 table() {
-    echo "| scenario | req/s | p50 ms | p99 ms | vs direct | vs nginx | introspections/req | introspections/new token | AS conns/introspection | RSS MiB |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| scenario | req/s | p50 ms | p99 ms | vs direct | vs nginx | introspections/req | introspections/new token | AS conns/introspection | AS held ms mean / p99 | RSS MiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     local n base
     for n in "${ROWS[@]}"; do
         base=""
         case $n in
         nginx-proxy | tokengate-hit) base=${RPS[nginx-proxy]:-} ;;
-        tokengate-miss | nginx-auth-request) base=${RPS[nginx-auth-request]:-} ;;
+        tokengate-miss | nginx-auth-request*) base=${RPS[nginx-auth-request]:-} ;;
         esac
         echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $(ratio "${RPS[$n]}" "${RPS[direct]}") |" \
-            "$([[ -n $base ]] && ratio "${RPS[$n]}" "$base" || echo -) | ${IPR[$n]} | ${IPT[$n]} | ${CPI[$n]} | ${RSS[$n]} |"
+            "$([[ -n $base ]] && ratio "${RPS[$n]}" "$base" || echo -) | ${IPR[$n]} | ${IPT[$n]} | ${CPI[$n]} | ${HELD[$n]} | ${RSS[$n]} |"
     done
     echo
+    local bound
+    bound=$(awk -v c="$CONNS" -v l="$LATENCY_MS" 'BEGIN { if (l > 0) printf "%.0f", c / (l / 1000); else print "-" }')
+    echo "- miss rows: \"vs nginx\" is against nginx-auth-request (auth_request + njs introspection with $NJS_CALL, no cache)$( ((NJS)) || echo ": not run, $NJS_WHY")."
+    if [[ -n ${RPS[nginx-auth-request-lite]:-} ]]; then
+        echo "- tokengate-miss vs nginx-auth-request-lite (GET /auth, keep-alive, no introspection): $(ratio "${RPS[tokengate-miss]}" "${RPS[nginx-auth-request-lite]}")×."
+    fi
+    echo "- miss bound: $CONNS connections ÷ ${LATENCY_MS} ms = $bound req/s for any proxy with zero overhead of its own; AS held = from the AS handler's start to its answer ($AS_SLEEP sleep)."
     echo "- burst: \`$BURST_LINE\`"
     local s
     for s in "${STARTUP_LINES[@]}"; do echo "- \`$s\`"; done

@@ -5,12 +5,24 @@
 //! Subcommands:
 //! * `upstream ADDR`: a minimal hyper HTTP/1.1 server answering `200 ok` to
 //!   everything (the "protected API").
-//! * `as ADDR LATENCY_MS`: a mock authorization server. `POST /introspect`
-//!   (RFC 7662 form body, any client credentials) and `GET /auth` (nginx
-//!   `auth_request` stand-in: token in `Authorization: Bearer`) both answer
-//!   "active" after `LATENCY_MS`, and count. `GET /stats` prints the counters:
-//!   `introspections=N distinct_tokens=N connections=N`.
+//! * `as ADDR LATENCY_MS [precise|tokio]`: a mock authorization server.
+//!   `POST /introspect` (RFC 7662 form body; HTTP Basic client credentials
+//!   required, any values: 401 `invalid_client` without them) and `GET /auth`
+//!   (the bare `auth_request` target of the `nginx-auth-request-lite` row:
+//!   token in `Authorization: Bearer`, empty 200) both answer "active"
+//!   `LATENCY_MS` after the request reached the handler, and count.
+//!   `precise` (default): the wait ends on a dedicated timer thread (see
+//!   [`PreciseTimer`]); `tokio`: `tokio::time::sleep`, whose 1 ms wheel makes
+//!   "5 ms" 5–6 ms (kept to show the difference). `GET /stats` prints
+//!   `introspections=N distinct_tokens=N connections=N` (totals since start)
+//!   and `held_n=N held_us_mean=X held_us_p99=N held_us_max=N`: how long the AS
+//!   actually held the requests it answered *since the previous `/stats`*
+//!   (from the handler's start to the answer handed to hyper).
+//!   A token that starts with `inactive` gets `{"active":false}` (`/auth`: 401),
+//!   so `run.sh` can check that every baseline really reads the answer.
 //! * `get URL`: prints the body of a GET (plain http, one connection).
+//! * `status URL [TOKEN]`: prints the HTTP status of a GET, with
+//!   `Authorization: Bearer TOKEN` when given.
 //! * `freeport`: prints a free 127.0.0.1 TCP port.
 //! * `burst GATE_URL AS_URL N`: opens N connections, sends one request with the
 //!   same brand-new token on each at once, and checks that all got 200 and the
@@ -55,8 +67,14 @@ fn main() {
     let result = rt.block_on(async {
         match args.as_slice() {
             ["upstream", addr] => upstream(addr.parse()?).await,
-            ["as", addr, latency_ms] => {
-                mock_as(addr.parse()?, Duration::from_millis(latency_ms.parse()?)).await
+            ["as", addr, latency_ms] | ["as", addr, latency_ms, _] => {
+                let sleep = match args.get(3).copied().unwrap_or("precise") {
+                    "precise" => Sleep::Precise(PreciseTimer::start()?),
+                    "tokio" => Sleep::Tokio,
+                    other => return Err(format!("as: unknown sleep {other}").into()),
+                };
+                let latency = Duration::from_millis(latency_ms.parse()?);
+                mock_as(addr.parse()?, latency, sleep).await
             }
             ["get", url] => {
                 let (status, body) = http_get(url, None).await?;
@@ -64,6 +82,11 @@ fn main() {
                     return Err(format!("GET {url}: HTTP {status}").into());
                 }
                 print!("{body}");
+                Ok(())
+            }
+            ["status", url] | ["status", url, _] => {
+                let (status, _) = http_get(url, args.get(2).copied()).await?;
+                println!("{status}");
                 Ok(())
             }
             ["freeport"] => {
@@ -86,7 +109,7 @@ fn main() {
                 }
             }
             _ => Err(
-                "usage: bench-tools upstream ADDR | as ADDR LATENCY_MS | get URL | freeport \
+                "usage: bench-tools upstream ADDR | as ADDR LATENCY_MS [precise|tokio] | get URL | status URL [TOKEN] | freeport \
                  | burst GATE_URL AS_URL N | startup BIN CONFIG URL \
                  | mem N1,N2,... [typical|minimal|moka-unit]"
                     .into(),
@@ -150,7 +173,13 @@ struct AsState {
     /// 64-bit hashes of every token seen: "introspections per new token" is
     /// `introspections / distinct_tokens`.
     distinct: Mutex<HashSet<u64>>,
+    /// Microseconds each answered request was held, since the last `/stats`.
+    held_us: Mutex<Vec<u32>>,
 }
+
+/// Samples kept between two `/stats` reads (~40 s at 10 k req/s): a bound, so a
+/// run that never reads `/stats` cannot grow without limit.
+const HELD_SAMPLES_MAX: usize = 1 << 22;
 
 impl AsState {
     fn record(&self, token: &[u8]) {
@@ -161,6 +190,126 @@ impl AsState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(h.finish());
+    }
+
+    fn held(&self, since: Instant) {
+        let us = u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX);
+        let mut held = self.held_us.lock().unwrap_or_else(|e| e.into_inner());
+        if held.len() < HELD_SAMPLES_MAX {
+            held.push(us);
+        }
+    }
+
+    /// `held_n=N held_us_mean=X held_us_p99=N held_us_max=N` over the samples
+    /// since the previous call, which it clears.
+    fn take_held(&self) -> String {
+        let mut held = std::mem::take(&mut *self.held_us.lock().unwrap_or_else(|e| e.into_inner()));
+        if held.is_empty() {
+            return "held_n=0".into();
+        }
+        held.sort_unstable();
+        let n = held.len();
+        let mean = held.iter().map(|&v| u64::from(v)).sum::<u64>() as f64 / n as f64;
+        // nearest rank
+        let p99 = held[(n * 99).div_ceil(100).max(1) - 1];
+        format!(
+            "held_n={n} held_us_mean={mean:.0} held_us_p99={p99} held_us_max={}",
+            held[n - 1]
+        )
+    }
+}
+
+/// How the AS waits out its latency.
+#[derive(Clone)]
+enum Sleep {
+    /// `tokio::time::sleep`: tokio's timer wheel has 1 ms slots and the
+    /// runtime's `epoll_wait` a 1 ms timeout, so a deadline is rounded up to the
+    /// next millisecond tick (and then some): "5 ms" is held 5–6 ms.
+    Tokio,
+    Precise(PreciseTimer),
+}
+
+impl Sleep {
+    async fn until(&self, deadline: Instant) {
+        match self {
+            Sleep::Tokio => tokio::time::sleep_until(deadline.into()).await,
+            Sleep::Precise(t) => t.until(deadline).await,
+        }
+    }
+}
+
+/// One thread that keeps the pending deadlines in a heap and waits for the
+/// earliest with `recv_timeout` (a futex wait on an hrtimer: microsecond
+/// precision, no spinning), then completes the oneshots that are due. The
+/// request's task wakes through the runtime's own waker, so the answer leaves
+/// a few microseconds after the deadline instead of on the next 1 ms tick.
+#[derive(Clone)]
+struct PreciseTimer {
+    tx: std::sync::mpsc::Sender<(Instant, tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl PreciseTimer {
+    fn start() -> Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("as-timer".into())
+            .spawn(move || Self::run(rx))?;
+        Ok(Self { tx })
+    }
+
+    async fn until(&self, deadline: Instant) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send((deadline, done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    fn run(rx: std::sync::mpsc::Receiver<(Instant, tokio::sync::oneshot::Sender<()>)>) {
+        use std::collections::BinaryHeap;
+        use std::sync::mpsc::RecvTimeoutError;
+
+        /// Ordered by deadline only (earliest on top of the max-heap), then by
+        /// arrival, so equal deadlines fire in order.
+        struct Due(Instant, u64, tokio::sync::oneshot::Sender<()>);
+        impl PartialEq for Due {
+            fn eq(&self, o: &Self) -> bool {
+                (self.0, self.1) == (o.0, o.1)
+            }
+        }
+        impl Eq for Due {}
+        impl PartialOrd for Due {
+            fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for Due {
+            fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+                (o.0, o.1).cmp(&(self.0, self.1))
+            }
+        }
+
+        let mut heap = BinaryHeap::new();
+        let mut seq = 0u64;
+        loop {
+            let now = Instant::now();
+            while heap.peek().is_some_and(|d: &Due| d.0 <= now) {
+                if let Some(Due(_, _, done)) = heap.pop() {
+                    let _ = done.send(());
+                }
+            }
+            let next = match heap.peek() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(d) => rx.recv_timeout(d.0 - now),
+            };
+            match next {
+                Ok((deadline, done)) => {
+                    seq += 1;
+                    heap.push(Due(deadline, seq, done));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
     }
 }
 
@@ -176,7 +325,7 @@ fn active_answer(sub: &str) -> String {
     )
 }
 
-async fn mock_as(addr: SocketAddr, latency: Duration) -> Result<()> {
+async fn mock_as(addr: SocketAddr, latency: Duration, sleep: Sleep) -> Result<()> {
     let listener = TcpListener::bind(addr).await?;
     println!("mock AS listening on {}", listener.local_addr()?);
     let state = Arc::new(AsState::default());
@@ -184,7 +333,8 @@ async fn mock_as(addr: SocketAddr, latency: Duration) -> Result<()> {
         let state = state.clone();
         move |req: Request<Incoming>| {
             let state = state.clone();
-            async move { as_handle(&state, latency, req).await }
+            let sleep = sleep.clone();
+            async move { as_handle(&state, latency, &sleep, req).await }
         }
     };
     let on_accept = {
@@ -201,8 +351,12 @@ async fn mock_as(addr: SocketAddr, latency: Duration) -> Result<()> {
 async fn as_handle(
     state: &AsState,
     latency: Duration,
+    sleep: &Sleep,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    // The latency counts from here: reading the body is part of it, as it is
+    // for a real server.
+    let arrived = Instant::now();
     let json = |status: StatusCode, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -220,14 +374,28 @@ async fn as_handle(
                 .unwrap_or_else(|e| e.into_inner())
                 .len();
             let body = format!(
-                "introspections={} distinct_tokens={} connections={}\n",
+                "introspections={} distinct_tokens={} connections={} {}\n",
                 state.introspections.load(Ordering::Relaxed),
                 distinct,
                 state.connections.load(Ordering::Relaxed),
+                state.take_held(),
             );
             Response::new(Full::new(Bytes::from(body)))
         }
         (Method::POST, "/introspect") => {
+            // RFC 7662 §2.1: the caller authenticates; the values are not checked,
+            // only that the client sent Basic credentials (tokengate and the njs
+            // baseline both must).
+            let basic = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .is_some_and(|v| v.as_bytes().starts_with(b"Basic "));
+            if !basic {
+                return json(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"invalid_client"}"#.into(),
+                );
+            }
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return json(StatusCode::BAD_REQUEST, "{}".into()),
@@ -242,10 +410,16 @@ async fn as_handle(
                 );
             };
             state.record(token.as_bytes());
-            tokio::time::sleep(latency).await;
-            json(StatusCode::OK, active_answer("bench-user"))
+            let answer = if token.starts_with("inactive") {
+                json(StatusCode::OK, r#"{"active":false}"#.into())
+            } else {
+                json(StatusCode::OK, active_answer("bench-user"))
+            };
+            sleep.until(arrived + latency).await;
+            state.held(arrived);
+            answer
         }
-        // nginx `auth_request` stand-in: 2xx lets the request through.
+        // The lite nginx row's `auth_request` target: 2xx lets the request through.
         (Method::GET, "/auth") => {
             let token = req
                 .headers()
@@ -255,10 +429,18 @@ async fn as_handle(
                 return json(StatusCode::UNAUTHORIZED, "{}".into());
             };
             state.record(token);
-            tokio::time::sleep(latency).await;
+            let status = if token.starts_with(b"inactive") {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::OK
+            };
+            sleep.until(arrived + latency).await;
+            state.held(arrived);
             // No body: nginx discards an auth_request answer's body unread and
             // then cannot keep the connection alive; an empty one lets it.
-            Response::new(Full::new(Bytes::new()))
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = status;
+            r
         }
         _ => json(StatusCode::NOT_FOUND, "{}".into()),
     }
