@@ -24,6 +24,9 @@
 # pinned to CPU 0, the upstream and the proxy under test to CPU 1):
 #   direct              wrk -> upstream
 #   nginx-proxy         wrk -> nginx (plain proxy_pass, no auth) -> upstream
+#   hyper-proxy         wrk -> bench-tools proxy (hyper server + hyper-util
+#                       pooled client, no auth, no header work, no log) ->
+#                       upstream: the floor of tokengate's own HTTP stack
 #   tokengate-hit       wrk -> tokengate -> upstream; one token, cached
 #   nginx-auth-request-lite  wrk -> nginx auth_request (GET /auth on the mock
 #                       AS, keep-alive, no introspection: the AS just answers
@@ -168,7 +171,7 @@ rss_kib() { # PID...: summed VmRSS
 }
 kv() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2" | head -1; }
 
-UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port)
+UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port) HP_PORT=$(port)
 UP=http://127.0.0.1:$UP_PORT AS=http://127.0.0.1:$AS_PORT TG=http://127.0.0.1:$TG_PORT
 
 say "starting upstream, mock AS (${LATENCY_MS} ms, $AS_SLEEP sleep), tokengate"
@@ -178,6 +181,8 @@ UP_PID=$!; PIDS+=("$UP_PID")
 # work (parsing, JSON) is not charged to the proxy under test.
 "${LG[@]}" "$TOOLS" as "127.0.0.1:$AS_PORT" "$LATENCY_MS" "$AS_SLEEP" >"$TMP/as.log" 2>&1 &
 AS_PID=$!; PIDS+=("$AS_PID")
+"${SV[@]}" "$TOOLS" proxy "127.0.0.1:$HP_PORT" "$UP" >"$TMP/hyper-proxy.log" 2>&1 &
+HP_PID=$!; PIDS+=("$HP_PID")
 
 write_gate_config() { # FILE PORT
     cat >"$1" <<EOF
@@ -204,6 +209,7 @@ write_gate_config "$TMP/tokengate.toml" "$TG_PORT"
 TG_PID=$!; PIDS+=("$TG_PID")
 wait_http "$UP/"
 wait_http "$AS/stats"
+wait_http "http://127.0.0.1:$HP_PORT/"
 wait_http "$TG/public"
 
 NGINX_PIDS=()
@@ -376,6 +382,7 @@ scenario() {
 
 scenario direct "$UP/" fixed "$UP_PID"
 [[ -z $NGINX_BIN ]] || scenario nginx-proxy "http://127.0.0.1:$NGX_PLAIN_PORT/" fixed "${NGINX_PIDS[@]}"
+scenario hyper-proxy "http://127.0.0.1:$HP_PORT/" fixed "$HP_PID"
 scenario tokengate-hit "$TG/" fixed "$TG_PID"
 [[ -z $NGINX_BIN ]] || scenario nginx-auth-request-lite "http://127.0.0.1:$NGX_LITE_PORT/" unique "${NGINX_PIDS[@]}"
 ((NJS == 0)) || scenario nginx-auth-request "http://127.0.0.1:$NGX_NJS_PORT/" unique "${NGINX_PIDS[@]}"
@@ -409,7 +416,7 @@ table() {
     for n in "${ROWS[@]}"; do
         base=""
         case $n in
-        nginx-proxy | tokengate-hit) base=${RPS[nginx-proxy]:-} ;;
+        nginx-proxy | hyper-proxy | tokengate-hit) base=${RPS[nginx-proxy]:-} ;;
         tokengate-miss | nginx-auth-request*) base=${RPS[nginx-auth-request]:-} ;;
         esac
         echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $(ratio "${RPS[$n]}" "${RPS[direct]}") |" \
@@ -418,6 +425,9 @@ table() {
     echo
     local bound
     bound=$(awk -v c="$CONNS" -v l="$LATENCY_MS" 'BEGIN { if (l > 0) printf "%.0f", c / (l / 1000); else print "-" }')
+    if [[ -n ${RPS[hyper-proxy]:-} ]]; then
+        echo "- tokengate-hit vs hyper-proxy (the same HTTP stack with no auth, no header work, no log): $(ratio "${RPS[tokengate-hit]}" "${RPS[hyper-proxy]}")×."
+    fi
     echo "- miss rows: \"vs nginx\" is against nginx-auth-request (auth_request + njs introspection with $NJS_CALL, no cache)$( ((NJS)) || echo ": not run, $NJS_WHY")."
     if [[ -n ${RPS[nginx-auth-request-lite]:-} ]]; then
         echo "- tokengate-miss vs nginx-auth-request-lite (GET /auth, keep-alive, no introspection): $(ratio "${RPS[tokengate-miss]}" "${RPS[nginx-auth-request-lite]}")×."

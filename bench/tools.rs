@@ -20,6 +20,10 @@
 //!   (from the handler's start to the answer handed to hyper).
 //!   A token that starts with `inactive` gets `{"active":false}` (`/auth`: 401),
 //!   so `run.sh` can check that every baseline really reads the answer.
+//! * `proxy ADDR UPSTREAM_URL`: the stack's floor: hyper's HTTP/1.1 server and
+//!   hyper-util's pooled client (tokengate's own building blocks), forwarding
+//!   every request to the upstream with no auth, no header work, no log. What
+//!   tokengate costs above this row is tokengate's own work.
 //! * `get URL`: prints the body of a GET (plain http, one connection).
 //! * `status URL [TOKEN]`: prints the HTTP status of a GET, with
 //!   `Authorization: Bearer TOKEN` when given.
@@ -67,6 +71,7 @@ fn main() {
     let result = rt.block_on(async {
         match args.as_slice() {
             ["upstream", addr] => upstream(addr.parse()?).await,
+            ["proxy", addr, upstream] => bare_proxy(addr.parse()?, upstream).await,
             ["as", addr, latency_ms] | ["as", addr, latency_ms, _] => {
                 let sleep = match args.get(3).copied().unwrap_or("precise") {
                     "precise" => Sleep::Precise(PreciseTimer::start()?),
@@ -109,7 +114,7 @@ fn main() {
                 }
             }
             _ => Err(
-                "usage: bench-tools upstream ADDR | as ADDR LATENCY_MS [precise|tokio] | get URL | status URL [TOKEN] | freeport \
+                "usage: bench-tools upstream ADDR | proxy ADDR UPSTREAM_URL | as ADDR LATENCY_MS [precise|tokio] | get URL | status URL [TOKEN] | freeport \
                  | burst GATE_URL AS_URL N | startup BIN CONFIG URL \
                  | mem N1,N2,... [typical|minimal|moka-unit]"
                     .into(),
@@ -147,6 +152,59 @@ where
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// `proxy`: the bare hyper + hyper-util proxy (see the module docs).
+async fn bare_proxy(addr: SocketAddr, upstream: &str) -> Result<()> {
+    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+    let upstream: http::Uri = upstream.parse()?;
+    let authority = upstream
+        .authority()
+        .ok_or("proxy: upstream URL has no authority")?
+        .clone();
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(hyper_util::rt::TokioExecutor::new()).build(http);
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let client = client.clone();
+        let authority = authority.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let client = client.clone();
+                let target = http::Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
+                    .build();
+                async move {
+                    let resp = match target {
+                        Ok(uri) => {
+                            *req.uri_mut() = uri;
+                            client.request(req).await.ok()
+                        }
+                        Err(_) => None,
+                    };
+                    Ok::<_, Infallible>(match resp {
+                        Some(r) => r.map(BodyExt::boxed),
+                        None => {
+                            let mut r = Response::new(
+                                Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+                            );
+                            *r.status_mut() = StatusCode::BAD_GATEWAY;
+                            r
+                        }
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
     }
