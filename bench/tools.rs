@@ -435,8 +435,9 @@ async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
         serde_json::from_str(&active_answer("user"))?
     };
     eprintln!(
-        "size_of::<Introspection>() = {} bytes",
-        std::mem::size_of::<Introspection>()
+        "size_of::<Introspection>() = {} bytes (parsed), size_of::<Answer>() = {} bytes (cached)",
+        std::mem::size_of::<Introspection>(),
+        std::mem::size_of::<tokengate::answer::Answer>()
     );
     let pid = std::process::id();
     let base = rss_kib(pid)?;
