@@ -59,6 +59,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// The shipped binary's allocator (src/main.rs): the memory benchmark (`mem`)
+/// must measure with the same allocator as the binary, or its bytes per entry
+/// are glibc's, not tokengate's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 fn main() {
@@ -669,8 +675,9 @@ async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
         serde_json::from_str(&active_answer("user"))?
     };
     eprintln!(
-        "size_of::<Introspection>() = {} bytes",
-        std::mem::size_of::<Introspection>()
+        "size_of::<Introspection>() = {} bytes (parsed), size_of::<Answer>() = {} bytes (cached)",
+        std::mem::size_of::<Introspection>(),
+        std::mem::size_of::<tokengate::answer::Answer>()
     );
     let pid = std::process::id();
     let base = rss_kib(pid)?;

@@ -6,6 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 use std::sync::Arc;
+use tokengate::answer::Answer;
 use tokengate::cache::TokenCache;
 use tokengate::clock::SystemClock;
 use tokengate::config::{RawConfig, Secret, Settings};
@@ -111,6 +112,7 @@ fn header_rewrite(c: &mut Criterion) {
     let Access::Token(req) = &s.routes.default.access else {
         panic!("default route needs a token")
     };
+    let i = Answer::from(i);
     let principal = policy::evaluate(&i, req, 1_800_000_000, &s.identity.claims).unwrap();
     let peer = Peer::new("10.1.2.3:40000".parse().unwrap(), "http");
     let hop = Hop {
@@ -139,7 +141,8 @@ fn header_rewrite(c: &mut Criterion) {
 
 fn policy_decision(c: &mut Criterion) {
     let s = settings();
-    let i = introspection();
+    // In its cached form, as a cache hit hands it to the policy.
+    let i = Answer::from(introspection());
     let open = Requirements::default();
     let strict = Requirements {
         audience: vec!["bench-api".into()],

@@ -19,7 +19,8 @@
 //!   present). Errors are never cached.
 //!
 //! The cache holds the introspection, never the decision: `policy::evaluate`
-//! runs on every hit.
+//! runs on every hit. It holds it in its compact form ([`Answer`]), whose
+//! repeating members are shared between tokens through an [`Interner`].
 //!
 //! `max_ttl`, `negative_ttl` and `stale_if_error` can change at run time
 //! (config reload, [`CacheTtls`]): entries already cached keep the lifetime
@@ -30,6 +31,7 @@
 //! revalidation can be answered by another replica's fresh answer), and
 //! `invalidate` purges fleet-wide.
 
+use crate::answer::{Answer, Interner};
 use crate::clock::Clock;
 use crate::config::RawCache;
 use crate::fleet::Fleet;
@@ -144,48 +146,55 @@ impl CacheTtls {
 }
 
 /// One cached active answer and, on the injected clock, when it stops being
-/// fresh and when it stops being usable at all. Stored by value in moka (it
-/// is 40 bytes and clones as one `Arc` increment): an `Arc<Entry>` cost one
-/// more heap block, 64 bytes of RSS per cached token.
+/// fresh and when it stops being usable at all. Stored by value in moka (24
+/// bytes; a clone is one `Arc` increment, which is all a hit costs): an
+/// `Arc<Entry>` cost one more heap block, and `SystemTime`s (16 bytes each)
+/// put moka's per-entry block in a bigger size class; both cost RSS per cached
+/// token (BENCHMARKS.md, "Memory per cached token").
 #[derive(Debug, Clone)]
 struct Entry {
-    introspection: Arc<Introspection>,
-    fresh_until: SystemTime,
-    /// fresh_until + stale_if_error, capped at `exp`.
-    stale_until: SystemTime,
+    answer: Arc<Answer>,
+    /// Nanoseconds since the Unix epoch (u64: until the year 2554).
+    fresh_until: u64,
+    /// fresh_until + stale_if_error, capped at `exp`; same unit.
+    stale_until: u64,
+}
+
+/// `t` in nanoseconds since the Unix epoch; 0 before it, saturating after 2554.
+fn unix_ns(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, as_ns)
 }
 
 impl Entry {
-    fn new(
-        introspection: Introspection,
-        now: SystemTime,
-        max_ttl: Duration,
-        stale: Duration,
-    ) -> Self {
-        let fresh_until = now + entry_ttl(introspection.exp, now, max_ttl);
-        let stale_until = now + entry_ttl(introspection.exp, now, max_ttl.saturating_add(stale));
+    fn new(answer: Answer, now: SystemTime, max_ttl: Duration, stale: Duration) -> Self {
+        let at = |ttl: Duration| unix_ns(now).saturating_add(as_ns(ttl));
         Self {
-            introspection: Arc::new(introspection),
-            fresh_until,
-            stale_until,
+            fresh_until: at(entry_ttl(answer.exp, now, max_ttl)),
+            stale_until: at(entry_ttl(answer.exp, now, max_ttl.saturating_add(stale))),
+            answer: Arc::new(answer),
         }
     }
 
     fn is_fresh(&self, now: SystemTime) -> bool {
-        now < self.fresh_until
+        unix_ns(now) < self.fresh_until
     }
 
     /// Past `exp` on our clock: asking the AS again cannot make it valid, and
     /// the policy check will refuse it (401 expired) without a call.
     fn is_expired(&self, now: SystemTime) -> bool {
-        self.introspection.exp.is_some_and(|exp| {
+        self.answer.exp.is_some_and(|exp| {
             UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)) <= now
         })
     }
 
     /// Usable as a stale answer while the AS fails.
     fn is_servable_stale(&self, now: SystemTime) -> bool {
-        now < self.stale_until && !self.is_expired(now)
+        unix_ns(now) < self.stale_until && !self.is_expired(now)
+    }
+
+    /// Time left until `stale_until` (moka drops the entry then).
+    fn lifetime(&self, now: SystemTime) -> Duration {
+        Duration::from_nanos(self.stale_until.saturating_sub(unix_ns(now)))
     }
 }
 
@@ -197,10 +206,7 @@ struct ExpAware {
 
 impl ExpAware {
     fn lifetime(&self, value: &Entry) -> Duration {
-        value
-            .stale_until
-            .duration_since(self.clock.now())
-            .unwrap_or(Duration::ZERO)
+        value.lifetime(self.clock.now())
     }
 }
 
@@ -258,6 +264,8 @@ pub struct TokenCache {
     /// (it can become non-zero on reload).
     negative: Option<Cache<TokenHash, ()>>,
     flights: SingleFlight<TokenHash, Loaded>,
+    /// Shares the repeating members of the cached answers (bounded).
+    interner: Interner,
     ttls: CacheTtls,
     counters: CacheCounters,
     clock: Arc<dyn Clock>,
@@ -313,6 +321,7 @@ impl TokenCache {
             positive,
             negative,
             flights: SingleFlight::default(),
+            interner: Interner::default(),
             ttls,
             counters: CacheCounters::default(),
             clock,
@@ -388,7 +397,7 @@ impl TokenCache {
         &self,
         key: TokenHash,
         load: F,
-    ) -> (Result<Arc<Introspection>, LoadError>, CacheStatus)
+    ) -> (Result<Arc<Answer>, LoadError>, CacheStatus)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Introspection, IntrospectError>>,
@@ -405,7 +414,7 @@ impl TokenCache {
         if let Some(entry) = &cached {
             if entry.is_fresh(now) || entry.is_expired(now) {
                 self.counters.positive_hit.inc();
-                return (Ok(entry.introspection.clone()), CacheStatus::Hit);
+                return (Ok(entry.answer.clone()), CacheStatus::Hit);
             }
         }
 
@@ -418,7 +427,7 @@ impl TokenCache {
                 };
                 if answer.active {
                     let entry = Entry::new(
-                        answer,
+                        Answer::new(answer, &self.interner),
                         self.clock.now(),
                         self.ttls.max_ttl(),
                         self.ttls.stale_if_error(),
@@ -443,7 +452,7 @@ impl TokenCache {
             CacheStatus::Coalesced
         };
         match loaded {
-            Ok(entry) => (Ok(entry.introspection.clone()), status),
+            Ok(entry) => (Ok(entry.answer.clone()), status),
             Err(LoadError::Failed(e)) => match cached {
                 Some(stale) if stale.is_servable_stale(self.clock.now()) => {
                     tracing::warn!(
@@ -452,7 +461,7 @@ impl TokenCache {
                         token = %crate::token::fingerprint(&key),
                         "introspection failed; serving the cached answer stale (stale_if_error)"
                     );
-                    (Ok(stale.introspection.clone()), CacheStatus::Stale)
+                    (Ok(stale.answer.clone()), CacheStatus::Stale)
                 }
                 _ => (Err(LoadError::Failed(e)), status),
             },
@@ -514,7 +523,7 @@ mod tests {
         k: TokenHash,
         answer: Result<Introspection, IntrospectError>,
         calls: &AtomicUsize,
-    ) -> (Result<Arc<Introspection>, LoadError>, CacheStatus) {
+    ) -> (Result<Arc<Answer>, LoadError>, CacheStatus) {
         c.get_or_load(k, || async {
             calls.fetch_add(1, Ordering::SeqCst);
             answer

@@ -75,7 +75,9 @@ pub enum TransportError {
 /// (see `INTROSPECTION-SAMPLES.md`), strict where leniency would be unsafe:
 /// `active` must be a JSON boolean, and a time claim that is present but not a
 /// number fails the whole parse (treating it as absent would let the cache keep
-/// the token for `max_ttl`).
+/// the token for `max_ttl`). Also the fleet L2 wire format. The cache keeps
+/// answers in their compact form, [`crate::answer::Answer`], which is what the
+/// policy and the claims read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Introspection {
     pub active: bool,
@@ -171,56 +173,6 @@ impl Introspection {
         }
     }
 
-    /// A claim as header text, for `[identity.claims]`: strings as they are,
-    /// numbers and booleans printed, arrays joined with spaces, objects as JSON.
-    /// `a.b` walks into nested objects when there is no member literally named
-    /// `a.b`. Names are the members as the AS sent them (after our parsing:
-    /// `token_type`, `scope` as a list); only the asked-for member is converted,
-    /// so a cache hit does not re-serialise the whole answer.
-    pub fn claim_text(&self, name: &str) -> Option<String> {
-        let value = match self.member(name) {
-            Some(v) => v,
-            None => {
-                let mut parts = name.split('.');
-                let first = self.member(parts.next()?)?;
-                parts.try_fold(first, |v, p| v.get(p).cloned())?
-            }
-        };
-        fn text(v: &serde_json::Value) -> Option<String> {
-            match v {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Array(items) => {
-                    Some(items.iter().filter_map(text).collect::<Vec<_>>().join(" "))
-                }
-                other => Some(other.to_string()),
-            }
-        }
-        text(&value)
-    }
-
-    /// One top-level member as JSON, as `serde_json::to_value(self)` would
-    /// hold it (absent members are `None`).
-    fn member(&self, name: &str) -> Option<serde_json::Value> {
-        use serde_json::to_value;
-        let typed = match name {
-            "active" => to_value(self.active),
-            "scope" => to_value(&self.scope),
-            "client_id" => to_value(&self.client_id),
-            "username" => to_value(&self.username),
-            "token_type" => to_value(&self.token_type),
-            "exp" => to_value(self.exp),
-            "iat" => to_value(self.iat),
-            "nbf" => to_value(self.nbf),
-            "sub" => to_value(&self.sub),
-            "aud" => to_value(&self.aud),
-            "iss" => to_value(&self.iss),
-            "jti" => to_value(&self.jti),
-            _ => return self.extra.get(name).cloned(),
-        };
-        typed.ok().filter(|v| !v.is_null())
-    }
-
     /// Space-separated scopes, as they go into the scope identity header.
     pub fn scope_string(&self) -> String {
         self.scope
@@ -231,6 +183,37 @@ impl Introspection {
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+/// A claim as header text, for `[identity.claims]` (see
+/// [`crate::answer::Answer::claim_text`]), from `member`: one top-level member
+/// as JSON. Strings as they are, numbers and booleans printed, arrays joined
+/// with spaces, objects as JSON; `a.b` walks into nested objects when there is
+/// no member literally named `a.b`. Only the asked-for member is converted, so
+/// a cache hit does not re-serialise the whole answer.
+pub(crate) fn claim_text_of(
+    member: impl Fn(&str) -> Option<serde_json::Value>,
+    name: &str,
+) -> Option<String> {
+    let value = match member(name) {
+        Some(v) => v,
+        None => {
+            let mut parts = name.split('.');
+            let first = member(parts.next()?)?;
+            parts.try_fold(first, |v, p| v.get(p).cloned())?
+        }
+    };
+    fn text(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::Null => None,
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(items) => {
+                Some(items.iter().filter_map(text).collect::<Vec<_>>().join(" "))
+            }
+            other => Some(other.to_string()),
+        }
+    }
+    text(&value)
 }
 
 fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
@@ -590,66 +573,6 @@ mod tests {
         assert_eq!(i.token_type, None);
         assert_eq!(i.client_id.as_ref().map(|c| c.as_str()), Some("42"));
         assert!(!parse(r#"{"active":false}"#).unwrap().active);
-    }
-
-    /// `claim_text` reads one member; it must answer exactly what reading the
-    /// whole answer as JSON (`serde_json::to_value`) would.
-    #[test]
-    fn claim_text_matches_the_full_json_view() {
-        let i = parse(r#"{"active":true,"scope":["a","b"],"client_id":7,"username":"u","typ":"Bearer","exp":100.5,"iat":"90","sub":"s","aud":"x","iss":"i","jti":"j","email":"e@x","n":3,"flag":false,"realm_access":{"roles":["r1","r2"]},"a.b":"literal","nil":null}"#).unwrap();
-        let view = serde_json::to_value(&i).unwrap();
-        let oracle = |name: &str| -> Option<String> {
-            let v = view.get(name).or_else(|| {
-                let mut parts = name.split('.');
-                let first = view.get(parts.next()?)?;
-                parts.try_fold(first, |v, p| v.get(p))
-            })?;
-            match v {
-                serde_json::Value::Null => None,
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Array(items) => Some(
-                    items
-                        .iter()
-                        .filter_map(|x| {
-                            x.as_str()
-                                .map(str::to_owned)
-                                .or_else(|| Some(x.to_string()))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                ),
-                other => Some(other.to_string()),
-            }
-        };
-        for name in [
-            "active",
-            "scope",
-            "client_id",
-            "username",
-            "token_type",
-            "typ",
-            "exp",
-            "iat",
-            "nbf",
-            "sub",
-            "aud",
-            "iss",
-            "jti",
-            "email",
-            "n",
-            "flag",
-            "realm_access",
-            "realm_access.roles",
-            "realm_access.none",
-            "a.b",
-            "nil",
-            "missing",
-            "scope.x",
-        ] {
-            assert_eq!(i.claim_text(name), oracle(name), "{name}");
-        }
-        assert_eq!(i.claim_text("realm_access.roles").as_deref(), Some("r1 r2"));
-        assert_eq!(i.claim_text("scope").as_deref(), Some("a b"));
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`fleet`]: `[cache.shared]`: Redis/Valkey L2 behind the L1 (HMAC keys, versioned MAC'd
 //!   values, timeout + breaker: never needed for correctness) and fleet-wide purge over pub/sub.
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
+//! - [`answer`]: the compact cached form of an answer ([`answer::Answer`], what the policy
+//!   reads); repeating members shared through a bounded interner.
 //! - [`policy`]: pure route table (first match, normalised paths) and decision (active, `exp`,
 //!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
 //! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint, with background refresh.
@@ -47,6 +49,7 @@
 //!                                      path whose route depends on its decoding → 400
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (flight) →
+//!                                      (answer::Answer: the cached form the policy reads)
 //!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET; miss → lock, then
 //!              └─ breaker::Breaker::call → introspect::Introspector; SET PX
 //!                                      AS failure → stale answer if allowed, else 503
@@ -67,6 +70,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod answer;
 pub mod breaker;
 pub mod cache;
 pub mod client;

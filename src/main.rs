@@ -6,6 +6,13 @@ use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
 
+/// mimalloc instead of glibc malloc: no per-block header and finer size
+/// classes, which is most of the RSS of a full token cache (millions of small
+/// blocks; BENCHMARKS.md, "Memory per cached token"). `bench-tools mem` uses
+/// the same allocator so that its numbers are this binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "tokengate",

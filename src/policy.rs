@@ -5,9 +5,8 @@
 //! included: the cache stores the introspection, never the decision (the bug
 //! class of Oathkeeper's GHSA-qvp4-rpmr-xwrr).
 
-use crate::introspect::Introspection;
+use crate::answer::Answer;
 use http::{HeaderName, Method};
-use oauth2::TokenIntrospectionResponse;
 use std::fmt;
 use std::sync::Arc;
 
@@ -66,14 +65,14 @@ pub struct Requirements {
 /// (Keycloak's `typ` for refresh and ID tokens among them).
 const NON_ACCESS_TOKEN_TYPES: &[&str] = &["refresh_token", "refresh", "id_token", "id"];
 
-/// Checks an introspection against a route's requirements at `now_unix`.
+/// Checks an introspection answer against a route's requirements at `now_unix`.
 pub fn evaluate(
-    i: &Introspection,
+    i: &Answer,
     req: &Requirements,
     now_unix: i64,
     claim_headers: &[(HeaderName, String)],
 ) -> Result<Principal, Deny> {
-    if !i.active {
+    if !i.active() {
         return Err(Deny::Inactive);
     }
     // RFC 7662 §4: "active" was true when the AS answered; the token's own
@@ -81,7 +80,7 @@ pub fn evaluate(
     if i.exp.is_some_and(|exp| exp <= now_unix) {
         return Err(Deny::Expired);
     }
-    if i.nbf.is_some_and(|nbf| nbf > now_unix) {
+    if i.nbf().is_some_and(|nbf| nbf > now_unix) {
         return Err(Deny::NotYetValid);
     }
     // A refresh token introspects as active at most servers (Hydra says so in
@@ -93,28 +92,25 @@ pub fn evaluate(
     }) {
         return Err(Deny::NotAccessToken);
     }
-    if let Some(token_use) = i.extra.get("token_use") {
+    if let Some(token_use) = i.extra("token_use") {
         if !matches!(token_use.as_str(), Some("access_token" | "access")) {
             return Err(Deny::NotAccessToken);
         }
     }
     if let Some(issuer) = &req.issuer {
-        if i.iss.as_deref() != Some(issuer.as_str()) {
+        if i.iss() != Some(issuer.as_str()) {
             return Err(Deny::WrongIssuer);
         }
     }
-    if !req.audience.is_empty() {
-        let aud = i.aud.as_deref().unwrap_or_default();
-        if !aud.iter().any(|a| req.audience.contains(a)) {
-            return Err(Deny::WrongAudience);
-        }
+    if !req.audience.is_empty() && !i.aud().iter().any(|a| req.audience.contains(a)) {
+        return Err(Deny::WrongAudience);
     }
-    let client_id = i.client_id.as_ref().map(|c| c.as_str().to_owned());
+    let client_id = i.client_id().map(|c| c.as_str().to_owned());
     if !req.clients.is_empty() && !client_id.as_ref().is_some_and(|c| req.clients.contains(c)) {
         return Err(Deny::ClientNotAllowed);
     }
     if !req.scopes.is_empty() {
-        let have = i.scope.as_deref().unwrap_or_default();
+        let have = i.scopes();
         if !req
             .scopes
             .iter()
@@ -130,7 +126,7 @@ pub fn evaluate(
         .filter_map(|(header, claim)| Some((header.clone(), i.claim_text(claim)?)))
         .collect();
     Ok(Principal {
-        subject: i.sub.clone().or_else(|| client_id.clone()),
+        subject: i.sub().map(str::to_owned).or_else(|| client_id.clone()),
         client_id,
         scope: i.scope_string(),
         claims,
@@ -363,8 +359,11 @@ pub fn normalize_path(path: &str) -> String {
 mod tests {
     use super::*;
 
-    fn tok(json: &str) -> Introspection {
-        serde_json::from_str(json).unwrap()
+    /// Parsed, then in its cached form (interned, as the cache makes it):
+    /// every decision below goes through the conversion.
+    fn tok(json: &str) -> Answer {
+        let parsed = serde_json::from_str(json).unwrap();
+        Answer::new(parsed, &crate::answer::Interner::default())
     }
 
     fn reqs() -> Requirements {

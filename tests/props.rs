@@ -18,6 +18,7 @@ use serde_json::{json, Map, Number, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
+use tokengate::answer::{Answer, Interner};
 use tokengate::config::{IdentitySettings, RawConfig, Secret};
 use tokengate::forward::{header_safe, rewrite_request_headers, strip_hop_by_hop, Hop, Peer};
 use tokengate::introspect::Introspection;
@@ -311,6 +312,137 @@ proptest! {
     fn introspection_parse_never_panics_on_arbitrary_json_trees(v in json_value()) {
         let _ = serde_json::from_value::<Introspection>(v.clone());
         let _ = serde_json::from_slice::<Introspection>(v.to_string().as_bytes());
+    }
+}
+
+/// Claim text as `[identity.claims]` documents it, read from a JSON view:
+/// strings as they are, numbers and booleans printed, arrays joined with
+/// spaces (null elements skipped), objects as JSON; `a.b` walks into nested
+/// objects when there is no member literally named `a.b`.
+fn claim_text_oracle(view: &Value, name: &str) -> Option<String> {
+    fn text(v: &Value) -> Option<String> {
+        match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            Value::Array(items) => {
+                Some(items.iter().filter_map(text).collect::<Vec<_>>().join(" "))
+            }
+            other => Some(other.to_string()),
+        }
+    }
+    let v = match view.get(name).filter(|v| !v.is_null()) {
+        Some(v) => v,
+        None => {
+            let mut parts = name.split('.');
+            let first = view.get(parts.next()?)?;
+            parts.try_fold(first, |v, p| v.get(p))?
+        }
+    };
+    text(v)
+}
+
+/// A well-typed introspection answer: every modelled member present or not,
+/// in each of the shapes the parser accepts, plus unknown members of any
+/// shape (so nearly every case parses, unlike [`introspection_members`]).
+fn valid_answer_members() -> impl Strategy<Value = Vec<(String, Value)>> {
+    let time = prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        (-1e12f64..1e12).prop_filter_map("finite", |f| Number::from_f64(f).map(Value::Number)),
+        (0i64..4_000_000_000).prop_map(|n| Value::String(n.to_string())),
+        Just(Value::Null),
+    ];
+    let word = "[!-~]{1,8}";
+    let text = prop_oneof![
+        "[ -~]{0,12}".prop_map(Value::String),
+        any::<i64>().prop_map(Value::from),
+        Just(Value::Null),
+    ];
+    let list = prop_oneof![
+        vec(word, 0..4).prop_map(|w| Value::String(w.join(" "))),
+        vec(word, 0..4).prop_map(Value::from),
+        Just(Value::Null),
+    ];
+    let token_type = prop_oneof![
+        "(?i)(bearer|mac|refresh_token|dpop|id)".prop_map(Value::String),
+        Just(Value::Null),
+    ];
+    let opt = |name: &'static str, v: BoxedStrategy<Value>| {
+        proptest::option::of(v).prop_map(move |v| v.map(|v| (name.to_owned(), v)))
+    };
+    let extra_key =
+        "[a-z_.]{1,8}".prop_filter("not a modelled member", |k| !CLAIMS.contains(&k.as_str()));
+    (
+        (
+            any::<bool>(),
+            opt("exp", time.clone().boxed()),
+            opt("iat", time.clone().boxed()),
+            opt("nbf", time.boxed()),
+            opt("scope", list.clone().boxed()),
+            opt("aud", list.boxed()),
+        ),
+        (
+            opt("client_id", text.clone().boxed()),
+            opt("sub", text.clone().boxed()),
+            opt("iss", text.clone().boxed()),
+            opt("jti", text.clone().boxed()),
+            opt("username", text.boxed()),
+            // Keycloak's `typ` is read as `token_type`.
+            proptest::option::of((
+                proptest::sample::select(&["token_type", "typ"][..]),
+                token_type,
+            ))
+            .prop_map(|kv| kv.map(|(k, v)| (k.to_owned(), v))),
+        ),
+        vec((extra_key, json_value()), 0..4),
+    )
+        .prop_map(|((active, a, b, c, d, e), (f, g, h, i, j, k), extra)| {
+            let mut m = vec![("active".to_owned(), Value::Bool(active))];
+            m.extend([a, b, c, d, e, f, g, h, i, j, k].into_iter().flatten());
+            m.extend(extra);
+            m
+        })
+}
+
+/// One interner for all cases, small, so that cases also run past its bound.
+fn shared_interner() -> &'static Interner {
+    static INTERNER: std::sync::OnceLock<Interner> = std::sync::OnceLock::new();
+    INTERNER.get_or_init(|| Interner::new(8))
+}
+
+proptest! {
+    #![proptest_config(cfg(512))]
+
+    /// The cache keeps answers in their compact form (`Answer`): converting
+    /// any parsed answer gives back exactly what was parsed, and every claim
+    /// (top-level, nested, unknown) reads the same as from the parsed answer's
+    /// JSON view.
+    #[test]
+    fn cached_form_round_trips_and_reads_the_same_claims(
+        members in valid_answer_members(),
+    ) {
+        let bytes = to_json_bytes(&members);
+        let parsed = serde_json::from_slice::<Introspection>(&bytes);
+        prop_assert!(parsed.is_ok(), "{}: {:?}", String::from_utf8_lossy(&bytes), parsed.err());
+        let parsed = parsed.unwrap();
+        let answer = Answer::new(parsed.clone(), shared_interner());
+        prop_assert_eq!(&answer.to_introspection(), &parsed);
+        prop_assert_eq!(answer.exp, parsed.exp);
+        let view = serde_json::to_value(&parsed).unwrap();
+        let mut names: Vec<String> = CLAIMS.iter().map(|c| c.to_string()).collect();
+        for (k, v) in &members {
+            names.push(k.clone());
+            if let Value::Object(o) = v {
+                names.extend(o.keys().map(|sub| format!("{k}.{sub}")));
+            }
+        }
+        for name in &names {
+            prop_assert_eq!(
+                answer.claim_text(name),
+                claim_text_oracle(&view, name),
+                "claim {} of {}", name, String::from_utf8_lossy(&bytes)
+            );
+        }
+        prop_assert!(shared_interner().len() <= 8);
     }
 }
 
