@@ -60,7 +60,19 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     };
     let config_file = cli.config.clone();
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+    // One CPU (a 1-CPU container, or `taskset`): the multi-thread scheduler
+    // would run one worker anyway, and pay for cross-thread wake-ups on
+    // every task switch; the current-thread one does not. More CPUs: one
+    // worker per CPU (tokio's default, which honours the affinity mask).
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let runtime = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+    .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
         tokengate::discovery::resolve(&mut settings)
             .await
@@ -92,6 +104,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             admin = %admin.as_ref().map_or_else(|| "off".to_owned(), bound),
             upstream = %format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.base_path),
             introspection = %settings.introspection.url.as_ref().map_or("-", |u| u.as_str()),
+            runtime = if one_cpu { "current-thread" } else { "multi-thread" },
             "tokengate started"
         );
         let mut app = tokengate::App::new(settings);

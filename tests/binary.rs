@@ -122,6 +122,50 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// With one CPU (a 1-CPU container, `taskset`) the binary runs tokio's
+/// current-thread runtime; the request path, the admin port and the SIGTERM
+/// drain must work the same.
+#[tokio::test]
+async fn one_cpu_serves_on_the_current_thread_runtime() {
+    let auth = MockServer::start().await;
+    let upstream = Upstream::start().await;
+    let dir = temp_dir("bin-one-cpu");
+    let config = dir.join("tokengate.toml");
+    write_config(&config, &auth, &upstream, "[log]\nformat = \"json\"\n");
+    let body = serde_json::json!({"active": true, "sub": "alice", "exp": 4_102_444_800i64});
+    introspection_of(TOKEN)
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(body))
+        .expect(1)
+        .mount(&auth)
+        .await;
+
+    let mut bin = Binary::start_with(&config, true).await;
+    let out = bin.output();
+    assert!(out.contains(r#""runtime":"current-thread""#), "{out}");
+    let client = http1_client();
+    assert_eq!(
+        get(&client, &bin.url("/a"), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    for _ in 0..3 {
+        let r = get(&client, &bin.url("/a"), Some(TOKEN)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
+    }
+    let r = get(&client, &bin.admin_url("/readyz"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    bin.signal("TERM");
+    let status = bin.wait_exit().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; output:\n{}",
+        bin.output()
+    );
+    assert!(bin.output().contains("tokengate stopped"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
     let auth = MockServer::start().await;

@@ -1370,8 +1370,20 @@ impl Binary {
     /// Starts it and waits for the JSON "tokengate started" line (the config
     /// must set `[log] format = "json"`), which carries the bound addresses.
     pub async fn start(config: &std::path::Path) -> Self {
+        Self::start_with(config, false).await
+    }
+
+    /// Like [`Binary::start`], confined to CPU 0 with `taskset` when `one_cpu`.
+    pub async fn start_with(config: &std::path::Path, one_cpu: bool) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        let mut command = if one_cpu {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", "0", env!("CARGO_BIN_EXE_tokengate")]);
+            c
+        } else {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        };
+        let mut child = command
             .arg("--config")
             .arg(config)
             .env_clear()
