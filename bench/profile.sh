@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Per-request cost of a cache hit, for before/after comparisons of one change
+# (bench/run.sh's req/s swing with the neighbours on a shared machine; these
+# two measures swing far less):
+#
+#   bench/profile.sh cpu BIN [SECONDS]  CPU time of the proxy per request, from
+#       /proc/PID/stat (user + system, and user alone), over a wrk -t1 -c32
+#       cache-hit run; the proxy and the upstream on CPU 1, wrk and the mock AS
+#       on CPU 0 (as bench/run.sh). Run it several times, alternating binaries.
+#   bench/profile.sh ir BIN [SECONDS]   user-space instructions per request
+#       (valgrind --tool=callgrind, counters zeroed after a warm-up), and the
+#       callgrind file for callgrind_annotate. Repeatable whatever the machine
+#       is doing; kernel time is not counted.
+#
+# BIN is a tokengate binary, or `proxy` for `bench-tools proxy` (the bare
+# hyper + hyper-util proxy: the floor of tokengate's stack). Needs a release
+# build of bench-tools (`cargo build --release --example bench-tools`), wrk,
+# and valgrind for `ir`. RUST_LOG (default info) applies to tokengate.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MODE=${1:?usage: bench/profile.sh cpu|ir BIN [SECONDS]} GATE=${2:?BIN}
+SECS=${3:-4}
+TOOLS=${CARGO_TARGET_DIR:-target}/release/examples/bench-tools
+[[ -x $TOOLS ]] || { echo "build bench-tools first: cargo build --release --example bench-tools" >&2; exit 2; }
+TMP=$(mktemp -d)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
+UPP=$($TOOLS freeport) ASP=$($TOOLS freeport) TGP=$($TOOLS freeport)
+taskset -c 1 "$TOOLS" upstream "127.0.0.1:$UPP" >/dev/null 2>&1 & PIDS+=($!); UP=$!
+taskset -c 0 "$TOOLS" as "127.0.0.1:$ASP" 5 >/dev/null 2>&1 & PIDS+=($!)
+cat >"$TMP/c.toml" <<C
+listen = "127.0.0.1:$TGP"
+upstream = "http://127.0.0.1:$UPP"
+[introspection]
+url = "http://127.0.0.1:$ASP/introspect"
+client_id = "tokengate"
+client_secret = "bench-secret"
+[cache]
+max_entries = 1000000
+[admin]
+listen = ""
+C
+if [[ $GATE == proxy ]]; then CMD=("$TOOLS" proxy "127.0.0.1:$TGP" "http://127.0.0.1:$UPP"); else CMD=("$GATE" --config "$TMP/c.toml"); fi
+[[ $MODE == ir ]] && CMD=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out" "${CMD[@]}")
+RUST_LOG=${RUST_LOG:-info} taskset -c 1 "${CMD[@]}" >"$TMP/proxy.log" 2>&1 & PIDS+=($!); TG=$!
+for _ in $(seq 200); do "$TOOLS" get "http://127.0.0.1:$TGP/" >/dev/null 2>&1 && break; sleep 0.1; done
+CONNS=32; [[ $MODE == ir ]] && CONNS=8
+load() { BENCH_TOKEN=profile-token taskset -c 0 wrk -t1 -c$CONNS -d"$1" -s bench/wrk.lua "http://127.0.0.1:$TGP/"; }
+load 2s >/dev/null
+ticks() { awk '{print $14 + $15, $14}' "/proc/$1/stat"; }
+if [[ $MODE == ir ]]; then callgrind_control -z "$TG" >/dev/null; else read -r t0 u0 < <(ticks "$TG"); read -r up0 _ < <(ticks "$UP"); fi
+out=$(load "${SECS}s")
+req=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out")
+if [[ $MODE == ir ]]; then
+    callgrind_control -d "$TG" >/dev/null
+    sleep 0.5
+    f=$(ls -t "$TMP"/callgrind.out* | head -1)
+    total=$(callgrind_annotate "$f" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
+    cp "$f" "${CALLGRIND_OUT:-/tmp/tokengate.callgrind}"
+    echo "requests=$req instructions_per_request=$((total / req)) callgrind=${CALLGRIND_OUT:-/tmp/tokengate.callgrind}"
+else
+    read -r t1 u1 < <(ticks "$TG"); read -r up1 _ < <(ticks "$UP")
+    dur=$(sed -n 's/.*duration_us=\([0-9]*\).*/\1/p' <<<"$out")
+    awk -v r="$req" -v d="$dur" -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v up=$((up1 - up0)) -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "req_per_s=%.0f proxy_cpu_us_per_req=%.2f proxy_user_us_per_req=%.2f upstream_cpu_us_per_req=%.2f\n", r / (d / 1e6), t / hz * 1e6 / r, u / hz * 1e6 / r, up / hz * 1e6 / r }'
+fi
