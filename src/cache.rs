@@ -402,13 +402,11 @@ impl TokenCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Introspection, IntrospectError>>,
     {
-        if let Some(neg) = self.negative() {
-            if neg.contains_key(&key) {
-                self.counters.negative_hit.inc();
-                return (Err(LoadError::Inactive), CacheStatus::Negative);
-            }
-            self.counters.negative_miss.inc();
-        }
+        // Positive first: it answers the common case, and a token is never in
+        // both caches (an inactive answer invalidates the positive entry
+        // before the negative one is written, a purge drops both, and an
+        // answer is loaded only after the negative lookup missed), so the
+        // order cannot change an answer; it saves a lookup on every hit.
         let cached = self.positive.get(&key).await;
         let now = self.clock.now();
         if let Some(entry) = &cached {
@@ -416,6 +414,13 @@ impl TokenCache {
                 self.counters.positive_hit.inc();
                 return (Ok(entry.answer.clone()), CacheStatus::Hit);
             }
+        }
+        if let Some(neg) = self.negative() {
+            if neg.contains_key(&key) {
+                self.counters.negative_hit.inc();
+                return (Err(LoadError::Inactive), CacheStatus::Negative);
+            }
+            self.counters.negative_miss.inc();
         }
 
         let (loaded, led) = self
