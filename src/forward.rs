@@ -230,6 +230,27 @@ pub struct Forwarder {
     client: UpstreamClient,
     upstream: Upstream,
     timeout: Duration,
+    /// HTTP/1.1 `Host` for the upstream, built once: hyper-util would format it
+    /// for every request that arrives without one (we always remove the
+    /// client's). `None` for HTTP/2, which carries the authority itself.
+    host: Option<HeaderValue>,
+}
+
+/// The `Host` hyper-util would send for this authority: the host, plus the
+/// port when it is not the scheme's default.
+fn host_header(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+) -> Option<HeaderValue> {
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        _ => 80,
+    };
+    let value = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
 }
 
 impl Forwarder {
@@ -247,10 +268,14 @@ impl Forwarder {
                 upstream.http2,
             )),
         };
+        let host = (!upstream.http2)
+            .then(|| host_header(&upstream.scheme, &upstream.authority))
+            .flatten();
         Self {
             client,
             upstream,
             timeout,
+            host,
         }
     }
 
@@ -263,16 +288,24 @@ impl Forwarder {
     /// authority, so neither an absolute-form target nor a Host header can pick
     /// the destination. Path and query are kept byte for byte.
     pub fn target(&self, uri: &Uri) -> Result<Uri, ForwardError> {
-        let pq = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-        if !pq.starts_with('/') {
-            return Err(ForwardError::BadTarget);
-        }
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(format!("{}{}", self.upstream.base_path, pq))
-            .build()
-            .map_err(|_| ForwardError::BadTarget)
+        let pq = match uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq,
+            Some(_) => return Err(ForwardError::BadTarget),
+            None => &http::uri::PathAndQuery::from_static("/"),
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.upstream.scheme.clone());
+        parts.authority = Some(self.upstream.authority.clone());
+        // Without a base path the parsed target is reused as it is (a
+        // reference-count increment, not a copy and a re-parse).
+        parts.path_and_query = Some(if self.upstream.base_path.is_empty() {
+            pq.clone()
+        } else {
+            format!("{}{pq}", self.upstream.base_path)
+                .parse()
+                .map_err(|_| ForwardError::BadTarget)?
+        });
+        Uri::from_parts(parts).map_err(|_| ForwardError::BadTarget)
     }
 
     /// Sends the (already rewritten) request and returns the upstream's response
@@ -283,6 +316,9 @@ impl Forwarder {
         mut req: Request<ForwardBody>,
     ) -> Result<Response<Incoming>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(header::HOST, host.clone());
+        }
         // The upstream's version is ours to choose, whatever the client spoke to us.
         *req.version_mut() = if self.upstream.http2 {
             Version::HTTP_2
@@ -346,6 +382,27 @@ mod tests {
         c.introspection.client_id = "c".into();
         c.introspection.client_secret = crate::config::Secret::new("s");
         c.validate().unwrap().identity
+    }
+
+    #[test]
+    fn upstream_host_is_what_hyper_util_would_send() {
+        let cases = [
+            ("http", "a.internal", "a.internal"),
+            ("http", "a.internal:80", "a.internal"),
+            ("http", "a.internal:8080", "a.internal:8080"),
+            ("https", "a.internal:443", "a.internal"),
+            ("https", "a.internal:80", "a.internal:80"),
+            ("http", "[::1]:9000", "[::1]:9000"),
+            ("http", "127.0.0.1:3000", "127.0.0.1:3000"),
+        ];
+        for (scheme, authority, want) in cases {
+            let got = host_header(&scheme.parse().unwrap(), &authority.parse().unwrap());
+            assert_eq!(
+                got,
+                Some(HeaderValue::from_static(want)),
+                "{scheme}://{authority}"
+            );
+        }
     }
 
     #[test]
