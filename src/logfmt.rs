@@ -86,28 +86,91 @@ impl PlainVisitor<'_> {
     }
 }
 
+impl PlainVisitor<'_> {
+    /// `name=` (after the separator); the value follows.
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        self.separate()?;
+        let name = field.name();
+        self.writer
+            .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+        self.writer.write_char('=')
+    }
+
+    fn record_with(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_err() {
+            return;
+        }
+        self.result = self.name(field).and_then(|()| value(&mut self.writer));
+    }
+}
+
+/// Printable ASCII without `"` and `\`: what `{:?}` prints unchanged between
+/// the quotes, so the common access-log values skip the escaping machinery.
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// Decimal digits without the formatting machinery (the same text as `{}`).
+fn write_u64(w: &mut Writer<'_>, mut v: u64) -> fmt::Result {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    w.write_str(std::str::from_utf8(&buf[i..]).map_err(|_| fmt::Error)?)
+}
+
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.record_debug(field, &format_args!("{value}"));
+        } else if plain(value) {
+            self.record_with(field, |w| {
+                w.write_char('"')?;
+                w.write_str(value)?;
+                w.write_char('"')
+            });
         } else {
             self.record_debug(field, &value);
         }
     }
 
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = self.separate().and_then(|()| match field.name() {
-            // A message may quote a peer's words: no terminal escapes in the log.
-            "message" => write!(Escaping(&mut self.writer), "{value:?}"),
-            name => write!(
-                self.writer,
-                "{}={value:?}",
-                name.strip_prefix("r#").unwrap_or(name)
-            ),
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record_with(field, |w| write_u64(w, value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record_with(field, |w| {
+            if value < 0 {
+                w.write_char('-')?;
+            }
+            write_u64(w, value.unsigned_abs())
         });
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record_with(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            if self.result.is_err() {
+                return;
+            }
+            // A message may quote a peer's words: no terminal escapes in the log.
+            self.result = self
+                .separate()
+                .and_then(|()| write!(Escaping(&mut self.writer), "{value:?}"));
+        } else {
+            self.record_with(field, |w| write!(w, "{value:?}"));
+        }
     }
 }
 
@@ -193,7 +256,16 @@ mod tests {
             token,
             r#type = "x",
         );
-        tracing::warn!(error = %"boom", ok = true, n = -3i64, "message with \u{1b}[2J and \u{9b}");
+        tracing::warn!(error = %"boom", ok = true, no = false, n = -3i64, min = i64::MIN, max = u64::MAX, zero = 0u64, "message with \u{1b}[2J and \u{9b}");
+        tracing::info!(
+            empty = "",
+            tab = "a\tb",
+            quote = "say \"hi\"",
+            backslash = "a\\b",
+            uni = "café",
+            del = "x\u{7f}",
+            "m"
+        );
         tracing::info!("plain");
     }
 
@@ -227,7 +299,7 @@ mod tests {
     #[test]
     fn same_text_as_tracing_subscriber_defaults() {
         let ours = lines(true);
-        assert_eq!(ours.len(), 3);
+        assert_eq!(ours.len(), 4);
         assert_eq!(ours, lines(false));
     }
 
