@@ -28,18 +28,8 @@ trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 UPP=$($TOOLS freeport) ASP=$($TOOLS freeport) TGP=$($TOOLS freeport)
 taskset -c 1 "$TOOLS" upstream "127.0.0.1:$UPP" >/dev/null 2>&1 & PIDS+=($!); UP=$!
 taskset -c 0 "$TOOLS" as "127.0.0.1:$ASP" 5 >/dev/null 2>&1 & PIDS+=($!)
-cat >"$TMP/c.toml" <<C
-listen = "127.0.0.1:$TGP"
-upstream = "http://127.0.0.1:$UPP"
-[introspection]
-url = "http://127.0.0.1:$ASP/introspect"
-client_id = "tokengate"
-client_secret = "bench-secret"
-[cache]
-max_entries = 1000000
-[admin]
-listen = ""
-C
+. bench/gate-config.sh
+write_gate_config "$TMP/c.toml" "$TGP" "http://127.0.0.1:$UPP" "http://127.0.0.1:$ASP"
 if [[ $GATE == proxy ]]; then CMD=("$TOOLS" proxy "127.0.0.1:$TGP" "http://127.0.0.1:$UPP"); else CMD=("$GATE" --config "$TMP/c.toml"); fi
 [[ $MODE == ir ]] && CMD=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out" "${CMD[@]}")
 RUST_LOG=${RUST_LOG:-info} taskset -c 1 "${CMD[@]}" >"$TMP/proxy.log" 2>&1 & PIDS+=($!); TG=$!

@@ -184,26 +184,8 @@ AS_PID=$!; PIDS+=("$AS_PID")
 "${SV[@]}" "$TOOLS" proxy "127.0.0.1:$HP_PORT" "$UP" >"$TMP/hyper-proxy.log" 2>&1 &
 HP_PID=$!; PIDS+=("$HP_PID")
 
-write_gate_config() { # FILE PORT
-    cat >"$1" <<EOF
-listen = "127.0.0.1:$2"
-upstream = "$UP"
-[introspection]
-url = "$AS/introspect"
-client_id = "tokengate"
-client_secret = "bench-secret"
-[cache]
-max_entries = 1000000
-[admin]
-# Off: the measured instance and the start-up probe run side by side, and the
-# admin port is not on the request path being measured.
-listen = ""
-[[routes]]
-path_prefix = "/public"
-public = true
-EOF
-}
-write_gate_config "$TMP/tokengate.toml" "$TG_PORT"
+. bench/gate-config.sh
+write_gate_config "$TMP/tokengate.toml" "$TG_PORT" "$UP" "$AS"
 # Default log level (info): one access log line per request, to a file, like nginx's access_log.
 "${SV[@]}" "$GATE" --config "$TMP/tokengate.toml" >"$TMP/tokengate.log" 2>&1 &
 TG_PID=$!; PIDS+=("$TG_PID")
@@ -393,7 +375,7 @@ BURST_LINE=$("$TOOLS" burst "$TG/" "$AS" "$BURST") || { echo "$BURST_LINE"; FAIL
 
 say "start-up: exec to first 200, idle RSS"
 SU_PORT=$(port)
-write_gate_config "$TMP/startup.toml" "$SU_PORT"
+write_gate_config "$TMP/startup.toml" "$SU_PORT" "$UP" "$AS"
 STARTUP_LINES=()
 for _ in 1 2 3 4 5; do
     STARTUP_LINES+=("$("${SV[@]}" "$TOOLS" startup "$GATE" "$TMP/startup.toml" "http://127.0.0.1:$SU_PORT/public")")

@@ -42,11 +42,12 @@ async fn get(client: &TestClient, url: &str, token: Option<&str>) -> Resp {
     send(client, b.body(empty()).unwrap()).await
 }
 
-#[tokio::test]
-async fn sigterm_drains_in_flight_requests_and_exits_0() {
+/// An AS that answers `TOKEN` as alice's exactly once (the cache serves the
+/// rest), an upstream, and a config with JSON logs in a fresh directory.
+async fn alice_once(name: &str) -> (MockServer, Upstream, std::path::PathBuf, std::path::PathBuf) {
     let auth = MockServer::start().await;
     let upstream = Upstream::start().await;
-    let dir = temp_dir("bin-term");
+    let dir = temp_dir(name);
     let config = dir.join("tokengate.toml");
     write_config(&config, &auth, &upstream, "[log]\nformat = \"json\"\n");
     let body = serde_json::json!({"active": true, "sub": "alice", "exp": 4_102_444_800i64});
@@ -55,6 +56,12 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         .expect(1)
         .mount(&auth)
         .await;
+    (auth, upstream, dir, config)
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let (_auth, upstream, dir, config) = alice_once("bin-term").await;
 
     let mut bin = Binary::start(&config).await;
     let client = http1_client();
@@ -127,17 +134,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
 /// drain must work the same.
 #[tokio::test]
 async fn one_cpu_serves_on_the_current_thread_runtime() {
-    let auth = MockServer::start().await;
-    let upstream = Upstream::start().await;
-    let dir = temp_dir("bin-one-cpu");
-    let config = dir.join("tokengate.toml");
-    write_config(&config, &auth, &upstream, "[log]\nformat = \"json\"\n");
-    let body = serde_json::json!({"active": true, "sub": "alice", "exp": 4_102_444_800i64});
-    introspection_of(TOKEN)
-        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(body))
-        .expect(1)
-        .mount(&auth)
-        .await;
+    let (_auth, _upstream, dir, config) = alice_once("bin-one-cpu").await;
 
     let mut bin = Binary::start_with(&config, true).await;
     let out = bin.output();
