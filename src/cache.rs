@@ -84,15 +84,9 @@ pub enum LoadError {
 /// Positive entry lifetime: min(max_ttl, exp − now); `max_ttl` without `exp`;
 /// zero for a token that is already expired.
 pub fn entry_ttl(exp: Option<i64>, now: SystemTime, max_ttl: Duration) -> Duration {
-    let Some(exp) = exp else { return max_ttl };
-    let Ok(exp_secs) = u64::try_from(exp) else {
-        return Duration::ZERO;
-    };
-    let expires_at = UNIX_EPOCH + Duration::from_secs(exp_secs);
-    expires_at
-        .duration_since(now)
-        .unwrap_or(Duration::ZERO)
-        .min(max_ttl)
+    exp.map_or(max_ttl, |exp| {
+        crate::clock::until_exp(exp, now).min(max_ttl)
+    })
 }
 
 /// The lifetimes that a config reload may change, shared with the caches'
@@ -182,9 +176,9 @@ impl Entry {
     /// Past `exp` on our clock: asking the AS again cannot make it valid, and
     /// the policy check will refuse it (401 expired) without a call.
     fn is_expired(&self, now: SystemTime) -> bool {
-        self.answer.exp.is_some_and(|exp| {
-            UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0)) <= now
-        })
+        self.answer
+            .exp
+            .is_some_and(|exp| crate::clock::until_exp(exp, now).is_zero())
     }
 
     /// Usable as a stale answer while the AS fails.

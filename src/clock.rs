@@ -17,6 +17,21 @@ pub trait Clock: Send + Sync + 'static {
     }
 }
 
+/// Time left until `exp` (seconds since the epoch) at `now`; zero once it is
+/// reached or for an `exp` before 1970. The one place that turns a token's
+/// `exp` into a duration: the cache's lifetimes, the expired check on every
+/// hit and a WebSocket tunnel's life all use it.
+pub fn until_exp(exp: i64, now: SystemTime) -> Duration {
+    u64::try_from(exp)
+        .ok()
+        .and_then(|secs| {
+            (UNIX_EPOCH + Duration::from_secs(secs))
+                .duration_since(now)
+                .ok()
+        })
+        .unwrap_or(Duration::ZERO)
+}
+
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
@@ -53,5 +68,24 @@ impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
         let ms = self.offset_ms.load(Ordering::SeqCst);
         self.base + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_exp_never_negative() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_000_500);
+        assert_eq!(until_exp(1_002, now), Duration::from_millis(1_500));
+        assert_eq!(until_exp(1_000, now), Duration::ZERO);
+        assert_eq!(until_exp(-5, now), Duration::ZERO);
+        let exact = UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(
+            until_exp(1_000, exact),
+            Duration::ZERO,
+            "expired at exp itself"
+        );
     }
 }

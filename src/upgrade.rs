@@ -99,17 +99,10 @@ pub fn restore_headers(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::UPGRADE, upgrade);
 }
 
-/// The tunnel's lifetime: until `exp` by the injected clock, in milliseconds so
-/// that a token with a second left gets that second.
+/// The tunnel's lifetime: until `exp` by the injected clock (`None`: no `exp`,
+/// the tunnel lives until either side closes it or shutdown).
 pub fn until_exp(exp: Option<i64>, now: std::time::SystemTime) -> Option<Duration> {
-    let exp = exp?;
-    let now_ms = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    let exp_ms = u128::try_from(exp).unwrap_or(0).saturating_mul(1000);
-    let left = u64::try_from(exp_ms.saturating_sub(now_ms)).unwrap_or(u64::MAX);
-    Some(Duration::from_millis(left))
+    exp.map(|exp| crate::clock::until_exp(exp, now))
 }
 
 #[cfg(test)]
