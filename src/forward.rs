@@ -129,7 +129,6 @@ pub fn insert_identity(headers: &mut HeaderMap, p: &Principal, id: &IdentitySett
 /// than the rest of the `X-Forwarded-*` work.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    pub addr: SocketAddr,
     /// The client's IP, as our `X-Forwarded-For` element.
     ip: HeaderValue,
     /// The scheme the client used to reach us.
@@ -139,7 +138,6 @@ pub struct Peer {
 impl Peer {
     pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
         Self {
-            addr,
             ip: header_safe(&addr.ip().to_string()),
             proto,
         }
