@@ -232,6 +232,10 @@ fn same<T>(a: &T, b: &T, eq: impl Fn(&T, &T) -> bool) -> bool {
 fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     let mut changed = Vec::new();
     macro_rules! keep {
+        // Most keys compare with `==`; the rest say how.
+        ($key:literal, $($field:ident).+) => {
+            keep!($key, $($field).+, |a, b| a == b)
+        };
         ($key:literal, $($field:ident).+, $same:expr) => {{
             if !same(&old.$($field).+, &new.$($field).+, $same) {
                 changed.push($key);
@@ -239,14 +243,14 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
             new.$($field).+ = old.$($field).+.clone();
         }};
     }
-    keep!("listen", listen, |a, b| a == b);
-    keep!("admin.listen", admin.listen, |a, b| a == b);
+    keep!("listen", listen);
+    keep!("admin.listen", admin.listen);
     keep!("upstream", upstream, |a, b| a.scheme == b.scheme
         && a.authority == b.authority
         && a.base_path == b.base_path
         && a.unix_socket == b.unix_socket
         && a.http2 == b.http2);
-    keep!("mode", mode, |a, b| a == b);
+    keep!("mode", mode);
     // The running listener holds the live acceptor and its file watcher; a new
     // one would serve nothing. Certificate *contents* reload through them
     // (file change, SIGHUP); only the paths and TLS on/off need a restart.
@@ -275,49 +279,27 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     if url_changed {
         changed.push("introspection.url");
     }
-    keep!(
-        "introspection.client_id",
-        introspection.client_id,
-        |a, b| a == b
-    );
+    keep!("introspection.client_id", introspection.client_id);
     keep!(
         "introspection.client_secret",
         introspection.client_secret,
         |a, b| a.expose() == b.expose()
     );
-    keep!(
-        "introspection.auth_method",
-        introspection.auth_method,
-        |a, b| a == b
-    );
-    keep!("introspection.timeout", introspection.timeout, |a, b| a
-        == b);
+    keep!("introspection.auth_method", introspection.auth_method);
+    keep!("introspection.timeout", introspection.timeout);
     new.introspection.url = old.introspection.url.clone();
-    keep!("cache.max_entries", cache.max_entries, |a, b| a == b);
-    keep!(
-        "cache.negative_max_entries",
-        cache.negative_max_entries,
-        |a, b| a == b
-    );
-    keep!("resilience.upstream_timeout", upstream_timeout, |a, b| a
-        == b);
+    keep!("cache.max_entries", cache.max_entries);
+    keep!("cache.negative_max_entries", cache.negative_max_entries);
+    keep!("resilience.upstream_timeout", upstream_timeout);
     keep!(
         "resilience.upstream_connect_timeout",
-        upstream_connect_timeout,
-        |a, b| a == b
+        upstream_connect_timeout
     );
-    keep!("resilience.breaker_failures", breaker_failures, |a, b| a
-        == b);
-    keep!("resilience.breaker_open_for", breaker_open_for, |a, b| a
-        == b);
-    keep!(
-        "limits.max_header_bytes",
-        limits.max_header_bytes,
-        |a, b| a == b
-    );
-    keep!("limits.max_connections", limits.max_connections, |a, b| a
-        == b);
-    keep!("limits.idle_timeout", limits.idle_timeout, |a, b| a == b);
+    keep!("resilience.breaker_failures", breaker_failures);
+    keep!("resilience.breaker_open_for", breaker_open_for);
+    keep!("limits.max_header_bytes", limits.max_header_bytes);
+    keep!("limits.max_connections", limits.max_connections);
+    keep!("limits.idle_timeout", limits.idle_timeout);
     // The fleet layer (Redis connections, subscriber, HMAC key) is built once
     // in `App::with_clock`.
     keep!("cache.shared", shared_cache, |a, b| match (a, b) {
