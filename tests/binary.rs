@@ -112,13 +112,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
         "/sleep/3000",
         "in-flight request completed"
     );
-    let status = bin.wait_exit().await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status; output:\n{}",
-        bin.output()
-    );
+    bin.wait_exit_0().await;
     let out = bin.output();
     assert!(out.contains("shutdown signal received"), "{out}");
     assert!(out.contains("token purged"), "{out}");
@@ -152,13 +146,7 @@ async fn one_cpu_serves_on_the_current_thread_runtime() {
     let r = get(&client, &bin.admin_url("/readyz"), None).await;
     assert_eq!(r.status, StatusCode::OK);
     bin.signal("TERM");
-    let status = bin.wait_exit().await;
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "exit status; output:\n{}",
-        bin.output()
-    );
+    bin.wait_exit_0().await;
     assert!(bin.output().contains("tokengate stopped"));
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -221,7 +209,6 @@ async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
     );
 
     bin.signal("TERM");
-    let status = bin.wait_exit().await;
-    assert_eq!(status.code(), Some(0), "output:\n{}", bin.output());
+    bin.wait_exit_0().await;
     let _ = std::fs::remove_dir_all(dir);
 }

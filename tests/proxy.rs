@@ -975,11 +975,7 @@ async fn should_400_ambiguous_framing_and_forward_nothing() {
              Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /hidden HTTP/1.1\r\nHost: gate\r\n\r\n"
         );
         let raw = raw_exchange(env.gate.addr, req.as_bytes()).await;
-        let status_line = String::from_utf8_lossy(&raw)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let status_line = status_line(&raw);
         assert!(status_line.contains(" 400 "), "{why}: {status_line}");
     }
     assert_eq!(env.upstream.hits(), 0, "{:?}", env.upstream.seen());
@@ -1100,11 +1096,7 @@ async fn should_400_header_injection_and_bad_targets_and_forward_nothing() {
     for (why, head) in cases {
         let req = format!("{head}Connection: close\r\n\r\n");
         let raw = raw_exchange(env.gate.addr, req.as_bytes()).await;
-        let status_line = String::from_utf8_lossy(&raw)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let status_line = status_line(&raw);
         assert!(status_line.contains(" 400 "), "{why}: {status_line:?}");
     }
     assert_eq!(env.upstream.hits(), 0, "{:?}", env.upstream.seen());

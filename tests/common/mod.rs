@@ -692,6 +692,15 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The first line of a raw response (`""` if there is none).
+pub fn status_line(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// One response parsed from raw bytes.
 #[derive(Debug)]
 pub struct RawResp {
@@ -1483,6 +1492,17 @@ impl Binary {
         }
         panic!(
             "tokengate did not exit within 20s; output:\n{}",
+            self.output()
+        );
+    }
+
+    /// Waits for the exit and requires status 0.
+    pub async fn wait_exit_0(&mut self) {
+        let status = self.wait_exit().await;
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit status; output:\n{}",
             self.output()
         );
     }
