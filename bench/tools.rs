@@ -700,14 +700,18 @@ async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
             filled += 1;
         }
         cache.run_pending_tasks().await;
-        let rss = rss_kib(pid)?;
-        println!(
-            "mem entries={n} rss_kib={rss} growth_kib={} bytes_per_entry={:.0}",
-            rss - base,
-            (rss - base) as f64 * 1024.0 / n as f64
-        );
+        print_mem("mem", n, base, rss_kib(pid)?);
     }
     Ok(())
+}
+
+/// One `mem` result line: RSS growth over `base` (KiB) per entry, for `n` entries.
+fn print_mem(label: &str, n: u64, base: u64, rss: u64) {
+    println!(
+        "{label} entries={n} rss_kib={rss} growth_kib={} bytes_per_entry={:.0}",
+        rss - base,
+        (rss - base) as f64 * 1024.0 / n as f64
+    );
 }
 
 /// moka's own per-entry floor: a bare `Cache<[u8; 32], ()>` built like
@@ -740,12 +744,7 @@ async fn mem_moka_unit(counts: &[u64]) -> Result<()> {
             filled += 1;
         }
         cache.run_pending_tasks().await;
-        let rss = rss_kib(pid)?;
-        println!(
-            "mem-moka-unit entries={n} rss_kib={rss} growth_kib={} bytes_per_entry={:.0}",
-            rss - base,
-            (rss - base) as f64 * 1024.0 / n as f64
-        );
+        print_mem("mem-moka-unit", n, base, rss_kib(pid)?);
     }
     Ok(())
 }
