@@ -127,6 +127,48 @@ fn write_u64(w: &mut Writer<'_>, mut v: u64) -> fmt::Result {
     w.write_str(std::str::from_utf8(&buf[i..]).map_err(|_| fmt::Error)?)
 }
 
+/// An `f64` that is a whole number of thousandths (the access log's
+/// `latency_ms`: whole microseconds ÷ 1000), printed with integer digits only.
+/// Float formatting (the shortest round-trip digits) cost more than all the
+/// other access-log fields together.
+struct Millis {
+    whole: u64,
+    thousandths: u64,
+}
+
+impl Millis {
+    /// `None` unless `value` is exactly `n as f64 / 1000.0` for an `n` below
+    /// 10¹²: then the shortest decimal that parses back to `value` is `n`'s
+    /// digits with the point three places in (a float near 10⁹ is exact to
+    /// ~10⁻⁷, so no other decimal with at most three places parses to it),
+    /// which is what `{:?}` prints. `{:?}` switches to exponent notation only
+    /// below 10⁻⁴ (never, here, except 0) and from 10¹⁶ on.
+    fn of(value: f64) -> Option<Self> {
+        if !(0.0..1e9).contains(&value) {
+            return None;
+        }
+        let n = (value * 1000.0).round() as u64;
+        (n as f64 / 1000.0 == value).then_some(Self {
+            whole: n / 1000,
+            thousandths: n % 1000,
+        })
+    }
+
+    /// `{:?}`'s text: `4.234`, `4.23`, `4.0`.
+    fn write(&self, w: &mut Writer<'_>) -> fmt::Result {
+        write_u64(w, self.whole)?;
+        w.write_char('.')?;
+        let t = self.thousandths;
+        let digits = [t / 100, t / 10 % 10, t % 10].map(|d| b'0' + d as u8);
+        // Trailing zeros go, but one digit stays: `4.0`, not `4.`.
+        let mut len = 3;
+        while len > 1 && digits[len - 1] == b'0' {
+            len -= 1;
+        }
+        w.write_str(std::str::from_utf8(&digits[..len]).map_err(|_| fmt::Error)?)
+    }
+}
+
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
@@ -153,6 +195,13 @@ impl Visit for PlainVisitor<'_> {
             }
             write_u64(w, value.unsigned_abs())
         });
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        match Millis::of(value) {
+            Some(m) => self.record_with(field, |w| m.write(w)),
+            None => self.record_debug(field, &value),
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -266,6 +315,15 @@ mod tests {
             del = "x\u{7f}",
             "m"
         );
+        tracing::info!(
+            a = 0.1 + 0.2,
+            b = 1e-7,
+            c = -1.5,
+            d = 1e17,
+            e = 4.0,
+            f = 0.734,
+            "floats"
+        );
         tracing::info!("plain");
     }
 
@@ -299,8 +357,35 @@ mod tests {
     #[test]
     fn same_text_as_tracing_subscriber_defaults() {
         let ours = lines(true);
-        assert_eq!(ours.len(), 4);
+        assert_eq!(ours.len(), 5);
         assert_eq!(ours, lines(false));
+    }
+
+    /// The integer path prints what `{:?}` prints, for every microsecond value
+    /// up to 200 ms and for larger ones; other floats are not taken by it (they
+    /// go to `{:?}` itself, compared in `same_text_as_tracing_subscriber_defaults`).
+    #[test]
+    fn millis_print_as_debug_does() {
+        let mut millis: Vec<f64> = (0..200_000u64).map(|us| us as f64 / 1000.0).collect();
+        millis.extend([1e6, 3_600_000.001, 999_999_999.999, 123_456_789.5]);
+        for v in millis {
+            let m = Millis::of(v).unwrap_or_else(|| panic!("{v} not taken"));
+            let mut ours = String::new();
+            m.write(&mut Writer::new(&mut ours)).unwrap();
+            assert_eq!(ours, format!("{v:?}"), "value {v}");
+        }
+        for v in [
+            0.1 + 0.2,
+            1e-7,
+            0.0004,
+            -1.5,
+            1e9,
+            1e17,
+            f64::NAN,
+            f64::INFINITY,
+        ] {
+            assert!(Millis::of(v).is_none(), "{v} taken");
+        }
     }
 
     #[test]
