@@ -23,6 +23,17 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
     http
 }
 
+/// The pool settings both clients share: idle keep-alive connections are kept
+/// 90 s (0 new AS connections per introspection under steady load), HTTP/2
+/// only when `http2`.
+fn pool(http2: bool) -> hyper_util::client::legacy::Builder {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(http2);
+    builder
+}
+
 /// Builds a pooled client with our TLS settings (web PKI roots plus extra
 /// roots, client certificate). Keep-alive connections are reused, so an https
 /// AS costs one TLS handshake per pooled connection, not one per call. When
@@ -50,10 +61,7 @@ where
             .enable_http1()
             .wrap_connector(http_connector(connect_timeout))
     };
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_only(http2)
-        .build(https)
+    pool(http2).build(https)
 }
 
 /// Connects every request to one unix domain socket, whatever the URI says
@@ -95,8 +103,5 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_only(http2)
-        .build(UnixConnector::new(path))
+    pool(http2).build(UnixConnector::new(path))
 }
