@@ -129,8 +129,8 @@ fn write_u64(w: &mut Writer<'_>, mut v: u64) -> fmt::Result {
 
 /// An `f64` that is a whole number of thousandths (the access log's
 /// `latency_ms`: whole microseconds ÷ 1000), printed with integer digits only.
-/// Float formatting (the shortest round-trip digits) cost more than all the
-/// other access-log fields together.
+/// Float formatting (the shortest round-trip digits, ~900 instructions under
+/// callgrind) made it the costliest field of the access line.
 struct Millis {
     whole: u64,
     thousandths: u64,
