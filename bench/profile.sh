@@ -11,14 +11,25 @@
 #       (valgrind --tool=callgrind, counters zeroed after a warm-up), and the
 #       callgrind file for callgrind_annotate. Repeatable whatever the machine
 #       is doing; kernel time is not counted.
+#   bench/profile.sh syscalls BIN [SECONDS]  system calls per request, by
+#       name (strace -c -f on the proxy during the run; strace slows it, the
+#       counts per request are what it is for).
+#   bench/profile.sh perf BIN [SECONDS]  where CPU 1's time goes: perf record
+#       -C 1 during the run, reported by process (thread name) and binary
+#       (kernel, the proxy, libc, vDSO); the upstream shares that CPU. The
+#       perf file is kept for `perf report --sort sym`.
 #
-# BIN is a tokengate binary, or `proxy` for `bench-tools proxy` (the bare
-# hyper + hyper-util proxy: the floor of tokengate's stack). Needs a release
-# build of bench-tools (`cargo build --release --example bench-tools`), wrk,
-# and valgrind for `ir`. RUST_LOG (default info) applies to tokengate.
+# BIN is a tokengate binary, `proxy` for `bench-tools proxy` (the bare
+# hyper + hyper-util proxy: the floor of tokengate's stack), or `nginx` for
+# nginx as a plain proxy_pass with upstream keep-alive (bench/run.sh's
+# nginx-proxy row, one worker, run without a master process so that the
+# measured PID is the worker; not for `ir`). Needs a release build of
+# bench-tools (`cargo build --release --example bench-tools`), wrk, and
+# valgrind, strace or perf for those modes. RUST_LOG (default info) applies
+# to tokengate.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-MODE=${1:?usage: bench/profile.sh cpu|ir BIN [SECONDS]} GATE=${2:?BIN}
+MODE=${1:?usage: bench/profile.sh cpu|ir|syscalls|perf BIN [SECONDS]} GATE=${2:?BIN}
 SECS=${3:-4}
 TOOLS=${CARGO_TARGET_DIR:-target}/release/examples/bench-tools
 [[ -x $TOOLS ]] || { echo "build bench-tools first: cargo build --release --example bench-tools" >&2; exit 2; }
@@ -30,7 +41,40 @@ taskset -c 1 "$TOOLS" upstream "127.0.0.1:$UPP" >/dev/null 2>&1 & PIDS+=($!); UP
 taskset -c 0 "$TOOLS" as "127.0.0.1:$ASP" 5 >/dev/null 2>&1 & PIDS+=($!)
 . bench/gate-config.sh
 write_gate_config "$TMP/c.toml" "$TGP" "http://127.0.0.1:$UPP" "http://127.0.0.1:$ASP"
-if [[ $GATE == proxy ]]; then CMD=("$TOOLS" proxy "127.0.0.1:$TGP" "http://127.0.0.1:$UPP"); else CMD=("$GATE" --config "$TMP/c.toml"); fi
+if [[ $GATE == proxy ]]; then
+    CMD=("$TOOLS" proxy "127.0.0.1:$TGP" "http://127.0.0.1:$UPP")
+elif [[ $GATE == nginx ]]; then
+    mkdir -p "$TMP/nginx/logs"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+$([[ $(id -u) -ne 0 ]] || echo "user root;")
+worker_processes 1;
+master_process off;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log $TMP/nginx/logs/access.log;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    upstream app { server 127.0.0.1:$UPP; keepalive 64; }
+    server {
+        listen 127.0.0.1:$TGP;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    CMD=("$(command -v nginx || echo /usr/sbin/nginx)" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log")
+else
+    CMD=("$GATE" --config "$TMP/c.toml")
+fi
 [[ $MODE == ir ]] && CMD=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out" "${CMD[@]}")
 RUST_LOG=${RUST_LOG:-info} taskset -c 1 "${CMD[@]}" >"$TMP/proxy.log" 2>&1 & PIDS+=($!); TG=$!
 for _ in $(seq 200); do "$TOOLS" get "http://127.0.0.1:$TGP/" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -38,10 +82,26 @@ CONNS=32; [[ $MODE == ir ]] && CONNS=8
 load() { BENCH_TOKEN=profile-token taskset -c 0 wrk -t1 -c$CONNS -d"$1" -s bench/wrk.lua "http://127.0.0.1:$TGP/"; }
 load 2s >/dev/null
 ticks() { awk '{print $14 + $15, $14}' "/proc/$1/stat"; }
-if [[ $MODE == ir ]]; then callgrind_control -z "$TG" >/dev/null; else read -r t0 u0 < <(ticks "$TG"); read -r up0 _ < <(ticks "$UP"); fi
+case $MODE in
+ir) callgrind_control -z "$TG" >/dev/null ;;
+syscalls) strace -c -f -p "$TG" -o "$TMP/strace" 2>/dev/null & SPY=$! ;;
+perf) perf record -q -C 1 -o "${PERF_OUT:-/tmp/tokengate.perf}" 2>/dev/null & SPY=$! ;;
+*) read -r t0 u0 < <(ticks "$TG"); read -r up0 _ < <(ticks "$UP") ;;
+esac
+[[ $MODE == syscalls || $MODE == perf ]] && sleep 0.5 # attached before the load starts
 out=$(load "${SECS}s")
 req=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out")
-if [[ $MODE == ir ]]; then
+if [[ $MODE == syscalls || $MODE == perf ]]; then
+    kill -INT "$SPY"; wait "$SPY" 2>/dev/null || true
+    echo "requests=$req (the counts run from attach to detach, a little longer than the load)"
+    if [[ $MODE == syscalls ]]; then
+        # strace -c columns: % time, seconds, usecs/call, calls, [errors,] name.
+        awk -v r="$req" '$4 ~ /^[0-9]+$/ { printf "%-16s %7.3f per request\n", $NF, $4 / r }' "$TMP/strace"
+    else
+        perf report -i "${PERF_OUT:-/tmp/tokengate.perf}" --sort comm,dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
+        echo "perf file: ${PERF_OUT:-/tmp/tokengate.perf}"
+    fi
+elif [[ $MODE == ir ]]; then
     callgrind_control -d "$TG" >/dev/null
     sleep 0.5
     f=$(ls -t "$TMP"/callgrind.out* | head -1)
