@@ -26,7 +26,7 @@
 # measured PID is the worker; not for `ir`). Needs a release build of
 # bench-tools (`cargo build --release --example bench-tools`), wrk, and
 # valgrind, strace or perf for those modes. RUST_LOG (default info) applies
-# to tokengate.
+# to tokengate; CONNS (default 32; `ir` always uses 8) sets wrk's connections.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE=${1:?usage: bench/profile.sh cpu|ir|syscalls|perf BIN [SECONDS]} GATE=${2:?BIN}
@@ -78,7 +78,7 @@ fi
 [[ $MODE == ir ]] && CMD=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.out" "${CMD[@]}")
 RUST_LOG=${RUST_LOG:-info} taskset -c 1 "${CMD[@]}" >"$TMP/proxy.log" 2>&1 & PIDS+=($!); TG=$!
 for _ in $(seq 200); do "$TOOLS" get "http://127.0.0.1:$TGP/" >/dev/null 2>&1 && break; sleep 0.1; done
-CONNS=32; [[ $MODE == ir ]] && CONNS=8
+CONNS=${CONNS:-32}; [[ $MODE == ir ]] && CONNS=8
 load() { BENCH_TOKEN=profile-token taskset -c 0 wrk -t1 -c$CONNS -d"$1" -s bench/wrk.lua "http://127.0.0.1:$TGP/"; }
 load 2s >/dev/null
 ticks() { awk '{print $14 + $15, $14}' "/proc/$1/stat"; }
