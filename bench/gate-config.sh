@@ -1,4 +1,5 @@
-# Sourced by bench/run.sh and bench/profile.sh: the tokengate config both measure.
+# Sourced by bench/run.sh and bench/profile.sh: the tokengate config both
+# measure, and the nginx settings both run nginx with.
 # write_gate_config FILE PORT UPSTREAM_URL AS_URL
 write_gate_config() {
     cat >"$1" <<CONFIG
@@ -18,4 +19,32 @@ listen = ""
 path_prefix = "/public"
 public = true
 CONFIG
+}
+
+# nginx_main DIR: nginx's top-level settings (one worker, in the foreground,
+# everything under DIR), for a config that then adds its http block.
+nginx_main() {
+    [[ $(id -u) -ne 0 ]] || echo "user root;"
+    cat <<NGINX
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections 4096; }
+NGINX
+}
+
+# nginx_http_common DIR UPSTREAM_PORT: the start of the http block: an access
+# log per request (nginx's default, as tokengate logs every request), temp
+# paths under DIR, and the upstream pool `app` with keep-alive.
+nginx_http_common() {
+    cat <<NGINX
+    access_log $1/logs/access.log;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    upstream app { server 127.0.0.1:$2; keepalive 64; }
+NGINX
 }

@@ -46,21 +46,10 @@ if [[ $GATE == proxy ]]; then
 elif [[ $GATE == nginx ]]; then
     mkdir -p "$TMP/nginx/logs"
     cat >"$TMP/nginx/nginx.conf" <<EOF
-$([[ $(id -u) -ne 0 ]] || echo "user root;")
-worker_processes 1;
+$(nginx_main "$TMP/nginx")
 master_process off;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events { worker_connections 4096; }
 http {
-    access_log $TMP/nginx/logs/access.log;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    upstream app { server 127.0.0.1:$UPP; keepalive 64; }
+$(nginx_http_common "$TMP/nginx" "$UPP")
     server {
         listen 127.0.0.1:$TGP;
         location / {

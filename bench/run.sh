@@ -198,8 +198,7 @@ NGINX_PIDS=()
 if [[ -n $NGINX_BIN ]]; then
     NGX_PLAIN_PORT=$(port) NGX_LITE_PORT=$(port) NGX_NJS_PORT=$(port)
     mkdir -p "$TMP/nginx/logs"
-    USER_LINE="" NJS_LOAD="" NJS_IMPORT="" NJS_SERVER=""
-    [[ $(id -u) -ne 0 ]] || USER_LINE="user root;"
+    NJS_LOAD="" NJS_IMPORT="" NJS_SERVER=""
     if ((NJS)); then
         NJS_LOAD="load_module $NJS_MODULE;"
         NJS_IMPORT="js_import introspect from $REPO/bench/introspect.js;"
@@ -242,20 +241,9 @@ if [[ -n $NGINX_BIN ]]; then
     # alive (keepalive + HTTP/1.1): the strongest common configuration.
     cat >"$TMP/nginx/nginx.conf" <<EOF
 $NJS_LOAD
-$USER_LINE
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/logs/error.log warn;
-events { worker_connections 4096; }
+$(nginx_main "$TMP/nginx")
 http {
-    access_log $TMP/nginx/logs/access.log;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; }
+$(nginx_http_common "$TMP/nginx" "$UP_PORT")
     upstream as { server 127.0.0.1:$AS_PORT; keepalive 64; }
     $NJS_IMPORT
     server {
