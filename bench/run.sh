@@ -18,6 +18,9 @@
 #          --mem-counts N,N,...  (10000,100000,1000000)
 #          --gate-bin PATH       measure this tokengate binary instead of the
 #                                one just built (before/after comparisons)
+#          --upstream-cpu 0|1    where the upstream runs (1: with the proxy
+#                                under test, the default; 0: with wrk and
+#                                the AS, so the proxy has CPU 1 to itself)
 #
 # What it measures, in this order, with the same wrk settings each time
 # (wrk -t1 -cN; with >= 2 CPUs, wrk and the mock AS, an outside service, are
@@ -58,7 +61,7 @@ REPO=$PWD
 COMMAND="bench/run.sh${*:+ $*}"
 
 SMOKE=0 DURATION=10 WARMUP=3 CONNS=32 LATENCY_MS=5 NGINX=1 MEM=1 WRITE=1
-MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN="" AS_SLEEP=precise NJS_CALL=fetch
+MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN="" AS_SLEEP=precise NJS_CALL=fetch UP_CPU=1
 while (($#)); do
     case $1 in
     --smoke) SMOKE=1 DURATION=1 WARMUP=1 MEM_COUNTS=10000 WRITE=0 ;;
@@ -71,6 +74,7 @@ while (($#)); do
     --mem-counts) MEM_COUNTS=$2; shift ;;
     --no-nginx) NGINX=0 ;;
     --gate-bin) GATE_BIN=$2; shift ;;
+    --upstream-cpu) UP_CPU=$2; shift ;;
     --no-mem) MEM=0 ;;
     --no-write) WRITE=0 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
@@ -134,10 +138,15 @@ TOOLS=$BIN/examples/bench-tools
 GATE=${GATE_BIN:-$BIN/tokengate}
 
 # --- pinning ----------------------------------------------------------------
-LG=() SV=()
+LG=() SV=() UPS=()
 if (($(nproc) >= 2)) && command -v taskset >/dev/null; then
-    LG=(taskset -c 0) SV=(taskset -c 1)
-    PINNING="wrk and the mock AS on CPU 0; upstream and the proxy under test on CPU 1"
+    [[ $UP_CPU == [01] ]] || { echo "bench/run.sh: --upstream-cpu is 0 or 1" >&2; exit 2; }
+    LG=(taskset -c 0) SV=(taskset -c 1) UPS=(taskset -c "$UP_CPU")
+    if ((UP_CPU)); then
+        PINNING="wrk and the mock AS on CPU 0; upstream and the proxy under test on CPU 1"
+    else
+        PINNING="wrk, the mock AS and the upstream on CPU 0; the proxy under test on CPU 1"
+    fi
 else
     PINNING="not pinned ($(nproc) CPU)"
 fi
@@ -175,7 +184,7 @@ UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port) HP_PORT=$(port)
 UP=http://127.0.0.1:$UP_PORT AS=http://127.0.0.1:$AS_PORT TG=http://127.0.0.1:$TG_PORT
 
 say "starting upstream, mock AS (${LATENCY_MS} ms, $AS_SLEEP sleep), tokengate"
-"${SV[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+"${UPS[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
 UP_PID=$!; PIDS+=("$UP_PID")
 # The AS is an outside service: it shares the load generator's CPU, so its own
 # work (parsing, JSON) is not charged to the proxy under test.
