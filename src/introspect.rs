@@ -172,17 +172,6 @@ impl Introspection {
             extra: serde_json::Map::new(),
         }
     }
-
-    /// Space-separated scopes, as they go into the scope identity header.
-    pub fn scope_string(&self) -> String {
-        self.scope
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 }
 
 /// A claim as header text, for `[identity.claims]` (see
@@ -532,6 +521,7 @@ fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::answer::Answer;
 
     fn parse(json: &str) -> Result<Introspection, serde_json::Error> {
         serde_json::from_str(json)
@@ -544,7 +534,7 @@ mod tests {
         assert!(i.active);
         assert_eq!(i.aud, Some(vec!["urn:lab:api".to_owned()]));
         assert_eq!(i.token_type, Some(BasicTokenType::Bearer));
-        assert_eq!(i.scope_string(), "read");
+        assert_eq!(Answer::from(i.clone()).scope_string(), "read");
         // Keycloak: typ instead of token_type, nbf 0, nested objects kept.
         let i = parse(r#"{"active":true,"exp":1485492229,"nbf":0,"typ":"Bearer","aud":"proxy","sub":"e891","client_id":"proxy","realm_access":{"roles":["uma_authorization"]},"allowed-origins":[]}"#).unwrap();
         assert_eq!(i.token_type, Some(BasicTokenType::Bearer));
@@ -569,7 +559,7 @@ mod tests {
         );
         assert_eq!(i.iat, Some(1795792793));
         assert_eq!(i.nbf, Some(1_000_000_000));
-        assert_eq!(i.scope_string(), "read write");
+        assert_eq!(Answer::from(i.clone()).scope_string(), "read write");
         assert_eq!(i.token_type, None);
         assert_eq!(i.client_id.as_ref().map(|c| c.as_str()), Some("42"));
         assert!(!parse(r#"{"active":false}"#).unwrap().active);
