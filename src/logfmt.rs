@@ -84,9 +84,7 @@ impl PlainVisitor<'_> {
             self.writer.write_char(' ')
         }
     }
-}
 
-impl PlainVisitor<'_> {
     /// `name=` (after the separator); the value follows.
     fn name(&mut self, field: &Field) -> fmt::Result {
         self.separate()?;
