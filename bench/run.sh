@@ -87,6 +87,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
 [[ $NJS_CALL == fetch || $NJS_CALL == subrequest ]] || die "--njs: fetch or subrequest, not $NJS_CALL"
 [[ $AS_SLEEP == precise || $AS_SLEEP == tokio ]] || die "--as-sleep: precise or tokio, not $AS_SLEEP"
+[[ $UP_CPU == [01] ]] || die "--upstream-cpu: 0 or 1, not $UP_CPU"
 
 # --- tools ------------------------------------------------------------------
 # wrk: in Debian (seconds to install), and its Lua hook can send a new token on
@@ -140,7 +141,6 @@ GATE=${GATE_BIN:-$BIN/tokengate}
 # --- pinning ----------------------------------------------------------------
 LG=() SV=() UPS=()
 if (($(nproc) >= 2)) && command -v taskset >/dev/null; then
-    [[ $UP_CPU == [01] ]] || { echo "bench/run.sh: --upstream-cpu is 0 or 1" >&2; exit 2; }
     LG=(taskset -c 0) SV=(taskset -c 1) UPS=(taskset -c "$UP_CPU")
     if ((UP_CPU)); then
         PINNING="wrk and the mock AS on CPU 0; upstream and the proxy under test on CPU 1"
