@@ -48,3 +48,18 @@ nginx_http_common() {
     upstream app { server 127.0.0.1:$2; keepalive 64; }
 NGINX
 }
+
+# nginx_plain_server PORT: the nginx-proxy row: a plain proxy_pass to `app`,
+# keep-alive upstream connections, no auth.
+nginx_plain_server() {
+    cat <<NGINX
+    server {
+        listen 127.0.0.1:$1;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+NGINX
+}

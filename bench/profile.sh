@@ -31,6 +31,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE=${1:?usage: bench/profile.sh cpu|ir|syscalls|perf BIN [SECONDS]} GATE=${2:?BIN}
 SECS=${3:-4}
+[[ ! ($MODE == ir && $GATE == nginx) ]] || { echo "bench/profile.sh: ir does not take nginx (see the header)" >&2; exit 2; }
 TOOLS=${CARGO_TARGET_DIR:-target}/release/examples/bench-tools
 [[ -x $TOOLS ]] || { echo "build bench-tools first: cargo build --release --example bench-tools" >&2; exit 2; }
 TMP=$(mktemp -d)
@@ -50,14 +51,7 @@ $(nginx_main "$TMP/nginx")
 master_process off;
 http {
 $(nginx_http_common "$TMP/nginx" "$UPP")
-    server {
-        listen 127.0.0.1:$TGP;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
+$(nginx_plain_server "$TGP")
 }
 EOF
     CMD=("$(command -v nginx || echo /usr/sbin/nginx)" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/logs/error.log")

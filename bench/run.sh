@@ -255,14 +255,7 @@ http {
 $(nginx_http_common "$TMP/nginx" "$UP_PORT")
     upstream as { server 127.0.0.1:$AS_PORT; keepalive 64; }
     $NJS_IMPORT
-    server {
-        listen 127.0.0.1:$NGX_PLAIN_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
+$(nginx_plain_server "$NGX_PLAIN_PORT")
     server {
         listen 127.0.0.1:$NGX_LITE_PORT;
         location / {
