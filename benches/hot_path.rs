@@ -118,6 +118,8 @@ fn header_rewrite(c: &mut Criterion) {
     let hop = Hop {
         peer: &peer,
         identity: &s.identity,
+        trusted: false,
+        method_override: s.forwarding.method_override,
     };
     let headers = request_headers(OPAQUE);
     let host = headers.get("host").cloned();

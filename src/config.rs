@@ -192,6 +192,32 @@ pub struct RawConfig {
     pub upstream_tls: RawUpstreamTls,
     pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
+    pub forwarding: RawForwarding,
+}
+
+/// `[forwarding]`: what the upstream is told about the client, and which of the
+/// client's own headers it may still see.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForwarding {
+    /// CIDRs (or single addresses) of proxies in front of tokengate whose
+    /// `X-Forwarded-For`, `Forwarded`, `X-Real-IP` and `X-Forwarded-Prefix` are
+    /// kept (and appended to). From any other peer they are replaced or removed.
+    pub trusted_proxies: Vec<String>,
+    /// `X-HTTP-Method-Override` and friends: removed, or routed on.
+    pub method_override: MethodOverride,
+}
+
+/// What happens to `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodOverride {
+    /// Removed from every request: the upstream runs the method we routed on.
+    #[default]
+    Strip,
+    /// Kept for the upstream, and the route is chosen for the method they name
+    /// (only on POST; the headers must agree).
+    Route,
 }
 
 /// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
@@ -517,6 +543,16 @@ impl Default for RawConfig {
             tls: RawTls::default(),
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
+            forwarding: RawForwarding::default(),
+        }
+    }
+}
+
+impl Default for RawForwarding {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            method_override: MethodOverride::Strip,
         }
     }
 }
@@ -629,6 +665,26 @@ pub struct Settings {
     /// `[cache.shared]`; `None` when `url` is empty.
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
+    pub forwarding: ForwardingSettings,
+}
+
+/// `[forwarding]`, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardingSettings {
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub method_override: MethodOverride,
+}
+
+impl ForwardingSettings {
+    /// Whether `peer` is a proxy whose forwarding headers we keep.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -933,6 +989,7 @@ impl RawConfig {
         };
 
         let admin = self.admin_settings(listen)?;
+        let forwarding = self.forwarding_settings()?;
 
         Ok(Settings {
             listen,
@@ -978,6 +1035,32 @@ impl RawConfig {
             forward_auth_prefix,
             shared_cache,
             admin,
+            forwarding,
+        })
+    }
+
+    fn forwarding_settings(&self) -> Result<ForwardingSettings, ConfigError> {
+        let f = &self.forwarding;
+        let trusted_proxies = f
+            .trusted_proxies
+            .iter()
+            .map(|s| {
+                let s = s.trim();
+                // A bare address is a /32 (or /128).
+                s.parse::<ipnet::IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        ConfigError::invalid(
+                            "forwarding.trusted_proxies",
+                            format!("{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ForwardingSettings {
+            trusted_proxies,
+            method_override: f.method_override,
         })
     }
 

@@ -3,7 +3,7 @@
 //! [`ProxyError::rejection`] is exhaustive on purpose: a new variant does not
 //! compile until someone decides its status, and `mapping_table` pins them.
 
-use crate::forward::ForwardError;
+use crate::forward::{ForwardError, OverrideError};
 use crate::forward_auth::ForwardAuthError;
 use crate::introspect::IntrospectError;
 use crate::policy::{AmbiguousPath, Deny};
@@ -33,6 +33,9 @@ pub enum ProxyError {
     /// Forward-auth mode: the front proxy's description of the original request is unusable.
     #[error("bad forward-auth request: {0}")]
     ForwardAuth(#[from] ForwardAuthError),
+    /// `forwarding.method_override = "route"`: the override cannot be routed on.
+    #[error(transparent)]
+    MethodOverride(#[from] OverrideError),
 }
 
 /// The RFC 6750 error code in the challenge, when there is one.
@@ -110,6 +113,7 @@ impl ProxyError {
                     Deny::Expired => invalid("token expired"),
                     Deny::NotYetValid => invalid("token is not valid yet"),
                     Deny::NotAccessToken => invalid("token is not an access token"),
+                    Deny::UnsafeIdentity(_) => invalid("token's identity cannot be passed on"),
                     // One description for all three, so a probe cannot map out
                     // which of issuer, audience and client the policy checks.
                     Deny::WrongIssuer | Deny::WrongAudience | Deny::ClientNotAllowed => {
@@ -185,6 +189,15 @@ impl ProxyError {
                 ForwardAuthError::BadUri(_)
                 | ForwardAuthError::BadMethod(_)
                 | ForwardAuthError::OutsidePrefix => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                    None,
+                    false,
+                ),
+            },
+            Self::MethodOverride(e) => match e {
+                OverrideError::NotPost | OverrideError::Unclear => r(
                     S::BAD_REQUEST,
                     "invalid_request",
                     &e.to_string(),
@@ -404,6 +417,27 @@ mod tests {
                 400,
                 "invalid_request",
                 None,
+                false,
+            ),
+            (
+                OverrideError::NotPost.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                OverrideError::Unclear.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                Deny::UnsafeIdentity("sub").into(),
+                401,
+                "invalid_token",
+                Some(r#"error_description="token's identity cannot be passed on""#),
                 false,
             ),
             (

@@ -2,7 +2,7 @@
 //! Via) and the streaming call itself. Bodies are never buffered: the inbound
 //! `Incoming` body is handed to the client and the upstream's body is handed back.
 
-use crate::config::{IdentitySettings, Upstream};
+use crate::config::{IdentitySettings, MethodOverride, Upstream};
 use crate::policy::Principal;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -42,6 +42,35 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Fields that make IIS, Symfony, Zend and similar stacks serve another URL than
+/// the request line's, after tokengate chose the route from the request line.
+/// Removed from every request, whoever sent them.
+static URL_OVERRIDES: [HeaderName; 2] = [
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+];
+
+/// Fields that make many frameworks (Rails, Symfony, ASP.NET, Express's
+/// method-override, Laravel) run another method than the request line's.
+pub static METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// Fields a proxy in front of tokengate sets about the client or the URL it
+/// saw. Kept only from `forwarding.trusted_proxies`: from anyone else they are
+/// whatever the client chose to write. (`X-Forwarded-For`, `Forwarded` and
+/// `X-Real-IP` are then rewritten from the peer; see `rewrite_request_headers`.)
+static FROM_TRUSTED_PROXIES_ONLY: [HeaderName; 4] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-port"),
+];
 
 /// The comma-separated tokens of every `Connection` field, trimmed. Split on
 /// the raw bytes, not `to_str()`: one obs-text byte anywhere in the value must
@@ -139,16 +168,28 @@ pub fn insert_identity(headers: &mut HeaderMap, p: &Principal, id: &IdentitySett
 /// than the rest of the `X-Forwarded-*` work.
 #[derive(Debug, Clone)]
 pub struct Peer {
-    /// The client's IP, as our `X-Forwarded-For` element.
+    /// The client's address, matched against `forwarding.trusted_proxies`.
+    pub addr: std::net::IpAddr,
+    /// The client's IP, as our `X-Forwarded-For` element and `X-Real-IP`.
     ip: HeaderValue,
+    /// Our `Forwarded` element (RFC 7239): `for=…;proto=…`.
+    forwarded: HeaderValue,
     /// The scheme the client used to reach us.
     pub proto: &'static str,
 }
 
 impl Peer {
     pub fn new(addr: SocketAddr, proto: &'static str) -> Self {
+        let ip = addr.ip().to_canonical();
+        // RFC 7239 §6: an IPv6 node is quoted and bracketed.
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
         Self {
-            ip: header_safe(&addr.ip().to_string()),
+            addr: ip,
+            ip: header_safe(&ip.to_string()),
+            forwarded: header_safe(&format!("for={node};proto={proto}")),
             proto,
         }
     }
@@ -158,6 +199,51 @@ impl Peer {
 pub struct Hop<'a> {
     pub peer: &'a Peer,
     pub identity: &'a IdentitySettings,
+    /// The peer is in `forwarding.trusted_proxies`: its forwarding headers are
+    /// appended to, not replaced.
+    pub trusted: bool,
+    pub method_override: MethodOverride,
+}
+
+/// Why a request's method override cannot be routed on (`method_override = "route"`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    #[error("a method override header is only accepted on POST")]
+    NotPost,
+    #[error("method override headers disagree or do not name a method")]
+    Unclear,
+}
+
+/// The method to choose the route for. With `method_override = "strip"` the
+/// override headers are removed before forwarding, so the request's own method
+/// is the one the upstream runs. With `"route"` they reach the upstream, so the
+/// route must be the overriding method's: only on POST (where frameworks honour
+/// them), and every override field must name the same method.
+pub fn routing_method(
+    method: &http::Method,
+    headers: &HeaderMap,
+    mode: MethodOverride,
+) -> Result<http::Method, OverrideError> {
+    if mode == MethodOverride::Strip {
+        return Ok(method.clone());
+    }
+    let mut named: Option<http::Method> = None;
+    for name in &METHOD_OVERRIDES {
+        for v in headers.get_all(name) {
+            let m =
+                http::Method::from_bytes(v.as_bytes().trim_ascii().to_ascii_uppercase().as_slice())
+                    .map_err(|_| OverrideError::Unclear)?;
+            match &named {
+                Some(prev) if *prev != m => return Err(OverrideError::Unclear),
+                _ => named = Some(m),
+            }
+        }
+    }
+    match named {
+        None => Ok(method.clone()),
+        Some(_) if method != http::Method::POST => Err(OverrideError::NotPost),
+        Some(m) => Ok(m),
+    }
 }
 
 /// Rewrites inbound request headers for the upstream. Spoofed identity headers
@@ -181,23 +267,44 @@ pub fn rewrite_request_headers(
             // Host from the URI.
             || name == header::HOST
             || (name == header::AUTHORIZATION && !hop.identity.forward_authorization)
+            || URL_OVERRIDES.contains(name)
+            || (hop.method_override == MethodOverride::Strip && METHOD_OVERRIDES.contains(name))
+            || (!hop.trusted && FROM_TRUSTED_PROXIES_ONLY.contains(name))
     });
 
     if let Some(p) = principal {
         insert_identity(headers, p, hop.identity);
     }
 
-    // Append the peer to any inbound chain; the upstream must only trust the
-    // last element (the one we added).
+    // From a trusted proxy, append the peer to its chain; from anyone else the
+    // chain is what the client wrote (frameworks that read the first element
+    // would take it for the client's address), so it starts again at the peer.
     let ip = &hop.peer.ip;
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            let ip = ip.to_str().unwrap_or_default();
-            header_safe(&format!("{prev}, {ip}"))
+    let chain = |headers: &HeaderMap, name: &HeaderName, ours: &HeaderValue| {
+        let prev: Vec<&str> = headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .collect();
+        if !hop.trusted || prev.is_empty() {
+            return ours.clone();
         }
-        _ => ip.clone(),
+        header_safe(&format!(
+            "{}, {}",
+            prev.join(", "),
+            ours.to_str().unwrap_or_default()
+        ))
     };
+    let xff = chain(headers, &X_FORWARDED_FOR, ip);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
+    let forwarded = chain(headers, &FORWARDED, &hop.peer.forwarded);
+    headers.insert(FORWARDED.clone(), forwarded);
+    // X-Real-IP is one address: a trusted proxy's stands, else it is the peer.
+    if !(hop.trusted && headers.contains_key(&X_REAL_IP)) {
+        headers.insert(X_REAL_IP.clone(), ip.clone());
+    }
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(hop.peer.proto),
@@ -417,9 +524,12 @@ mod tests {
     fn request_rewrite() {
         let id = identity();
         let peer = Peer::new("10.0.0.9:5555".parse().unwrap(), "http");
+        // A trusted front proxy: its X-Forwarded-For chain is appended to.
         let hop = Hop {
             peer: &peer,
             identity: &id,
+            trusted: true,
+            method_override: MethodOverride::Strip,
         };
         let mut h = HeaderMap::new();
         for (k, v) in [
@@ -480,6 +590,146 @@ mod tests {
         assert_eq!(h["accept"], "application/json");
     }
 
+    fn rewritten(
+        pairs: &[(&'static str, &'static str)],
+        trusted: bool,
+        method_override: MethodOverride,
+    ) -> HeaderMap {
+        let id = identity();
+        let peer = Peer::new("[::ffff:10.0.0.9]:5555".parse().unwrap(), "https");
+        let hop = Hop {
+            peer: &peer,
+            identity: &id,
+            trusted,
+            method_override,
+        };
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        rewrite_request_headers(&mut h, Version::HTTP_11, None, None, &hop);
+        h
+    }
+
+    /// What a client writes about itself or about the URL to serve never
+    /// reaches the upstream as if a proxy had said it.
+    #[test]
+    fn client_supplied_forwarding_and_override_headers() {
+        let sent = [
+            ("x-forwarded-for", "203.0.113.66"),
+            ("forwarded", "for=203.0.113.66;proto=https"),
+            ("x-real-ip", "203.0.113.66"),
+            ("x-forwarded-prefix", "/admin"),
+            ("x-forwarded-port", "443"),
+            ("x-original-url", "/admin/users"),
+            ("X-Rewrite-URL", "/admin/users"),
+            ("x-http-method-override", "DELETE"),
+            ("X-HTTP-Method", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("accept", "*/*"),
+        ];
+        // From a client: rewritten from the peer, or gone.
+        let h = rewritten(&sent, false, MethodOverride::Strip);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["forwarded"], "for=10.0.0.9;proto=https");
+        assert_eq!(h["x-real-ip"], "10.0.0.9");
+        for gone in [
+            "x-forwarded-prefix",
+            "x-forwarded-port",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+        ] {
+            assert!(h.get(gone).is_none(), "{gone} must be stripped: {h:?}");
+        }
+        assert_eq!(h["accept"], "*/*");
+
+        // From a trusted proxy: chains appended to, its own values kept; the
+        // URL overrides still go (tokengate did not route on them).
+        let h = rewritten(&sent, true, MethodOverride::Strip);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.66, 10.0.0.9");
+        assert_eq!(
+            h["forwarded"],
+            "for=203.0.113.66;proto=https, for=10.0.0.9;proto=https"
+        );
+        assert_eq!(h["x-real-ip"], "203.0.113.66");
+        assert_eq!(h["x-forwarded-prefix"], "/admin");
+        assert!(h.get("x-original-url").is_none());
+        assert!(h.get("x-rewrite-url").is_none());
+        assert!(h.get("x-http-method-override").is_none());
+
+        // method_override = "route": the overrides were routed on, so they stay.
+        let h = rewritten(&sent, false, MethodOverride::Route);
+        assert_eq!(h["x-http-method-override"], "DELETE");
+        assert_eq!(h["x-http-method"], "DELETE");
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6() {
+        let peer = Peer::new("[2001:db8::1]:443".parse().unwrap(), "http");
+        assert_eq!(peer.forwarded, "for=\"[2001:db8::1]\";proto=http");
+        assert_eq!(peer.ip, "2001:db8::1");
+    }
+
+    #[test]
+    fn routing_method_table() {
+        use http::Method;
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let route = MethodOverride::Route;
+        let del = h(&[("x-http-method-override", "DELETE")]);
+        // Strip: the request's own method, whatever the headers say.
+        assert_eq!(
+            routing_method(&Method::POST, &del, MethodOverride::Strip),
+            Ok(Method::POST)
+        );
+        assert_eq!(
+            routing_method(&Method::POST, &del, route),
+            Ok(Method::DELETE)
+        );
+        assert_eq!(
+            routing_method(&Method::POST, &h(&[("x-http-method", " delete ")]), route),
+            Ok(Method::DELETE)
+        );
+        assert_eq!(
+            routing_method(&Method::GET, &del, route),
+            Err(OverrideError::NotPost)
+        );
+        assert_eq!(
+            routing_method(
+                &Method::POST,
+                &h(&[
+                    ("x-http-method-override", "DELETE"),
+                    ("x-method-override", "PUT")
+                ]),
+                route
+            ),
+            Err(OverrideError::Unclear)
+        );
+        assert_eq!(
+            routing_method(
+                &Method::POST,
+                &h(&[("x-http-method-override", "DE LETE")]),
+                route
+            ),
+            Err(OverrideError::Unclear)
+        );
+        assert_eq!(
+            routing_method(&Method::GET, &HeaderMap::new(), route),
+            Ok(Method::GET)
+        );
+    }
+
     /// Regression (found by `tests/props.rs`): a `Connection` value with an
     /// obs-text byte was skipped whole, so the fields it listed were forwarded.
     #[test]
@@ -503,6 +753,8 @@ mod tests {
         let hop = Hop {
             peer: &peer,
             identity: &id,
+            trusted: false,
+            method_override: MethodOverride::Strip,
         };
         let mut h = HeaderMap::new();
         h.insert("x-auth-client-id", HeaderValue::from_static("spoof"));

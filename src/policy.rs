@@ -41,6 +41,11 @@ pub enum Deny {
     WrongAudience,
     #[error("client_id is not in allow_clients")]
     ClientNotAllowed,
+    /// An identity value (`sub`, `client_id`, a `[identity.claims]` claim) that
+    /// starts or ends with whitespace: HTTP drops it around a field value, so the
+    /// upstream would read ` admin\t` as `admin`, another user.
+    #[error("the {0} claim starts or ends with whitespace")]
+    UnsafeIdentity(&'static str),
     #[error("missing scope(s) of require_scopes: {required}")]
     InsufficientScope {
         /// The route's required scopes, space-separated, for the challenge.
@@ -121,16 +126,35 @@ pub fn evaluate(
             });
         }
     }
-    let claims = claim_headers
+    let claims: Vec<(HeaderName, String)> = claim_headers
         .iter()
         .filter_map(|(header, claim)| Some((header.clone(), i.claim_text(claim)?)))
         .collect();
+    // Refused rather than trimmed: trimming would hand ` admin` the identity of
+    // `admin`, a different subject at the AS.
+    if i.sub().is_some_and(padded) {
+        return Err(Deny::UnsafeIdentity("sub"));
+    }
+    if client_id.as_deref().is_some_and(padded) {
+        return Err(Deny::UnsafeIdentity("client_id"));
+    }
+    if claims.iter().any(|(_, v)| padded(v)) {
+        return Err(Deny::UnsafeIdentity("mapped"));
+    }
     Ok(Principal {
         subject: i.sub().map(str::to_owned).or_else(|| client_id.clone()),
         client_id,
         scope: i.scope_string(),
         claims,
     })
+}
+
+/// Whether `v` starts or ends with whitespace (or a control character, which
+/// `forward::header_safe` would turn into `?`, still at the edge). Unicode
+/// whitespace too: some frameworks decode header bytes and `strip()` them.
+fn padded(v: &str) -> bool {
+    let edge = |c: char| c.is_whitespace() || c.is_control();
+    v.starts_with(edge) || v.ends_with(edge)
 }
 
 /// Whether a route needs a token, and if so what the token must satisfy.
@@ -584,6 +608,40 @@ mod tests {
         .unwrap();
         assert_eq!(p.subject.as_deref(), Some("alice"));
         assert_eq!(p.client_id.as_deref(), Some("app"));
+    }
+
+    /// HTTP trims whitespace around a field value, so ` admin\t` would reach
+    /// the upstream as `admin`: such an identity is refused, not trimmed.
+    #[test]
+    fn padded_identity_is_refused() {
+        let email = [(HeaderName::from_static("x-auth-email"), "email".to_owned())];
+        for (json, which) in [
+            (r#"{"active":true,"sub":" admin\t"}"#, "sub"),
+            (r#"{"active":true,"sub":"admin "}"#, "sub"),
+            (r#"{"active":true,"sub":"\u00a0admin"}"#, "sub"),
+            (r#"{"active":true,"sub":"admin\n"}"#, "sub"),
+            (r#"{"active":true,"client_id":" app"}"#, "client_id"),
+            (
+                r#"{"active":true,"sub":"a","client_id":"app\t"}"#,
+                "client_id",
+            ),
+            (r#"{"active":true,"sub":"a","email":"root@x "}"#, "mapped"),
+        ] {
+            assert_eq!(
+                evaluate(&tok(json), &reqs(), 0, &email),
+                Err(Deny::UnsafeIdentity(which)),
+                "{json}"
+            );
+        }
+        // Inner spaces are the value's own: kept.
+        let p = evaluate(
+            &tok(r#"{"active":true,"sub":"Jane Doe","email":"a b@x"}"#),
+            &reqs(),
+            0,
+            &email,
+        )
+        .unwrap();
+        assert_eq!(p.subject.as_deref(), Some("Jane Doe"));
     }
 
     fn route(

@@ -439,7 +439,8 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::ConnectMethod
         | ProxyError::ForwardAuth(_)
         | ProxyError::BodyTooLarge
-        | ProxyError::AmbiguousPath(_) => debug!(reason = %err, token, "request rejected"),
+        | ProxyError::AmbiguousPath(_)
+        | ProxyError::MethodOverride(_) => debug!(reason = %err, token, "request rejected"),
     }
 }
 
@@ -459,8 +460,13 @@ async fn authorize_and_forward(
         return Err(ProxyError::BodyTooLarge);
     }
     let host = forward::inbound_host(&req);
-    let route = settings.routes.select(
+    let method = forward::routing_method(
         req.method(),
+        req.headers(),
+        settings.forwarding.method_override,
+    )?;
+    let route = settings.routes.select(
+        &method,
         host.as_ref().and_then(|h| h.to_str().ok()),
         req.uri().path(),
     )?;
@@ -479,6 +485,8 @@ async fn authorize_and_forward(
     let hop = Hop {
         peer,
         identity: &settings.identity,
+        trusted: settings.forwarding.trusts(peer.addr),
+        method_override: settings.forwarding.method_override,
     };
     forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
     if let Some(u) = upgrade {
