@@ -72,16 +72,6 @@ pub enum Convention {
     Envoy,
 }
 
-impl Convention {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Nginx => "nginx",
-            Self::Traefik => "traefik",
-            Self::Envoy => "envoy",
-        }
-    }
-}
-
 /// `[forward_auth] convention`: the front proxy's header convention, or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

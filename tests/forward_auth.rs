@@ -363,7 +363,10 @@ impl Nginx {
 #[tokio::test]
 async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
     let Some(bin) = nginx_binary() else {
-        eprintln!(
+        // Straight to stderr: libtest captures `eprintln!` of a passing test.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
              SKIPPED should_guard_an_upstream_behind_a_real_nginx_auth_request:\n\
              no nginx binary (apt-get install -y nginx; .ci/run installs it)\n\
@@ -579,7 +582,8 @@ async fn should_refuse_two_conventions_in_auto_mode() {
     let env = Env::start_with(forward_auth).await; // auto, path_prefix "/ext_authz"
     env.allow("tok", 1).await;
     let auth = ("authorization", "Bearer tok");
-    let cases: Vec<(Method, &str, Vec<(&str, &str)>)> = vec![
+    type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
         // nginx in front, the client adds Traefik's headers.
         (
             Method::GET,
@@ -668,6 +672,7 @@ async fn should_log_the_original_method_and_path_without_the_query() {
 }
 
 #[test]
+#[allow(clippy::result_large_err)] // figment::Jail's error type
 fn should_validate_the_convention_key() {
     figment::Jail::expect_with(|jail| {
         let base = "mode = \"forward_auth\"\n[introspection]\nurl = \"http://as.test/i\"\n\
