@@ -756,3 +756,20 @@ fn shipped_examples_set_their_convention() {
         .collect();
     assert_eq!(listed, ["Authorization"], "{traefik}");
 }
+
+/// `forward_auth.convention` is read per request: a SIGHUP that sets it takes
+/// effect at once, without a restart warning.
+#[tokio::test]
+async fn should_apply_a_reloaded_convention_at_once() {
+    let env = Env::start_with(forward_auth).await;
+    let spoofed = plus(&TRAEFIK_DELETE, &SPOOF_NGINX);
+    let r = ask(&env, Method::GET, "/_tokengate", &spoofed).await;
+    assert_rejection(&r, 400, "invalid_request");
+
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    forward_auth_as(ConventionSetting::Traefik)(&mut raw);
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert!(report.restart_required.is_empty(), "{report:?}");
+    let r = ask(&env, Method::GET, "/_tokengate", &spoofed).await;
+    assert_rejection(&r, 401, "unauthorized");
+}
