@@ -261,8 +261,12 @@ pub struct RawUpstreamTls {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawForwardAuth {
+    /// The front proxy's header convention: `nginx`, `traefik`, `envoy`, or
+    /// `auto` (the default; refuses a sub-request with two conventions'
+    /// headers). See [`crate::forward_auth`].
+    pub convention: crate::forward_auth::ConventionSetting,
     /// Envoy `ext_authz` `path_prefix`: removed from the request path to get the
-    /// original path (used when no X-Original-URI / X-Forwarded-Uri is sent).
+    /// original path (convention `envoy`, or `auto` without nginx / Traefik headers).
     pub path_prefix: String,
 }
 
@@ -662,6 +666,8 @@ pub struct Settings {
     pub upstream_tls: crate::tls::ClientTls,
     /// `[forward_auth] path_prefix`, normalised: empty or "/x" without a trailing '/'.
     pub forward_auth_prefix: String,
+    /// `[forward_auth] convention`.
+    pub forward_auth_convention: crate::forward_auth::ConventionSetting,
     /// `[cache.shared]`; `None` when `url` is empty.
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
@@ -812,6 +818,19 @@ impl RawConfig {
                 return Err(ConfigError::invalid(
                     "forward_auth.path_prefix",
                     format!("{p:?} must start with '/'"),
+                ));
+            }
+            // A prefix is Envoy's alone: with another convention it would do
+            // nothing, which is a mistake in the file, not a choice.
+            use crate::forward_auth::ConventionSetting as C;
+            let convention = self.forward_auth.convention;
+            if !p.is_empty() && matches!(convention, C::Nginx | C::Traefik) {
+                return Err(ConfigError::invalid(
+                    "forward_auth.path_prefix",
+                    format!(
+                        "is only used with forward_auth.convention = \"envoy\" (or \"auto\"), not {:?}",
+                        convention.as_str()
+                    ),
                 ));
             }
             p.to_owned()
@@ -1033,6 +1052,7 @@ impl RawConfig {
             tls,
             upstream_tls,
             forward_auth_prefix,
+            forward_auth_convention: self.forward_auth.convention,
             shared_cache,
             admin,
             forwarding,
@@ -1525,6 +1545,13 @@ mod tests {
             (
                 "forward_auth.path_prefix",
                 Box::new(|c| c.forward_auth.path_prefix = "ext_authz".into()),
+            ),
+            (
+                "forward_auth.path_prefix",
+                Box::new(|c| {
+                    c.forward_auth.convention = crate::forward_auth::ConventionSetting::Traefik;
+                    c.forward_auth.path_prefix = "/ext_authz".into();
+                }),
             ),
             (
                 "tls.key_file",

@@ -188,7 +188,10 @@ impl ProxyError {
             Self::ForwardAuth(e) => match e {
                 ForwardAuthError::BadUri(_)
                 | ForwardAuthError::BadMethod(_)
-                | ForwardAuthError::OutsidePrefix => r(
+                | ForwardAuthError::OutsidePrefix
+                | ForwardAuthError::Missing(_)
+                | ForwardAuthError::Repeated(_)
+                | ForwardAuthError::TwoConventions(..) => r(
                     S::BAD_REQUEST,
                     "invalid_request",
                     &e.to_string(),
@@ -511,6 +514,27 @@ mod tests {
             ),
             (
                 ForwardAuthError::OutsidePrefix.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ForwardAuthError::Missing("X-Forwarded-Host").into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ForwardAuthError::Repeated("X-Forwarded-Uri").into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                ForwardAuthError::TwoConventions("a", "b").into(),
                 400,
                 "invalid_request",
                 None,

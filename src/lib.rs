@@ -26,8 +26,9 @@
 //! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream
 //!   (HTTP/1.1 or HTTP/2, over TCP or a unix socket).
 //! - [`upgrade`]: HTTP/1.1 Upgrade (WebSocket) tunnels, closed at the token's `exp` and at shutdown.
-//! - [`forward_auth`]: `mode = "forward_auth"`: the original request from nginx / Traefik /
-//!   Envoy headers, and the 200 + identity answer.
+//! - [`forward_auth`]: `mode = "forward_auth"`: the original request from the configured
+//!   front-proxy convention (nginx / Traefik / Envoy; `auto` refuses two), and the 200 +
+//!   identity answer.
 //! - [`error`]: one enum for every failure; the one exhaustive status/challenge mapping.
 //! - [`client`]: the pooled hyper-util + rustls clients for the AS and the upstream; the unix connector.
 //! - [`clock`]: wall clock behind a trait, so expiry is testable without sleeping.
@@ -64,8 +65,9 @@
 //! admin::serve (own listener): /healthz, /readyz, /metrics, POST /purge →
 //!    cache::TokenCache::invalidate (→ fleet: L2 DEL + PUBLISH on tokengate:purge).
 //! reload (SIGHUP in main): ReloadHandle::reload_from → validate → ArcSwap<Settings> swap.
-//! forward-auth mode: forward_auth::original → the same route/token/cache/policy → 200 + identity
-//! (forward_auth::allowed) instead of forwarding.
+//! forward-auth mode: forward_auth::original (only `forward_auth.convention`'s headers; auto:
+//! two conventions → 400) → the same route/token/cache/policy → 200 + identity
+//! (forward_auth::allowed) instead of forwarding; the access line logs the original method and path.
 //! ```
 #![forbid(unsafe_code)]
 

@@ -8,7 +8,8 @@
 //! * applied at once: `[[routes]]`, `[policy]`, `[identity]` (incl. claims),
 //!   `[token_sources]`, `limits.max_token_bytes`, `limits.max_body_bytes`,
 //!   `resilience.retry_after_secs`, `shutdown_timeout`,
-//!   `admin.purge_secret_file` (re-read), `log.format`;
+//!   `admin.purge_secret_file` (re-read), `log.format`,
+//!   `[forward_auth]` (`convention`, `path_prefix`: read per request);
 //! * `cache.max_ttl` / `cache.negative_ttl` / `resilience.stale_if_error`: for
 //!   entries cached from now on; entries already cached keep their lifetime
 //!   and stale window (purge one to drop it early);

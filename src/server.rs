@@ -190,6 +190,7 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     let tls_watch = app
         .tls_reloader()
         .map(|r| tokio::spawn(r.watch(crate::tls::WATCH_INTERVAL)));
+    crate::forward_auth::warn_if_auto(&app.settings());
     // TLS is a listener setting: fixed for the life of `run` (reload says so).
     let tls = app.settings().tls.clone();
     let graceful = GracefulShutdown::new();
@@ -366,6 +367,9 @@ struct AccessInfo {
     cache: Option<CacheStatus>,
     subject: Option<String>,
     fingerprint: Option<String>,
+    /// Forward-auth mode: the original request's method and path (no query),
+    /// logged instead of the sub-request's (which is always e.g. `GET /_tokengate`).
+    original: Option<(Method, String)>,
 }
 
 /// Outer handler: runs the request path, turns any error into a response,
@@ -400,6 +404,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: &Peer) -> Response<
         }
     };
     let elapsed = started.elapsed();
+    let (method, path) = info.original.take().unwrap_or((method, path));
     info!(
         target: "tokengate::access",
         method = %method,
@@ -599,7 +604,13 @@ async fn forward_auth_check(
     req: Request<Incoming>,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
-    let orig = crate::forward_auth::original(&req, &settings.forward_auth_prefix)?;
+    let orig = crate::forward_auth::original(
+        &req,
+        settings.forward_auth_convention,
+        &settings.forward_auth_prefix,
+    )?;
+    // The path only, as in proxy mode: the original query may carry a token.
+    info.original = Some((orig.method.clone(), orig.target.path().to_owned()));
     let route = settings.routes.select(
         &orig.method,
         orig.host.as_ref().and_then(|h| h.to_str().ok()),

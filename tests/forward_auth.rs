@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokengate::config::{Mode, RawConfig, RawRoute};
+use tokengate::forward_auth::ConventionSetting;
 
 fn admin_route() -> RawRoute {
     RawRoute {
@@ -28,6 +29,48 @@ fn forward_auth(raw: &mut RawConfig) {
     raw.mode = Mode::ForwardAuth;
     raw.forward_auth.path_prefix = "/ext_authz".into();
     raw.routes = vec![admin_route(), public_route()];
+}
+
+/// Forward-auth mode with a fixed convention (the Envoy prefix only for Envoy).
+fn forward_auth_as(convention: ConventionSetting) -> impl FnOnce(&mut RawConfig) {
+    move |raw| {
+        forward_auth(raw);
+        raw.forward_auth.convention = convention;
+        if convention != ConventionSetting::Envoy {
+            raw.forward_auth.path_prefix.clear();
+        }
+    }
+}
+
+/// Traefik's sub-request for a client's `DELETE https://api.example/admin/users`
+/// (what its ForwardAuth middleware sets, overwriting any client copy).
+const TRAEFIK_DELETE: [(&str, &str); 4] = [
+    ("x-forwarded-method", "DELETE"),
+    ("x-forwarded-uri", "/admin/users"),
+    ("x-forwarded-host", "api.example"),
+    ("x-forwarded-proto", "https"),
+];
+
+/// nginx's sub-request for the same request (deploy/nginx/tokengate.conf).
+const NGINX_DELETE: [(&str, &str); 3] = [
+    ("x-original-method", "DELETE"),
+    ("x-original-uri", "/admin/users"),
+    ("x-forwarded-host", "api.example"),
+];
+
+/// The client's own headers, copied into the sub-request by the front proxy,
+/// describing a public request instead.
+const SPOOF_NGINX: [(&str, &str); 2] = [
+    ("x-original-uri", "/public/anything"),
+    ("x-original-method", "GET"),
+];
+const SPOOF_TRAEFIK: [(&str, &str); 2] = [
+    ("x-forwarded-uri", "/public/anything"),
+    ("x-forwarded-method", "GET"),
+];
+
+fn plus<'a>(a: &[(&'a str, &'a str)], b: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    a.iter().chain(b).copied().collect()
 }
 
 /// A sub-request to tokengate with the given headers.
@@ -320,7 +363,10 @@ impl Nginx {
 #[tokio::test]
 async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
     let Some(bin) = nginx_binary() else {
-        eprintln!(
+        // Straight to stderr: libtest captures `eprintln!` of a passing test.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
             "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
              SKIPPED should_guard_an_upstream_behind_a_real_nginx_auth_request:\n\
              no nginx binary (apt-get install -y nginx; .ci/run installs it)\n\
@@ -332,7 +378,8 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
         );
         return;
     };
-    let env = Env::start_with(forward_auth).await;
+    // The convention the shipped site file names.
+    let env = Env::start_with(forward_auth_as(ConventionSetting::Nginx)).await;
     env.allow("tok", 1).await;
     let nginx = Nginx::start(&bin, env.gate.addr, env.upstream.addr).await;
     let get = |path: &str, headers: &[(&str, &str)]| {
@@ -384,6 +431,21 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
         1,
         "a denied request must not reach the app"
     );
+    // Another convention's description of a public request changes nothing
+    // (the shipped site file does not even pass it on: it sends tokengate
+    // only Authorization, and convention "nginx" would ignore it anyway).
+    for token in [None, Some("Bearer tok")] {
+        let mut b = request(Method::DELETE, &nginx.url("/admin/x"));
+        for (k, v) in SPOOF_TRAEFIK {
+            b = b.header(k, v);
+        }
+        if let Some(t) = token {
+            b = b.header("authorization", t);
+        }
+        let r = send(&env.http1, b.body(empty()).unwrap()).await;
+        assert_eq!(r.status, if token.is_some() { 403 } else { 401 });
+    }
+    assert_eq!(env.upstream.hits(), 1);
 
     // A public route: through without a token, and a spoofed identity is dropped.
     let r = send(
@@ -393,4 +455,321 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
     .await;
     let echo = r.echo();
     assert!(!echo.has("x-auth-subject"), "{echo:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Issue 12, item 2: a client must not choose the request that is judged
+// ---------------------------------------------------------------------------
+
+/// The attack as found: behind Traefik (which copies every client header into
+/// the sub-request and overwrites only its X-Forwarded-*), `DELETE /admin/users`
+/// without a token got 401, and 200 once the client added
+/// `X-Original-URI: /public/anything` (nginx's header won). Before the fix
+/// this answered 200 in the default configuration.
+#[tokio::test]
+async fn should_not_let_a_client_choose_the_route_behind_traefik() {
+    // The default convention (`auto`): two conventions → 400.
+    let env = Env::start_with(forward_auth).await;
+    let r = ask(&env, Method::GET, "/_tokengate", &TRAEFIK_DELETE).await;
+    assert_rejection(&r, 401, "unauthorized");
+    for extra in [&SPOOF_NGINX[..], &SPOOF_NGINX[..1], &SPOOF_NGINX[1..]] {
+        let r = ask(
+            &env,
+            Method::GET,
+            "/_tokengate",
+            &plus(&TRAEFIK_DELETE, extra),
+        )
+        .await;
+        assert_rejection(&r, 400, "invalid_request");
+        assert!(r.text().contains("forward_auth.convention"), "{}", r.text());
+    }
+
+    // `convention = "traefik"`: nginx's headers are ignored, the route is Traefik's.
+    let env = Env::start_with(forward_auth_as(ConventionSetting::Traefik)).await;
+    env.allow("reader", 1).await; // scope "read write": no "admin"
+    let spoofed = plus(&TRAEFIK_DELETE, &SPOOF_NGINX);
+    let r = ask(&env, Method::GET, "/_tokengate", &spoofed).await;
+    assert_rejection(&r, 401, "unauthorized");
+    let r = ask(
+        &env,
+        Method::GET,
+        "/_tokengate",
+        &plus(&spoofed, &[("authorization", "Bearer reader")]),
+    )
+    .await;
+    assert_rejection(&r, 403, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn should_read_only_the_configured_conventions_headers() {
+    use ConventionSetting::*;
+    let auth = ("authorization", "Bearer tok");
+    // (convention, sub-request method and path, the convention's own headers,
+    //  the other conventions' headers a client adds)
+    type Case = (
+        ConventionSetting,
+        Method,
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        Vec<(&'static str, &'static str)>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            Nginx,
+            Method::GET,
+            "/_tokengate",
+            NGINX_DELETE.to_vec(),
+            SPOOF_TRAEFIK.to_vec(),
+        ),
+        (
+            Traefik,
+            Method::GET,
+            "/_tokengate",
+            TRAEFIK_DELETE.to_vec(),
+            SPOOF_NGINX.to_vec(),
+        ),
+        (
+            Envoy,
+            Method::DELETE,
+            "/ext_authz/admin/users",
+            vec![("host", "api.example")],
+            plus(&SPOOF_NGINX, &SPOOF_TRAEFIK),
+        ),
+    ];
+    for (convention, method, path, own, spoof) in cases {
+        let env = Env::start_with(forward_auth_as(convention)).await;
+        env.allow("tok", 1).await;
+        // Judged as DELETE /admin/users, whatever else the client added.
+        let r = ask(&env, method.clone(), path, &plus(&own, &spoof)).await;
+        assert_rejection(&r, 401, "unauthorized");
+        let r = ask(
+            &env,
+            method.clone(),
+            path,
+            &plus(&plus(&own, &spoof), &[auth]),
+        )
+        .await;
+        assert_rejection(&r, 403, "insufficient_scope");
+        // The public original request in the convention's own form passes.
+        let public: Vec<(&str, &str)> = match convention {
+            Nginx => plus(&SPOOF_NGINX, &[("x-forwarded-host", "api.example")]),
+            Traefik => plus(&SPOOF_TRAEFIK, &[("x-forwarded-host", "api.example")]),
+            _ => vec![],
+        };
+        let (m, p) = match convention {
+            Envoy => (Method::GET, "/ext_authz/public/anything"),
+            _ => (Method::GET, "/_tokengate"),
+        };
+        let r = ask(&env, m, p, &public).await;
+        assert_eq!(r.status, 200, "{convention:?}: {}", r.text());
+        // A header the convention needs and the proxy did not set: 400, never a
+        // guess (a front proxy that does not set it would pass the client's on).
+        if convention != Envoy {
+            // (X-Forwarded-Proto, Traefik's fourth, does not take part.)
+            for missing in &own[..3] {
+                let rest: Vec<_> = own.iter().filter(|h| h != &missing).copied().collect();
+                let r = ask(&env, Method::GET, path, &plus(&rest, &[auth])).await;
+                assert_rejection(&r, 400, "invalid_request");
+                assert!(r.text().contains("is missing"), "{}", r.text());
+            }
+        }
+        assert_eq!(env.upstream.hits(), 0);
+    }
+}
+
+#[tokio::test]
+async fn should_refuse_two_conventions_in_auto_mode() {
+    let env = Env::start_with(forward_auth).await; // auto, path_prefix "/ext_authz"
+    env.allow("tok", 1).await;
+    let auth = ("authorization", "Bearer tok");
+    type Case<'a> = (Method, &'a str, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        // nginx in front, the client adds Traefik's headers.
+        (
+            Method::GET,
+            "/_tokengate",
+            plus(&NGINX_DELETE, &[SPOOF_TRAEFIK[0], auth]),
+        ),
+        (
+            Method::GET,
+            "/_tokengate",
+            plus(&NGINX_DELETE, &[SPOOF_TRAEFIK[1], auth]),
+        ),
+        // Envoy in front (a path under the prefix), the client adds nginx's or Traefik's.
+        (
+            Method::DELETE,
+            "/ext_authz/admin/users",
+            vec![SPOOF_NGINX[0], auth],
+        ),
+        (
+            Method::DELETE,
+            "/ext_authz/admin/users",
+            vec![SPOOF_TRAEFIK[0], auth],
+        ),
+        // One convention, its header twice: the second copy is the client's.
+        (
+            Method::GET,
+            "/_tokengate",
+            plus(&TRAEFIK_DELETE, &[("x-forwarded-uri", "/public/x"), auth]),
+        ),
+    ];
+    for (method, path, headers) in cases {
+        let r = ask(&env, method, path, &headers).await;
+        assert_rejection(&r, 400, "invalid_request");
+    }
+    // One convention at a time still works in auto mode.
+    let r = ask(
+        &env,
+        Method::GET,
+        "/_tokengate",
+        &plus(&NGINX_DELETE, &[auth]),
+    )
+    .await;
+    assert_rejection(&r, 403, "insufficient_scope");
+    let r = ask(&env, Method::DELETE, "/ext_authz/admin/users", &[auth]).await;
+    assert_rejection(&r, 403, "insufficient_scope");
+}
+
+#[tokio::test]
+async fn should_log_the_original_method_and_path_without_the_query() {
+    let logs = capture();
+    let env = Env::start_with(forward_auth_as(ConventionSetting::Nginx)).await;
+    let token = "fwd-log-Kq8Zt3Vw";
+    env.allow(token, 1).await;
+    let fp = fingerprint(token);
+    let r = ask(
+        &env,
+        Method::GET,
+        "/_tokengate",
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("x-original-method", "PUT"),
+            ("x-original-uri", "/items/7?secret=QUERYqx7Lm2"),
+            ("x-forwarded-host", "api.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = logs.text();
+    let line = text
+        .lines()
+        .find(|l| l.contains("tokengate::access") && l.contains(&format!("token=\"{fp}\"")))
+        .unwrap_or_else(|| panic!("no access line for {fp}:\n{text}"));
+    assert!(
+        line.contains("method=PUT") && line.contains("path=/items/7 "),
+        "{line}"
+    );
+    assert!(!line.contains("_tokengate"), "{line}");
+    let json = logs
+        .json_lines()
+        .into_iter()
+        .find(|j| j["target"] == "tokengate::access" && j["token"] == fp.as_str())
+        .expect("a JSON access line");
+    assert_eq!(json["method"], "PUT");
+    assert_eq!(json["path"], "/items/7");
+    // The original query may carry a token (token_sources.query_param): never logged.
+    assert!(!text.contains("QUERYqx7Lm2"), "the query is in the logs");
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's error type
+fn should_validate_the_convention_key() {
+    figment::Jail::expect_with(|jail| {
+        let base = "mode = \"forward_auth\"\n[introspection]\nurl = \"http://as.test/i\"\n\
+                    client_id = \"tg\"\nclient_secret = \"s\"\n";
+        // Not a convention: the error names the key.
+        jail.create_file(
+            "bad.toml",
+            &format!("{base}[forward_auth]\nconvention = \"haproxy\"\n"),
+        )?;
+        let err = tokengate::config::load(Some(Path::new("bad.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forward_auth.convention") && err.contains("haproxy"),
+            "{err}"
+        );
+
+        // The default is auto; each convention loads, from the file or the environment.
+        jail.create_file("none.toml", base)?;
+        let s = tokengate::config::load(Some(Path::new("none.toml")))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.forward_auth_convention, ConventionSetting::Auto);
+        jail.create_file(
+            "t.toml",
+            &format!("{base}[forward_auth]\nconvention = \"traefik\"\n"),
+        )?;
+        let s = tokengate::config::load(Some(Path::new("t.toml")))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.forward_auth_convention, ConventionSetting::Traefik);
+        jail.set_env("TOKENGATE_FORWARD_AUTH__CONVENTION", "envoy");
+        jail.set_env("TOKENGATE_FORWARD_AUTH__PATH_PREFIX", "/ext_authz");
+        let s = tokengate::config::load(Some(Path::new("t.toml")))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.forward_auth_convention, ConventionSetting::Envoy);
+        assert_eq!(s.forward_auth_prefix, "/ext_authz");
+
+        // The Envoy prefix with another convention would do nothing: an error.
+        jail.set_env("TOKENGATE_FORWARD_AUTH__CONVENTION", "nginx");
+        let err = tokengate::config::load(Some(Path::new("t.toml")))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forward_auth.path_prefix") && err.contains("nginx"),
+            "{err}"
+        );
+        Ok(())
+    });
+}
+
+/// The shipped examples tell tokengate which convention to use, and Traefik's
+/// passes only the headers tokengate reads.
+#[test]
+fn shipped_examples_set_their_convention() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, convention) in [
+        ("deploy/nginx/tokengate.conf", "nginx"),
+        ("deploy/traefik/dynamic.yml", "traefik"),
+        ("deploy/envoy/ext_authz.yaml", "envoy"),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        assert!(
+            text.contains(&format!("convention = \"{convention}\"")),
+            "{file} does not set convention = {convention:?}"
+        );
+    }
+    let traefik = std::fs::read_to_string(root.join("deploy/traefik/dynamic.yml")).unwrap();
+    let listed: Vec<&str> = traefik
+        .lines()
+        .skip_while(|l| l.trim() != "authRequestHeaders:")
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("- ") || l.trim_start().starts_with('#'))
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .collect();
+    assert_eq!(listed, ["Authorization"], "{traefik}");
+}
+
+/// `forward_auth.convention` is read per request: a SIGHUP that sets it takes
+/// effect at once, without a restart warning.
+#[tokio::test]
+async fn should_apply_a_reloaded_convention_at_once() {
+    let env = Env::start_with(forward_auth).await;
+    let spoofed = plus(&TRAEFIK_DELETE, &SPOOF_NGINX);
+    let r = ask(&env, Method::GET, "/_tokengate", &spoofed).await;
+    assert_rejection(&r, 400, "invalid_request");
+
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    forward_auth_as(ConventionSetting::Traefik)(&mut raw);
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert!(report.restart_required.is_empty(), "{report:?}");
+    let r = ask(&env, Method::GET, "/_tokengate", &spoofed).await;
+    assert_rejection(&r, 401, "unauthorized");
 }
