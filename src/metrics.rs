@@ -369,6 +369,7 @@ impl Metrics {
             // The client's body broke mid-stream: counted so a spike is visible,
             // under its own kind so it is not mistaken for an upstream outage.
             ForwardError::BadBody(_) => "client_body",
+            ForwardError::UnexpectedUpgrade(_) => "unexpected_upgrade",
         };
         self.upstream_errors
             .get_or_create(&KindLabels { kind })

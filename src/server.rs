@@ -10,7 +10,7 @@ use crate::config::{Mode, Settings};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop, Peer};
 use crate::introspect::{IntrospectError, Introspector};
-use crate::limits::{self, ConnectionLimit, LimitedBody};
+use crate::limits::{self, ConnectionLimit, ConnectionSlot, LimitedBody};
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::Access;
@@ -247,12 +247,18 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
         let app = app.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
         connections.spawn(async move {
+            // Shared with the request handler: an upgrade moves the permit
+            // into its tunnel, which outlives this task.
+            let slot = ConnectionSlot::new(permit);
             if !limits::first_bytes(&stream, idle, &mut stop).await {
                 debug!(%peer, "closing a connection that sent nothing");
                 return;
             }
             match acceptor {
-                None => serve(&builder, watcher, app, TokioIo::new(stream), peer, "http").await,
+                None => {
+                    let io = TokioIo::new(stream);
+                    serve(&builder, watcher, app, io, peer, "http", slot.clone()).await;
+                }
                 // The handshake runs in the connection's task, never in the accept loop.
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
@@ -261,15 +267,15 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
                     );
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            serve(&builder, watcher, app, TokioIo::new(stream), peer, "https")
-                                .await;
+                            let io = TokioIo::new(stream);
+                            serve(&builder, watcher, app, io, peer, "https", slot.clone()).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 }
             }
-            drop(permit);
+            drop(slot);
         });
     }
     drop(stop_tx);
@@ -313,14 +319,17 @@ fn serve<I>(
     io: I,
     peer: SocketAddr,
     proto: &'static str,
+    slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let client = Arc::new(Peer::new(peer, proto));
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let app = app.clone();
         let client = client.clone();
+        // For an upgrade to take over (see `authorize_and_forward`).
+        req.extensions_mut().insert(slot.clone());
         async move { Ok::<_, std::convert::Infallible>(handle(&app, req, &client).await) }
     });
     let conn = builder
@@ -468,9 +477,18 @@ async fn authorize_and_forward(
 
     let (principal, exp) =
         authorize(app, settings, route, req.headers(), req.uri().query(), info).await?;
-    let upgrade = crate::upgrade::requested(&req);
+    // Only an allowed protocol is offered to the upstream (never h2c: its
+    // tunnel would carry requests no token check sees); any other Upgrade is
+    // stripped below with the hop-by-hop fields and the request goes on as a
+    // plain one. An HTTP/2 upstream cannot take an HTTP/1.1 Upgrade at all.
+    let upgrade = if app.forwarder.is_http2() {
+        None
+    } else {
+        crate::upgrade::requested(&req, &settings.upgrade_protocols)
+    };
     // Taken before the request is handed on; resolves once we answer 101.
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let slot = req.extensions_mut().remove::<ConnectionSlot>();
     let te_trailers = forward::te_trailers(req.headers());
 
     // Credentials in the query or a cookie are for us, not the upstream.
@@ -500,12 +518,19 @@ async fn authorize_and_forward(
         Err(_) if tripped.is_set() => return Err(ProxyError::BodyTooLarge),
         Err(e) => return Err(e.into()),
     };
-    if let Some(client) = client_upgrade {
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let life = crate::upgrade::until_exp(exp, app.clock.now());
-            app.tunnels.spawn(client, upstream, life);
-        }
+    // `Forwarder::send` refuses a 101 unless it confirms an upgrade we
+    // offered, so a 101 here always has a client upgrade to join.
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = client_upgrade else {
+            return Err(ForwardError::UnexpectedUpgrade(String::new()).into());
+        };
+        let upstream = hyper::upgrade::on(&mut resp);
+        let limits = crate::upgrade::TunnelLimits {
+            max_life: crate::upgrade::until_exp(exp, app.clock.now()),
+            idle: settings.limits.tunnel_idle_timeout,
+        };
+        app.tunnels
+            .spawn(client, upstream, limits, slot.and_then(|s| s.take()));
     }
     Ok(resp.map(BodyExt::boxed))
 }
