@@ -206,7 +206,7 @@ impl Metrics {
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
-            "Client connections currently open on the proxy listener (counted against limits.max_connections; 0 when unlimited)",
+            "Client connections currently open on the proxy listener (upgraded tunnels included; counted against limits.max_connections; 0 when unlimited)",
             open_connections.clone(),
         );
         let upstream_errors = Family::<KindLabels, Counter>::default();

@@ -486,6 +486,10 @@ async fn authorize_and_forward(
     } else {
         crate::upgrade::requested(&req, &settings.upgrade_protocols)
     };
+    if upgrade.is_none() && req.headers().contains_key(header::UPGRADE) {
+        // Not the value: it is the client's to fill with anything.
+        debug!("upgrade not allowed: forwarding a plain request");
+    }
     // Taken before the request is handed on; resolves once we answer 101.
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let slot = req.extensions_mut().remove::<ConnectionSlot>();
