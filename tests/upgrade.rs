@@ -501,3 +501,38 @@ async fn should_still_tunnel_an_allowed_upgrade_the_upstream_confirms() {
     assert!(seen.contains("\r\nupgrade: example/1\r\n"), "{seen}");
     assert!(!seen.contains("h2c") && !seen.contains("other"), "{seen}");
 }
+
+/// `upgrade_protocols` and `limits.tunnel_idle_timeout` reload without a
+/// restart: taking a protocol off the list stops the next upgrade to it.
+#[tokio::test]
+async fn should_reload_the_upgrade_allow_list_at_once() {
+    let up = SwitchingUpstream::start("example").await;
+    let url = format!("http://{}", up.addr);
+    let configure = |raw: &mut tokengate::config::RawConfig, protocols: &[&str]| {
+        raw.upstream = url.clone();
+        raw.routes = vec![RawRoute::public("/")];
+        raw.upgrade_protocols = protocols.iter().map(|p| p.to_string()).collect();
+    };
+    let env = Env::start_with(|raw| configure(raw, &["websocket", "example"])).await;
+    let head = "GET /x HTTP/1.1\r\nHost: gate\r\nConnection: Upgrade\r\nUpgrade: example\r\n\r\n";
+    assert_eq!(exchange(env.gate.addr, head).await.status, 101);
+
+    let mut raw = base_config(&env.auth, &url);
+    configure(&mut raw, &["websocket"]);
+    raw.limits.tunnel_idle_timeout = Duration::from_secs(60);
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert!(
+        report.restart_required.is_empty(),
+        "{:?}",
+        report.restart_required
+    );
+    let now = env.gate.reload().current();
+    assert_eq!(now.limits.tunnel_idle_timeout, Duration::from_secs(60));
+    // No longer offered: the upstream's 101 answers a plain request → 502.
+    assert_eq!(exchange(env.gate.addr, head).await.status, 502);
+    let heads = up.heads.lock().unwrap().clone();
+    assert!(
+        !heads[1].to_ascii_lowercase().contains("upgrade"),
+        "{heads:?}"
+    );
+}
