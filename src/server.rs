@@ -325,12 +325,11 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let client = Arc::new(Peer::new(peer, proto));
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         let client = client.clone();
-        // For an upgrade to take over (see `authorize_and_forward`).
-        req.extensions_mut().insert(slot.clone());
-        async move { Ok::<_, std::convert::Infallible>(handle(&app, req, &client).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&app, req, &client, &slot).await) }
     });
     let conn = builder
         .serve_connection_with_upgrades(io, service)
@@ -378,8 +377,14 @@ struct AccessInfo {
 }
 
 /// Outer handler: runs the request path, turns any error into a response,
-/// and writes exactly one access log line.
-pub async fn handle(app: &App, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+/// and writes exactly one access log line. `slot` is the connection's
+/// `limits.max_connections` permit, for an upgrade to take over.
+pub async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    peer: &Peer,
+    slot: &ConnectionSlot,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: a query string may carry credentials.
@@ -391,7 +396,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: &Peer) -> Response<
     // The one settings snapshot this request uses, whatever a reload does meanwhile.
     let settings = app.settings.load_full();
     let result = match settings.mode {
-        Mode::Proxy => authorize_and_forward(app, &settings, req, peer, &mut info).await,
+        Mode::Proxy => authorize_and_forward(app, &settings, req, peer, slot, &mut info).await,
         Mode::ForwardAuth => forward_auth_check(app, &settings, req, &mut info).await,
     };
     let response = match result {
@@ -458,6 +463,7 @@ async fn authorize_and_forward(
     settings: &Settings,
     mut req: Request<Incoming>,
     peer: &Peer,
+    slot: &ConnectionSlot,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
@@ -492,7 +498,6 @@ async fn authorize_and_forward(
     }
     // Taken before the request is handed on; resolves once we answer 101.
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let slot = req.extensions_mut().remove::<ConnectionSlot>();
     let te_trailers = forward::te_trailers(req.headers());
 
     // Credentials in the query or a cookie are for us, not the upstream.
@@ -533,8 +538,7 @@ async fn authorize_and_forward(
             max_life: crate::upgrade::until_exp(exp, app.clock.now()),
             idle: settings.limits.tunnel_idle_timeout,
         };
-        app.tunnels
-            .spawn(client, upstream, limits, slot.and_then(|s| s.take()));
+        app.tunnels.spawn(client, upstream, limits, slot.take());
     }
     Ok(resp.map(BodyExt::boxed))
 }
