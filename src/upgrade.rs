@@ -225,8 +225,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 /// (another version of) HTTP, and the requests sent inside the tunnel would
 /// reach the upstream without a token check. `h2c` is the one real servers
 /// still accept (RFC 9113 §3.1 deprecated it); `h2` is never negotiated by
-/// Upgrade (RFC 9113 §3.2); `HTTP/x` names any HTTP version.
-const NEVER: [&str; 3] = ["h2c", "h2", "http"];
+/// Upgrade (RFC 9113 §3.2); `HTTP/x` names any HTTP version; `TLS/x` (RFC
+/// 2817) goes on with HTTP/1.1 inside TLS.
+const NEVER: [&str; 4] = ["h2c", "h2", "http", "tls"];
 
 fn is_never(name: &[u8]) -> bool {
     NEVER
@@ -259,8 +260,8 @@ impl UpgradeProtocols {
             if is_never(name) {
                 return Err(format!(
                     "{entry:?} cannot be allowed: an upgrade to HTTP/2 or another HTTP \
-                     (h2c, h2, HTTP/x) would carry requests past tokengate unchecked \
-                     (h2c upgrade was removed by RFC 9113 §3.1)"
+                     (h2c, h2, HTTP/x, TLS/x) would carry requests past tokengate \
+                     unchecked (h2c upgrade was removed by RFC 9113 §3.1)"
                 ));
             }
             let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
@@ -440,6 +441,7 @@ mod tests {
             &["h2"],
             &["HTTP/2.0"],
             &["http/1.1"],
+            &["TLS/1.0"],
             &["websocket2"],
             &["web socket"],
             &["websocket/"],
@@ -471,7 +473,7 @@ mod tests {
 
     #[test]
     fn config_refuses_every_http_upgrade() {
-        for bad in ["h2c", "H2C", "h2", "h2c/2", "HTTP/2.0", "http"] {
+        for bad in ["h2c", "H2C", "h2", "h2c/2", "HTTP/2.0", "http", "TLS/1.2"] {
             let err = UpgradeProtocols::parse(&[bad.into()]).unwrap_err();
             assert!(err.contains("cannot be allowed"), "{bad}: {err}");
         }
