@@ -188,6 +188,10 @@ pub struct RawConfig {
     pub discovery: RawDiscovery,
     /// Speak HTTP/2 to the upstream: h2 (ALPN) over https, h2c over http or unix (gRPC).
     pub upstream_http2: bool,
+    /// HTTP/1.1 Upgrade protocols a client may switch to (case-insensitive,
+    /// `name` or `name/version`); any other is removed from the request. Never
+    /// `h2c` or another HTTP (see `crate::upgrade`).
+    pub upgrade_protocols: Vec<String>,
     pub tls: RawTls,
     pub upstream_tls: RawUpstreamTls,
     pub forward_auth: RawForwardAuth,
@@ -502,6 +506,9 @@ pub struct RawLimits {
     /// How long a client connection may sit without sending a request head.
     #[serde(with = "duration_str")]
     pub idle_timeout: Duration,
+    /// An upgraded (WebSocket) tunnel with no byte either way for this long is closed.
+    #[serde(with = "duration_str")]
+    pub tunnel_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -544,6 +551,7 @@ impl Default for RawConfig {
             discovery: RawDiscovery::default(),
             admin: RawAdmin::default(),
             upstream_http2: false,
+            upgrade_protocols: vec!["websocket".into()],
             tls: RawTls::default(),
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
@@ -621,6 +629,7 @@ impl Default for RawLimits {
             max_connections: 10_000,
             max_body_bytes: 0,
             idle_timeout: Duration::from_secs(75),
+            tunnel_idle_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -656,6 +665,8 @@ pub struct Settings {
     pub breaker_failures: u32,
     pub breaker_open_for: Duration,
     pub limits: crate::limits::Limits,
+    /// `upgrade_protocols`: what an HTTP/1.1 Upgrade may switch to.
+    pub upgrade_protocols: crate::upgrade::UpgradeProtocols,
     pub routes: crate::policy::RouteTable,
     pub token_sources: crate::token::TokenSources,
     pub discovery: Option<DiscoverySettings>,
@@ -937,6 +948,15 @@ impl RawConfig {
                 "must be greater than 0",
             ));
         }
+        // No "0s = off": a tunnel on a public route would then live forever.
+        if l.tunnel_idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "limits.tunnel_idle_timeout",
+                "must be greater than 0 (a long value such as \"24h\" keeps quiet tunnels open)",
+            ));
+        }
+        let upgrade_protocols = crate::upgrade::UpgradeProtocols::parse(&self.upgrade_protocols)
+            .map_err(|e| ConfigError::invalid("upgrade_protocols", e))?;
         if self.resilience.breaker_failures > 0 && self.resilience.breaker_open_for.is_zero() {
             return Err(ConfigError::invalid(
                 "resilience.breaker_open_for",
@@ -1044,7 +1064,9 @@ impl RawConfig {
                 max_connections: (l.max_connections > 0).then_some(l.max_connections),
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
                 idle_timeout: l.idle_timeout,
+                tunnel_idle_timeout: l.tunnel_idle_timeout,
             },
+            upgrade_protocols,
             routes,
             token_sources,
             discovery,
@@ -1591,6 +1613,18 @@ mod tests {
                 Box::new(|c| c.limits.idle_timeout = Duration::ZERO),
             ),
             (
+                "limits.tunnel_idle_timeout",
+                Box::new(|c| c.limits.tunnel_idle_timeout = Duration::ZERO),
+            ),
+            (
+                "upgrade_protocols",
+                Box::new(|c| c.upgrade_protocols = vec!["websocket".into(), "h2c".into()]),
+            ),
+            (
+                "upgrade_protocols",
+                Box::new(|c| c.upgrade_protocols = vec!["web socket".into()]),
+            ),
+            (
                 "resilience.breaker_open_for",
                 Box::new(|c| c.resilience.breaker_open_for = Duration::ZERO),
             ),
@@ -1633,12 +1667,22 @@ mod tests {
             assert_eq!(s.limits.max_connections, Some(10_000));
             assert_eq!(s.limits.max_body_bytes, None);
             assert_eq!(s.limits.idle_timeout, Duration::from_secs(75));
+            assert_eq!(s.limits.tunnel_idle_timeout, Duration::from_secs(3600));
+            assert_eq!(
+                s.upgrade_protocols,
+                crate::upgrade::UpgradeProtocols::default()
+            );
 
             jail.set_env("TOKENGATE_RESILIENCE__STALE_IF_ERROR", "0s");
             jail.set_env("TOKENGATE_RESILIENCE__BREAKER_FAILURES", "0");
             jail.set_env("TOKENGATE_LIMITS__MAX_CONNECTIONS", "0");
             jail.set_env("TOKENGATE_LIMITS__MAX_BODY_BYTES", "1048576");
             jail.set_env("TOKENGATE_LIMITS__IDLE_TIMEOUT", "5s");
+            jail.set_env("TOKENGATE_LIMITS__TUNNEL_IDLE_TIMEOUT", "10m");
+            jail.set_env(
+                "TOKENGATE_UPGRADE_PROTOCOLS",
+                "[\"WebSocket\", \"example/1\"]",
+            );
             let s = load(None)
                 .and_then(|r| r.validate())
                 .map_err(|e| e.to_string())?;
@@ -1647,6 +1691,10 @@ mod tests {
             assert_eq!(s.limits.max_connections, None);
             assert_eq!(s.limits.max_body_bytes, Some(1_048_576));
             assert_eq!(s.limits.idle_timeout, Duration::from_secs(5));
+            assert_eq!(s.limits.tunnel_idle_timeout, Duration::from_secs(600));
+            assert!(s.upgrade_protocols.allows(b"websocket"));
+            assert!(s.upgrade_protocols.allows(b"Example/1"));
+            assert!(!s.upgrade_protocols.allows(b"example/2"));
             Ok(())
         });
     }

@@ -149,7 +149,11 @@ impl ProxyError {
                 ),
             },
             Self::Upstream(e) => match e {
-                ForwardError::Connect(_) | ForwardError::Failed(_) => r(
+                // A 101 we did not ask for is the upstream misbehaving: 502,
+                // and the client never sees the switch.
+                ForwardError::Connect(_)
+                | ForwardError::Failed(_)
+                | ForwardError::UnexpectedUpgrade(_) => r(
                     S::BAD_GATEWAY,
                     "bad_gateway",
                     "the upstream service is unavailable",
@@ -396,6 +400,13 @@ mod tests {
             ),
             (
                 ForwardError::Failed("reset".into()).into(),
+                502,
+                "bad_gateway",
+                None,
+                false,
+            ),
+            (
+                ForwardError::UnexpectedUpgrade("h2c".into()).into(),
                 502,
                 "bad_gateway",
                 None,

@@ -25,11 +25,18 @@ pub enum ForwardError {
     /// the client went away): the client's fault, not the upstream's.
     #[error("request body could not be read: {0}")]
     BadBody(String),
+    /// A `101 Switching Protocols` for an upgrade that was not forwarded, or to
+    /// another protocol than the one offered: never relayed (it could open a
+    /// tunnel no token check sees into, e.g. h2c). The connection is dropped.
+    #[error("upstream switched protocols without a matching upgrade request (Upgrade: {0:?})")]
+    UnexpectedUpgrade(String),
 }
 
 /// RFC 9110 §7.6.1 hop-by-hop fields, plus the non-standard ones that real
-/// clients still send. Prebuilt so the hot path does no parsing.
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// clients still send, and `HTTP2-Settings` (connection-specific, RFC 9113
+/// §3.2.1: it only ever serves an h2c upgrade, which is never forwarded).
+/// Prebuilt so the hot path does no parsing.
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -37,6 +44,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -440,6 +448,9 @@ impl Forwarder {
         } else {
             Version::HTTP_11
         };
+        // What the request offers to upgrade to (only allowed protocols are
+        // left by now, see `upgrade::requested`): a 101 must name one of them.
+        let offered = req.headers().get(header::UPGRADE).cloned();
         let call = async {
             match &self.client {
                 UpstreamClient::Tcp(c) => c.request(req).await,
@@ -457,11 +468,23 @@ impl Forwarder {
             Ok(Err(e)) => return Err(ForwardError::Failed(crate::introspect::error_chain(&e))),
             Ok(Ok(resp)) => resp,
         };
-        // A 101 is only possible for an upgrade we forwarded: it must keep the
-        // two fields that say what the connection switches to.
-        let upgrade = (resp.status() == http::StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| resp.headers().get(header::UPGRADE).cloned())
-            .flatten();
+        // A 101 is relayed only for an upgrade we forwarded, to a protocol we
+        // offered. Any other is refused; dropping the response drops hyper's
+        // pending upgrade with it, which closes the upstream connection (it is
+        // never pooled again: nothing inside it may reach anyone).
+        let upgrade = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            if !crate::upgrade::confirms(offered.as_ref(), resp.headers()) {
+                let named = resp
+                    .headers()
+                    .get(header::UPGRADE)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .unwrap_or_default();
+                return Err(ForwardError::UnexpectedUpgrade(named));
+            }
+            resp.headers().get(header::UPGRADE).cloned()
+        } else {
+            None
+        };
         strip_hop_by_hop(resp.headers_mut());
         if let Some(u) = upgrade {
             crate::upgrade::restore_headers(resp.headers_mut(), u);
@@ -538,6 +561,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
             ("upgrade", "websocket"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
             ("proxy-connection", "keep-alive"),
             ("transfer-encoding", "chunked"),
             ("content-length", "10"),
@@ -569,6 +593,7 @@ mod tests {
             "keep-alive",
             "te",
             "upgrade",
+            "http2-settings",
             "proxy-connection",
             "transfer-encoding",
             "content-length",

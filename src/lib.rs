@@ -25,7 +25,9 @@
 //! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint, with background refresh.
 //! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream
 //!   (HTTP/1.1 or HTTP/2, over TCP or a unix socket).
-//! - [`upgrade`]: HTTP/1.1 Upgrade (WebSocket) tunnels, closed at the token's `exp` and at shutdown.
+//! - [`upgrade`]: HTTP/1.1 Upgrade (WebSocket) tunnels: only `upgrade_protocols` (never h2c)
+//!   are offered upstream, a 101 must confirm one of them; a tunnel keeps its connection
+//!   slot and is closed at the token's `exp`, after `limits.tunnel_idle_timeout`, and at shutdown.
 //! - [`forward_auth`]: `mode = "forward_auth"`: the original request from the configured
 //!   front-proxy convention (nginx / Traefik / Envoy; `auto` refuses two), and the 200 +
 //!   identity answer.
@@ -56,9 +58,12 @@
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
+//!    └─ upgrade::requested             Upgrade → only allowed protocols (never h2c), else stripped
 //!    └─ forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
-//!                                      (request body counted by limits::LimitedBody → 413)
-//!       └─ upgrade::Tunnels::spawn     on 101: join the two connections until exp / close / shutdown
+//!                                      (request body counted by limits::LimitedBody → 413;
+//!                                      a 101 not naming an offered protocol → 502, dropped)
+//!       └─ upgrade::Tunnels::spawn     on 101: join the two connections (holding the connection
+//!                                      slot) until exp / idle / close / shutdown
 //!    └─ error::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
 //!                                      (gRPC request → grpc-status, server::grpc_rejection_response)
 //!    └─ metrics::Metrics::observe_request  + one access log line

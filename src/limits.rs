@@ -6,7 +6,9 @@
 //! * Connections: a semaphore in the accept loop. At the limit tokengate stops
 //!   *accepting* (like HAProxy's `maxconn`): new connections wait in the
 //!   kernel's listen backlog and are served as others close, rather than being
-//!   reset. A client sees connect latency, not an error, during a burst.
+//!   reset. A client sees connect latency, not an error, during a burst. An
+//!   upgraded (WebSocket) tunnel keeps its connection's permit
+//!   ([`ConnectionSlot`]) until it closes: it holds a socket to each side.
 //! * Body: `Content-Length` over the limit is refused up front (413, nothing
 //!   forwarded, no introspection); a body without a length is counted while it
 //!   streams, and the stream to the upstream is aborted before the frame that
@@ -15,7 +17,8 @@
 //! * Idle: hyper's `header_read_timeout`, which in hyper 1.x runs from the
 //!   moment a connection waits for a request head — for the first request and
 //!   between keep-alive requests — so it closes idle keep-alive connections
-//!   and slow-header (slowloris) clients alike.
+//!   and slow-header (slowloris) clients alike. Tunnels have their own
+//!   `tunnel_idle_timeout` (see `crate::upgrade`).
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -39,6 +42,8 @@ pub struct Limits {
     /// `None`: unlimited.
     pub max_body_bytes: Option<u64>,
     pub idle_timeout: Duration,
+    /// An upgraded tunnel with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// Applies the header and idle limits to the connection builder.
@@ -92,6 +97,29 @@ impl ConnectionLimit {
         self.permits
             .as_ref()
             .map_or(0, |s| self.max.saturating_sub(s.available_permits()))
+    }
+}
+
+/// One connection's permit, shared by its task and its request handler: an
+/// upgrade takes it over ([`ConnectionSlot::take`]) so the tunnel counts
+/// against `max_connections` after hyper has let go of the connection. Released
+/// when the last holder drops it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionSlot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ConnectionSlot {
+    pub fn new(permit: Option<OwnedSemaphorePermit>) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(permit)))
+    }
+
+    /// The permit, moved out (`None` without a limit or if already taken).
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        // A poisoned lock only means a panic elsewhere held it; the permit is
+        // still the right one to hand on.
+        match self.0.lock() {
+            Ok(mut p) => p.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
     }
 }
 
@@ -272,5 +300,18 @@ mod tests {
         drop(a);
         assert!(!limit.is_full());
         assert!(ConnectionLimit::new(None).acquire().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_taken_slot_outlives_the_connection() {
+        let limit = ConnectionLimit::new(Some(1));
+        let slot = ConnectionSlot::new(limit.acquire().await);
+        let handler = slot.clone();
+        let tunnel = handler.take();
+        drop((slot, handler)); // the connection ends
+        assert!(limit.is_full(), "the tunnel still holds the permit");
+        drop(tunnel);
+        assert!(!limit.is_full());
+        assert!(ConnectionSlot::default().take().is_none());
     }
 }

@@ -206,7 +206,7 @@ impl Metrics {
         let open_connections = Gauge::default();
         registry.register(
             "open_connections",
-            "Client connections currently open on the proxy listener (counted against limits.max_connections; 0 when unlimited)",
+            "Client connections currently open on the proxy listener (upgraded tunnels included; counted against limits.max_connections; 0 when unlimited)",
             open_connections.clone(),
         );
         let upstream_errors = Family::<KindLabels, Counter>::default();
@@ -369,6 +369,7 @@ impl Metrics {
             // The client's body broke mid-stream: counted so a spike is visible,
             // under its own kind so it is not mistaken for an upstream outage.
             ForwardError::BadBody(_) => "client_body",
+            ForwardError::UnexpectedUpgrade(_) => "unexpected_upgrade",
         };
         self.upstream_errors
             .get_or_create(&KindLabels { kind })

@@ -10,7 +10,7 @@ use crate::config::{Mode, Settings};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop, Peer};
 use crate::introspect::{IntrospectError, Introspector};
-use crate::limits::{self, ConnectionLimit, LimitedBody};
+use crate::limits::{self, ConnectionLimit, ConnectionSlot, LimitedBody};
 use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::Access;
@@ -248,12 +248,18 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
         let app = app.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
         connections.spawn(async move {
+            // Shared with the request handler: an upgrade moves the permit
+            // into its tunnel, which outlives this task.
+            let slot = ConnectionSlot::new(permit);
             if !limits::first_bytes(&stream, idle, &mut stop).await {
                 debug!(%peer, "closing a connection that sent nothing");
                 return;
             }
             match acceptor {
-                None => serve(&builder, watcher, app, TokioIo::new(stream), peer, "http").await,
+                None => {
+                    let io = TokioIo::new(stream);
+                    serve(&builder, watcher, app, io, peer, "http", slot.clone()).await;
+                }
                 // The handshake runs in the connection's task, never in the accept loop.
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
@@ -262,15 +268,15 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
                     );
                     match handshake.await {
                         Ok(Ok(stream)) => {
-                            serve(&builder, watcher, app, TokioIo::new(stream), peer, "https")
-                                .await;
+                            let io = TokioIo::new(stream);
+                            serve(&builder, watcher, app, io, peer, "https", slot.clone()).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
                 }
             }
-            drop(permit);
+            drop(slot);
         });
     }
     drop(stop_tx);
@@ -314,6 +320,7 @@ fn serve<I>(
     io: I,
     peer: SocketAddr,
     proto: &'static str,
+    slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -322,7 +329,8 @@ where
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         let client = client.clone();
-        async move { Ok::<_, std::convert::Infallible>(handle(&app, req, &client).await) }
+        let slot = slot.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(&app, req, &client, &slot).await) }
     });
     let conn = builder
         .serve_connection_with_upgrades(io, service)
@@ -373,8 +381,14 @@ struct AccessInfo {
 }
 
 /// Outer handler: runs the request path, turns any error into a response,
-/// and writes exactly one access log line.
-pub async fn handle(app: &App, req: Request<Incoming>, peer: &Peer) -> Response<Body> {
+/// and writes exactly one access log line. `slot` is the connection's
+/// `limits.max_connections` permit, for an upgrade to take over.
+pub async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    peer: &Peer,
+    slot: &ConnectionSlot,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: a query string may carry credentials.
@@ -386,7 +400,7 @@ pub async fn handle(app: &App, req: Request<Incoming>, peer: &Peer) -> Response<
     // The one settings snapshot this request uses, whatever a reload does meanwhile.
     let settings = app.settings.load_full();
     let result = match settings.mode {
-        Mode::Proxy => authorize_and_forward(app, &settings, req, peer, &mut info).await,
+        Mode::Proxy => authorize_and_forward(app, &settings, req, peer, slot, &mut info).await,
         Mode::ForwardAuth => forward_auth_check(app, &settings, req, &mut info).await,
     };
     let response = match result {
@@ -455,6 +469,7 @@ async fn authorize_and_forward(
     settings: &Settings,
     mut req: Request<Incoming>,
     peer: &Peer,
+    slot: &ConnectionSlot,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
     if req.method() == Method::CONNECT {
@@ -479,7 +494,19 @@ async fn authorize_and_forward(
 
     let (principal, exp) =
         authorize(app, settings, route, req.headers(), req.uri().query(), info).await?;
-    let upgrade = crate::upgrade::requested(&req);
+    // Only an allowed protocol is offered to the upstream (never h2c: its
+    // tunnel would carry requests no token check sees); any other Upgrade is
+    // stripped below with the hop-by-hop fields and the request goes on as a
+    // plain one. An HTTP/2 upstream cannot take an HTTP/1.1 Upgrade at all.
+    let upgrade = if app.forwarder.is_http2() {
+        None
+    } else {
+        crate::upgrade::requested(&req, &settings.upgrade_protocols)
+    };
+    if upgrade.is_none() && req.headers().contains_key(header::UPGRADE) {
+        // Not the value: it is the client's to fill with anything.
+        debug!("upgrade not allowed: forwarding a plain request");
+    }
     // Taken before the request is handed on; resolves once we answer 101.
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let te_trailers = forward::te_trailers(req.headers());
@@ -513,12 +540,18 @@ async fn authorize_and_forward(
         Err(_) if tripped.is_set() => return Err(ProxyError::BodyTooLarge),
         Err(e) => return Err(e.into()),
     };
-    if let Some(client) = client_upgrade {
-        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            let upstream = hyper::upgrade::on(&mut resp);
-            let life = crate::upgrade::until_exp(exp, app.clock.now());
-            app.tunnels.spawn(client, upstream, life);
-        }
+    // `Forwarder::send` refuses a 101 unless it confirms an upgrade we
+    // offered, so a 101 here always has a client upgrade to join.
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = client_upgrade else {
+            return Err(ForwardError::UnexpectedUpgrade(String::new()).into());
+        };
+        let upstream = hyper::upgrade::on(&mut resp);
+        let limits = crate::upgrade::TunnelLimits {
+            max_life: crate::upgrade::until_exp(exp, app.clock.now()),
+            idle: settings.limits.tunnel_idle_timeout,
+        };
+        app.tunnels.spawn(client, upstream, limits, slot.take());
     }
     Ok(resp.map(BodyExt::boxed))
 }

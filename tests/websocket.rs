@@ -11,6 +11,7 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -186,4 +187,59 @@ async fn should_strip_upgrade_headers_from_requests_that_do_not_upgrade() {
     let echo = parse_responses(&raw, &[]).remove(0).echo();
     assert!(!echo.has("upgrade"), "{echo:?}");
     assert!(!echo.has("connection"), "{echo:?}");
+}
+
+/// Issue 12 item 8: a tunnel nobody talks on is closed after
+/// `limits.tunnel_idle_timeout`, even on a public route with no token `exp`
+/// (the unit tests in `src/upgrade.rs` pin the timing with paused time; this
+/// one checks the setting reaches real tunnels, with a short real timeout
+/// because the copy loop runs on real sockets).
+#[tokio::test]
+async fn should_close_an_idle_tunnel_on_a_public_route() {
+    let (env, _) = ws_env(|raw| {
+        raw.routes = vec![tokengate::config::RawRoute::public("/")];
+        raw.limits.tunnel_idle_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut ws = ws_connect(env.gate.addr, None).await.unwrap();
+    echo(&mut ws, "then silence").await;
+    assert!(
+        closed(&mut ws).await,
+        "an idle tunnel must close after tunnel_idle_timeout"
+    );
+}
+
+/// Issue 12 item 8: an open tunnel holds a `limits.max_connections` slot. With
+/// one slot and a tunnel open, a new connection waits in the backlog until the
+/// tunnel closes (before the fix the tunnel gave its slot back at the 101).
+#[tokio::test]
+async fn should_count_an_open_tunnel_against_max_connections() {
+    let (env, _) = ws_env(|raw| {
+        raw.routes = vec![tokengate::config::RawRoute::public("/")];
+        raw.limits.max_connections = 1;
+    })
+    .await;
+    let mut ws = ws_connect(env.gate.addr, None).await.unwrap();
+    echo(&mut ws, "holding the only slot").await;
+
+    let mut other = TcpStream::connect(env.gate.addr).await.unwrap();
+    other
+        .write_all(b"GET /x HTTP/1.1\r\nHost: gate\r\n\r\n")
+        .await
+        .unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(500), read_response(&mut other)).await;
+    assert!(
+        waiting.is_err(),
+        "a connection was served while a tunnel held the only slot: {waiting:?}"
+    );
+    echo(&mut ws, "still open").await;
+
+    ws.close(None).await.unwrap();
+    drop(ws); // the client hangs up: the tunnel ends
+    let served = tokio::time::timeout(Duration::from_secs(10), read_response(&mut other))
+        .await
+        .expect("the waiting connection is served once the tunnel closes");
+    // The WebSocket-only upstream refuses a plain GET: any answer shows the
+    // connection was served.
+    assert!(served.is_some(), "closed without a response");
 }

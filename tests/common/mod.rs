@@ -1691,3 +1691,38 @@ pub fn https_client(
     };
     Client::builder(TokioExecutor::new()).build(connector)
 }
+
+// ---------------------------------------------------------------------------
+// External programs
+// ---------------------------------------------------------------------------
+
+/// Whether a test may use an external program it needs. `available` says if
+/// it is installed. Outside CI a missing program skips the test with one loud
+/// line written to stderr directly (libtest captures `eprintln!` of passing
+/// tests); under `CI` it fails the test, so CI never passes by skipping.
+pub fn require_external(test: &str, available: bool, what: &str, install: &str) -> bool {
+    if available {
+        return true;
+    }
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!!!!! SKIPPED {test}: {what} is not installed ({install}; .ci/run installs it) !!!!!!!!\n"
+    );
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must have {what} installed ({install}; .ci/run installs it)"
+    );
+    false
+}
+
+/// Whether `python3` can import `module` (a PyPI package a test runs).
+pub fn python_module_available(module: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
