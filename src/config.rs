@@ -1165,11 +1165,23 @@ impl RawConfig {
                     format!("{name}: {:?} must be a bare host name (no port, no scheme); ports are ignored when matching", r.host),
                 ));
             }
+            // Compared with the request's host as `normalize_host` spells it
+            // (lower case, no trailing dot), so `admin.example.com.` here
+            // means the same as in a request.
+            let host = match crate::policy::normalize_host(&r.host) {
+                Ok(h) => h.map(|(h, _)| h),
+                Err(_) => {
+                    return Err(ConfigError::invalid(
+                        "routes.host",
+                        format!("{name}: {:?} is not a host name (letters, digits, '-', '_' and dots; use punycode for non-ASCII names)", r.host),
+                    ))
+                }
+            };
             routes.push(Route {
                 name,
                 path_prefix: normalize_path(&r.path_prefix),
                 methods,
-                host: non_empty(&r.host.to_ascii_lowercase()),
+                host,
                 access,
             });
         }

@@ -3,7 +3,7 @@
 //! `Incoming` body is handed to the client and the upstream's body is handed back.
 
 use crate::config::{IdentitySettings, Upstream};
-use crate::policy::Principal;
+use crate::policy::{Principal, RouteError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -214,7 +214,59 @@ pub fn rewrite_request_headers(
     headers.append(header::VIA, HeaderValue::from_static(via));
 }
 
-/// The request's own Host: the `Host` header (HTTP/1) or `:authority` (HTTP/2).
+/// The host the route is chosen by, and the one the upstream is told about in
+/// `X-Forwarded-Host`: the `Host` field, or the target's authority (HTTP/2
+/// `:authority`, or an absolute-form target), normalised (lower case, no
+/// trailing dot, no default port; [`crate::policy::normalize_host`]).
+///
+/// Refused when the request names two hosts, because servers disagree on which
+/// one counts and the route must be the upstream's: two `Host` fields (RFC 9112
+/// §3.2), or a `Host` that differs from `:authority` (RFC 9113 §8.3.1) or from
+/// an absolute-form target's authority (RFC 9112 §3.2.2 has the target win;
+/// some servers and frameworks read `Host` anyway).
+pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteError> {
+    let mut fields = req.headers().get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(RouteError::DuplicateHost);
+    }
+    let default_port = match req.uri().scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    let normal = |s: &str| {
+        Ok::<_, RouteError>(
+            crate::policy::normalize_host(s)?
+                .map(|(host, port)| (host, port.filter(|p| *p != default_port))),
+        )
+    };
+    let field = match field {
+        Some(v) => Some(normal(v.to_str().map_err(|_| RouteError::InvalidHost)?)?),
+        None => None,
+    };
+    let target = match req.uri().authority() {
+        // Userinfo (`http://admin.example.com@www.example.com/`) is a spelling
+        // some servers read one way and some the other.
+        Some(a) if a.as_str().contains('@') => return Err(RouteError::InvalidHost),
+        Some(a) => Some(normal(a.as_str())?),
+        None => None,
+    };
+    let host = match (field, target) {
+        (Some(f), Some(t)) if f != t => return Err(RouteError::HostMismatch),
+        (Some(h), _) | (None, Some(h)) => h,
+        (None, None) => None,
+    };
+    Ok(match host {
+        None => None,
+        Some((h, None)) => Some(HeaderValue::from_str(&h).map_err(|_| RouteError::InvalidHost)?),
+        Some((h, Some(port))) => Some(
+            HeaderValue::from_str(&format!("{h}:{port}")).map_err(|_| RouteError::InvalidHost)?,
+        ),
+    })
+}
+
+/// The request's own Host: the `Host` header (HTTP/1) or `:authority` (HTTP/2),
+/// as sent (unchecked; [`routing_host`] is the checked, normalised one).
 pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()

@@ -439,7 +439,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::ConnectMethod
         | ProxyError::ForwardAuth(_)
         | ProxyError::BodyTooLarge
-        | ProxyError::AmbiguousPath(_) => debug!(reason = %err, token, "request rejected"),
+        | ProxyError::Route(_) => debug!(reason = %err, token, "request rejected"),
     }
 }
 
@@ -458,7 +458,10 @@ async fn authorize_and_forward(
     if limits::declared_too_large(req.headers(), settings.limits.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let host = forward::inbound_host(&req);
+    // Normalised and checked (one Host, agreeing with the target's authority):
+    // the route is chosen by this value, and the upstream is told this value
+    // in X-Forwarded-Host.
+    let host = forward::routing_host(&req)?;
     let route = settings.routes.select(
         req.method(),
         host.as_ref().and_then(|h| h.to_str().ok()),
@@ -591,6 +594,9 @@ async fn forward_auth_check(
     req: Request<Incoming>,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
+    // The sub-request's own Host may stand for the original's (Envoy): the
+    // same one-Host rule as in proxy mode.
+    forward::routing_host(&req)?;
     let orig = crate::forward_auth::original(&req, &settings.forward_auth_prefix)?;
     let route = settings.routes.select(
         &orig.method,
