@@ -1691,3 +1691,40 @@ pub fn https_client(
     };
     Client::builder(TokioExecutor::new()).build(connector)
 }
+
+// ---------------------------------------------------------------------------
+// External programs
+// ---------------------------------------------------------------------------
+
+/// Call when a test cannot find an external program it needs. Outside CI it
+/// writes one loud line straight to the process's stderr (libtest captures
+/// `eprintln!` of a passing test, so that would never be seen) and the test
+/// returns; under `CI` (set by .ci/run) a missing program fails the test.
+pub fn skip_for_missing(test: &str, missing: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {missing} (.ci/run installs it; CI fails instead of skipping)"
+    );
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI must have {missing}"
+    );
+}
+
+/// `python3` if it can import every module in `modules`, else `None`.
+pub fn python_with(modules: &[&str]) -> Option<std::path::PathBuf> {
+    let python = std::path::PathBuf::from("python3");
+    let code = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &code])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(python)
+}
