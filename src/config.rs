@@ -1509,6 +1509,24 @@ mod tests {
                     }]
                 }),
             ),
+            (
+                "routes.host",
+                Box::new(|c| {
+                    c.routes = vec![RawRoute {
+                        host: "bücher.example".into(),
+                        ..RawRoute::public("/")
+                    }]
+                }),
+            ),
+            (
+                "routes.host",
+                Box::new(|c| {
+                    c.routes = vec![RawRoute {
+                        host: "api..example.com".into(),
+                        ..RawRoute::public("/")
+                    }]
+                }),
+            ),
         ];
         for (key, mutate) in cases {
             let mut c = base();
@@ -1519,6 +1537,22 @@ mod tests {
                 "expected an error naming {key}, got {err}"
             );
         }
+    }
+
+    /// A route's host is spelt as requests are compared (issue 12 item 7):
+    /// lower case, without the trailing dot of a fully qualified name.
+    #[test]
+    fn route_host_is_normalised_like_a_request_host() {
+        let mut c = base();
+        c.routes = vec![RawRoute {
+            host: "Admin.Example.COM.".into(),
+            ..RawRoute::public("/")
+        }];
+        let s = c.validate().unwrap();
+        assert_eq!(
+            s.routes.routes[0].host.as_deref(),
+            Some("admin.example.com")
+        );
     }
 
     #[test]
