@@ -506,6 +506,12 @@ impl Spelling {
         } else {
             std::borrow::Cow::Borrowed(path)
         };
+        // A decoded NUL or other control character: C-string upstreams stop
+        // at the NUL (`/admin%00/x` is `/admin` to them), and no client
+        // means one.
+        if folded.chars().any(char::is_control) {
+            return Err(RouteError::AmbiguousPath);
+        }
         let mut segments: Vec<&str> = Vec::new();
         for seg in folded.split(['/', '\\']) {
             let seg = match seg.split_once(';') {
@@ -528,8 +534,13 @@ impl Spelling {
             };
             match seg {
                 "" | "." => {}
+                // `..` above the root: we would read `/../x` as `/x`, but an
+                // upstream with a base path (`upstream = "http://svc/api"`)
+                // resolves `/api/../x` outside it. No client means that either.
                 ".." => {
-                    segments.pop();
+                    if segments.pop().is_none() {
+                        return Err(RouteError::AmbiguousPath);
+                    }
                 }
                 s => segments.push(s),
             }
@@ -1159,6 +1170,27 @@ mod tests {
             ),
             ("should refuse a full-width ;", "/admin%EF%BC%9Bx/y", amb),
             ("should refuse dotless i", "/adm%C4%B1n/x", amb),
+            (
+                "should refuse a NUL (C strings end there)",
+                "/admin%00/x",
+                amb,
+            ),
+            (
+                "should refuse other control characters",
+                "/public/%0Ax",
+                amb,
+            ),
+            ("should refuse .. above the root", "/../admin/x", amb),
+            (
+                "should refuse encoded .. above the root",
+                "/public/%2e%2e/%2e%2e/x",
+                amb,
+            ),
+            (
+                "should refuse .. above the root even when public",
+                "/../x",
+                amb,
+            ),
             (
                 "long s off the prefix passes",
                 "/admin/x/../../%C5%BFecret",
