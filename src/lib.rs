@@ -21,8 +21,8 @@
 //! - [`answer`]: the compact cached form of an answer ([`answer::Answer`], what the policy
 //!   reads); repeating members shared through a bounded interner.
 //! - [`policy`]: pure route table (first match, every reading of the path, normalised host)
-//!   and decision (active, `exp`,
-//!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
+//!   and decision (active, `exp`, `nbf`, token kind, issuer, audience, client, scopes) →
+//!   `Principal`, re-run on every request.
 //! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint, with background refresh.
 //! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream
 //!   (HTTP/1.1 or HTTP/2, over TCP or a unix socket).
