@@ -230,16 +230,7 @@ pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteErr
     if fields.next().is_some() {
         return Err(RouteError::DuplicateHost);
     }
-    let default_port = match req.uri().scheme_str() {
-        Some("https") => 443,
-        _ => 80,
-    };
-    let normal = |s: &str| {
-        Ok::<_, RouteError>(
-            crate::policy::normalize_host(s)?
-                .map(|(host, port)| (host, port.filter(|p| *p != default_port))),
-        )
-    };
+    let normal = |s: &str| crate::policy::normalize_host(s);
     let field = match field {
         Some(v) => Some(normal(v.to_str().map_err(|_| RouteError::InvalidHost)?)?),
         None => None,
@@ -251,12 +242,22 @@ pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteErr
         Some(a) => Some(normal(a.as_str())?),
         None => None,
     };
-    let host = match (field, target) {
-        (Some(f), Some(t)) if f != t => return Err(RouteError::HostMismatch),
-        (Some(h), _) | (None, Some(h)) => h,
-        (None, None) => None,
-    };
-    Ok(match host {
+    if let (Some(f), Some(t)) = (&field, &target) {
+        // `http://www.example.com/x` with `Host: www.example.com:80` is one
+        // authority: the scheme's default port counts as no port.
+        let default_port = match req.uri().scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        };
+        let comparable = |h: &Option<(String, Option<u16>)>| {
+            h.as_ref()
+                .map(|(host, port)| (host.clone(), port.filter(|p| *p != default_port)))
+        };
+        if comparable(f) != comparable(t) {
+            return Err(RouteError::HostMismatch);
+        }
+    }
+    Ok(match field.or(target).flatten() {
         None => None,
         Some((h, None)) => Some(HeaderValue::from_str(&h).map_err(|_| RouteError::InvalidHost)?),
         Some((h, Some(port))) => Some(
@@ -442,6 +443,73 @@ mod tests {
         c.introspection.client_id = "c".into();
         c.introspection.client_secret = crate::config::Secret::new("s");
         c.validate().unwrap().identity
+    }
+
+    /// Issue 12 item 7: one host per request, normalised.
+    #[test]
+    fn routing_host_table() {
+        let host = |uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            routing_host(&b.body(()).unwrap()).map(|h| h.map(|v| v.to_str().unwrap().to_owned()))
+        };
+        let ok = |v: &str| Ok(Some(v.to_owned()));
+        assert_eq!(host("/x", &["Admin.Example.com."]), ok("admin.example.com"));
+        assert_eq!(
+            host("/x", &["admin.example.com.:8443"]),
+            ok("admin.example.com:8443")
+        );
+        assert_eq!(host("/x", &[]), Ok(None));
+        assert_eq!(host("/x", &[""]), Ok(None));
+        assert_eq!(
+            host("http://admin.example.com/x", &[]),
+            ok("admin.example.com")
+        );
+        assert_eq!(
+            host("http://admin.example.com/x", &["ADMIN.example.com.:80"]),
+            ok("admin.example.com:80")
+        );
+        assert_eq!(
+            host("https://admin.example.com/x", &["admin.example.com:443"]),
+            ok("admin.example.com:443")
+        );
+        for (uri, hosts, want) in [
+            (
+                "/x",
+                &["a.example", "b.example"][..],
+                RouteError::DuplicateHost,
+            ),
+            (
+                "/x",
+                &["a.example", "a.example"][..],
+                RouteError::DuplicateHost,
+            ),
+            (
+                "http://admin.example.com/x",
+                &["www.example.com"][..],
+                RouteError::HostMismatch,
+            ),
+            (
+                "http://admin.example.com/x",
+                &[""][..],
+                RouteError::HostMismatch,
+            ),
+            (
+                "http://admin.example.com:8080/x",
+                &["admin.example.com"][..],
+                RouteError::HostMismatch,
+            ),
+            ("/x", &["a.example, b.example"][..], RouteError::InvalidHost),
+            (
+                "http://u@admin.example.com/x",
+                &[][..],
+                RouteError::InvalidHost,
+            ),
+        ] {
+            assert_eq!(host(uri, hosts), Err(want), "{uri} {hosts:?}");
+        }
     }
 
     #[test]
