@@ -255,6 +255,15 @@ impl RouteTable {
         if is_plain(raw_path) && is_normal(raw_path) && self.prefixes_are_plain() {
             return Ok(pick(raw_path, Spelling::AS_IS).map_or(&self.default, |i| &self.routes[i]));
         }
+        // IIS's `%u0061` and overlong UTF-8 (`%c0%af` is `/` to old
+        // decoders): non-standard spellings of ASCII that only some servers
+        // decode. No client sends them but to dodge a rule.
+        if raw_path.contains('%')
+            && (has_u_escape(raw_path)
+                || has_overlong_utf8(&percent_decode_bytes(raw_path, DecodeMode::All)))
+        {
+            return Err(RouteError::AmbiguousPath);
+        }
         let mut decoded: Vec<String> = Vec::with_capacity(4);
         for mode in [
             DecodeMode::None,
@@ -513,7 +522,11 @@ impl Spelling {
             return Err(RouteError::AmbiguousPath);
         }
         let mut segments: Vec<&str> = Vec::new();
-        for seg in folded.split(['/', '\\']) {
+        // An empty segment before a `..`: we collapse `//`, but a server that
+        // keeps empty segments (RFC 3986 §5.2.4 as written, the WHATWG URL
+        // parser) resolves `/admin//../public` to `/admin/public`.
+        let mut empty_seen = false;
+        for (i, seg) in folded.split(['/', '\\']).enumerate() {
             let seg = match seg.split_once(';') {
                 Some((head, _)) if self.params => {
                     if head == "." || head == ".." {
@@ -533,7 +546,9 @@ impl Spelling {
                 seg
             };
             match seg {
-                "" | "." => {}
+                "" => empty_seen |= i > 0,
+                "." => {}
+                ".." if empty_seen => return Err(RouteError::AmbiguousPath),
                 // `..` above the root: we would read `/../x` as `/x`, but an
                 // upstream with a base path (`upstream = "http://svc/api"`)
                 // resolves `/api/../x` outside it. No client means that either.
@@ -638,7 +653,29 @@ fn decode(s: &str, mode: DecodeMode) -> Result<String, RouteError> {
     }
 }
 
+/// `%u` and four hex digits.
+fn has_u_escape(s: &str) -> bool {
+    s.as_bytes().windows(6).any(|w| {
+        w[0] == b'%' && (w[1] == b'u' || w[1] == b'U') && w[2..].iter().all(u8::is_ascii_hexdigit)
+    })
+}
+
+/// A UTF-8 lead byte that can only start an overlong (non-shortest) form:
+/// `C0`/`C1` before a continuation byte, `E0` before `80..9F`, `F0` before `80..8F`.
+fn has_overlong_utf8(b: &[u8]) -> bool {
+    b.windows(2).any(|w| match (w[0], w[1]) {
+        (0xC0 | 0xC1, 0x80..=0xBF) => true,
+        (0xE0, 0x80..=0x9F) => true,
+        (0xF0, 0x80..=0x8F) => true,
+        _ => false,
+    })
+}
+
 fn percent_decode(s: &str, mode: DecodeMode) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s, mode)).into_owned()
+}
+
+fn percent_decode_bytes(s: &str, mode: DecodeMode) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -662,7 +699,7 @@ fn percent_decode(s: &str, mode: DecodeMode) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Removes dot segments (RFC 3986 §5.2.4), treats `\` as `/`, and collapses
@@ -1191,6 +1228,30 @@ mod tests {
                 "/../x",
                 amb,
             ),
+            (
+                "should refuse an empty segment before ..",
+                "/admin//../public/x",
+                amb,
+            ),
+            (
+                "should refuse an encoded empty segment before ..",
+                "/admin/%2F%2E%2E/public/x",
+                amb,
+            ),
+            ("should refuse IIS %u escapes", "/%u0061dmin/x", amb),
+            (
+                "should refuse overlong /",
+                "/public/..%c0%af..%c0%afadmin/x",
+                amb,
+            ),
+            (
+                "should refuse overlong .",
+                "/public/%c0%ae%c0%ae/admin/x",
+                amb,
+            ),
+            ("should refuse a 3-byte overlong", "/public/%e0%80%afx", amb),
+            ("double slashes alone pass", "//public//x", Ok("public")),
+            ("Latin-1 escapes pass", "/caf%E9/x", Ok("public")),
             (
                 "long s off the prefix passes",
                 "/admin/x/../../%C5%BFecret",
