@@ -663,11 +663,11 @@ fn has_u_escape(s: &str) -> bool {
 /// A UTF-8 lead byte that can only start an overlong (non-shortest) form:
 /// `C0`/`C1` before a continuation byte, `E0` before `80..9F`, `F0` before `80..8F`.
 fn has_overlong_utf8(b: &[u8]) -> bool {
-    b.windows(2).any(|w| match (w[0], w[1]) {
-        (0xC0 | 0xC1, 0x80..=0xBF) => true,
-        (0xE0, 0x80..=0x9F) => true,
-        (0xF0, 0x80..=0x8F) => true,
-        _ => false,
+    b.windows(2).any(|w| {
+        matches!(
+            (w[0], w[1]),
+            (0xC0 | 0xC1, 0x80..=0xBF) | (0xE0, 0x80..=0x9F) | (0xF0, 0x80..=0x8F)
+        )
     })
 }
 
