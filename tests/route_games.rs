@@ -102,6 +102,10 @@ const PATH_ATTACKS: &[&str] = &[
     "/admin%EF%BC%8Fx",                   // full-width slash inside the segment
     "/public/%EF%BC%8E%EF%BC%8E/admin/x", // full-width dots
     "/adm%C4%B1n/x",                      // dotless i
+    "/admin%00/x",                        // C-string upstreams stop at the NUL
+    "/admin//../public/x", // WHATWG/RFC resolvers keep the empty segment: /admin/public/x
+    "/%u0061dmin/x",       // IIS %u escape
+    "/public/..%c0%af..%c0%afadmin/x", // overlong UTF-8 `/` (old decoders)
 ];
 
 #[tokio::test]
