@@ -1290,11 +1290,23 @@ impl RawConfig {
                     format!("{name}: {:?} must be a bare host name (no port, no scheme); ports are ignored when matching", r.host),
                 ));
             }
+            // Compared with the request's host as `normalize_host` spells it
+            // (lower case, no trailing dot), so `admin.example.com.` here
+            // means the same as in a request.
+            let host = match crate::policy::normalize_host(&r.host) {
+                Ok(h) => h.map(|(h, _)| h),
+                Err(_) => {
+                    return Err(ConfigError::invalid(
+                        "routes.host",
+                        format!("{name}: {:?} is not a host name (letters, digits, '-', '_' and dots; use punycode for non-ASCII names)", r.host),
+                    ))
+                }
+            };
             routes.push(Route {
                 name,
                 path_prefix: normalize_path(&r.path_prefix),
                 methods,
-                host: non_empty(&r.host.to_ascii_lowercase()),
+                host,
                 access,
             });
         }
@@ -1641,6 +1653,24 @@ mod tests {
                     }]
                 }),
             ),
+            (
+                "routes.host",
+                Box::new(|c| {
+                    c.routes = vec![RawRoute {
+                        host: "bücher.example".into(),
+                        ..RawRoute::public("/")
+                    }]
+                }),
+            ),
+            (
+                "routes.host",
+                Box::new(|c| {
+                    c.routes = vec![RawRoute {
+                        host: "api..example.com".into(),
+                        ..RawRoute::public("/")
+                    }]
+                }),
+            ),
         ];
         for (key, mutate) in cases {
             let mut c = base();
@@ -1651,6 +1681,22 @@ mod tests {
                 "expected an error naming {key}, got {err}"
             );
         }
+    }
+
+    /// A route's host is spelt as requests are compared (issue 12 item 7):
+    /// lower case, without the trailing dot of a fully qualified name.
+    #[test]
+    fn route_host_is_normalised_like_a_request_host() {
+        let mut c = base();
+        c.routes = vec![RawRoute {
+            host: "Admin.Example.COM.".into(),
+            ..RawRoute::public("/")
+        }];
+        let s = c.validate().unwrap();
+        assert_eq!(
+            s.routes.routes[0].host.as_deref(),
+            Some("admin.example.com")
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use crate::forward::{ForwardError, OverrideError};
 use crate::forward_auth::ForwardAuthError;
 use crate::introspect::IntrospectError;
-use crate::policy::{AmbiguousPath, Deny};
+use crate::policy::{Deny, RouteError};
 use crate::token::TokenError;
 use http::StatusCode;
 
@@ -28,8 +28,9 @@ pub enum ProxyError {
     /// The request body is longer than `limits.max_body_bytes`.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The request's path, method or host could be read as another route's.
     #[error(transparent)]
-    AmbiguousPath(#[from] AmbiguousPath),
+    Route(#[from] RouteError),
     /// Forward-auth mode: the front proxy's description of the original request is unusable.
     #[error("bad forward-auth request: {0}")]
     ForwardAuth(#[from] ForwardAuthError),
@@ -219,10 +220,22 @@ impl ProxyError {
                 None,
                 false,
             ),
-            Self::AmbiguousPath(_) => r(
+            Self::Route(e) => r(
                 S::BAD_REQUEST,
                 "invalid_request",
-                "the request path is ambiguous (encoded or dot segments change which rule applies)",
+                match e {
+                    RouteError::AmbiguousPath => {
+                        "the request path is ambiguous (its encoding, dot segments, ';' parameters, case or character forms change which rule applies)"
+                    }
+                    RouteError::MethodCase => {
+                        "methods are case-sensitive: use the upper-case method name"
+                    }
+                    RouteError::InvalidHost => "the Host is not a valid host name",
+                    RouteError::DuplicateHost => "the request has more than one Host",
+                    RouteError::HostMismatch => {
+                        "the Host differs from the authority of the request target"
+                    }
+                },
                 None,
                 false,
             ),
@@ -508,7 +521,41 @@ mod tests {
                 ),
                 false,
             ),
-            (AmbiguousPath.into(), 400, "invalid_request", None, false),
+            (
+                RouteError::AmbiguousPath.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                RouteError::MethodCase.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                RouteError::InvalidHost.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                RouteError::DuplicateHost.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                RouteError::HostMismatch.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
             (
                 ForwardAuthError::BadUri("X-Original-URI").into(),
                 400,

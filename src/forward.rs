@@ -3,7 +3,7 @@
 //! `Incoming` body is handed to the client and the upstream's body is handed back.
 
 use crate::config::{IdentitySettings, MethodOverride, Upstream};
-use crate::policy::Principal;
+use crate::policy::{Principal, RouteError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -329,7 +329,60 @@ pub fn rewrite_request_headers(
     headers.append(header::VIA, HeaderValue::from_static(via));
 }
 
-/// The request's own Host: the `Host` header (HTTP/1) or `:authority` (HTTP/2).
+/// The host the route is chosen by, and the one the upstream is told about in
+/// `X-Forwarded-Host`: the `Host` field, or the target's authority (HTTP/2
+/// `:authority`, or an absolute-form target), normalised (lower case, no
+/// trailing dot, no default port; [`crate::policy::normalize_host`]).
+///
+/// Refused when the request names two hosts, because servers disagree on which
+/// one counts and the route must be the upstream's: two `Host` fields (RFC 9112
+/// §3.2), or a `Host` that differs from `:authority` (RFC 9113 §8.3.1) or from
+/// an absolute-form target's authority (RFC 9112 §3.2.2 has the target win;
+/// some servers and frameworks read `Host` anyway).
+pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteError> {
+    let mut fields = req.headers().get_all(header::HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(RouteError::DuplicateHost);
+    }
+    let normal = |s: &str| crate::policy::normalize_host(s);
+    let field = match field {
+        Some(v) => Some(normal(v.to_str().map_err(|_| RouteError::InvalidHost)?)?),
+        None => None,
+    };
+    let target = match req.uri().authority() {
+        // Userinfo (`http://admin.example.com@www.example.com/`) is a spelling
+        // some servers read one way and some the other.
+        Some(a) if a.as_str().contains('@') => return Err(RouteError::InvalidHost),
+        Some(a) => Some(normal(a.as_str())?),
+        None => None,
+    };
+    if let (Some(f), Some(t)) = (&field, &target) {
+        // `http://www.example.com/x` with `Host: www.example.com:80` is one
+        // authority: the scheme's default port counts as no port.
+        let default_port = match req.uri().scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        };
+        let comparable = |h: &Option<(String, Option<u16>)>| {
+            h.as_ref()
+                .map(|(host, port)| (host.clone(), port.filter(|p| *p != default_port)))
+        };
+        if comparable(f) != comparable(t) {
+            return Err(RouteError::HostMismatch);
+        }
+    }
+    Ok(match field.or(target).flatten() {
+        None => None,
+        Some((h, None)) => Some(HeaderValue::from_str(&h).map_err(|_| RouteError::InvalidHost)?),
+        Some((h, Some(port))) => Some(
+            HeaderValue::from_str(&format!("{h}:{port}")).map_err(|_| RouteError::InvalidHost)?,
+        ),
+    })
+}
+
+/// The request's own Host: the `Host` header (HTTP/1) or `:authority` (HTTP/2),
+/// as sent (unchecked; [`routing_host`] is the checked, normalised one).
 pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     req.headers().get(header::HOST).cloned().or_else(|| {
         req.uri()
@@ -520,6 +573,73 @@ mod tests {
         c.introspection.client_id = "c".into();
         c.introspection.client_secret = crate::config::Secret::new("s");
         c.validate().unwrap().identity
+    }
+
+    /// Issue 12 item 7: one host per request, normalised.
+    #[test]
+    fn routing_host_table() {
+        let host = |uri: &str, hosts: &[&str]| {
+            let mut b = Request::builder().uri(uri);
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            routing_host(&b.body(()).unwrap()).map(|h| h.map(|v| v.to_str().unwrap().to_owned()))
+        };
+        let ok = |v: &str| Ok(Some(v.to_owned()));
+        assert_eq!(host("/x", &["Admin.Example.com."]), ok("admin.example.com"));
+        assert_eq!(
+            host("/x", &["admin.example.com.:8443"]),
+            ok("admin.example.com:8443")
+        );
+        assert_eq!(host("/x", &[]), Ok(None));
+        assert_eq!(host("/x", &[""]), Ok(None));
+        assert_eq!(
+            host("http://admin.example.com/x", &[]),
+            ok("admin.example.com")
+        );
+        assert_eq!(
+            host("http://admin.example.com/x", &["ADMIN.example.com.:80"]),
+            ok("admin.example.com:80")
+        );
+        assert_eq!(
+            host("https://admin.example.com/x", &["admin.example.com:443"]),
+            ok("admin.example.com:443")
+        );
+        for (uri, hosts, want) in [
+            (
+                "/x",
+                &["a.example", "b.example"][..],
+                RouteError::DuplicateHost,
+            ),
+            (
+                "/x",
+                &["a.example", "a.example"][..],
+                RouteError::DuplicateHost,
+            ),
+            (
+                "http://admin.example.com/x",
+                &["www.example.com"][..],
+                RouteError::HostMismatch,
+            ),
+            (
+                "http://admin.example.com/x",
+                &[""][..],
+                RouteError::HostMismatch,
+            ),
+            (
+                "http://admin.example.com:8080/x",
+                &["admin.example.com"][..],
+                RouteError::HostMismatch,
+            ),
+            ("/x", &["a.example, b.example"][..], RouteError::InvalidHost),
+            (
+                "http://u@admin.example.com/x",
+                &[][..],
+                RouteError::InvalidHost,
+            ),
+        ] {
+            assert_eq!(host(uri, hosts), Err(want), "{uri} {hosts:?}");
+        }
     }
 
     #[test]

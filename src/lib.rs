@@ -20,8 +20,9 @@
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
 //! - [`answer`]: the compact cached form of an answer ([`answer::Answer`], what the policy
 //!   reads); repeating members shared through a bounded interner.
-//! - [`policy`]: pure route table (first match, normalised paths) and decision (active, `exp`,
-//!   `nbf`, token kind, issuer, audience, client, scopes) → `Principal`, re-run on every request.
+//! - [`policy`]: pure route table (first match, every reading of the path, normalised host)
+//!   and decision (active, `exp`, `nbf`, token kind, issuer, audience, client, scopes) →
+//!   `Principal`, re-run on every request.
 //! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint, with background refresh.
 //! - [`forward`]: hop-by-hop and identity header rewrite, streaming call to the upstream
 //!   (HTTP/1.1 or HTTP/2, over TCP or a unix socket).
@@ -48,8 +49,12 @@
 //!                                                  (one `Settings` snapshot per request)
 //!    (hyper: request head over limits.max_header_bytes → 431; CONNECT → 405)
 //!    └─ limits::declared_too_large     Content-Length over limits.max_body_bytes → 413
-//!    └─ policy::RouteTable::select     first matching route; public → skip to forward;
-//!                                      path whose route depends on its decoding → 400
+//!    └─ forward::routing_host          two Hosts, or Host ≠ :authority / absolute-form
+//!                                      target → 400; else the normalised host
+//!    └─ policy::RouteTable::select     first matching route (HEAD takes GET routes); public →
+//!                                      skip to forward; path whose route depends on its
+//!                                      reading (decoding, `;`, case, NFKC, trailing dots),
+//!                                      or a lower-case standard method → 400
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (flight) →
 //!                                      (answer::Answer: the cached form the policy reads)

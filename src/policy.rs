@@ -180,10 +180,22 @@ pub struct Route {
 }
 
 impl Route {
-    fn matches(&self, method: &Method, host: Option<&str>, path: &str) -> bool {
-        (self.methods.is_empty() || self.methods.contains(method))
+    /// Whether the route applies, with the path read under `spelling` (the
+    /// prefix is read the same way, so `/API/` still matches `/API/x` when
+    /// both are folded).
+    fn matches(&self, method: &Method, host: Option<&str>, path: &str, spelling: Spelling) -> bool {
+        self.method_matches(method)
             && self.host.as_deref().is_none_or(|h| host == Some(h))
-            && prefix_matches(&self.path_prefix, path)
+            && prefix_matches(&spelling.prefix(&self.path_prefix), path)
+    }
+
+    /// A route that lists GET also takes HEAD: every framework runs the GET
+    /// view for a HEAD request (RFC 9110 §9.3.2 asks it to), so a GET-only
+    /// rule that HEAD could step around would not protect that view.
+    fn method_matches(&self, method: &Method) -> bool {
+        self.methods.is_empty()
+            || self.methods.contains(method)
+            || (method == Method::HEAD && self.methods.contains(&Method::GET))
     }
 }
 
@@ -194,49 +206,140 @@ pub struct RouteTable {
     pub default: Route,
 }
 
-/// The path means different things depending on how a server decodes it, and
-/// those meanings fall under different routes: refuse rather than guess.
+/// Why a request cannot be routed: a server behind us could read its path,
+/// method or host as something that falls under another route than ours, so
+/// we refuse rather than guess (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the request path matches different routes depending on how it is decoded")]
-pub struct AmbiguousPath;
+pub enum RouteError {
+    /// The path matches different routes depending on how it is decoded or
+    /// spelt (percent-encoding, `;` parameters, dot segments, case, Unicode
+    /// compatibility forms, trailing dots).
+    #[error("the request path matches different routes depending on how it is decoded")]
+    AmbiguousPath,
+    /// A lower-case (or mixed-case) spelling of a standard or configured
+    /// method: methods are case-sensitive (RFC 9110 §9.1), but Werkzeug and
+    /// others upper-case them.
+    #[error("the method is a lower-case spelling of a standard or configured method")]
+    MethodCase,
+    /// Not a host name, IP literal or `host:port`.
+    #[error("the Host is not a valid host name")]
+    InvalidHost,
+    /// More than one `Host` field (RFC 9112 §3.2: 400).
+    #[error("the request has more than one Host")]
+    DuplicateHost,
+    /// `Host` names another authority than the request target (absolute form)
+    /// or `:authority` (HTTP/2, RFC 9113 §8.3.1).
+    #[error("the Host differs from the request's authority")]
+    HostMismatch,
+}
+
+/// The methods of RFC 9110 §9 plus PATCH (RFC 5789): a lower-case spelling of
+/// one of these is refused even when no route names it.
+const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
 
 impl RouteTable {
     /// Picks the first matching route (or the default).
     ///
-    /// Matching uses the percent-decoded, dot-segment-normalised path, so that
-    /// `/public/../admin/x` and `/%61dmin/x` cannot dodge the `/admin/` rule.
-    /// An upstream may decode less than we do (not `%2F`, or nothing at all),
-    /// so the route is also computed under those readings; if they disagree
-    /// the request is refused ([`AmbiguousPath`]). The forwarded path is
-    /// always the original bytes.
+    /// The path is read the ways the servers behind us read it: percent-decoded
+    /// (everything, all but `%2F`/`%5C`, nothing, or repeatedly), with and
+    /// without each segment's `;parameters` (Tomcat, Jetty, Spring drop them),
+    /// with and without case and Unicode compatibility folding (IIS, NTFS,
+    /// .NET best-fit mappings), and with and without the trailing dots and
+    /// spaces Windows drops from a name; every reading is dot-segment
+    /// normalised. If two readings fall under different routes the request
+    /// is refused ([`RouteError::AmbiguousPath`]); so `/public/../admin/x`,
+    /// `/admin;x/y` and `/%61dmin/x` cannot dodge the `/admin/` rule. A
+    /// `..;x` segment is refused outright. The forwarded path is always the
+    /// original bytes.
+    ///
+    /// The host is compared lower-case, without port and without a trailing
+    /// dot; a lower-case spelling of a standard or configured method is
+    /// refused ([`RouteError::MethodCase`]); HEAD matches a route that lists GET.
     pub fn select(
         &self,
         method: &Method,
         host: Option<&str>,
         raw_path: &str,
-    ) -> Result<&Route, AmbiguousPath> {
-        let host = host.map(host_without_port);
+    ) -> Result<&Route, RouteError> {
+        self.check_method_case(method)?;
+        let host = match host {
+            Some(h) => normalize_host(h)?.map(|(host, _port)| host),
+            None => None,
+        };
         let host = host.as_deref();
-        let pick = |path: &str| {
+        let pick = |path: &str, spelling: Spelling| {
             self.routes
                 .iter()
-                .position(|r| r.matches(method, host, path))
+                .position(|r| r.matches(method, host, path, spelling))
         };
-        // The common case: nothing to decode and nothing to normalise, so all
-        // three readings are the path itself. No allocation, one match.
-        if !raw_path.contains('%') && is_normal(raw_path) {
-            return Ok(pick(raw_path).map_or(&self.default, |i| &self.routes[i]));
+        // The common case: nothing to decode, fold or normalise, so every
+        // reading is the path itself. No allocation, one match.
+        if is_plain(raw_path) && is_normal(raw_path) && self.prefixes_are_plain() {
+            return Ok(pick(raw_path, Spelling::AS_IS).map_or(&self.default, |i| &self.routes[i]));
         }
-        let readings = [
-            normalize_path(&percent_decode(raw_path, DecodeMode::All)),
-            normalize_path(&percent_decode(raw_path, DecodeMode::KeepSlashes)),
-            normalize_path(raw_path),
-        ];
-        let first = pick(&readings[0]);
-        if readings[1..].iter().any(|p| pick(p) != first) {
-            return Err(AmbiguousPath);
+        // IIS's `%u0061` and overlong UTF-8 (`%c0%af` is `/` to old
+        // decoders): non-standard spellings of ASCII that only some servers
+        // decode. No client sends them but to dodge a rule.
+        if raw_path.contains('%')
+            && (has_u_escape(raw_path)
+                || has_overlong_utf8(&percent_decode_bytes(raw_path, DecodeMode::All)))
+        {
+            return Err(RouteError::AmbiguousPath);
         }
-        Ok(first.map_or(&self.default, |i| &self.routes[i]))
+        let mut decoded: Vec<String> = Vec::with_capacity(4);
+        for mode in [
+            DecodeMode::None,
+            DecodeMode::KeepSlashes,
+            DecodeMode::All,
+            DecodeMode::Repeated,
+        ] {
+            let d = decode(raw_path, mode)?;
+            if !decoded.contains(&d) {
+                decoded.push(d);
+            }
+        }
+        let spellings = Spelling::needed(&decoded, &self.routes);
+        let mut first: Option<Option<usize>> = None;
+        for d in &decoded {
+            for &s in &spellings {
+                let route = pick(&s.read(d)?, s);
+                match first {
+                    None => first = Some(route),
+                    Some(f) if f != route => return Err(RouteError::AmbiguousPath),
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(first.flatten().map_or(&self.default, |i| &self.routes[i]))
+    }
+
+    /// `delete` is DELETE to Werkzeug but an unknown method to us: refused
+    /// rather than routed either way (no legitimate client sends it; a
+    /// case-sensitive upstream would answer 405/501 anyway). Lower-case
+    /// extension methods no route names pass: no route depends on their case.
+    fn check_method_case(&self, method: &Method) -> Result<(), RouteError> {
+        let m = method.as_str();
+        if !m.bytes().any(|b| b.is_ascii_lowercase()) {
+            return Ok(());
+        }
+        let upper = m.to_ascii_uppercase();
+        let named = STANDARD_METHODS.contains(&upper.as_str())
+            || self
+                .routes
+                .iter()
+                .flat_map(|r| &r.methods)
+                .any(|rm| rm.as_str() == upper);
+        if named {
+            Err(RouteError::MethodCase)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn prefixes_are_plain(&self) -> bool {
+        self.routes.iter().all(|r| is_plain(&r.path_prefix))
     }
 }
 
@@ -281,20 +384,241 @@ impl fmt::Display for RouteTable {
     }
 }
 
-fn host_without_port(h: &str) -> std::borrow::Cow<'_, str> {
+/// A `Host` (or `:authority`, or `X-Forwarded-Host`) as routing compares it:
+/// lower-case, without the trailing dot of a fully qualified name (DNS and
+/// every server read `admin.example.com.` as `admin.example.com`), split
+/// from its port. `Ok(None)` for an empty value (RFC 9112 §3.2 allows an
+/// empty Host). Anything that is not a host name, an IP literal or
+/// `host:port` is refused: `%`-escapes, userinfo, lists, spaces and
+/// non-ASCII are spellings that some server would read as another name.
+pub fn normalize_host(h: &str) -> Result<Option<(String, Option<u16>)>, RouteError> {
     let h = h.trim();
-    // `[::1]:8080` → `[::1]`; `example.com:80` → `example.com`.
-    let end = match h.rfind(':') {
-        Some(i) if !h[i..].contains(']') => i,
-        _ => h.len(),
-    };
-    let h = &h[..end];
-    // Borrow when already lower-case (the usual case): no allocation.
-    if h.bytes().any(|b| b.is_ascii_uppercase()) {
-        h.to_ascii_lowercase().into()
-    } else {
-        h.into()
+    if h.is_empty() {
+        return Ok(None);
     }
+    let (host, port) = if h.starts_with('[') {
+        // `[::1]` or `[::1]:8080`.
+        let end = h.find(']').ok_or(RouteError::InvalidHost)?;
+        let (literal, rest) = h.split_at(end + 1);
+        let inner = &literal[1..literal.len() - 1];
+        if inner.is_empty()
+            || !inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Err(RouteError::InvalidHost);
+        }
+        let port = match rest {
+            "" => None,
+            r => Some(r.strip_prefix(':').ok_or(RouteError::InvalidHost)?),
+        };
+        (literal, port)
+    } else {
+        match h.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (h, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().map_err(|_| RouteError::InvalidHost)?)
+        }
+        Some(_) => return Err(RouteError::InvalidHost),
+    };
+    if host.starts_with('[') {
+        return Ok(Some((host.to_ascii_lowercase(), port)));
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid {
+        return Err(RouteError::InvalidHost);
+    }
+    Ok(Some((name.to_ascii_lowercase(), port)))
+}
+
+/// Whether every reading of `path` is `path` itself: only lower-case ASCII
+/// letters, digits and the punctuation no server decodes, folds or strips
+/// (no `%`, `;`, `\`, upper case, space, non-ASCII), and no segment that
+/// ends in a dot.
+fn is_plain(path: &str) -> bool {
+    path.bytes().all(|b| {
+        b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(
+                b,
+                b'/' | b'.'
+                    | b'-'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b'='
+                    | b':'
+                    | b'@'
+            )
+    }) && !path.ends_with('.')
+        && !path.contains("./")
+}
+
+/// One way a server may spell a (decoded) path before it matches it. Each
+/// flag is a transformation some real server applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spelling {
+    /// Drop each segment's `;parameters` (Servlet containers, Spring).
+    params: bool,
+    /// Unicode compatibility form and case folding (IIS and other
+    /// case-insensitive stacks; .NET best-fit and NFKC mappings turn
+    /// full-width `／` and `ａ` into `/` and `a`).
+    fold: bool,
+    /// Drop trailing dots and spaces from each segment (Windows file names:
+    /// `admin.` is `admin`).
+    trim: bool,
+}
+
+impl Spelling {
+    const AS_IS: Self = Self {
+        params: false,
+        fold: false,
+        trim: false,
+    };
+
+    /// Every combination of the transformations that could change a reading
+    /// of these paths or of a route's prefix (most requests need one or two).
+    fn needed(paths: &[String], routes: &[Route]) -> Vec<Self> {
+        let any = |f: &dyn Fn(&str) -> bool| {
+            paths.iter().any(|p| f(p)) || routes.iter().any(|r| f(&r.path_prefix))
+        };
+        // NFKC can produce `;`, `.` and `/` from non-ASCII characters.
+        let wide = any(&|s| !s.is_ascii());
+        let params = wide || any(&|s| s.contains(';'));
+        let fold = wide || any(&|s| s.bytes().any(|b| b.is_ascii_uppercase()));
+        let trim = wide
+            || any(&|s| {
+                s.split(['/', '\\'])
+                    .any(|seg| seg.ends_with(['.', ' ']) && seg != "." && seg != "..")
+            });
+        let options = |needed: bool| {
+            if needed {
+                &[false, true][..]
+            } else {
+                &[false][..]
+            }
+        };
+        let mut out = Vec::with_capacity(8);
+        for &params in options(params) {
+            for &fold in options(fold) {
+                for &trim in options(trim) {
+                    out.push(Self { params, fold, trim });
+                }
+            }
+        }
+        out
+    }
+
+    /// The dot-segment-normalised path under this spelling. A segment that
+    /// is a dot segment in disguise (`..;x`, `.;`, `...`, `.. `) is refused:
+    /// some servers resolve it as `..`, others serve it as a name, and no
+    /// legitimate client sends one.
+    fn read(self, path: &str) -> Result<String, RouteError> {
+        let folded = if self.fold {
+            fold(path).into()
+        } else {
+            std::borrow::Cow::Borrowed(path)
+        };
+        // A decoded NUL or other control character: C-string upstreams stop
+        // at the NUL (`/admin%00/x` is `/admin` to them), and no client
+        // means one.
+        if folded.chars().any(char::is_control) {
+            return Err(RouteError::AmbiguousPath);
+        }
+        let mut segments: Vec<&str> = Vec::new();
+        // An empty segment before a `..`: we collapse `//`, but a server that
+        // keeps empty segments (RFC 3986 §5.2.4 as written, the WHATWG URL
+        // parser) resolves `/admin//../public` to `/admin/public`.
+        let mut empty_seen = false;
+        for (i, seg) in folded.split(['/', '\\']).enumerate() {
+            let seg = match seg.split_once(';') {
+                Some((head, _)) if self.params => {
+                    if head == "." || head == ".." {
+                        return Err(RouteError::AmbiguousPath);
+                    }
+                    head
+                }
+                _ => seg,
+            };
+            let seg = if self.trim && seg != "." && seg != ".." {
+                let trimmed = seg.trim_end_matches(['.', ' ']);
+                if trimmed.is_empty() && !seg.is_empty() {
+                    return Err(RouteError::AmbiguousPath);
+                }
+                trimmed
+            } else {
+                seg
+            };
+            match seg {
+                "" => empty_seen |= i > 0,
+                "." => {}
+                ".." if empty_seen => return Err(RouteError::AmbiguousPath),
+                // `..` above the root: we would read `/../x` as `/x`, but an
+                // upstream with a base path (`upstream = "http://svc/api"`)
+                // resolves `/api/../x` outside it. No client means that either.
+                ".." => {
+                    if segments.pop().is_none() {
+                        return Err(RouteError::AmbiguousPath);
+                    }
+                }
+                s => segments.push(s),
+            }
+        }
+        let mut out = String::with_capacity(path.len());
+        for s in &segments {
+            out.push('/');
+            out.push_str(s);
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        Ok(out)
+    }
+
+    /// A route's prefix under this spelling, so that a prefix written `/API/`
+    /// still matches `/API/x` in the folded reading.
+    fn prefix(self, prefix: &str) -> std::borrow::Cow<'_, str> {
+        if self == Self::AS_IS || is_plain(prefix) {
+            return prefix.into();
+        }
+        // A prefix that cannot be read (config `..;` in a prefix) matches as written.
+        self.read(prefix).map_or(prefix.into(), Into::into)
+    }
+}
+
+/// NFKC, then lower case: full-width `／ＡＤＭＩＮ` → `/admin`, `ſ` → `s`,
+/// the Kelvin sign → `k`. The dotted and dotless Turkish i fold to `i`, as
+/// .NET's invariant upper-casing makes `ı` equal to `i`.
+fn fold(s: &str) -> String {
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc().normalize(s);
+    let mut out = String::with_capacity(nfkc.len());
+    for c in nfkc.chars() {
+        match c {
+            'İ' | 'ı' => out.push('i'),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    out
 }
 
 /// Whether [`normalize_path`] would return `path` unchanged: "/", or "/"-separated
@@ -321,12 +645,61 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 #[derive(Clone, Copy)]
 enum DecodeMode {
-    All,
+    /// The path as it is (a server that routes before decoding).
+    None,
     /// Leaves `%2F` and `%5C` encoded, as many servers do.
     KeepSlashes,
+    All,
+    /// Decodes until nothing changes: a chain of servers (or a careless
+    /// framework) that decodes twice reads `%2561` as `a`.
+    Repeated,
+}
+
+/// Rounds of [`DecodeMode::Repeated`] before a path counts as ambiguous.
+const MAX_DECODE_ROUNDS: usize = 4;
+
+fn decode(s: &str, mode: DecodeMode) -> Result<String, RouteError> {
+    match mode {
+        DecodeMode::None => Ok(s.to_owned()),
+        DecodeMode::KeepSlashes | DecodeMode::All => Ok(percent_decode(s, mode)),
+        DecodeMode::Repeated => {
+            let mut cur = s.to_owned();
+            for _ in 0..MAX_DECODE_ROUNDS {
+                let next = percent_decode(&cur, DecodeMode::All);
+                if next == cur {
+                    return Ok(cur);
+                }
+                cur = next;
+            }
+            // Still decoding after that many rounds: no client means that.
+            Err(RouteError::AmbiguousPath)
+        }
+    }
+}
+
+/// `%u` and four hex digits.
+fn has_u_escape(s: &str) -> bool {
+    s.as_bytes().windows(6).any(|w| {
+        w[0] == b'%' && (w[1] == b'u' || w[1] == b'U') && w[2..].iter().all(u8::is_ascii_hexdigit)
+    })
+}
+
+/// A UTF-8 lead byte that can only start an overlong (non-shortest) form:
+/// `C0`/`C1` before a continuation byte, `E0` before `80..9F`, `F0` before `80..8F`.
+fn has_overlong_utf8(b: &[u8]) -> bool {
+    b.windows(2).any(|w| {
+        matches!(
+            (w[0], w[1]),
+            (0xC0 | 0xC1, 0x80..=0xBF) | (0xE0, 0x80..=0x9F) | (0xF0, 0x80..=0x8F)
+        )
+    })
 }
 
 fn percent_decode(s: &str, mode: DecodeMode) -> String {
+    String::from_utf8_lossy(&percent_decode_bytes(s, mode)).into_owned()
+}
+
+fn percent_decode_bytes(s: &str, mode: DecodeMode) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -350,7 +723,7 @@ fn percent_decode(s: &str, mode: DecodeMode) -> String {
         out.push(b[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 /// Removes dot segments (RFC 3986 §5.2.4), treats `\` as `/`, and collapses
@@ -681,7 +1054,7 @@ mod tests {
                 .select(&m.parse().unwrap(), host, p)
                 .map(|r| r.name.clone())
         };
-        let cases: &[(&str, &str, Option<&str>, &str, Result<&str, AmbiguousPath>)] = &[
+        let cases: &[(&str, &str, Option<&str>, &str, Result<&str, RouteError>)] = &[
             ("exact prefix", "GET", None, "/healthz", Ok("healthz")),
             ("below prefix", "GET", None, "/healthz/live", Ok("healthz")),
             (
@@ -759,21 +1132,21 @@ mod tests {
                 "GET",
                 None,
                 "/%61dmin/x",
-                Err(AmbiguousPath),
+                Err(RouteError::AmbiguousPath),
             ),
             (
                 "encoded traversal to a public path is refused",
                 "GET",
                 None,
                 "/admin/..%2Fpublic/x",
-                Err(AmbiguousPath),
+                Err(RouteError::AmbiguousPath),
             ),
             (
                 "encoded dots are refused when they change the route",
                 "GET",
                 None,
                 "/admin/%2e%2e/public/x",
-                Err(AmbiguousPath),
+                Err(RouteError::AmbiguousPath),
             ),
             (
                 "harmless encoding is fine",
@@ -807,6 +1180,286 @@ mod tests {
         for (name, m, host, path, want) in cases {
             assert_eq!(pick(m, *host, path), want.map(str::to_owned), "{name}");
         }
+    }
+
+    /// Issue 12 item 3: the attack table is `/` public, `/admin/` protected
+    /// (Jetty served `/admin;x/y` as `/admin/*`; Tomcat resolves
+    /// `/public/..;/admin/x` to `/admin/x`; IIS is case-insensitive and drops
+    /// trailing dots; some stacks decode twice or NFKC-normalise).
+    #[test]
+    fn path_spellings_cannot_dodge_a_protected_prefix() {
+        let table = RouteTable {
+            routes: vec![
+                route("admin", "/admin/", &[], None, false),
+                route("public", "/", &[], None, true),
+            ],
+            default: route("default", "/", &[], None, false),
+        };
+        let amb = Err(RouteError::AmbiguousPath);
+        let cases: &[(&str, &str, Result<&str, RouteError>)] = &[
+            (
+                "should refuse ;params on the protected segment",
+                "/admin;x/y",
+                amb,
+            ),
+            (
+                "should refuse ..; (Tomcat's ..)",
+                "/public/..;/admin/x",
+                amb,
+            ),
+            (
+                "should refuse ..; even when it stays public",
+                "/public/a/..;/b",
+                amb,
+            ),
+            ("should refuse .;", "/public/.;x/a", amb),
+            ("should refuse an encoded ;", "/admin%3Bx/y", amb),
+            (
+                "should refuse an encoded ; (lower-case hex)",
+                "/admin%3bx/y",
+                amb,
+            ),
+            ("should refuse ..%3B", "/public/..%3B/admin/x", amb),
+            ("should refuse upper case", "/ADMIN/x", amb),
+            ("should refuse mixed case", "/Admin/x", amb),
+            ("should refuse a trailing dot", "/admin./x", amb),
+            (
+                "should refuse trailing dots and spaces",
+                "/admin.%20./x",
+                amb,
+            ),
+            ("should refuse a trailing encoded space", "/admin%20/x", amb),
+            ("should refuse a dots-only segment", "/.../admin", amb),
+            (
+                "should refuse `.. ` (Windows reads ..)",
+                "/public/..%20/admin",
+                amb,
+            ),
+            ("should refuse double encoding", "/%2561dmin/x", amb),
+            ("should refuse triple encoding", "/%252561dmin/x", amb),
+            (
+                "should refuse endless encoding",
+                "/%2525252525252561dmin/x",
+                amb,
+            ),
+            ("should refuse full-width a", "/%EF%BD%81dmin/x", amb),
+            (
+                "should refuse full-width upper case",
+                "/%EF%BC%A1DMIN/x",
+                amb,
+            ),
+            (
+                "should refuse a full-width slash before",
+                "/%EF%BC%8Fadmin/x",
+                amb,
+            ),
+            (
+                "should refuse a full-width slash after",
+                "/admin%EF%BC%8Fx",
+                amb,
+            ),
+            (
+                "should refuse full-width dots",
+                "/public/%EF%BC%8E%EF%BC%8E/admin/x",
+                amb,
+            ),
+            ("should refuse a full-width ;", "/admin%EF%BC%9Bx/y", amb),
+            ("should refuse dotless i", "/adm%C4%B1n/x", amb),
+            (
+                "should refuse a NUL (C strings end there)",
+                "/admin%00/x",
+                amb,
+            ),
+            (
+                "should refuse other control characters",
+                "/public/%0Ax",
+                amb,
+            ),
+            ("should refuse .. above the root", "/../admin/x", amb),
+            (
+                "should refuse encoded .. above the root",
+                "/public/%2e%2e/%2e%2e/x",
+                amb,
+            ),
+            (
+                "should refuse .. above the root even when public",
+                "/../x",
+                amb,
+            ),
+            (
+                "should refuse an empty segment before ..",
+                "/admin//../public/x",
+                amb,
+            ),
+            (
+                "should refuse an encoded empty segment before ..",
+                "/admin/%2F%2E%2E/public/x",
+                amb,
+            ),
+            ("should refuse IIS %u escapes", "/%u0061dmin/x", amb),
+            (
+                "should refuse overlong /",
+                "/public/..%c0%af..%c0%afadmin/x",
+                amb,
+            ),
+            (
+                "should refuse overlong .",
+                "/public/%c0%ae%c0%ae/admin/x",
+                amb,
+            ),
+            ("should refuse a 3-byte overlong", "/public/%e0%80%afx", amb),
+            ("double slashes alone pass", "//public//x", Ok("public")),
+            ("Latin-1 escapes pass", "/caf%E9/x", Ok("public")),
+            (
+                "long s off the prefix passes",
+                "/admin/x/../../%C5%BFecret",
+                Ok("public"),
+            ),
+            ("plain admin is admin", "/admin/x", Ok("admin")),
+            (
+                "params below the prefix keep the route",
+                "/admin/x;v=1",
+                Ok("admin"),
+            ),
+            (
+                "jsessionid on a public path passes",
+                "/x;jsessionid=A1",
+                Ok("public"),
+            ),
+            (
+                "upper case off the prefix passes",
+                "/api/Users/ABC",
+                Ok("public"),
+            ),
+            (
+                "upper case below the prefix keeps the route",
+                "/admin/Users",
+                Ok("admin"),
+            ),
+            ("a file extension passes", "/docs/a.json", Ok("public")),
+            ("UTF-8 off the prefix passes", "/caf%C3%A9/x", Ok("public")),
+            (
+                "UTF-8 below the prefix keeps the route",
+                "/admin/%C3%A9",
+                Ok("admin"),
+            ),
+            ("a literal percent passes", "/search/100%25", Ok("public")),
+        ];
+        for (name, path, want) in cases {
+            let got = table
+                .select(&Method::GET, None, path)
+                .map(|r| r.name.as_str());
+            assert_eq!(got, *want, "{name}: {path}");
+        }
+    }
+
+    /// The folded and trimmed readings read the prefix the same way: a prefix
+    /// written in upper case keeps matching its own spelling.
+    #[test]
+    fn prefixes_are_read_like_paths() {
+        let table = RouteTable {
+            routes: vec![route("api", "/API/", &[], None, false)],
+            default: route("default", "/", &[], None, true),
+        };
+        let pick = |p: &str| table.select(&Method::GET, None, p).map(|r| r.name.as_str());
+        assert_eq!(pick("/API/x"), Ok("api"));
+        assert_eq!(pick("/api/x"), Err(RouteError::AmbiguousPath));
+        assert_eq!(pick("/other"), Ok("default"));
+    }
+
+    /// Issue 12 item 4 (routing half): `delete` is DELETE to Werkzeug; HEAD runs
+    /// the GET view.
+    #[test]
+    fn method_games() {
+        let table = RouteTable {
+            routes: vec![
+                route("admin-delete", "/admin/", &["DELETE"], None, false),
+                route("reports-get", "/reports/", &["GET"], None, false),
+                route("purge", "/cache/", &["PURGE"], None, false),
+                route("public", "/", &[], None, true),
+            ],
+            default: route("default", "/", &[], None, false),
+        };
+        let pick = |m: &str, p: &str| {
+            table
+                .select(&Method::from_bytes(m.as_bytes()).unwrap(), None, p)
+                .map(|r| r.name.as_str())
+        };
+        let cases: &[(&str, &str, Result<&str, RouteError>)] = &[
+            ("DELETE", "/admin/x", Ok("admin-delete")),
+            ("delete", "/admin/x", Err(RouteError::MethodCase)),
+            ("Delete", "/admin/x", Err(RouteError::MethodCase)),
+            ("get", "/x", Err(RouteError::MethodCase)),
+            ("connect", "/x", Err(RouteError::MethodCase)),
+            ("purge", "/cache/x", Err(RouteError::MethodCase)),
+            ("PURGE", "/cache/x", Ok("purge")),
+            ("propfind", "/x", Ok("public")),
+            ("GET", "/reports/x", Ok("reports-get")),
+            ("HEAD", "/reports/x", Ok("reports-get")),
+            ("POST", "/reports/x", Ok("public")),
+            ("HEAD", "/admin/x", Ok("public")),
+        ];
+        for (m, p, want) in cases {
+            assert_eq!(pick(m, p), *want, "{m} {p}");
+        }
+    }
+
+    /// Issue 12 item 7: the host is compared as every server reads it.
+    #[test]
+    fn host_normalisation() {
+        let ok = |h: &str, host: &str, port: Option<u16>| {
+            assert_eq!(
+                normalize_host(h),
+                Ok(Some((host.to_owned(), port))),
+                "{h:?}"
+            )
+        };
+        ok("admin.example.com", "admin.example.com", None);
+        ok("Admin.Example.COM.", "admin.example.com", None);
+        ok("admin.example.com.:8443", "admin.example.com", Some(8443));
+        ok(" admin.example.com ", "admin.example.com", None);
+        ok("[::1]:8080", "[::1]", Some(8080));
+        ok("[::FFFF:127.0.0.1]", "[::ffff:127.0.0.1]", None);
+        ok("127.0.0.1:80", "127.0.0.1", Some(80));
+        ok("my_host", "my_host", None);
+        assert_eq!(normalize_host(""), Ok(None));
+        for bad in [
+            "admin.example.com..",
+            ".admin.example.com",
+            "a..b",
+            "admin example.com",
+            "admin%2eexample.com",
+            "user@admin.example.com",
+            "admin.example.com, www.example.com",
+            "admin.example.com:",
+            "admin.example.com:99999",
+            "admin.example.com:8x",
+            "a:b:c",
+            "[::1",
+            "[::1]x",
+            "[zz::1]",
+            "[]",
+            "bücher.example",
+            "ａdmin.example.com",
+        ] {
+            assert_eq!(normalize_host(bad), Err(RouteError::InvalidHost), "{bad:?}");
+        }
+        let table = RouteTable {
+            routes: vec![
+                route("admin", "/", &[], Some("admin.example.com"), false),
+                route("www", "/", &[], Some("www.example.com"), true),
+            ],
+            default: route("default", "/", &[], None, false),
+        };
+        let pick = |h: &str| {
+            table
+                .select(&Method::GET, Some(h), "/x")
+                .map(|r| r.name.as_str())
+        };
+        assert_eq!(pick("admin.example.com."), Ok("admin"));
+        assert_eq!(pick("ADMIN.example.com.:443"), Ok("admin"));
+        assert_eq!(pick("www.example.com"), Ok("www"));
+        assert_eq!(pick("admin.example.com%2e"), Err(RouteError::InvalidHost));
     }
 
     #[test]

@@ -458,7 +458,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::ConnectMethod
         | ProxyError::ForwardAuth(_)
         | ProxyError::BodyTooLarge
-        | ProxyError::AmbiguousPath(_)
+        | ProxyError::Route(_)
         | ProxyError::MethodOverride(_) => debug!(reason = %err, token, "request rejected"),
     }
 }
@@ -479,7 +479,10 @@ async fn authorize_and_forward(
     if limits::declared_too_large(req.headers(), settings.limits.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge);
     }
-    let host = forward::inbound_host(&req);
+    // Normalised and checked (one Host, agreeing with the target's authority):
+    // the route is chosen by this value, and the upstream is told this value
+    // in X-Forwarded-Host.
+    let host = forward::routing_host(&req)?;
     let method = forward::routing_method(
         req.method(),
         req.headers(),
@@ -637,6 +640,9 @@ async fn forward_auth_check(
     req: Request<Incoming>,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
+    // The sub-request's own Host may stand for the original's (Envoy): the
+    // same one-Host rule as in proxy mode.
+    forward::routing_host(&req)?;
     let orig = crate::forward_auth::original(
         &req,
         settings.forward_auth_convention,

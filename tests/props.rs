@@ -703,8 +703,44 @@ fn raw_path() -> impl Strategy<Value = String> {
 fn path_from_pieces() -> impl Strategy<Value = String> {
     vec(
         proptest::sample::select(vec![
-            "/", "//", "\\", ".", "..", "%2e", "%2E%2e", "%2f", "%2F", "%5c", "%5C", "%", "%%",
-            "%g0", "%c0%af", "%00", "admin", "ADMIN", "%61dmin", "public", "a", "é", ";", "?", "#",
+            "/",
+            "//",
+            "\\",
+            ".",
+            "..",
+            "%2e",
+            "%2E%2e",
+            "%2f",
+            "%2F",
+            "%5c",
+            "%5C",
+            "%",
+            "%%",
+            "%g0",
+            "%c0%af",
+            "%00",
+            "admin",
+            "ADMIN",
+            "%61dmin",
+            "public",
+            "a",
+            "é",
+            ";",
+            "?",
+            "#",
+            // Issue 12 item 3: parameters, case, trailing dots, double encoding,
+            // full-width forms.
+            ";x",
+            "..;",
+            "%3B",
+            "Admin",
+            "admin.",
+            "%20",
+            "%2561",
+            "%252e",
+            "%EF%BC%8F",
+            "%EF%BD%81",
+            "%EF%BC%8E",
         ]),
         0..12,
     )
@@ -757,17 +793,34 @@ proptest! {
         let table = route_table();
         if let Ok(route) = table.select(&Method::GET, host.as_deref(), &p) {
             if matches!(route.access, Access::Public) {
-                // Every reading a server might give the path must be outside /admin.
-                for reading in [p.clone(), percent_decode_all(&p)] {
-                    let n = normalize_path(&reading);
-                    prop_assert!(
-                        !(n == "/admin" || n.starts_with("/admin/")),
-                        "{p:?} reads as {n:?} but was routed public"
-                    );
+                // Every reading a server might give the path must be outside
+                // /admin: decoded once or twice, then as written, without
+                // `;params` (Servlet containers), lower-cased (IIS), and
+                // without trailing dots and spaces (Windows names).
+                let once = percent_decode_all(&p);
+                let twice = percent_decode_all(&once);
+                for decoded in [p.clone(), once, twice] {
+                    for reading in [
+                        decoded.clone(),
+                        per_segment(&decoded, |s| s.split(';').next().unwrap_or(s)),
+                        decoded.to_lowercase(),
+                        per_segment(&decoded, |s| if s == ".." { s } else { s.trim_end_matches(['.', ' ']) }),
+                    ] {
+                        let n = normalize_path(&reading);
+                        prop_assert!(
+                            !(n == "/admin" || n.starts_with("/admin/")),
+                            "{p:?} reads as {n:?} but was routed public"
+                        );
+                    }
                 }
             }
         }
     }
+}
+
+/// `path` with `f` applied to each `/`- or `\\`-separated segment.
+fn per_segment(path: &str, f: impl Fn(&str) -> &str) -> String {
+    path.split(['/', '\\']).map(f).collect::<Vec<_>>().join("/")
 }
 
 /// Plain percent-decoding (every `%XX`), lossy UTF-8: the most a server decodes.

@@ -36,12 +36,11 @@ impl Hypercorn {
     /// `None` when hypercorn is not installed (after the loud skip; under CI the
     /// test fails instead).
     async fn start(test: &str) -> Option<Self> {
-        if !require_external(
-            test,
-            python_module_available("hypercorn"),
-            "the Python package hypercorn",
-            "pip install hypercorn==0.18.0",
-        ) {
+        if python_with(&["hypercorn"]).is_none() {
+            skip_for_missing(
+                test,
+                "python3 with the hypercorn package (pip install hypercorn==0.18.0)",
+            );
             return None;
         }
         let dir = temp_dir("hypercorn");

@@ -1696,33 +1696,35 @@ pub fn https_client(
 // External programs
 // ---------------------------------------------------------------------------
 
-/// Whether a test may use an external program it needs. `available` says if
-/// it is installed. Outside CI a missing program skips the test with one loud
-/// line written to stderr directly (libtest captures `eprintln!` of passing
-/// tests); under `CI` it fails the test, so CI never passes by skipping.
-pub fn require_external(test: &str, available: bool, what: &str, install: &str) -> bool {
-    if available {
-        return true;
-    }
+/// Call when a test cannot find an external program it needs. Outside CI it
+/// writes one loud line straight to the process's stderr (libtest captures
+/// `eprintln!` of a passing test, so that would never be seen) and the test
+/// returns; under `CI` (set by .ci/run) a missing program fails the test.
+pub fn skip_for_missing(test: &str, missing: &str) {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "\n!!!!!!!! SKIPPED {test}: {what} is not installed ({install}; .ci/run installs it) !!!!!!!!\n"
+        "SKIPPED {test}: {missing} (.ci/run installs it; CI fails instead of skipping)"
     );
     assert!(
         std::env::var_os("CI").is_none(),
-        "CI must have {what} installed ({install}; .ci/run installs it)"
+        "{test}: CI must have {missing}"
     );
-    false
 }
 
-/// Whether `python3` can import `module` (a PyPI package a test runs).
-pub fn python_module_available(module: &str) -> bool {
-    std::process::Command::new("python3")
-        .args(["-c", &format!("import {module}")])
-        .stdin(std::process::Stdio::null())
+/// `python3` if it can import every module in `modules`, else `None`.
+pub fn python_with(modules: &[&str]) -> Option<std::path::PathBuf> {
+    let python = std::path::PathBuf::from("python3");
+    let code = modules
+        .iter()
+        .map(|m| format!("import {m}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &code])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    ok.then_some(python)
 }
