@@ -50,18 +50,26 @@ enum State {
 /// How a call ended, as far as the AS's health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The AS gave an answer (active or not: `active:false` is a healthy AS).
+    /// The AS gave an answer (active or not: `active:false` is a healthy AS;
+    /// so is a 400 that refuses to introspect this one token).
     Success,
-    /// The AS failed: timeout, unreachable, 5xx, 401 to us, garbage.
+    /// The AS failed: timeout, unreachable, 5xx, 401/403 to us, garbage.
     Failure,
-    /// Says nothing about the AS (no endpoint known yet, or the call was cancelled).
+    /// Says nothing about the AS (no endpoint known yet, the call was
+    /// cancelled, or a 4xx that the token itself may have caused).
     Neutral,
 }
 
 impl Outcome {
+    /// Only failures that no client can provoke with the token it sends count:
+    /// anyone can send any token, and a failure it provokes must not open the
+    /// breaker (503 for every valid token, `/readyz` unready).
     pub fn of<T>(result: &Result<T, IntrospectError>) -> Self {
         match result {
-            Ok(_) => Self::Success,
+            // The AS authenticated us and answered about the token: it is as
+            // healthy as when it says `active:false`, and a half-open probe
+            // that gets either answer has shown that the AS is back.
+            Ok(_) | Err(IntrospectError::TokenRejected(_)) => Self::Success,
             Err(
                 IntrospectError::Timeout(_)
                 | IntrospectError::Connect(_)
@@ -71,6 +79,10 @@ impl Outcome {
             ) => Self::Failure,
             // No call was made, so nothing was learned about the AS.
             Err(IntrospectError::NoEndpoint | IntrospectError::CircuitOpen) => Self::Neutral,
+            // A 4xx that may depend on the token (its size, its content): the
+            // request fails closed (503), but a client could send such tokens
+            // on purpose, so they must not count as AS failures.
+            Err(IntrospectError::Refused(_)) => Self::Neutral,
         }
     }
 }
@@ -337,10 +349,27 @@ mod tests {
             Outcome::Success
         );
         for e in [
+            IntrospectError::Refused(400),
+            IntrospectError::Refused(413),
+            IntrospectError::NoEndpoint,
+            IntrospectError::CircuitOpen,
+        ] {
+            assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Neutral);
+        }
+        assert_eq!(
+            Outcome::of::<()>(&Err(IntrospectError::TokenRejected(
+                "unsupported_token_type"
+            ))),
+            Outcome::Success,
+            "the AS answered about this token: it is up"
+        );
+        for e in [
             IntrospectError::Timeout(Duration::from_secs(1)),
             IntrospectError::Connect("refused".into()),
             IntrospectError::ClientUnauthorized,
             IntrospectError::Status(503),
+            IntrospectError::Status(403),
+            IntrospectError::Status(429),
             IntrospectError::InvalidResponse("html".into()),
         ] {
             assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Failure);

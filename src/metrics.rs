@@ -146,7 +146,7 @@ impl Metrics {
         let introspections = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "introspections",
-            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; circuit_open: refused by the open circuit breaker without a call)",
+            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; token_rejected: HTTP 400 about the token, answered 401 like inactive; refused: another 4xx that may depend on the token, 503 but not an AS failure; circuit_open: refused by the open circuit breaker without a call)",
             introspections.clone(),
         );
         let introspection_duration = Histogram::new(INTROSPECTION_BUCKETS);
@@ -248,6 +248,8 @@ impl Metrics {
             "connect",
             "unauthorized",
             "status",
+            "token_rejected",
+            "refused",
             "invalid_response",
             "no_endpoint",
             "circuit_open",
