@@ -169,6 +169,17 @@ impl Entry {
         }
     }
 
+    /// An answer read from L2 is fresh no longer than its L2 entry (whose end
+    /// is MAC'd into the value): a copy must not outlive what it copies.
+    fn capped(mut self, until: Option<SystemTime>, stale: Duration) -> Self {
+        if let Some(until) = until {
+            let until = unix_ns(until);
+            self.fresh_until = self.fresh_until.min(until);
+            self.stale_until = self.stale_until.min(until.saturating_add(as_ns(stale)));
+        }
+        self
+    }
+
     fn is_fresh(&self, now: SystemTime) -> bool {
         unix_ns(now) < self.fresh_until
     }
@@ -420,9 +431,9 @@ impl TokenCache {
         let (loaded, led) = self
             .flights
             .run(key, || async {
-                let answer = match &self.fleet {
+                let (answer, l2_until) = match &self.fleet {
                     Some(fleet) => fleet.read_through(&key, load).await?,
-                    None => load().await?,
+                    None => (load().await?, None),
                 };
                 if answer.active {
                     let entry = Entry::new(
@@ -430,7 +441,8 @@ impl TokenCache {
                         self.clock.now(),
                         self.ttls.max_ttl(),
                         self.ttls.stale_if_error(),
-                    );
+                    )
+                    .capped(l2_until, self.ttls.stale_if_error());
                     self.positive.insert(key, entry.clone()).await;
                     Ok(entry)
                 } else {
