@@ -50,13 +50,12 @@ enum State {
 /// How a call ended, as far as the AS's health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The AS gave an answer (active or not: `active:false` is a healthy AS;
-    /// so is a 400 that refuses to introspect this one token).
+    /// The AS gave an answer (active or not: `active:false` is a healthy AS).
     Success,
     /// The AS failed: timeout, unreachable, 5xx, 401/403 to us, garbage.
     Failure,
     /// Says nothing about the AS (no endpoint known yet, the call was
-    /// cancelled, or a 4xx that the token itself may have caused).
+    /// cancelled, or a 4xx about the token, which the client chose).
     Neutral,
 }
 
@@ -66,10 +65,7 @@ impl Outcome {
     /// breaker (503 for every valid token, `/readyz` unready).
     pub fn of<T>(result: &Result<T, IntrospectError>) -> Self {
         match result {
-            // The AS authenticated us and answered about the token: it is as
-            // healthy as when it says `active:false`, and a half-open probe
-            // that gets either answer has shown that the AS is back.
-            Ok(_) | Err(IntrospectError::TokenRejected(_)) => Self::Success,
+            Ok(_) => Self::Success,
             Err(
                 IntrospectError::Timeout(_)
                 | IntrospectError::Connect(_)
@@ -79,10 +75,14 @@ impl Outcome {
             ) => Self::Failure,
             // No call was made, so nothing was learned about the AS.
             Err(IntrospectError::NoEndpoint | IntrospectError::CircuitOpen) => Self::Neutral,
-            // A 4xx that may depend on the token (its size, its content): the
-            // request fails closed (503), but a client could send such tokens
-            // on purpose, so they must not count as AS failures.
-            Err(IntrospectError::Refused(_)) => Self::Neutral,
+            // A 4xx about the token, or one that may depend on it (its size,
+            // its content): a client can send such tokens on purpose, so they
+            // must not count as failures. Nor as successes: an AS may refuse a
+            // JWT-shaped token before it looks anything up (oidc-provider
+            // does), so a fast 400 does not show that it can introspect, and
+            // a client must not be able to keep a failing AS's breaker from
+            // opening, or close it, with such tokens.
+            Err(IntrospectError::TokenRejected(_) | IntrospectError::Refused(_)) => Self::Neutral,
         }
     }
 }
@@ -349,6 +349,7 @@ mod tests {
             Outcome::Success
         );
         for e in [
+            IntrospectError::TokenRejected("unsupported_token_type"),
             IntrospectError::Refused(400),
             IntrospectError::Refused(413),
             IntrospectError::NoEndpoint,
@@ -356,13 +357,6 @@ mod tests {
         ] {
             assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Neutral);
         }
-        assert_eq!(
-            Outcome::of::<()>(&Err(IntrospectError::TokenRejected(
-                "unsupported_token_type"
-            ))),
-            Outcome::Success,
-            "the AS answered about this token: it is up"
-        );
         for e in [
             IntrospectError::Timeout(Duration::from_secs(1)),
             IntrospectError::Connect("refused".into()),

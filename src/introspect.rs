@@ -49,8 +49,8 @@ pub enum IntrospectError {
     /// HTTP 400 with an `error` code about the *token* (`invalid_request`,
     /// `invalid_token`, `unsupported_token_type`): the AS will not introspect
     /// this token, e.g. oidc-provider for any JWT-shaped token it did not
-    /// issue. The token is not acceptable (401, like `active: false`); the AS
-    /// is fine.
+    /// issue. The token is not acceptable (401, like `active: false`); it
+    /// says nothing about the AS's health (the client chose the token).
     #[error("authorization server refused to introspect this token ({0})")]
     TokenRejected(&'static str),
     /// An HTTP 4xx that may depend on the token we sent: 400 without a known

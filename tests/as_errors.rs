@@ -142,6 +142,43 @@ async fn should_503_unknown_4xx_without_counting_them_against_the_as() {
     assert_eq!(env.get("/x", "valid-after-odd").await.status, 200);
 }
 
+/// Refused tokens are neutral, not successes: a client cannot keep a failing
+/// AS's breaker from opening by sending them between the failures (an AS may
+/// refuse a JWT-shaped token before it looks anything up, so a fast 400 does
+/// not show that it can introspect).
+#[tokio::test]
+async fn should_still_open_the_breaker_when_refused_tokens_come_between_failures() {
+    let env = Env::start_with(breaker).await;
+    for i in 0..2 {
+        introspection_of(&jwt_shaped(100 + i))
+            .respond_with(
+                ResponseTemplate::new(400)
+                    .set_body_json(json!({"error": "unsupported_token_type"})),
+            )
+            .mount(&env.auth)
+            .await;
+        introspection_of(&format!("real-{i}"))
+            .respond_with(ResponseTemplate::new(500))
+            .mount(&env.auth)
+            .await;
+    }
+    for i in 0..2 {
+        assert_rejection(
+            &env.get("/x", &jwt_shaped(100 + i)).await,
+            401,
+            "invalid_token",
+        );
+        assert_rejection(
+            &env.get("/x", &format!("real-{i}")).await,
+            503,
+            "temporarily_unavailable",
+        );
+    }
+    let m = env.scrape().await;
+    assert_eq!(m.sum("tokengate_breaker_state", &[]), 2.0, "open");
+    assert_eq!(env.admin_get("/readyz").await.status, 503);
+}
+
 // ---------------------------------------------------------------------------
 // A real oidc-provider
 // ---------------------------------------------------------------------------
