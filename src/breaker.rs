@@ -60,6 +60,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    fn kind_of<T>(result: &Result<T, IntrospectError>) -> &'static str {
+        result.as_ref().err().map_or("ok", IntrospectError::kind)
+    }
+
     /// Only failures that no client can provoke with the token it sends count:
     /// anyone can send any token, and a failure it provokes must not open the
     /// breaker (503 for every valid token, `/readyz` unready).
@@ -245,6 +249,57 @@ impl Breaker {
         ticket.finish(Outcome::of(&result));
         result
     }
+
+    /// [`Breaker::call`], but a failure that the token may have caused (a
+    /// timeout, a 5xx, an unreadable answer: an AS can choke on one token)
+    /// does not open the breaker, nor re-open it as the half-open probe,
+    /// without a second opinion: `canary` asks the AS about a token nobody
+    /// has. If the AS answers that, it is healthy and the failure was this
+    /// token's: it counts as a success. Otherwise a client could open the
+    /// breaker (or keep it open) with tokens that make the AS fail, and every
+    /// valid token would get 503. The canary runs only when this failure
+    /// would open the breaker, so at most once per `breaker_failures`
+    /// failures.
+    pub async fn call_confirmed<T, C, CF>(
+        &self,
+        call: impl Future<Output = Result<T, IntrospectError>>,
+        canary: C,
+    ) -> Result<T, IntrospectError>
+    where
+        C: FnOnce() -> CF,
+        CF: Future<Output = bool>,
+    {
+        let ticket = self.admit()?;
+        let result = call.await;
+        let mut outcome = Outcome::of(&result);
+        let maybe_the_tokens = matches!(
+            &result,
+            Err(IntrospectError::Timeout(_)
+                | IntrospectError::InvalidResponse(_)
+                | IntrospectError::Status(500..=599))
+        );
+        if outcome == Outcome::Failure
+            && maybe_the_tokens
+            && (ticket.probe || self.would_open())
+            && canary().await
+        {
+            warn!(
+                kind = Outcome::kind_of(&result),
+                "introspection failed, but the authorization server answers another token: \
+                 not counting it against the AS (a token that makes the AS fail?)"
+            );
+            outcome = Outcome::Success;
+        }
+        ticket.finish(outcome);
+        result
+    }
+
+    /// Would one more failure open a closed breaker?
+    fn would_open(&self) -> bool {
+        self.failures_to_open > 0
+            && matches!(*self.lock(), State::Closed { consecutive_failures }
+                if consecutive_failures.saturating_add(1) >= self.failures_to_open)
+    }
 }
 
 #[cfg(test)]
@@ -368,6 +423,53 @@ mod tests {
         ] {
             assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Failure);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_the_canary_contradicts_does_not_open_or_reopen() {
+        let b = Breaker::new(2, OPEN_FOR);
+        let canary_calls = std::sync::atomic::AtomicU32::new(0);
+        let confirmed = |r: Result<(), IntrospectError>, healthy: bool| {
+            let calls = &canary_calls;
+            let b = &b;
+            async move {
+                b.call_confirmed(async { r }, || async move {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    healthy
+                })
+                .await
+            }
+        };
+        // Below the threshold: no canary.
+        confirmed(fail(), true).await.unwrap_err();
+        assert_eq!(canary_calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // This one would open it; the AS answers the canary: not opened, count reset.
+        confirmed(fail(), true).await.unwrap_err();
+        assert_eq!(canary_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(b.state(), BreakerState::Closed);
+        confirmed(fail(), true).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed, "the count was reset");
+        // The canary fails too: the AS is down, open.
+        confirmed(fail(), false).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Open);
+        // A failed probe that the canary contradicts closes it.
+        tokio::time::advance(OPEN_FOR).await;
+        confirmed(Err(IntrospectError::Timeout(Duration::from_secs(1))), true)
+            .await
+            .unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Failures no token can cause open it without a canary.
+        let before = canary_calls.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            confirmed(Err(IntrospectError::Connect("refused".into())), true)
+                .await
+                .unwrap_err();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(
+            canary_calls.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -548,6 +548,29 @@ impl Introspector {
     }
 }
 
+impl Introspector {
+    /// Asks the AS about a token that nobody has (random, opaque): `true` if
+    /// it gives a well-formed answer (`active: false`, normally), i.e. the AS
+    /// is up and introspecting. The circuit breaker asks this before a
+    /// failure that one token may have caused opens it. Not counted in the
+    /// introspection metrics (it is not a client's request).
+    pub async fn canary(&self) -> bool {
+        use sha2::Digest;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nonce = format!(
+            "{:?}{}{:p}",
+            std::time::SystemTime::now(),
+            N.fetch_add(1, Ordering::Relaxed),
+            self
+        );
+        let token = format!(
+            "tokengate-canary-{}",
+            hex::encode(sha2::Sha256::digest(nonce.as_bytes()))
+        );
+        self.introspect(&token).await.is_ok()
+    }
+}
+
 fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> IntrospectError {
     match e {
         // RFC 7662 §2.3: 401 is about the caller's credentials, never the

@@ -541,12 +541,15 @@ async fn authorize(
                     // is not an introspection call (no duration to observe),
                     // but it is counted as outcome "circuit_open".
                     async {
-                        let result =
-                            app.breaker
-                                .call(app.metrics.time_introspection(
+                        let result = app
+                            .breaker
+                            .call_confirmed(
+                                app.metrics.time_introspection(
                                     app.introspector.introspect(token.secret()),
-                                ))
-                                .await;
+                                ),
+                                || app.introspector.canary(),
+                            )
+                            .await;
                         match result {
                             Err(IntrospectError::CircuitOpen) => {
                                 app.metrics.introspection_refused();

@@ -179,6 +179,52 @@ async fn should_still_open_the_breaker_when_refused_tokens_come_between_failures
     assert_eq!(env.admin_get("/readyz").await.status, 503);
 }
 
+/// A token that makes the AS fail (500, or a timeout) is the client's choice:
+/// before such failures open the breaker, tokengate asks the AS about a token
+/// nobody has; the AS answers it, so the breaker stays closed and the
+/// instance ready. Each such request still fails closed (503).
+#[tokio::test]
+async fn should_not_open_the_breaker_for_tokens_that_make_the_as_fail_while_it_answers_others() {
+    let env = Env::start_with(|c| {
+        breaker(c);
+        c.introspection.timeout = Duration::from_millis(300);
+    })
+    .await;
+    // The canary (any other token): a healthy AS's answer.
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"active": false})))
+        .with_priority(10)
+        .mount(&env.auth)
+        .await;
+    for i in 0..3 {
+        introspection_of(&format!("choke-500-{i}"))
+            .respond_with(ResponseTemplate::new(500))
+            .mount(&env.auth)
+            .await;
+        introspection_of(&format!("choke-slow-{i}"))
+            .respond_with(
+                ResponseTemplate::new(200)
+                    .set_body_json(json!({"active": true}))
+                    .set_delay(Duration::from_secs(5)),
+            )
+            .mount(&env.auth)
+            .await;
+    }
+    for i in 0..3 {
+        for token in [format!("choke-500-{i}"), format!("choke-slow-{i}")] {
+            let r = env.get("/x", &token).await;
+            assert_rejection(&r, 503, "temporarily_unavailable");
+        }
+    }
+    let m = env.scrape().await;
+    assert_eq!(outcome(&m, "status"), 3.0);
+    assert_eq!(outcome(&m, "timeout"), 3.0);
+    assert_eq!(m.sum("tokengate_breaker_state", &[]), 0.0, "closed");
+    assert_eq!(env.admin_get("/readyz").await.status, 200);
+    env.allow("valid-after-choke", 1).await;
+    assert_eq!(env.get("/x", "valid-after-choke").await.status, 200);
+}
+
 // ---------------------------------------------------------------------------
 // A real oidc-provider
 // ---------------------------------------------------------------------------
