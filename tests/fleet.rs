@@ -992,3 +992,40 @@ async fn an_l2_value_past_its_macd_expiry_is_refused() {
     assert_rejection(&r, 401, "invalid_token");
     assert_eq!(f.stats().l2_refused, 1);
 }
+
+/// An answer read from L2 is fresh in the reader's L1 no longer than the L2
+/// entry it came from (its end is MAC'd into the value). Before, it started a
+/// fresh `max_ttl` there: a revoked token could pass for 2 × `max_ttl`.
+#[tokio::test]
+async fn an_l1_copy_of_an_l2_answer_lives_no_longer_than_the_l2_entry() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.cache.max_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, &redis, &key);
+    raw.cache.max_ttl = Duration::from_secs(60);
+    let r2 = Gate::start(&raw).await;
+    let token = "tok-l1-copy";
+    introspection_of(token)
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"active": true, "sub": "alice"})),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&env.auth)
+        .await;
+    assert_eq!(get_via(&env, &env.gate, token).await.status, 200);
+    // Replica 2 reads the entry when it is 30 s old.
+    r2.clock.advance(Duration::from_secs(30));
+    assert_eq!(get_via(&env, &r2, token).await.status, 200);
+    assert_eq!(fleet(&r2).stats().l2_hits, 1);
+    // Revoked (no purge). 31 s later the L2 entry's 60 s are over, and so is
+    // replica 2's copy: it asks the AS.
+    env.answer(token, json!({"active": false}), 1).await;
+    r2.clock.advance(Duration::from_secs(31));
+    assert_rejection(&get_via(&env, &r2, token).await, 401, "invalid_token");
+}
