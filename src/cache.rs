@@ -431,9 +431,12 @@ impl TokenCache {
         let (loaded, led) = self
             .flights
             .run(key, || async {
-                let (answer, l2_until) = match &self.fleet {
-                    Some(fleet) => fleet.read_through(&key, load).await?,
-                    None => (load().await?, None),
+                let (answer, l2_until, raced_purge) = match &self.fleet {
+                    Some(fleet) => {
+                        let f = fleet.read_through(&key, load).await?;
+                        (f.answer, f.l2_until, f.raced_purge)
+                    }
+                    None => (load().await?, None, false),
                 };
                 if answer.active {
                     let entry = Entry::new(
@@ -443,12 +446,16 @@ impl TokenCache {
                         self.ttls.stale_if_error(),
                     )
                     .capped(l2_until, self.ttls.stale_if_error());
-                    self.positive.insert(key, entry.clone()).await;
+                    // An answer that may predate a purge answers this
+                    // request only (the purge already dropped the old entry).
+                    if !raced_purge {
+                        self.positive.insert(key, entry.clone()).await;
+                    }
                     Ok(entry)
                 } else {
                     // Revoked since it was cached: it must not be served stale.
                     self.positive.invalidate(&key).await;
-                    if let Some(neg) = self.negative() {
+                    if let Some(neg) = self.negative().filter(|_| !raced_purge) {
                         neg.insert(key, ()).await;
                     }
                     Err(LoadError::Inactive)

@@ -47,7 +47,9 @@
 //! the purge (by the tombstone, read with the value in one round trip, or by
 //! the memory, which someone who deletes the tombstone cannot reach) is
 //! refused: a replay of a saved value, or the answer of an introspection that
-//! was in flight during the purge. A subscriber that was disconnected may
+//! was in flight during the purge. A lookup during which this replica records
+//! a purge of its token answers its own request but caches nothing
+//! ([`Fetched::raced_purge`]). A subscriber that was disconnected may
 //! have missed purges, so it clears its whole L1 each time it (re)subscribes.
 //!
 //! What is left to someone who can write Redis without the key: a replica
@@ -327,6 +329,18 @@ pub struct L2Value {
     pub not_after: u64,
 }
 
+/// What [`Fleet::read_through`] found.
+#[derive(Debug)]
+pub struct Fetched {
+    pub answer: Introspection,
+    /// From L2: when its L2 entry stops being served (MAC'd), which bounds
+    /// the L1 copy's life too. `None`: the answer is fresh from the AS.
+    pub l2_until: Option<SystemTime>,
+    /// A purge of the token was recorded during the lookup: use the answer
+    /// for the request that asked, cache it nowhere.
+    pub raced_purge: bool,
+}
+
 /// `t` in milliseconds since the Unix epoch; 0 before it.
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -355,11 +369,11 @@ impl PurgeLifetime {
     }
 }
 
-impl moka::Expiry<TokenHash, u64> for PurgeLifetime {
+impl moka::Expiry<TokenHash, (u64, u64)> for PurgeLifetime {
     fn expire_after_create(
         &self,
         _key: &TokenHash,
-        _value: &u64,
+        _value: &(u64, u64),
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
         Some(self.get())
@@ -368,7 +382,7 @@ impl moka::Expiry<TokenHash, u64> for PurgeLifetime {
     fn expire_after_update(
         &self,
         _key: &TokenHash,
-        _value: &u64,
+        _value: &(u64, u64),
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
@@ -400,10 +414,14 @@ pub struct Fleet {
     breaker: Mutex<Breaker>,
     subscribed: AtomicBool,
     counters: Counters,
-    /// Tokens purged recently (hash → purge time, ms on our clock), from our
-    /// own purges and the channel. Someone who can write Redis can delete a
-    /// tombstone, but not this.
-    purged: moka::future::Cache<TokenHash, u64>,
+    /// Tokens purged recently (hash → purge time, ms on our clock, and the
+    /// purge's number in `purge_seq`), from our own purges and the channel.
+    /// Someone who can write Redis can delete a tombstone, but not this.
+    purged: moka::future::Cache<TokenHash, (u64, u64)>,
+    /// Purges this replica has recorded, counted: a lookup that sees the
+    /// count of its token's record move past the count at its start raced a
+    /// purge (the clock may not have moved in between).
+    purge_seq: AtomicU64,
     purge_lifetime: PurgeLifetime,
 }
 
@@ -450,6 +468,7 @@ impl Fleet {
                 .expire_after(purge_lifetime.clone())
                 .build(),
             purge_lifetime,
+            purge_seq: AtomicU64::new(0),
         })
     }
 
@@ -775,7 +794,7 @@ impl Fleet {
                 .and_then(|t| t.parse::<u64>().ok())
                 .unwrap_or(u64::MAX)
         });
-        let purged_at = tomb.max(self.purged.get(hash).await);
+        let purged_at = tomb.max(self.purged.get(hash).await.map(|(at, _)| at));
         let why = if now >= value.not_after {
             Some("past its expiry")
         } else if purged_at.is_some_and(|p| value.asked_at <= p) {
@@ -836,23 +855,59 @@ impl Fleet {
         }
     }
 
+    /// Records a purge of `hash` at our clock's now.
+    async fn remember_purge(&self, hash: &TokenHash) -> u64 {
+        let now = unix_ms(self.clock.now());
+        let seq = self.purge_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.purged.insert(*hash, (now, seq)).await;
+        now
+    }
+
     /// L2 in front of `load` (the introspection call). Only `load`'s errors
     /// come back; Redis problems are logged, counted and otherwise ignored.
-    /// An answer from L2 comes with the moment its L2 entry stops being
-    /// served, which bounds the L1 copy's life too; `None` for an answer
-    /// from the AS.
     pub async fn read_through<F, Fut>(
         &self,
         hash: &TokenHash,
         load: F,
-    ) -> Result<(Introspection, Option<SystemTime>), IntrospectError>
+    ) -> Result<Fetched, IntrospectError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Introspection, IntrospectError>>,
+    {
+        let started = self.purge_seq.load(Ordering::SeqCst);
+        let fetched = self.read_through_inner(hash, load).await?;
+        // A purge of this token was recorded while we looked it up: the answer
+        // may be from before it. It may answer this request (which began
+        // before the purge), but no cache may keep it.
+        let raced_purge = self
+            .purged
+            .get(hash)
+            .await
+            .is_some_and(|(_, seq)| seq > started);
+        if raced_purge {
+            debug!(token = %fingerprint(hash), "a purge arrived during the lookup; not caching the answer");
+        }
+        Ok(Fetched {
+            raced_purge,
+            ..fetched
+        })
+    }
+
+    async fn read_through_inner<F, Fut>(
+        &self,
+        hash: &TokenHash,
+        load: F,
+    ) -> Result<Fetched, IntrospectError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Introspection, IntrospectError>>,
     {
         let from_l2 = |v: L2Value| {
-            let until = UNIX_EPOCH + Duration::from_millis(v.not_after);
-            Ok((v.answer, Some(until)))
+            Ok(Fetched {
+                answer: v.answer,
+                l2_until: Some(UNIX_EPOCH + Duration::from_millis(v.not_after)),
+                raced_purge: false,
+            })
         };
         let l2_key = self.l2_key(hash);
         let redis_up = match self.lookup(hash, &l2_key).await {
@@ -886,7 +941,11 @@ impl Fleet {
             // Also after a failed introspection, so that waiters stop waiting.
             self.unlock(&l2_key).await;
         }
-        answer.map(|i| (i, None))
+        answer.map(|answer| Fetched {
+            answer,
+            l2_until: None,
+            raced_purge: false,
+        })
     }
 
     /// Fleet-wide purge: this replica's L1, the L2 entry, and a message that
@@ -898,8 +957,7 @@ impl Fleet {
     /// replay written back by someone who can write Redis or the answer of an
     /// introspection that was in flight during the purge.
     pub async fn purge(&self, hash: &TokenHash) -> Result<(), FleetError> {
-        let now = unix_ms(self.clock.now());
-        self.purged.insert(*hash, now).await;
+        let now = self.remember_purge(hash).await;
         self.l1.invalidate(hash).await;
         let key = self.l2_key(hash);
         let tomb = Self::tomb_key(&key);
@@ -998,7 +1056,7 @@ impl Fleet {
         bump(&self.counters.purges_received);
         // Received now, so purged no later than now on our clock (the message
         // carries only the hash, for older replicas' sake).
-        self.purged.insert(hash, unix_ms(self.clock.now())).await;
+        self.remember_purge(&hash).await;
         self.l1.invalidate(&hash).await;
         debug!(token = %fingerprint(&hash), "purge received; L1 entry dropped");
     }

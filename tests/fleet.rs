@@ -1029,3 +1029,45 @@ async fn an_l1_copy_of_an_l2_answer_lives_no_longer_than_the_l2_entry() {
     r2.clock.advance(Duration::from_secs(31));
     assert_rejection(&get_via(&env, &r2, token).await, 401, "invalid_token");
 }
+
+/// A purge that arrives while the token is being introspected: the answer (from
+/// before the revocation) may answer the request that asked, but no cache may
+/// keep it. Before, the replica put it into its L1 after the purge had dropped
+/// the old entry, and the revoked token passed for another `max_ttl`.
+#[tokio::test]
+async fn an_answer_that_raced_a_purge_is_not_cached() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    subscribed(&[&env.gate]).await;
+    let token = "tok-raced";
+    introspection_of(token)
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"active": true, "sub": "alice"}))
+                .set_delay(Duration::from_millis(500)),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .named("active, slow: the purge lands meanwhile")
+        .mount(&env.auth)
+        .await;
+    env.answer(token, json!({"active": false}), 1).await;
+    let purge_during_the_call = async {
+        let start = tokio::time::Instant::now();
+        while env.introspections().await.is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no introspection call"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        fleet(&env.gate)
+            .purge(&sha256(token))
+            .await
+            .expect("purge published");
+    };
+    let (r, ()) = tokio::join!(get_via(&env, &env.gate, token), purge_during_the_call);
+    assert_eq!(r.status, 200, "the request began before the purge");
+    assert_rejection(&get_via(&env, &env.gate, token).await, 401, "invalid_token");
+}
