@@ -92,7 +92,7 @@ pub enum TransportError {
     #[error("HTTP {0}")]
     Status(u16),
     /// HTTP 400, with its RFC 6749 §5.2 `error` code when it is one we act on
-    /// (see [`known_error_code`]); `None` for any other code or body.
+    /// (see `known_error_code`); `None` for any other code or body.
     #[error("HTTP 400 ({})", .0.unwrap_or("no known error code"))]
     BadRequest(Option<&'static str>),
     #[error("response body: {0}")]
