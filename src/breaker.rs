@@ -52,13 +52,21 @@ enum State {
 pub enum Outcome {
     /// The AS gave an answer (active or not: `active:false` is a healthy AS).
     Success,
-    /// The AS failed: timeout, unreachable, 5xx, 401 to us, garbage.
+    /// The AS failed: timeout, unreachable, 5xx, 401/403 to us, garbage.
     Failure,
-    /// Says nothing about the AS (no endpoint known yet, or the call was cancelled).
+    /// Says nothing about the AS (no endpoint known yet, the call was
+    /// cancelled, or a 4xx about the token, which the client chose).
     Neutral,
 }
 
 impl Outcome {
+    fn kind_of<T>(result: &Result<T, IntrospectError>) -> &'static str {
+        result.as_ref().err().map_or("ok", IntrospectError::kind)
+    }
+
+    /// Only failures that no client can provoke with the token it sends count:
+    /// anyone can send any token, and a failure it provokes must not open the
+    /// breaker (503 for every valid token, `/readyz` unready).
     pub fn of<T>(result: &Result<T, IntrospectError>) -> Self {
         match result {
             Ok(_) => Self::Success,
@@ -71,6 +79,14 @@ impl Outcome {
             ) => Self::Failure,
             // No call was made, so nothing was learned about the AS.
             Err(IntrospectError::NoEndpoint | IntrospectError::CircuitOpen) => Self::Neutral,
+            // A 4xx about the token, or one that may depend on it (its size,
+            // its content): a client can send such tokens on purpose, so they
+            // must not count as failures. Nor as successes: an AS may refuse a
+            // JWT-shaped token before it looks anything up (oidc-provider
+            // does), so a fast 400 does not show that it can introspect, and
+            // a client must not be able to keep a failing AS's breaker from
+            // opening, or close it, with such tokens.
+            Err(IntrospectError::TokenRejected(_) | IntrospectError::Refused(_)) => Self::Neutral,
         }
     }
 }
@@ -233,6 +249,57 @@ impl Breaker {
         ticket.finish(Outcome::of(&result));
         result
     }
+
+    /// [`Breaker::call`], but a failure that the token may have caused (a
+    /// timeout, a 5xx, an unreadable answer: an AS can choke on one token)
+    /// does not open the breaker, nor re-open it as the half-open probe,
+    /// without a second opinion: `canary` asks the AS about a token nobody
+    /// has. If the AS answers that, it is healthy and the failure was this
+    /// token's: it counts as a success. Otherwise a client could open the
+    /// breaker (or keep it open) with tokens that make the AS fail, and every
+    /// valid token would get 503. The canary runs only when this failure
+    /// would open the breaker, so at most once per `breaker_failures`
+    /// failures.
+    pub async fn call_confirmed<T, C, CF>(
+        &self,
+        call: impl Future<Output = Result<T, IntrospectError>>,
+        canary: C,
+    ) -> Result<T, IntrospectError>
+    where
+        C: FnOnce() -> CF,
+        CF: Future<Output = bool>,
+    {
+        let ticket = self.admit()?;
+        let result = call.await;
+        let mut outcome = Outcome::of(&result);
+        let maybe_the_tokens = matches!(
+            &result,
+            Err(IntrospectError::Timeout(_)
+                | IntrospectError::InvalidResponse(_)
+                | IntrospectError::Status(500..=599))
+        );
+        if outcome == Outcome::Failure
+            && maybe_the_tokens
+            && (ticket.probe || self.would_open())
+            && canary().await
+        {
+            warn!(
+                kind = Outcome::kind_of(&result),
+                "introspection failed, but the authorization server answers another token: \
+                 not counting it against the AS (a token that makes the AS fail?)"
+            );
+            outcome = Outcome::Success;
+        }
+        ticket.finish(outcome);
+        result
+    }
+
+    /// Would one more failure open a closed breaker?
+    fn would_open(&self) -> bool {
+        self.failures_to_open > 0
+            && matches!(*self.lock(), State::Closed { consecutive_failures }
+                if consecutive_failures.saturating_add(1) >= self.failures_to_open)
+    }
 }
 
 #[cfg(test)]
@@ -337,14 +404,72 @@ mod tests {
             Outcome::Success
         );
         for e in [
+            IntrospectError::TokenRejected("unsupported_token_type"),
+            IntrospectError::Refused(400),
+            IntrospectError::Refused(413),
+            IntrospectError::NoEndpoint,
+            IntrospectError::CircuitOpen,
+        ] {
+            assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Neutral);
+        }
+        for e in [
             IntrospectError::Timeout(Duration::from_secs(1)),
             IntrospectError::Connect("refused".into()),
             IntrospectError::ClientUnauthorized,
             IntrospectError::Status(503),
+            IntrospectError::Status(403),
+            IntrospectError::Status(429),
             IntrospectError::InvalidResponse("html".into()),
         ] {
             assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Failure);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_the_canary_contradicts_does_not_open_or_reopen() {
+        let b = Breaker::new(2, OPEN_FOR);
+        let canary_calls = std::sync::atomic::AtomicU32::new(0);
+        let confirmed = |r: Result<(), IntrospectError>, healthy: bool| {
+            let calls = &canary_calls;
+            let b = &b;
+            async move {
+                b.call_confirmed(async { r }, || async move {
+                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    healthy
+                })
+                .await
+            }
+        };
+        // Below the threshold: no canary.
+        confirmed(fail(), true).await.unwrap_err();
+        assert_eq!(canary_calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // This one would open it; the AS answers the canary: not opened, count reset.
+        confirmed(fail(), true).await.unwrap_err();
+        assert_eq!(canary_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(b.state(), BreakerState::Closed);
+        confirmed(fail(), true).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed, "the count was reset");
+        // The canary fails too: the AS is down, open.
+        confirmed(fail(), false).await.unwrap_err();
+        assert_eq!(b.state(), BreakerState::Open);
+        // A failed probe that the canary contradicts closes it.
+        tokio::time::advance(OPEN_FOR).await;
+        confirmed(Err(IntrospectError::Timeout(Duration::from_secs(1))), true)
+            .await
+            .unwrap_err();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // Failures no token can cause open it without a canary.
+        let before = canary_calls.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..2 {
+            confirmed(Err(IntrospectError::Connect("refused".into())), true)
+                .await
+                .unwrap_err();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(
+            canary_calls.load(std::sync::atomic::Ordering::SeqCst),
+            before
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -169,6 +169,17 @@ impl Entry {
         }
     }
 
+    /// An answer read from L2 is fresh no longer than its L2 entry (whose end
+    /// is MAC'd into the value): a copy must not outlive what it copies.
+    fn capped(mut self, until: Option<SystemTime>, stale: Duration) -> Self {
+        if let Some(until) = until {
+            let until = unix_ns(until);
+            self.fresh_until = self.fresh_until.min(until);
+            self.stale_until = self.stale_until.min(until.saturating_add(as_ns(stale)));
+        }
+        self
+    }
+
     fn is_fresh(&self, now: SystemTime) -> bool {
         unix_ns(now) < self.fresh_until
     }
@@ -420,9 +431,12 @@ impl TokenCache {
         let (loaded, led) = self
             .flights
             .run(key, || async {
-                let answer = match &self.fleet {
-                    Some(fleet) => fleet.read_through(&key, load).await?,
-                    None => load().await?,
+                let (answer, l2_until, raced_purge) = match &self.fleet {
+                    Some(fleet) => {
+                        let f = fleet.read_through(&key, load).await?;
+                        (f.answer, f.l2_until, f.raced_purge)
+                    }
+                    None => (load().await?, None, false),
                 };
                 if answer.active {
                     let entry = Entry::new(
@@ -430,13 +444,18 @@ impl TokenCache {
                         self.clock.now(),
                         self.ttls.max_ttl(),
                         self.ttls.stale_if_error(),
-                    );
-                    self.positive.insert(key, entry.clone()).await;
+                    )
+                    .capped(l2_until, self.ttls.stale_if_error());
+                    // An answer that may predate a purge answers this
+                    // request only (the purge already dropped the old entry).
+                    if !raced_purge {
+                        self.positive.insert(key, entry.clone()).await;
+                    }
                     Ok(entry)
                 } else {
                     // Revoked since it was cached: it must not be served stale.
                     self.positive.invalidate(&key).await;
-                    if let Some(neg) = self.negative() {
+                    if let Some(neg) = self.negative().filter(|_| !raced_purge) {
                         neg.insert(key, ()).await;
                     }
                     Err(LoadError::Inactive)

@@ -135,10 +135,21 @@ impl ProxyError {
             // The client did nothing wrong and its token may well be good: never
             // 401 (clients would throw the token away), never allow.
             Self::Introspection(e) => match e {
+                // Except when the AS said that the token is not acceptable
+                // (`server::authorize` turns this into an inactive answer
+                // first; same text, so the two cannot be told apart).
+                IntrospectError::TokenRejected(_) => r(
+                    S::UNAUTHORIZED,
+                    "invalid_token",
+                    "token is not active",
+                    Some(Challenge::InvalidToken),
+                    false,
+                ),
                 IntrospectError::Timeout(_)
                 | IntrospectError::Connect(_)
                 | IntrospectError::ClientUnauthorized
                 | IntrospectError::Status(_)
+                | IntrospectError::Refused(_)
                 | IntrospectError::InvalidResponse(_)
                 | IntrospectError::NoEndpoint
                 | IntrospectError::CircuitOpen => r(
@@ -378,6 +389,20 @@ mod tests {
             ),
             (
                 IntrospectError::Status(500).into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::TokenRejected("unsupported_token_type").into(),
+                401,
+                "invalid_token",
+                Some(r#"error="invalid_token", error_description="token is not active""#),
+                false,
+            ),
+            (
+                IntrospectError::Refused(413).into(),
                 503,
                 "temporarily_unavailable",
                 None,

@@ -23,18 +23,43 @@
 //!   Someone who dumps Redis cannot test a guessed token without the key. The
 //!   HMAC is over the SHA-256 (the L1 key), not over the token, because a purge
 //!   knows only that hash.
-//! * Value: `tg1:` ‖ HMAC(key_secret, label ‖ L2 key ‖ json) ‖ json of the
-//!   introspection. The prefix versions the format: a replica that does not know
-//!   it (an older or newer release) treats it as a miss. The MAC means that a
-//!   client that can write Redis but lacks the key cannot forge an active
-//!   introspection, nor copy one token's entry onto another's key.
+//! * Value: `tg2:` ‖ HMAC(key_secret, label ‖ L2 key ‖ not_after ‖ asked_at ‖
+//!   json) ‖ not_after ‖ asked_at ‖ json of the introspection ([`L2Value`]).
+//!   The prefix versions the format: a replica that does not know it (an older
+//!   or newer release) treats it as a miss. The MAC means that a client that
+//!   can write Redis but lacks the key cannot forge an active introspection,
+//!   nor copy one token's entry onto another's key, nor change its times.
+//! * `not_after` is the end of the entry's `SET PX` lifetime (never past
+//!   `exp`), checked on the injected clock: a value saved from Redis and
+//!   written back later (without expiry) is refused once its time is over,
+//!   instead of being served until `exp`, or forever without `exp`. An L1
+//!   copy of an L2 answer is fresh no longer than that either.
+//! * `asked_at` is when the writer asked the AS: a value asked at or before
+//!   the token's last purge is refused (see Purge).
 //!
 //! # Purge
-//! [`Fleet::purge`] drops the local L1 entry, deletes the L2 key and publishes
-//! the token's SHA-256 (hex) on [`PURGE_CHANNEL`]; every replica's subscriber
-//! ([`Fleet::run_subscriber`], its own connection) drops its L1 entry. A
-//! subscriber that was disconnected may have missed purges, so it clears its
-//! whole L1 each time it (re)subscribes.
+//! [`Fleet::purge`] drops the local L1 entry, deletes the L2 key, writes a
+//! *tombstone* (`tokengate:p:` ‖ same HMAC, value: the purge time, living as
+//! long as any entry written before it) and publishes the token's SHA-256
+//! (hex) on [`PURGE_CHANNEL`]; every replica's subscriber
+//! ([`Fleet::run_subscriber`], its own connection) drops its L1 entry and
+//! remembers the purge (bounded, in memory). An L2 value asked at or before
+//! the purge (by the tombstone, read with the value in one round trip, or by
+//! the memory, which someone who deletes the tombstone cannot reach) is
+//! refused: a replay of a saved value, or the answer of an introspection that
+//! was in flight during the purge. A lookup during which this replica records
+//! a purge of its token answers its own request but caches nothing
+//! ([`Fetched::raced_purge`]). A subscriber that was disconnected may
+//! have missed purges, so it clears its whole L1 each time it (re)subscribes.
+//!
+//! What is left to someone who can write Redis without the key: a replica
+//! that did not hear the purge (started later, or disconnected) after they
+//! also deleted the tombstone serves a saved value until its `not_after`, at
+//! most `max_ttl` after it was written, like an L1 entry without a purge.
+//! They can always delete entries or poison tombstones: that costs
+//! introspections, never grants access. Times compare across replicas'
+//! clocks, so clock skew between replicas widens or narrows these windows by
+//! the skew.
 //!
 //! # Connection
 //! One [`redis::Client`] ([`redis_client`]) makes both the command connection
@@ -68,7 +93,7 @@ use sha2::Sha256;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 use tracing::{debug, error, info, warn};
 
@@ -79,12 +104,26 @@ pub const BREAKER_FAILURES: u32 = 3;
 /// How long an open breaker skips Redis before it lets one call try again.
 pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
 /// Value format version; bump when the layout or the JSON changes incompatibly.
-const VALUE_PREFIX: &[u8] = b"tg1:";
+/// `tg1:` values (no MAC'd expiry, no purge time) are refused as unreadable:
+/// they are exactly what a replay would bring back.
+const VALUE_PREFIX: &[u8] = b"tg2:";
+/// MAC, then `not_after` and `asked_at` (u64 big-endian, ms since the epoch).
+const VALUE_HEADER: usize = 32 + 8 + 8;
 const KEY_PREFIX: &str = "tokengate:t:";
 const LOCK_PREFIX: &str = "tokengate:l:";
+/// A purge tombstone: the purge time (ms since the epoch, decimal), kept as
+/// long as an entry written before the purge could still be served.
+const TOMB_PREFIX: &str = "tokengate:p:";
 /// Domain separation: one HMAC key derives the L2 key and authenticates values.
 const KEY_LABEL: &[u8] = b"tokengate l2 key\0";
-const VALUE_LABEL: &[u8] = b"tokengate l2 value\0";
+const VALUE_LABEL: &[u8] = b"tokengate l2 value v2\0";
+/// Added to a purge record's lifetime (tombstone and memory): replicas' clocks
+/// differ a little, and a record must outlive every entry it refuses.
+const PURGE_SLACK: Duration = Duration::from_secs(60);
+/// Purges this replica remembers (hash → time) without asking Redis. Purges
+/// are rare operator actions; past this many within a `max_ttl`, the oldest
+/// are forgotten here and only the tombstones in Redis refuse their entries.
+const PURGE_MEMORY: u64 = 10_000;
 /// How often a replica that lost the lock race looks at L2 again.
 const LOCK_POLL: Duration = Duration::from_millis(20);
 /// Connecting (TCP + TLS + AUTH) may take longer than one command; this bounds
@@ -199,6 +238,10 @@ pub struct FleetStats {
     pub l2_skipped: u64,
     /// Entries written to L2.
     pub l2_writes: u64,
+    /// Values with a valid MAC refused because they are past their MAC'd
+    /// expiry or older than the token's last purge: a replay by someone who
+    /// can write Redis, a purge that raced an introspection, or clock skew.
+    pub l2_refused: u64,
     /// Purges published by this replica.
     pub purges_sent: u64,
     /// Purge messages received (its own included).
@@ -221,6 +264,7 @@ struct Counters {
     l2_errors: AtomicU64,
     l2_skipped: AtomicU64,
     l2_writes: AtomicU64,
+    l2_refused: AtomicU64,
     purges_sent: AtomicU64,
     purges_received: AtomicU64,
     l1_resyncs: AtomicU64,
@@ -265,10 +309,85 @@ impl Breaker {
 }
 
 enum Lookup {
-    Hit(Box<Introspection>),
+    Hit(Box<L2Value>),
     Miss,
     /// Redis failed or was skipped: go on as if it did not exist.
     Unavailable,
+}
+
+/// An L2 value whose MAC checked out: the answer, and the two MAC'd times that
+/// bound its use (both ms since the Unix epoch, on the writer's clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct L2Value {
+    pub answer: Introspection,
+    /// When the writing replica asked the AS: a purge at or after this moment
+    /// refuses the value.
+    pub asked_at: u64,
+    /// When the value stops being served: the end of its `SET PX` lifetime,
+    /// so never past `exp`. Redis drops the key then; a copy written back
+    /// later (a replay) is refused by this.
+    pub not_after: u64,
+}
+
+/// What [`Fleet::read_through`] found.
+#[derive(Debug)]
+pub struct Fetched {
+    pub answer: Introspection,
+    /// From L2: when its L2 entry stops being served (MAC'd), which bounds
+    /// the L1 copy's life too. `None`: the answer is fresh from the AS.
+    pub l2_until: Option<SystemTime>,
+    /// A purge of the token was recorded during the lookup: use the answer
+    /// for the request that asked, cache it nowhere.
+    pub raced_purge: bool,
+}
+
+/// `t` in milliseconds since the Unix epoch; 0 before it.
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn as_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long purge records live: as long as any L2 entry written before them.
+#[derive(Clone)]
+struct PurgeLifetime {
+    ttls: CacheTtls,
+    /// The longest L2 lifetime this replica ever wrote (ms): a reload that
+    /// shortens `max_ttl` leaves older, longer entries behind.
+    longest_ms: Arc<AtomicU64>,
+}
+
+impl PurgeLifetime {
+    fn get(&self) -> Duration {
+        Duration::from_millis(self.longest_ms.load(Ordering::Relaxed))
+            .max(self.ttls.max_ttl())
+            .max(self.ttls.negative_ttl())
+            .saturating_add(PURGE_SLACK)
+    }
+}
+
+impl moka::Expiry<TokenHash, (u64, u64)> for PurgeLifetime {
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        _value: &(u64, u64),
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.get())
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &TokenHash,
+        _value: &(u64, u64),
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.get())
+    }
 }
 
 /// One replica's view of the shared cache. Cheap to share (`Arc`).
@@ -295,6 +414,15 @@ pub struct Fleet {
     breaker: Mutex<Breaker>,
     subscribed: AtomicBool,
     counters: Counters,
+    /// Tokens purged recently (hash → purge time, ms on our clock, and the
+    /// purge's number in `purge_seq`), from our own purges and the channel.
+    /// Someone who can write Redis can delete a tombstone, but not this.
+    purged: moka::future::Cache<TokenHash, (u64, u64)>,
+    /// Purges this replica has recorded, counted: a lookup that sees the
+    /// count of its token's record move past the count at its start raced a
+    /// purge (the clock may not have moved in between).
+    purge_seq: AtomicU64,
+    purge_lifetime: PurgeLifetime,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -316,6 +444,10 @@ impl Fleet {
         introspection_timeout: Duration,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, FleetError> {
+        let purge_lifetime = PurgeLifetime {
+            ttls: ttls.clone(),
+            longest_ms: Arc::new(AtomicU64::new(0)),
+        };
         Ok(Self {
             client: redis_client(&cfg.url, &cfg.ca_roots)?,
             conn: OnceCell::new(),
@@ -331,6 +463,12 @@ impl Fleet {
             breaker: Mutex::new(Breaker::default()),
             subscribed: AtomicBool::new(false),
             counters: Counters::default(),
+            purged: moka::future::Cache::builder()
+                .max_capacity(PURGE_MEMORY)
+                .expire_after(purge_lifetime.clone())
+                .build(),
+            purge_lifetime,
+            purge_seq: AtomicU64::new(0),
         })
     }
 
@@ -344,6 +482,7 @@ impl Fleet {
             l2_errors: g(&c.l2_errors),
             l2_skipped: g(&c.l2_skipped),
             l2_writes: g(&c.l2_writes),
+            l2_refused: g(&c.l2_refused),
             purges_sent: g(&c.purges_sent),
             purges_received: g(&c.purges_received),
             l1_resyncs: g(&c.l1_resyncs),
@@ -367,6 +506,11 @@ impl Fleet {
         format!("{LOCK_PREFIX}{}", &l2_key[KEY_PREFIX.len()..])
     }
 
+    /// The Redis key of a token's purge tombstone.
+    fn tomb_key(l2_key: &str) -> String {
+        format!("{TOMB_PREFIX}{}", &l2_key[KEY_PREFIX.len()..])
+    }
+
     fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
         self.hmac(parts).finalize().into_bytes().into()
     }
@@ -379,28 +523,75 @@ impl Fleet {
         m
     }
 
-    /// The stored form: version prefix, MAC, JSON.
+    /// The L2 lifetime of an answer written now: min(max_ttl, exp − now) for
+    /// an active one, `negative_ttl` for an inactive one (zero: not written).
+    fn l2_ttl(&self, i: &Introspection, now: SystemTime) -> Duration {
+        if i.active {
+            entry_ttl(i.exp, now, self.ttls.max_ttl())
+        } else if self.negative_entries {
+            self.ttls.negative_ttl()
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The stored form of an answer asked for and written now, with its
+    /// normal L2 lifetime (see [`Fleet::encode_at`]).
     pub fn encode(&self, l2_key: &str, i: &Introspection) -> Option<Vec<u8>> {
+        let now = self.clock.now();
+        let not_after = unix_ms(now).saturating_add(as_ms(self.l2_ttl(i, now)));
+        self.encode_at(l2_key, i, unix_ms(now), not_after)
+    }
+
+    /// The stored form: version prefix, then MAC(label ‖ L2 key ‖ not_after ‖
+    /// asked_at ‖ json), not_after, asked_at, json. The times are under the
+    /// MAC, so someone who can write Redis but lacks the key can neither
+    /// extend a value's life nor make it look newer than a purge.
+    pub fn encode_at(
+        &self,
+        l2_key: &str,
+        i: &Introspection,
+        asked_at: u64,
+        not_after: u64,
+    ) -> Option<Vec<u8>> {
         let json = serde_json::to_vec(i).ok()?;
-        let mac = self.mac(&[VALUE_LABEL, l2_key.as_bytes(), &json]);
-        let mut v = Vec::with_capacity(VALUE_PREFIX.len() + mac.len() + json.len());
+        let (na, aa) = (not_after.to_be_bytes(), asked_at.to_be_bytes());
+        let mac = self.mac(&[VALUE_LABEL, l2_key.as_bytes(), &na, &aa, &json]);
+        let mut v = Vec::with_capacity(VALUE_PREFIX.len() + VALUE_HEADER + json.len());
         v.extend_from_slice(VALUE_PREFIX);
         v.extend_from_slice(&mac);
+        v.extend_from_slice(&na);
+        v.extend_from_slice(&aa);
         v.extend_from_slice(&json);
         Some(v)
     }
 
-    /// `None` for anything that is not a value this release wrote for this key.
-    pub fn decode(&self, l2_key: &str, raw: &[u8]) -> Option<Introspection> {
+    /// `None` for anything that is not a value this release wrote for this
+    /// key (version, MAC, JSON). Says nothing about its times: see [`Fleet::decode`].
+    pub fn open(&self, l2_key: &str, raw: &[u8]) -> Option<L2Value> {
         let rest = raw.strip_prefix(VALUE_PREFIX)?;
-        if rest.len() < 32 {
+        if rest.len() < VALUE_HEADER {
             return None;
         }
-        let (mac, json) = rest.split_at(32);
-        self.hmac(&[VALUE_LABEL, l2_key.as_bytes(), json])
+        let (mac, rest) = rest.split_at(32);
+        let (na, rest) = rest.split_at(8);
+        let (aa, json) = rest.split_at(8);
+        self.hmac(&[VALUE_LABEL, l2_key.as_bytes(), na, aa, json])
             .verify_slice(mac)
             .ok()?;
-        serde_json::from_slice(json).ok()
+        Some(L2Value {
+            answer: serde_json::from_slice(json).ok()?,
+            not_after: u64::from_be_bytes(na.try_into().ok()?),
+            asked_at: u64::from_be_bytes(aa.try_into().ok()?),
+        })
+    }
+
+    /// The answer in a value this release wrote for this key, if it is still
+    /// before its MAC'd expiry on our clock (purges are not looked at here).
+    pub fn decode(&self, l2_key: &str, raw: &[u8]) -> Option<Introspection> {
+        self.open(l2_key, raw)
+            .filter(|v| unix_ms(self.clock.now()) < v.not_after)
+            .map(|v| v.answer)
     }
 
     async fn connection(&self) -> Result<ConnectionManager, FleetError> {
@@ -476,22 +667,31 @@ impl Fleet {
         self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn lookup(&self, l2_key: &str) -> Lookup {
-        let key = l2_key.to_owned();
+    /// Reads the value and the token's purge tombstone in one round trip.
+    async fn lookup(&self, hash: &TokenHash, l2_key: &str) -> Lookup {
+        let (key, tomb) = (l2_key.to_owned(), Self::tomb_key(l2_key));
         let got = self
             .call("get", |mut c| async move {
-                redis::cmd("GET")
+                redis::pipe()
+                    .cmd("GET")
                     .arg(&key)
-                    .query_async::<Option<Vec<u8>>>(&mut c)
+                    .cmd("GET")
+                    .arg(&tomb)
+                    .query_async::<(Option<Vec<u8>>, Option<Vec<u8>>)>(&mut c)
                     .await
             })
             .await;
         match got {
-            Ok(Some(raw)) => match self.decode_counted(l2_key, &raw) {
-                Some(i) => Lookup::Hit(Box::new(i)),
-                None => Lookup::Miss,
-            },
-            Ok(None) => {
+            Ok((Some(raw), tomb)) => {
+                match self
+                    .decode_counted(hash, l2_key, &raw, tomb.as_deref())
+                    .await
+                {
+                    Some(v) => Lookup::Hit(Box::new(v)),
+                    None => Lookup::Miss,
+                }
+            }
+            Ok((None, _)) => {
                 bump(&self.counters.l2_misses);
                 Lookup::Miss
             }
@@ -505,19 +705,21 @@ impl Fleet {
         }
     }
 
-    /// Writes an answer with its own lifetime. Best effort.
-    async fn store(&self, l2_key: &str, i: &Introspection) {
-        let ttl = if i.active {
-            entry_ttl(i.exp, self.clock.now(), self.ttls.max_ttl())
-        } else if self.negative_entries {
-            self.ttls.negative_ttl()
-        } else {
-            Duration::ZERO
-        };
-        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-        let Some(value) = (ms > 0).then(|| self.encode(l2_key, i)).flatten() else {
+    /// Writes an answer with its own lifetime, which is also MAC'd into the
+    /// value. Best effort. `asked_at`: when the AS was asked (ms).
+    async fn store(&self, l2_key: &str, i: &Introspection, asked_at: u64) {
+        let now = self.clock.now();
+        let ms = as_ms(self.l2_ttl(i, now));
+        let not_after = unix_ms(now).saturating_add(ms);
+        let Some(value) = (ms > 0)
+            .then(|| self.encode_at(l2_key, i, asked_at, not_after))
+            .flatten()
+        else {
             return;
         };
+        self.purge_lifetime
+            .longest_ms
+            .fetch_max(ms, Ordering::Relaxed);
         let key = l2_key.to_owned();
         let done = self
             .call("set", |mut c| async move {
@@ -566,24 +768,55 @@ impl Fleet {
             .await;
     }
 
-    /// Polls L2 while another replica introspects. Gives up at the deadline,
-    /// when the lock disappears without a value (its holder failed), or when
-    /// Redis fails.
-    /// Decodes a value read from L2 and counts it: a hit, or an unreadable
-    /// value (garbage) that is a miss. Every L2 read goes through here.
-    fn decode_counted(&self, l2_key: &str, raw: &[u8]) -> Option<Introspection> {
-        let found = self.decode(l2_key, raw);
-        if found.is_some() {
-            bump(&self.counters.l2_hits);
-        } else {
+    /// Decodes a value read from L2 and counts it: a hit, an unreadable
+    /// value (garbage), or a value refused for its times; the last two are
+    /// misses. Every L2 read goes through here. `tomb`: the token's purge
+    /// tombstone as read with the value.
+    async fn decode_counted(
+        &self,
+        hash: &TokenHash,
+        l2_key: &str,
+        raw: &[u8],
+        tomb: Option<&[u8]>,
+    ) -> Option<L2Value> {
+        let Some(value) = self.open(l2_key, raw) else {
             bump(&self.counters.l2_garbage);
             bump(&self.counters.l2_misses);
             debug!("shared cache: unreadable value (other version, bad MAC or JSON); a miss");
+            return None;
+        };
+        let now = unix_ms(self.clock.now());
+        // A tombstone that is not a number was not written by us: assume the
+        // worst (purged now), which only costs an introspection.
+        let tomb = tomb.map(|t| {
+            std::str::from_utf8(t)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        });
+        let purged_at = tomb.max(self.purged.get(hash).await.map(|(at, _)| at));
+        let why = if now >= value.not_after {
+            Some("past its expiry")
+        } else if purged_at.is_some_and(|p| value.asked_at <= p) {
+            Some("older than the token's purge")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            bump(&self.counters.l2_refused);
+            bump(&self.counters.l2_misses);
+            warn!(token = %fingerprint(hash), why,
+                "shared cache: refused a value with a valid MAC (a replay, a purge that raced an introspection, or clock skew); introspecting");
+            return None;
         }
-        found
+        bump(&self.counters.l2_hits);
+        Some(value)
     }
 
-    async fn wait_for_other(&self, l2_key: &str) -> Option<Introspection> {
+    /// Polls L2 while another replica introspects. Gives up at the deadline,
+    /// when the lock disappears without a value (its holder failed), or when
+    /// Redis fails.
+    async fn wait_for_other(&self, hash: &TokenHash, l2_key: &str) -> Option<L2Value> {
         bump(&self.counters.lock_waits);
         let deadline = tokio::time::Instant::now() + self.lock_wait;
         let lock = Self::lock_key(l2_key);
@@ -592,21 +825,25 @@ impl Fleet {
             if tokio::time::Instant::now() >= deadline {
                 return None;
             }
-            let (key, lock) = (l2_key.to_owned(), lock.clone());
-            let (raw, locked) = self
+            let (key, lock, tomb) = (l2_key.to_owned(), lock.clone(), Self::tomb_key(l2_key));
+            let (raw, locked, tomb) = self
                 .call("poll", |mut c| async move {
                     redis::pipe()
                         .cmd("GET")
                         .arg(&key)
                         .cmd("EXISTS")
                         .arg(&lock)
-                        .query_async::<(Option<Vec<u8>>, bool)>(&mut c)
+                        .cmd("GET")
+                        .arg(&tomb)
+                        .query_async::<(Option<Vec<u8>>, bool, Option<Vec<u8>>)>(&mut c)
                         .await
                 })
                 .await
                 .ok()?;
             if let Some(raw) = raw {
-                let found = self.decode_counted(l2_key, &raw);
+                let found = self
+                    .decode_counted(hash, l2_key, &raw, tomb.as_deref())
+                    .await;
                 if found.is_some() {
                     bump(&self.counters.lock_wait_hits);
                 }
@@ -618,20 +855,63 @@ impl Fleet {
         }
     }
 
+    /// Records a purge of `hash` at our clock's now.
+    async fn remember_purge(&self, hash: &TokenHash) -> u64 {
+        let now = unix_ms(self.clock.now());
+        let seq = self.purge_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.purged.insert(*hash, (now, seq)).await;
+        now
+    }
+
     /// L2 in front of `load` (the introspection call). Only `load`'s errors
     /// come back; Redis problems are logged, counted and otherwise ignored.
     pub async fn read_through<F, Fut>(
         &self,
         hash: &TokenHash,
         load: F,
-    ) -> Result<Introspection, IntrospectError>
+    ) -> Result<Fetched, IntrospectError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Introspection, IntrospectError>>,
     {
+        let started = self.purge_seq.load(Ordering::SeqCst);
+        let fetched = self.read_through_inner(hash, load).await?;
+        // A purge of this token was recorded while we looked it up: the answer
+        // may be from before it. It may answer this request (which began
+        // before the purge), but no cache may keep it.
+        let raced_purge = self
+            .purged
+            .get(hash)
+            .await
+            .is_some_and(|(_, seq)| seq > started);
+        if raced_purge {
+            debug!(token = %fingerprint(hash), "a purge arrived during the lookup; not caching the answer");
+        }
+        Ok(Fetched {
+            raced_purge,
+            ..fetched
+        })
+    }
+
+    async fn read_through_inner<F, Fut>(
+        &self,
+        hash: &TokenHash,
+        load: F,
+    ) -> Result<Fetched, IntrospectError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Introspection, IntrospectError>>,
+    {
+        let from_l2 = |v: L2Value| {
+            Ok(Fetched {
+                answer: v.answer,
+                l2_until: Some(UNIX_EPOCH + Duration::from_millis(v.not_after)),
+                raced_purge: false,
+            })
+        };
         let l2_key = self.l2_key(hash);
-        let redis_up = match self.lookup(&l2_key).await {
-            Lookup::Hit(i) => return Ok(*i),
+        let redis_up = match self.lookup(hash, &l2_key).await {
+            Lookup::Hit(v) => return from_l2(*v),
             Lookup::Miss => true,
             Lookup::Unavailable => false,
         };
@@ -643,38 +923,57 @@ impl Fleet {
                     locked = true;
                 }
                 Some(false) => {
-                    if let Some(i) = self.wait_for_other(&l2_key).await {
-                        return Ok(i);
+                    if let Some(v) = self.wait_for_other(hash, &l2_key).await {
+                        return from_l2(v);
                     }
                 }
                 None => {}
             }
         }
+        let asked_at = unix_ms(self.clock.now());
         let answer = load().await;
         if let Ok(i) = &answer {
             if redis_up {
-                self.store(&l2_key, i).await;
+                self.store(&l2_key, i, asked_at).await;
             }
         }
         if locked {
             // Also after a failed introspection, so that waiters stop waiting.
             self.unlock(&l2_key).await;
         }
-        answer
+        answer.map(|answer| Fetched {
+            answer,
+            l2_until: None,
+            raced_purge: false,
+        })
     }
 
     /// Fleet-wide purge: this replica's L1, the L2 entry, and a message that
     /// makes every subscribed replica drop its L1 entry. L1 goes first and
     /// always; the error says that the rest of the fleet may not have heard.
+    /// The purge is also remembered (here, and as a tombstone in Redis that
+    /// lives as long as any entry written before it): an L2 value asked for
+    /// at or before the purge is refused from then on, whether it is a
+    /// replay written back by someone who can write Redis or the answer of an
+    /// introspection that was in flight during the purge.
     pub async fn purge(&self, hash: &TokenHash) -> Result<(), FleetError> {
+        let now = self.remember_purge(hash).await;
         self.l1.invalidate(hash).await;
         let key = self.l2_key(hash);
+        let tomb = Self::tomb_key(&key);
+        let tomb_ms = as_ms(self.purge_lifetime.get());
         let msg = hex::encode(hash);
         let sent = self
             .call_with("purge", false, |mut c| async move {
                 redis::pipe()
                     .cmd("DEL")
                     .arg(&key)
+                    .ignore()
+                    .cmd("SET")
+                    .arg(&tomb)
+                    .arg(now)
+                    .arg("PX")
+                    .arg(tomb_ms)
                     .ignore()
                     .cmd("PUBLISH")
                     .arg(PURGE_CHANNEL)
@@ -755,6 +1054,9 @@ impl Fleet {
             return;
         }
         bump(&self.counters.purges_received);
+        // Received now, so purged no later than now on our clock (the message
+        // carries only the hash, for older replicas' sake).
+        self.remember_purge(&hash).await;
         self.l1.invalidate(&hash).await;
         debug!(token = %fingerprint(&hash), "purge received; L1 entry dropped");
     }
@@ -776,7 +1078,12 @@ async fn within<T>(
 /// cannot serve us now, and is counted and logged as such, so that a wrong
 /// password shows up as `l2_errors` and a warning, not as a stream of misses.
 fn is_about_the_key(e: &redis::RedisError) -> bool {
-    e.code() == Some("WRONGTYPE") || e.kind() == redis::ErrorKind::UnexpectedReturnType
+    e.code() == Some("WRONGTYPE")
+        || e.kind() == redis::ErrorKind::UnexpectedReturnType
+        // In a pipeline (value + tombstone) the reply errors come as a list.
+        || e.clone().into_server_errors().is_some_and(|errors| {
+            !errors.is_empty() && errors.iter().all(|(_, s)| s.code() == "WRONGTYPE")
+        })
 }
 
 #[cfg(test)]
@@ -830,6 +1137,56 @@ mod tests {
         for junk in [&b""[..], b"tg1:", b"tg1:short", b"{\"active\":true}"] {
             assert_eq!(f.decode(&k, junk), None);
         }
+    }
+
+    #[test]
+    fn the_macd_times_bound_a_value_and_cannot_be_changed() {
+        let clock = Arc::new(crate::clock::ManualClock::default());
+        let cfg = SharedCacheSettings {
+            url: RedisUrl("redis://127.0.0.1:1".into()),
+            key_secret: Secret::new("0123456789abcdef"),
+            timeout: Duration::from_millis(100),
+            single_flight: true,
+            ca_roots: Vec::new(),
+        };
+        let cache = TokenCache::new(&RawCache::default(), clock.clone());
+        let d = Duration::from_secs(1);
+        let f = Fleet::new(&cfg, cache.l1(), cache.ttls(), true, d, clock.clone()).unwrap();
+        let k = f.l2_key(&[9; 32]);
+        let i = Introspection {
+            active: true,
+            ..Introspection::inactive()
+        };
+        let now = unix_ms(clock.now());
+        let v = f.encode_at(&k, &i, now, now + 60_000).unwrap();
+        assert!(v.starts_with(b"tg2:"));
+        let opened = f.open(&k, &v).unwrap();
+        assert_eq!((opened.asked_at, opened.not_after), (now, now + 60_000));
+        assert_eq!(f.decode(&k, &v), Some(i.clone()));
+        // Either time changed without the key: the MAC fails.
+        for at in [4 + 32, 4 + 32 + 7, 4 + 40, 4 + 47] {
+            let mut t = v.clone();
+            t[at] ^= 1;
+            assert_eq!(f.open(&k, &t), None, "byte {at}");
+        }
+        // The previous format (no MAC'd times) is refused, not misread.
+        let json = serde_json::to_vec(&i).unwrap();
+        let mut old = b"tg1:".to_vec();
+        old.extend_from_slice(&f.mac(&[b"tokengate l2 value\0", k.as_bytes(), &json]));
+        old.extend_from_slice(&json);
+        assert_eq!(f.open(&k, &old), None);
+        // Past not_after on the injected clock: refused.
+        clock.advance(Duration::from_secs(59));
+        assert!(f.decode(&k, &v).is_some());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(f.decode(&k, &v), None, "refused at not_after");
+        // encode() gives a value the normal L2 lifetime: min(max_ttl, exp).
+        let soon = Introspection {
+            exp: Some(clock.unix_secs() + 10),
+            ..i.clone()
+        };
+        let o = f.open(&k, &f.encode(&k, &soon).unwrap()).unwrap();
+        assert!(o.not_after <= u64::try_from(clock.unix_secs() + 10).unwrap() * 1000);
     }
 
     #[test]

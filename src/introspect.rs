@@ -24,18 +24,40 @@ use tokio::sync::Notify;
 /// buffer it all.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-/// Why the AS could not give an answer. Every variant means "we do not know if
-/// the token is good": the caller turns it into 503, never into 401 or an allow.
+/// Largest error body (HTTP 400) we read for its `error` code. Real ones are a
+/// few hundred bytes.
+const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
+
+/// Why the AS gave no introspection. Every variant but [`Self::TokenRejected`]
+/// means "we do not know if the token is good": the caller turns it into 503,
+/// never into 401 or an allow.
+///
+/// Which of them say the AS is *unhealthy* (and so count for the circuit
+/// breaker, hence readiness) is [`crate::breaker::Outcome::of`]'s business: only
+/// those that no token can provoke. Anyone can send any token, so an answer
+/// that may depend on the token must never open the breaker (issue 12, item 5).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IntrospectError {
     #[error("introspection timed out after {0:?}")]
     Timeout(Duration),
     #[error("introspection endpoint unreachable: {0}")]
     Connect(String),
-    #[error("authorization server rejected tokengate's client credentials (HTTP 401); check introspection.client_id / client_secret")]
+    #[error("authorization server rejected tokengate's client credentials (HTTP 401, or 400 invalid_client / unauthorized_client); check introspection.client_id / client_secret")]
     ClientUnauthorized,
     #[error("authorization server answered HTTP {0}")]
     Status(u16),
+    /// HTTP 400 with an `error` code about the *token* (`invalid_request`,
+    /// `invalid_token`, `unsupported_token_type`): the AS will not introspect
+    /// this token, e.g. oidc-provider for any JWT-shaped token it did not
+    /// issue. The token is not acceptable (401, like `active: false`); it
+    /// says nothing about the AS's health (the client chose the token).
+    #[error("authorization server refused to introspect this token ({0})")]
+    TokenRejected(&'static str),
+    /// An HTTP 4xx that may depend on the token we sent: 400 without a known
+    /// `error` code, 413, 414, 422, ... We cannot tell what it means, so the
+    /// request fails closed (503), but it says nothing about the AS's health.
+    #[error("authorization server refused the introspection request (HTTP {0})")]
+    Refused(u16),
     #[error("introspection response is not a valid RFC 7662 answer: {0}")]
     InvalidResponse(String),
     #[error("no introspection endpoint known yet (discovery has not succeeded)")]
@@ -53,6 +75,8 @@ impl IntrospectError {
             Self::Connect(_) => "connect",
             Self::ClientUnauthorized => "unauthorized",
             Self::Status(_) => "status",
+            Self::TokenRejected(_) => "token_rejected",
+            Self::Refused(_) => "refused",
             Self::InvalidResponse(_) => "invalid_response",
             Self::NoEndpoint => "no_endpoint",
             Self::CircuitOpen => "circuit_open",
@@ -67,6 +91,10 @@ pub enum TransportError {
     Connect(String),
     #[error("HTTP {0}")]
     Status(u16),
+    /// HTTP 400, with its RFC 6749 §5.2 `error` code when it is one we act on
+    /// (see `known_error_code`); `None` for any other code or body.
+    #[error("HTTP 400 ({})", .0.unwrap_or("no known error code"))]
+    BadRequest(Option<&'static str>),
     #[error("response body: {0}")]
     Body(String),
 }
@@ -348,6 +376,17 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
                 .await
                 .map_err(|e| TransportError::Connect(error_chain(&e)))?;
             let status = response.status();
+            if status == http::StatusCode::BAD_REQUEST {
+                // A 400's `error` code tells "this token is not acceptable"
+                // from "your credentials are wrong" (RFC 6749 §5.2). A body we
+                // cannot read is an unknown code.
+                let code = Limited::new(response.into_body(), MAX_ERROR_BODY_BYTES)
+                    .collect()
+                    .await
+                    .ok()
+                    .and_then(|b| error_code(&b.to_bytes()));
+                return Err(TransportError::BadRequest(code));
+            }
             if status != http::StatusCode::OK {
                 return Err(TransportError::Status(status.as_u16()));
             }
@@ -360,6 +399,30 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
             Ok(http::Response::from_parts(parts, body.to_vec()))
         })
     }
+}
+
+/// The `error` member of an OAuth error body, if it is a code we act on. Only
+/// these fixed strings leave this function: whatever else the AS wrote (it may
+/// echo the token) is never kept, logged or compared further.
+fn error_code(body: &[u8]) -> Option<&'static str> {
+    #[derive(Deserialize)]
+    struct OAuthError {
+        error: String,
+    }
+    known_error_code(&serde_json::from_slice::<OAuthError>(body).ok()?.error)
+}
+
+/// The RFC 6749 §5.2 / RFC 7009 §2.2.1 codes that decide how a 400 is read.
+fn known_error_code(code: &str) -> Option<&'static str> {
+    [
+        "invalid_request",
+        "invalid_token",
+        "unsupported_token_type",
+        "invalid_client",
+        "unauthorized_client",
+    ]
+    .into_iter()
+    .find(|known| *known == code)
 }
 
 /// Renders an error with its sources, since hyper's top-level messages
@@ -485,10 +548,52 @@ impl Introspector {
     }
 }
 
+impl Introspector {
+    /// Asks the AS about a token that nobody has (random, opaque): `true` if
+    /// it gives a well-formed answer (`active: false`, normally), i.e. the AS
+    /// is up and introspecting. The circuit breaker asks this before a
+    /// failure that one token may have caused opens it. Not counted in the
+    /// introspection metrics (it is not a client's request).
+    pub async fn canary(&self) -> bool {
+        use sha2::Digest;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nonce = format!(
+            "{:?}{}{:p}",
+            std::time::SystemTime::now(),
+            N.fetch_add(1, Ordering::Relaxed),
+            self
+        );
+        let token = format!(
+            "tokengate-canary-{}",
+            hex::encode(sha2::Sha256::digest(nonce.as_bytes()))
+        );
+        self.introspect(&token).await.is_ok()
+    }
+}
+
 fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> IntrospectError {
     match e {
+        // RFC 7662 §2.3: 401 is about the caller's credentials, never the
+        // token (an unknown token is `200 {"active":false}`).
         RequestTokenError::Request(TransportError::Status(401)) => {
             IntrospectError::ClientUnauthorized
+        }
+        RequestTokenError::Request(TransportError::BadRequest(code)) => match code {
+            Some(code @ ("invalid_request" | "invalid_token" | "unsupported_token_type")) => {
+                IntrospectError::TokenRejected(code)
+            }
+            Some("invalid_client" | "unauthorized_client") => IntrospectError::ClientUnauthorized,
+            _ => IntrospectError::Refused(400),
+        },
+        // 4xx that no token can cause: wrong endpoint or method, our client
+        // forbidden, the AS asking us to slow down. They count as AS failures.
+        RequestTokenError::Request(TransportError::Status(s @ (403 | 404 | 405 | 408 | 429))) => {
+            IntrospectError::Status(s)
+        }
+        // Any other 4xx may come from what we sent, i.e. from the token (its
+        // length: 413, 414, 431; its content: 422 ...).
+        RequestTokenError::Request(TransportError::Status(s @ 400..=499)) => {
+            IntrospectError::Refused(s)
         }
         RequestTokenError::Request(TransportError::Status(s)) => IntrospectError::Status(s),
         RequestTokenError::Request(TransportError::Connect(m)) => IntrospectError::Connect(m),
@@ -563,6 +668,52 @@ mod tests {
         assert_eq!(i.token_type, None);
         assert_eq!(i.client_id.as_ref().map(|c| c.as_str()), Some("42"));
         assert!(!parse(r#"{"active":false}"#).unwrap().active);
+    }
+
+    #[test]
+    fn error_answers_are_classified_by_who_could_cause_them() {
+        use IntrospectError as E;
+        let map = |t| map_oauth_error(RequestTokenError::Request(t));
+        let bad = |body: &str| map(TransportError::BadRequest(error_code(body.as_bytes())));
+        for code in ["invalid_request", "invalid_token", "unsupported_token_type"] {
+            let body = format!(r#"{{"error":"{code}","error_description":"x"}}"#);
+            assert!(
+                matches!(bad(&body), E::TokenRejected(c) if c == code),
+                "{code}"
+            );
+        }
+        for body in [
+            r#"{"error":"invalid_client"}"#,
+            r#"{"error":"unauthorized_client"}"#,
+        ] {
+            assert!(matches!(bad(body), E::ClientUnauthorized), "{body}");
+        }
+        for body in [
+            r#"{"error":"invalid_grant"}"#,
+            r#"{"error":"INVALID_TOKEN"}"#,
+            r#"{"error":["invalid_token"]}"#,
+            r#"{"message":"invalid_token"}"#,
+            "<html>400 Bad Request</html>",
+            "",
+        ] {
+            assert!(matches!(bad(body), E::Refused(400)), "{body}");
+        }
+        assert!(matches!(
+            map(TransportError::Status(401)),
+            E::ClientUnauthorized
+        ));
+        for s in [403, 404, 405, 408, 429, 500, 502, 503, 302] {
+            assert!(
+                matches!(map(TransportError::Status(s)), E::Status(x) if x == s),
+                "{s}"
+            );
+        }
+        for s in [409, 413, 414, 422, 431] {
+            assert!(
+                matches!(map(TransportError::Status(s)), E::Refused(x) if x == s),
+                "{s}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! - [`breaker`]: circuit breaker in front of the AS (closed → open → half-open probe).
 //! - [`limits`]: header size, connection count, body size, idle timeout.
 //! - [`fleet`]: `[cache.shared]`: Redis/Valkey L2 behind the L1 (HMAC keys, versioned MAC'd
-//!   values, timeout + breaker: never needed for correctness) and fleet-wide purge over pub/sub.
+//!   values with a MAC'd expiry, timeout + breaker: never needed for correctness) and
+//!   fleet-wide purge over pub/sub, with purge tombstones so a replayed value is refused.
 //! - [`introspect`]: RFC 7662 client (`oauth2` crate over [`client`]); lenient response type.
 //! - [`answer`]: the compact cached form of an answer ([`answer::Answer`], what the policy
 //!   reads); repeating members shared through a bounded interner.
@@ -58,7 +59,7 @@
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (flight) →
 //!                                      (answer::Answer: the cached form the policy reads)
-//!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET; miss → lock, then
+//!         └─ fleet::Fleet::read_through  (with [cache.shared]) L2 GET (+ purge tombstone); miss → lock, then
 //!              └─ breaker::Breaker::call → introspect::Introspector; SET PX
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;

@@ -146,7 +146,7 @@ impl Metrics {
         let introspections = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "introspections",
-            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; circuit_open: refused by the open circuit breaker without a call)",
+            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; token_rejected: HTTP 400 about the token, answered 401 like inactive; refused: another 4xx that may depend on the token, 503 but not an AS failure; circuit_open: refused by the open circuit breaker without a call)",
             introspections.clone(),
         );
         let introspection_duration = Histogram::new(INTROSPECTION_BUCKETS);
@@ -230,7 +230,7 @@ impl Metrics {
         let shared_cache = Family::<KindLabels, Counter>::default();
         registry.register(
             "shared_cache_operations",
-            "Redis L2 ([cache.shared]) operations by kind: hit, miss, garbage (unreadable value), error, skipped (breaker open), write",
+            "Redis L2 ([cache.shared]) operations by kind: hit, miss, garbage (unreadable value), refused (a valid value past its MAC'd expiry or older than the token's purge: a replay?), error, skipped (breaker open), write",
             shared_cache.clone(),
         );
         let purge_messages = Family::<KindLabels, Counter>::default();
@@ -248,6 +248,8 @@ impl Metrics {
             "connect",
             "unauthorized",
             "status",
+            "token_rejected",
+            "refused",
             "invalid_response",
             "no_endpoint",
             "circuit_open",
@@ -301,6 +303,7 @@ impl Metrics {
         add(sc, "error", now.l2_errors, seen.l2_errors);
         add(sc, "skipped", now.l2_skipped, seen.l2_skipped);
         add(sc, "write", now.l2_writes, seen.l2_writes);
+        add(sc, "refused", now.l2_refused, seen.l2_refused);
         let pm = &self.purge_messages;
         add(pm, "sent", now.purges_sent, seen.purges_sent);
         add(pm, "received", now.purges_received, seen.purges_received);

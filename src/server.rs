@@ -590,16 +590,32 @@ async fn authorize(
                     // is not an introspection call (no duration to observe),
                     // but it is counted as outcome "circuit_open".
                     async {
-                        let result =
-                            app.breaker
-                                .call(app.metrics.time_introspection(
+                        let result = app
+                            .breaker
+                            .call_confirmed(
+                                app.metrics.time_introspection(
                                     app.introspector.introspect(token.secret()),
-                                ))
-                                .await;
-                        if let Err(IntrospectError::CircuitOpen) = &result {
-                            app.metrics.introspection_refused();
+                                ),
+                                || app.introspector.canary(),
+                            )
+                            .await;
+                        match result {
+                            Err(IntrospectError::CircuitOpen) => {
+                                app.metrics.introspection_refused();
+                                result
+                            }
+                            // The AS will not introspect this token (e.g. a
+                            // JWT-shaped token it did not issue): for the cache
+                            // and the policy it is an inactive token, so it is
+                            // answered 401 and negative-cached by its hash
+                            // like one. Counted as `token_rejected` above;
+                            // debug only, because any client can cause it.
+                            Err(IntrospectError::TokenRejected(code)) => {
+                                debug!(code, token = %token::fingerprint(&key), "authorization server refused to introspect the token; treating it as inactive");
+                                Ok(crate::introspect::Introspection::inactive())
+                            }
+                            other => other,
                         }
-                        result
                     }
                 })
                 .await;

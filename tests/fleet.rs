@@ -136,6 +136,10 @@ async fn l2_hit_on_another_replica_and_purge_reaches_every_replica() {
     .await;
 
     // Replica 1 no longer has it in L1, L2 is gone: it asks the AS and rejects.
+    // (Each test gate's clock stands still until advanced, and replica 2's
+    // started a little later: move replica 1's past the purge, as real time
+    // would, so that its new answer is newer than the purge.)
+    env.advance(Duration::from_secs(1));
     let r = get_via(&env, &env.gate, "tok-shared").await;
     assert_rejection(&r, 401, "invalid_token");
     assert_eq!(env.introspections().await.len(), 2);
@@ -310,7 +314,7 @@ async fn garbage_wrong_type_and_forged_values_are_misses() {
     env.allow("tok-v2", 1).await;
     let kv = f.l2_key(&sha256("tok-v2"));
     let mut v2 = f.encode(&kv, &body).unwrap();
-    v2[2] = b'2';
+    v2[2] = b'3';
     redis::cmd("SET")
         .arg(&kv)
         .arg(v2)
@@ -539,9 +543,22 @@ async fn a_stale_l1_entry_revalidates_from_l2_before_it_is_served_stale() {
         .await;
     let stale_answers = || async { env.scrape().await.sum("tokengate_stale_answers_total", &[]) };
 
-    // Past L1's fresh time (injected clock); the L2 entry lives on Redis's
-    // own clock and is still there: the revalidation is an L2 hit.
+    // Past L1's fresh time (injected clock). Our own L2 entry is past its
+    // MAC'd expiry too (same lifetime), but another replica has just written
+    // a fresh answer: the revalidation is an L2 hit.
     env.advance(Duration::from_secs(61));
+    let f = fleet(&env.gate);
+    let k = f.l2_key(&sha256(token));
+    let now_ms = u64::try_from(env.now()).unwrap() * 1000;
+    let fresh: tokengate::introspect::Introspection =
+        serde_json::from_value(json!({"active": true, "sub": "alice", "exp": env.now() + 3600}))
+            .unwrap();
+    redis::cmd("SET")
+        .arg(&k)
+        .arg(f.encode_at(&k, &fresh, now_ms, now_ms + 60_000).unwrap())
+        .query_async::<()>(&mut redis.conn().await)
+        .await
+        .unwrap();
     let r = get_via(&env, &env.gate, token).await;
     assert_eq!(r.echo().header("x-auth-subject"), Some("alice"));
     assert_eq!(env.introspections().await.len(), 0, "answered by L2");
@@ -828,4 +845,229 @@ async fn a_reloaded_cache_lifetime_applies_to_new_l2_entries() {
             "{token}: PTTL {pttl} ms, want ≤ {max_ms}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 12, item 6: replaying a saved L2 value
+// ---------------------------------------------------------------------------
+
+async fn redis_get(redis: &RedisServer, key: &str) -> Option<Vec<u8>> {
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut redis.conn().await)
+        .await
+        .unwrap()
+}
+
+/// What someone with write access to Redis (but not the HMAC key) can do:
+/// write saved bytes back, without an expiry.
+async fn redis_set_forever(redis: &RedisServer, key: &str, value: &[u8]) {
+    redis::cmd("SET")
+        .arg(key)
+        .arg(value)
+        .query_async::<()>(&mut redis.conn().await)
+        .await
+        .unwrap();
+}
+
+/// The attack: save a token's L2 value, wait until the token is revoked and
+/// purged (the next request is a 401), write the saved bytes back without
+/// expiry. Before the fix, a replica without the token in L1 served the
+/// revoked token from L2 (`cache="miss"`, 200) until `exp`, or forever for an
+/// answer without `exp`.
+async fn replayed_value_is_refused_after_a_purge(token: &str, answer: serde_json::Value) {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    let r2 = replica(&env, &redis, &key).await;
+    subscribed(&[&env.gate, &r2]).await;
+    introspection_of(token)
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+        .up_to_n_times(1)
+        .expect(1)
+        .named("active before the revocation")
+        .mount(&env.auth)
+        .await;
+    assert_eq!(get_via(&env, &env.gate, token).await.status, 200);
+    let k = fleet(&env.gate).l2_key(&sha256(token));
+    let saved = redis_get(&redis, &k).await.expect("the L2 value");
+
+    // Revoked at the AS and purged (what admin POST /purge does), fleet-wide.
+    // Replicas 1 and 2 and the replica started later each ask the AS once.
+    env.answer(token, json!({"active": false}), 3).await;
+    let r = env
+        .purge(
+            "application/x-www-form-urlencoded",
+            &format!("token={token}"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let f2 = fleet(&r2);
+    eventually("replica 2 hears the purge", Duration::from_secs(5), || {
+        f2.stats().purges_received >= 1
+    })
+    .await;
+    assert_rejection(&get_via(&env, &env.gate, token).await, 401, "invalid_token");
+
+    // The replay, read by a replica that has no L1 entry for the token.
+    redis_set_forever(&redis, &k, &saved).await;
+    let r = get_via(&env, &r2, token).await;
+    assert_rejection(&r, 401, "invalid_token");
+    assert_eq!(f2.stats().l2_refused, 1, "{:?}", f2.stats());
+    assert_eq!(f2.stats().l2_hits, 0);
+
+    // A replica started after the purge has no memory of it: the tombstone
+    // that the purge left in Redis refuses the value.
+    redis_set_forever(&redis, &k, &saved).await;
+    let r3 = replica(&env, &redis, &key).await;
+    let r = get_via(&env, &r3, token).await;
+    assert_rejection(&r, 401, "invalid_token");
+    assert_eq!(fleet(&r3).stats().l2_refused, 1);
+    assert_eq!(
+        env.upstream.hits(),
+        1,
+        "only the request before the revocation"
+    );
+}
+
+#[tokio::test]
+async fn a_saved_l2_value_written_back_after_a_purge_is_refused() {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    replayed_value_is_refused_after_a_purge(
+        "tok-replay-exp",
+        json!({"active": true, "sub": "mallory", "scope": "read", "exp": exp}),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_saved_l2_value_without_exp_written_back_after_a_purge_is_refused() {
+    replayed_value_is_refused_after_a_purge(
+        "tok-replay-noexp",
+        json!({"active": true, "sub": "mallory", "scope": "read"}),
+    )
+    .await;
+}
+
+/// A value past the expiry MAC'd into it is refused, even if Redis still
+/// holds it (written back without expiry), and even for an answer without
+/// `exp`: before the fix it was served until `exp`, or forever.
+#[tokio::test]
+async fn an_l2_value_past_its_macd_expiry_is_refused() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.cache.max_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let token = "tok-old-value";
+    introspection_of(token)
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"active": true, "sub": "alice"})),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&env.auth)
+        .await;
+    assert_eq!(get_via(&env, &env.gate, token).await.status, 200);
+    let f = fleet(&env.gate);
+    let k = f.l2_key(&sha256(token));
+    let saved = redis_get(&redis, &k).await.expect("the L2 value");
+    assert!(f.decode(&k, &saved).is_some());
+
+    // Revoked (no purge); the L1 entry and the L2 value are both 60 s old on
+    // tokengate's clock. Redis (on its own clock) would still hold the value,
+    // and someone could write it back anyway.
+    env.answer(token, json!({"active": false}), 1).await;
+    env.advance(Duration::from_secs(61));
+    assert!(f.decode(&k, &saved).is_none(), "past its MAC'd expiry");
+    redis_set_forever(&redis, &k, &saved).await;
+    let r = get_via(&env, &env.gate, token).await;
+    assert_rejection(&r, 401, "invalid_token");
+    assert_eq!(f.stats().l2_refused, 1);
+}
+
+/// An answer read from L2 is fresh in the reader's L1 no longer than the L2
+/// entry it came from (its end is MAC'd into the value). Before, it started a
+/// fresh `max_ttl` there: a revoked token could pass for 2 × `max_ttl`.
+#[tokio::test]
+async fn an_l1_copy_of_an_l2_answer_lives_no_longer_than_the_l2_entry() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| {
+        shared(raw, &redis, &key);
+        raw.cache.max_ttl = Duration::from_secs(60);
+    })
+    .await;
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    shared(&mut raw, &redis, &key);
+    raw.cache.max_ttl = Duration::from_secs(60);
+    let r2 = Gate::start(&raw).await;
+    let token = "tok-l1-copy";
+    introspection_of(token)
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"active": true, "sub": "alice"})),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&env.auth)
+        .await;
+    assert_eq!(get_via(&env, &env.gate, token).await.status, 200);
+    // Replica 2 reads the entry when it is 30 s old.
+    r2.clock.advance(Duration::from_secs(30));
+    assert_eq!(get_via(&env, &r2, token).await.status, 200);
+    assert_eq!(fleet(&r2).stats().l2_hits, 1);
+    // Revoked (no purge). 31 s later the L2 entry's 60 s are over, and so is
+    // replica 2's copy: it asks the AS.
+    env.answer(token, json!({"active": false}), 1).await;
+    r2.clock.advance(Duration::from_secs(31));
+    assert_rejection(&get_via(&env, &r2, token).await, 401, "invalid_token");
+}
+
+/// A purge that arrives while the token is being introspected: the answer (from
+/// before the revocation) may answer the request that asked, but no cache may
+/// keep it. Before, the replica put it into its L1 after the purge had dropped
+/// the old entry, and the revoked token passed for another `max_ttl`.
+#[tokio::test]
+async fn an_answer_that_raced_a_purge_is_not_cached() {
+    let redis = RedisServer::start().await;
+    let key = KeyFile::new(KEY_SECRET);
+    let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
+    subscribed(&[&env.gate]).await;
+    let token = "tok-raced";
+    introspection_of(token)
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"active": true, "sub": "alice"}))
+                .set_delay(Duration::from_millis(500)),
+        )
+        .up_to_n_times(1)
+        .expect(1)
+        .named("active, slow: the purge lands meanwhile")
+        .mount(&env.auth)
+        .await;
+    env.answer(token, json!({"active": false}), 1).await;
+    let purge_during_the_call = async {
+        let start = tokio::time::Instant::now();
+        while env.introspections().await.is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no introspection call"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        fleet(&env.gate)
+            .purge(&sha256(token))
+            .await
+            .expect("purge published");
+    };
+    let (r, ()) = tokio::join!(get_via(&env, &env.gate, token), purge_during_the_call);
+    assert_eq!(r.status, 200, "the request began before the purge");
+    assert_rejection(&get_via(&env, &env.gate, token).await, 401, "invalid_token");
 }

@@ -164,16 +164,19 @@ async fn should_open_the_breaker_fail_fast_then_probe_and_close() {
     let calls = || async { env.introspections().await.len() };
 
     // Closed: each failure reaches the AS, until the third opens the circuit.
+    // A 500 may be the token's doing, so before it opens the circuit the
+    // breaker asks the AS about a random token (the canary): one more call,
+    // which fails too.
     for i in 0..3 {
         assert_as_failure(&env.get("/x", &format!("brk-closed-{i}")).await, &env);
     }
-    assert_eq!(calls().await, 3);
+    assert_eq!(calls().await, 3 + 1);
 
     // Open: 503 without calling the AS, for any uncached token.
     for i in 0..5 {
         assert_as_failure(&env.get("/x", &format!("brk-open-{i}")).await, &env);
     }
-    assert_eq!(calls().await, 3, "an open circuit must not call the AS");
+    assert_eq!(calls().await, 4, "an open circuit must not call the AS");
     assert!(
         lines_for(&logs, "brk-open-0")
             .iter()
@@ -184,14 +187,14 @@ async fn should_open_the_breaker_fail_fast_then_probe_and_close() {
     // Still open just before the period ends.
     jump_tokio_clock(Duration::from_secs(9)).await;
     assert_as_failure(&env.get("/x", "brk-open-late").await, &env);
-    assert_eq!(calls().await, 3);
+    assert_eq!(calls().await, 4);
 
     // Half-open: one probe goes through; it fails, so the circuit re-opens.
     jump_tokio_clock(Duration::from_secs(1)).await;
     assert_as_failure(&env.get("/x", "brk-probe-1").await, &env);
-    assert_eq!(calls().await, 4, "exactly one probe");
+    assert_eq!(calls().await, 4 + 2, "exactly one probe (and its canary)");
     assert_as_failure(&env.get("/x", "brk-reopened").await, &env);
-    assert_eq!(calls().await, 4, "a failed probe re-opens the circuit");
+    assert_eq!(calls().await, 6, "a failed probe re-opens the circuit");
 
     // Next period: the AS is back, the probe succeeds and closes the circuit.
     jump_tokio_clock(Duration::from_secs(10)).await;
@@ -372,13 +375,15 @@ async fn should_serve_stale_without_calling_the_as_while_the_breaker_is_open() {
         200,
         "stale; opens the breaker"
     );
-    assert_eq!(env.introspections().await.len(), 1);
+    // The revalidation, and the breaker's canary (a random token) that
+    // confirms the AS is down before the circuit opens.
+    assert_eq!(env.introspections().await.len(), 2);
     assert_eq!(
         env.get("/x", token).await.status,
         200,
         "stale; circuit open"
     );
-    assert_eq!(env.introspections().await.len(), 1, "no call while open");
+    assert_eq!(env.introspections().await.len(), 2, "no call while open");
     assert_eq!(
         access_cache_field(&logs, token),
         ["miss", "stale", "stale"],
@@ -387,7 +392,7 @@ async fn should_serve_stale_without_calling_the_as_while_the_breaker_is_open() {
     // An uncached token has nothing to fall back on.
     assert_503(&env.get("/x", "stale-breaker-other").await);
     assert_eq!(env.upstream.hits(), 3);
-    assert_eq!(env.introspections().await.len(), 1);
+    assert_eq!(env.introspections().await.len(), 2);
 }
 
 #[tokio::test]

@@ -1519,6 +1519,26 @@ impl Drop for Binary {
 }
 
 // ---------------------------------------------------------------------------
+// External programs
+// ---------------------------------------------------------------------------
+
+/// A test needs an external program (or package) that is missing. Outside CI
+/// the caller skips (returns) after one loud line written to the real stderr
+/// (libtest captures `eprintln!` of passing tests); under `CI` this fails the
+/// test, so that a green CI cannot hide a missing install step.
+pub fn missing_program(test: &str, what: &str, install: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n!!!!! SKIPPED {test}: {what} is missing; install it with: {install} !!!!!"
+    );
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI must have {what} ({install})"
+    );
+}
+
+// ---------------------------------------------------------------------------
 // A real redis-server for the fleet tests
 // ---------------------------------------------------------------------------
 
