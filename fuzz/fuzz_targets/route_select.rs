@@ -24,6 +24,7 @@ client_id = "fuzz"
 client_secret = "fuzz"
 
 [[routes]]
+path_prefix = "/"
 host = "admin.example.com"
 require_scopes = ["admin"]
 
@@ -45,7 +46,10 @@ fn table() -> &'static RouteTable {
     static TABLE: OnceLock<RouteTable> = OnceLock::new();
     TABLE.get_or_init(|| {
         let raw: RawConfig = toml::from_str(CONFIG).expect("fuzz config parses");
-        raw.validate().expect("fuzz config validates").routes
+        match raw.validate() {
+            Ok(settings) => settings.routes,
+            Err(e) => panic!("fuzz config does not validate: {e}"),
+        }
     })
 }
 

@@ -1522,22 +1522,6 @@ impl Drop for Binary {
 // External programs
 // ---------------------------------------------------------------------------
 
-/// A test needs an external program (or package) that is missing. Outside CI
-/// the caller skips (returns) after one loud line written to the real stderr
-/// (libtest captures `eprintln!` of passing tests); under `CI` this fails the
-/// test, so that a green CI cannot hide a missing install step.
-pub fn missing_program(test: &str, what: &str, install: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n!!!!! SKIPPED {test}: {what} is missing; install it with: {install} !!!!!"
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: CI must have {what} ({install})"
-    );
-}
-
 // ---------------------------------------------------------------------------
 // A real redis-server for the fleet tests
 // ---------------------------------------------------------------------------
@@ -1555,13 +1539,22 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    pub async fn start() -> Self {
+    /// `None` when `redis-server` is not installed (after the skip line; under
+    /// `CI` the test fails instead).
+    pub async fn start() -> Option<Self> {
         Self::start_with(None, None).await
     }
 
     /// `password`: `--requirepass`. `ca`: TLS only, with a server certificate
     /// for `localhost` and `127.0.0.1` issued by `ca` (no client certificates).
-    pub async fn start_with(password: Option<&str>, ca: Option<&TestCa>) -> Self {
+    pub async fn start_with(password: Option<&str>, ca: Option<&TestCa>) -> Option<Self> {
+        if !on_path("redis-server") {
+            skip_for_missing(
+                &current_test(),
+                "redis-server (apt-get install redis-server)",
+            );
+            return None;
+        }
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
@@ -1581,7 +1574,7 @@ impl RedisServer {
             tls,
         };
         server.spawn().await;
-        server
+        Some(server)
     }
 
     /// `redis://127.0.0.1:N/0`, or `rediss://localhost:N/0` (the name in the
@@ -1724,12 +1717,26 @@ pub fn skip_for_missing(test: &str, missing: &str) {
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED {test}: {missing} (.ci/run installs it; CI fails instead of skipping)"
+        "!!!!! SKIPPED {test}: needs {missing}; .ci/run installs it, and under CI a missing program fails the test"
     );
     assert!(
         std::env::var_os("CI").is_none(),
         "{test}: CI must have {missing}"
     );
+}
+
+/// The running test's name (libtest names each test's thread after it).
+pub fn current_test() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("this test")
+        .to_owned()
+}
+
+/// Whether an executable `name` is on the `PATH`.
+pub fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// `python3` if it can import every module in `modules`, else `None`.
