@@ -506,10 +506,17 @@ impl Spelling {
         let wide = any(&|s| !s.is_ascii());
         let params = wide || any(&|s| s.contains(';'));
         let fold = wide || any(&|s| s.bytes().any(|b| b.is_ascii_uppercase()));
+        // A segment's name may end in a dot only once its `;parameters` are
+        // gone (`admin.;x`), so both the segment and its head are looked at
+        // (found by the route_select fuzz target).
         let trim = wide
             || any(&|s| {
-                s.split(['/', '\\'])
-                    .any(|seg| seg.ends_with(['.', ' ']) && seg != "." && seg != "..")
+                s.split(['/', '\\']).any(|seg| {
+                    let head = seg.split(';').next().unwrap_or(seg);
+                    [seg, head]
+                        .iter()
+                        .any(|x| x.ends_with(['.', ' ']) && *x != "." && *x != "..")
+                })
             });
         let options = |needed: bool| {
             if needed {
@@ -1229,6 +1236,11 @@ mod tests {
                 amb,
             ),
             ("should refuse a trailing encoded space", "/admin%20/x", amb),
+            (
+                "should refuse a trailing dot before ;params (fuzz)",
+                "/admin.;ic/;/a",
+                amb,
+            ),
             ("should refuse a dots-only segment", "/.../admin", amb),
             (
                 "should refuse `.. ` (Windows reads ..)",
