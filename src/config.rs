@@ -54,14 +54,65 @@ fn describe(e: &figment::Error) -> String {
                     _ => md.name.to_string(),
                 },
             };
+            let kind = match &e.kind {
+                // figment's own text nests backticks (``expected `one of `a`, `b```);
+                // say it plainly, with the closest known key.
+                figment::error::Kind::UnknownField(found, known) => unknown_key(found, known),
+                other => other.to_string(),
+            };
             if key.is_empty() {
-                format!("{} (in {source})", e.kind)
+                format!("{kind} (in {source})")
             } else {
-                format!("`{key}` from {source}: {}", e.kind)
+                format!("`{key}` from {source}: {kind}")
             }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// "unknown key `client_idd`; did you mean `client_id`? (known keys here: `url`, ...)".
+fn unknown_key(found: &str, known: &[&str]) -> String {
+    let mut msg = format!("unknown key `{found}`");
+    if let Some(near) = closest(found, known) {
+        msg.push_str(&format!("; did you mean `{near}`?"));
+    }
+    if !known.is_empty() {
+        let list = known
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        msg.push_str(&format!(" (known keys here: {list})"));
+    }
+    msg
+}
+
+/// The known key nearest to `found` (edit distance, case-insensitive), if it
+/// is near enough to be a typo: at most 2 edits, or a third of the length.
+fn closest<'a>(found: &str, known: &[&'a str]) -> Option<&'a str> {
+    let found = found.to_ascii_lowercase();
+    let limit = 2.max(found.chars().count() / 3);
+    known
+        .iter()
+        .map(|k| (edit_distance(&found, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (insert, delete, substitute), over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 impl ConfigError {
@@ -135,7 +186,28 @@ mod duration_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         use serde::de::Error;
-        let s = String::deserialize(d)?;
+        // A bare number (`max_ttl = 300`, or `TOKENGATE_CACHE__MAX_TTL=300`)
+        // has no unit: say how to write it instead of "expected a string".
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Str(String),
+            Int(i128),
+            Float(f64),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::Str(s) => s,
+            Raw::Int(n) => {
+                return Err(D::Error::custom(format!(
+                    "a duration is a string with a unit, e.g. \"{n}s\" or \"{n}ms\", not the number {n}"
+                )))
+            }
+            Raw::Float(n) => {
+                return Err(D::Error::custom(format!(
+                    "a duration is a string with a unit, e.g. \"{n}s\", not the number {n}"
+                )))
+            }
+        };
         humantime::parse_duration(s.trim()).map_err(|e| {
             D::Error::custom(format!(
                 "invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\""
@@ -158,6 +230,19 @@ pub enum Mode {
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
+}
+
+/// `introspection.probe`: the start-up check of the introspection endpoint
+/// (one call about a throwaway token; see `server::probe_introspection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    /// Probe, WARN on failure and retry with backoff; `/readyz` does not wait.
+    Warn,
+    /// Like `warn`, and `/readyz` answers 503 until one probe has succeeded.
+    Require,
+    /// No probe.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +282,10 @@ pub struct RawConfig {
     pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
     pub forwarding: RawForwarding,
+    /// Things `load` decided that the operator should hear about (e.g. which
+    /// of two secret sources is used); logged at INFO once logging is up.
+    #[serde(skip)]
+    pub notices: Vec<String>,
 }
 
 /// `[forwarding]`: what the upstream is told about the client, and which of the
@@ -374,6 +463,8 @@ pub struct RawIntrospection {
     /// PEM client certificate for mTLS to the AS (RFC 8705 `tls_client_auth`).
     pub client_cert_file: String,
     pub client_key_file: String,
+    /// Start-up probe of the endpoint (restart-only).
+    pub probe: ProbeMode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -556,6 +647,7 @@ impl Default for RawConfig {
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
             forwarding: RawForwarding::default(),
+            notices: Vec::new(),
         }
     }
 }
@@ -580,6 +672,7 @@ impl Default for RawIntrospection {
             timeout: Duration::from_secs(2),
             client_cert_file: String::new(),
             client_key_file: String::new(),
+            probe: ProbeMode::Require,
         }
     }
 }
@@ -761,6 +854,7 @@ pub struct IntrospectionSettings {
     pub timeout: Duration,
     /// Roots and the optional client certificate for the AS call.
     pub tls: crate::tls::ClientTls,
+    pub probe: ProbeMode,
 }
 
 #[derive(Debug, Clone)]
@@ -805,19 +899,53 @@ pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
             fig = fig.merge(Serialized::default(key, v));
         }
     }
-    fig.extract::<RawConfig>()
-        .map_err(|e| ConfigError::Load(Box::new(e)))
+    let mut raw = fig
+        .extract::<RawConfig>()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    prefer_env_secret(&mut raw);
+    Ok(raw)
+}
+
+/// The client secret given in the environment replaces the other form from the
+/// file: `TOKENGATE_INTROSPECTION__CLIENT_SECRET` wins over a `client_secret_file`
+/// in the TOML, and `TOKENGATE_INTROSPECTION__CLIENT_SECRET_FILE` over a
+/// `client_secret`, as the environment wins over the file for every other key
+/// (so a baked config with a secret file can be overridden with `-e`). Both
+/// forms in the same source stay an error (`validate`).
+fn prefer_env_secret(raw: &mut RawConfig) {
+    let i = &mut raw.introspection;
+    if i.client_secret.is_empty() || i.client_secret_file.is_empty() {
+        return;
+    }
+    let in_env = |suffix: &str| {
+        std::env::var_os(format!("{ENV_PREFIX}{suffix}")).is_some_and(|v| !v.is_empty())
+    };
+    match (
+        in_env("INTROSPECTION__CLIENT_SECRET"),
+        in_env("INTROSPECTION__CLIENT_SECRET_FILE"),
+    ) {
+        (true, false) => {
+            i.client_secret_file.clear();
+            raw.notices.push(format!(
+                "introspection.client_secret: using {ENV_PREFIX}INTROSPECTION__CLIENT_SECRET; \
+                 the config file's client_secret_file is ignored"
+            ));
+        }
+        (false, true) => {
+            i.client_secret = Secret::default();
+            raw.notices.push(format!(
+                "introspection.client_secret: using the file named by \
+                 {ENV_PREFIX}INTROSPECTION__CLIENT_SECRET_FILE; the config file's client_secret is ignored"
+            ));
+        }
+        _ => {}
+    }
 }
 
 impl RawConfig {
     /// Checks every value and resolves files (`client_secret_file`).
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let listen: SocketAddr = self.listen.parse().map_err(|e| {
-            ConfigError::invalid(
-                "listen",
-                format!("{:?} is not a socket address ({e})", self.listen),
-            )
-        })?;
+        let listen = parse_listen("listen", &self.listen)?;
         let mut upstream = parse_upstream(&self.upstream)?;
         upstream.http2 = self.upstream_http2;
         // Read once: the same private CA serves the upstream, the AS and rediss://.
@@ -900,12 +1028,12 @@ impl RawConfig {
             ));
         }
         let client_secret = match (i.client_secret.is_empty(), i.client_secret_file.is_empty()) {
-            (false, false) => {
-                return Err(ConfigError::invalid(
-                    "introspection.client_secret_file",
-                    "set either client_secret or client_secret_file, not both",
-                ))
-            }
+            (false, false) => return Err(ConfigError::invalid(
+                "introspection.client_secret_file",
+                "set either client_secret or client_secret_file, not both (in the environment, \
+                     TOKENGATE_INTROSPECTION__CLIENT_SECRET replaces a client_secret_file from the \
+                     config file)",
+            )),
             (true, true) => {
                 return Err(ConfigError::invalid(
                     "introspection.client_secret",
@@ -1041,6 +1169,7 @@ impl RawConfig {
                 auth_method: i.auth_method,
                 timeout: i.timeout,
                 tls: as_tls,
+                probe: i.probe,
             },
             cache: self.cache.clone(),
             identity: IdentitySettings {
@@ -1111,12 +1240,7 @@ impl RawConfig {
         let admin_listen = if a.listen.trim().is_empty() {
             None
         } else {
-            let addr: SocketAddr = a.listen.parse().map_err(|e| {
-                ConfigError::invalid(
-                    "admin.listen",
-                    format!("{:?} is not a socket address ({e})", a.listen),
-                )
-            })?;
+            let addr = parse_listen("admin.listen", &a.listen)?;
             if addr.port() != 0 && addr == listen {
                 return Err(ConfigError::invalid(
                     "admin.listen",
@@ -1382,6 +1506,23 @@ fn validate_shared_cache(
 fn is_token_char_str(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A listen address is an IP and a port. A host name is refused, with the
+/// spelling to use: `localhost` resolves to `::1` and `127.0.0.1` (in an order
+/// that depends on the system), so binding "the first" would leave clients of
+/// the other unanswered; and a listener that depends on DNS at start-up is a
+/// surprise.
+fn parse_listen(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.trim().parse().map_err(|e| {
+        let hint = match value.trim().rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => format!(
+                "a listen address is an IP address and a port, not a host name: write \"127.0.0.1:{port}\" (this machine only), \"0.0.0.0:{port}\" (every IPv4 interface) or \"[::]:{port}\" (every interface)"
+            ),
+            _ => "write an IP address and a port, e.g. \"0.0.0.0:8080\" or \"[::1]:8080\"".to_owned(),
+        };
+        ConfigError::invalid(key, format!("{value:?} is not a socket address ({e}); {hint}"))
+    })
 }
 
 fn read_secret_file(key: &'static str, path: &str) -> Result<Secret, ConfigError> {

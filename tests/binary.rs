@@ -22,6 +22,8 @@ shutdown_timeout = "15s"
 url = "{auth}{INTROSPECT_PATH}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
+# These tests mount only their own tokens (the probe has its own tests).
+probe = "off"
 
 [admin]
 listen = "127.0.0.1:0"
