@@ -2004,4 +2004,198 @@ mod tests {
         assert!(s.identity.strip.iter().any(|h| h == "x-auth-subject"));
         assert!(s.identity.strip.iter().any(|h| h == "x-remote-user"));
     }
+
+    /// The README's sample: `client_secret_file` in the file, the secret in
+    /// `TOKENGATE_INTROSPECTION__CLIENT_SECRET`. The env var wins (used to fail
+    /// with "set either ... not both"); the choice is reported.
+    #[test]
+    fn an_env_secret_replaces_the_files_secret_file() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file(
+                "t.toml",
+                "[introspection]\nclient_secret_file = \"/run/secrets/tokengate\"\n",
+            )?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(raw.introspection.client_secret.expose(), "000123");
+            assert!(raw.introspection.client_secret_file.is_empty());
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            assert_eq!(s.introspection.client_secret.expose(), "000123");
+            assert_eq!(raw.notices.len(), 1, "{:?}", raw.notices);
+            assert!(
+                raw.notices[0].contains("TOKENGATE_INTROSPECTION__CLIENT_SECRET")
+                    && raw.notices[0].contains("client_secret_file")
+                    && !raw.notices[0].contains("000123"),
+                "{:?}",
+                raw.notices
+            );
+            Ok(())
+        });
+    }
+
+    /// The other way round: a secret file named in the environment replaces a
+    /// `client_secret` written in the file.
+    #[test]
+    fn an_env_secret_file_replaces_the_files_secret() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TOKENGATE_INTROSPECTION__URL", "http://as.test/introspect");
+            jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_ID", "tokengate");
+            jail.create_file("secret", "from-file\n")?;
+            let secret = jail.directory().join("secret");
+            jail.set_env(
+                "TOKENGATE_INTROSPECTION__CLIENT_SECRET_FILE",
+                secret.display(),
+            );
+            jail.create_file("t.toml", "[introspection]\nclient_secret = \"baked\"\n")?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            assert_eq!(s.introspection.client_secret.expose(), "from-file");
+            assert_eq!(raw.notices.len(), 1, "{:?}", raw.notices);
+            Ok(())
+        });
+    }
+
+    /// Both forms from one source is still ambiguous: refused, and the
+    /// message says what the environment can do instead.
+    #[test]
+    fn both_secret_forms_in_one_source_are_refused() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_SECRET_FILE", "/x");
+            let err = load(None)
+                .map_err(|e| e.to_string())?
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not both"), "{err}");
+            jail.clear_env();
+            jail.set_env("TOKENGATE_INTROSPECTION__URL", "http://as.test/introspect");
+            jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_ID", "tokengate");
+            jail.create_file(
+                "t.toml",
+                "[introspection]\nclient_secret = \"a\"\nclient_secret_file = \"/x\"\n",
+            )?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let err = raw.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("not both") && err.contains("TOKENGATE_INTROSPECTION__CLIENT_SECRET"),
+                "{err}"
+            );
+            assert!(raw.notices.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_reads_cleanly_and_suggests_the_near_one() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file("t.toml", "[introspection]\nclientid = \"x\"\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("`introspection.clientid` from file")
+                    && err.contains("unknown key `clientid`; did you mean `client_id`?"),
+                "{err}"
+            );
+            assert!(err.contains("known keys here: `url`, `client_id`"), "{err}");
+            assert!(!err.contains("``") && !err.contains("`one of"), "{err}");
+            // Nothing near: no guess.
+            jail.create_file("t.toml", "[cache]\nbanana = 1\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("unknown key `banana`") && !err.contains("did you mean"),
+                "{err}"
+            );
+            // In the environment too (top level).
+            jail.set_env("TOKENGATE_LISTNE", "127.0.0.1:1");
+            let err = load(None).unwrap_err().to_string();
+            assert!(err.contains("did you mean `listen`?"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn edit_distance_and_suggestions() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(
+            closest("clientid", &["url", "client_id"]),
+            Some("client_id")
+        );
+        assert_eq!(
+            closest("MAX_TLL", &["max_ttl", "max_entries"]),
+            Some("max_ttl")
+        );
+        assert_eq!(closest("zzz", &["url", "client_id"]), None);
+    }
+
+    #[test]
+    fn a_number_where_a_duration_goes_says_durations_are_strings() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file("t.toml", "[cache]\nmax_ttl = 300\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("`cache.max_ttl`") && err.contains("\"300s\""),
+                "{err}"
+            );
+            jail.create_file("t.toml", "[cache]\nmax_ttl = 1.5\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(err.contains("\"1.5s\""), "{err}");
+            jail.create_file("t.toml", "")?;
+            jail.set_env("TOKENGATE_CACHE__MAX_TTL", "300");
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("TOKENGATE_CACHE__MAX_TTL") && err.contains("\"300s\""),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_host_name_listen_address_says_how_to_write_it() {
+        let mut c = base();
+        c.listen = "localhost:8080".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`listen`")
+                && err.contains("not a host name")
+                && err.contains("\"127.0.0.1:8080\"")
+                && err.contains("\"0.0.0.0:8080\""),
+            "{err}"
+        );
+        let mut c = base();
+        c.admin.listen = "localhost:9090".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`admin.listen`") && err.contains("\"127.0.0.1:9090\""),
+            "{err}"
+        );
+        let mut c = base();
+        c.listen = " [::1]:8080 ".into();
+        assert_eq!(c.validate().unwrap().listen, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn probe_mode_parses_and_defaults_to_require() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            let raw = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(raw.introspection.probe, ProbeMode::Require);
+            jail.set_env("TOKENGATE_INTROSPECTION__PROBE", "warn");
+            let s = load(None)
+                .map_err(|e| e.to_string())?
+                .validate()
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.introspection.probe, ProbeMode::Warn);
+            jail.set_env("TOKENGATE_INTROSPECTION__PROBE", "sometimes");
+            let err = load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("`introspection.probe`") && err.contains("require"),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
 }
