@@ -192,17 +192,12 @@ mod duration_str {
         #[serde(untagged)]
         enum Raw {
             Str(String),
-            Int(i128),
-            Float(f64),
+            // Any number (integers too: serde's untagged buffer reads them as f64).
+            Number(f64),
         }
         let s = match Raw::deserialize(d)? {
             Raw::Str(s) => s,
-            Raw::Int(n) => {
-                return Err(D::Error::custom(format!(
-                    "a duration is a string with a unit, e.g. \"{n}s\" or \"{n}ms\", not the number {n}"
-                )))
-            }
-            Raw::Float(n) => {
+            Raw::Number(n) => {
                 return Err(D::Error::custom(format!(
                     "a duration is a string with a unit, e.g. \"{n}s\", not the number {n}"
                 )))
