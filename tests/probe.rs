@@ -267,3 +267,25 @@ async fn probe_runs_after_discovery_against_the_discovered_endpoint() {
     };
     wait_ready_status(&env, StatusCode::OK).await;
 }
+
+/// `introspection.probe` is restart-only (like all of `[introspection]`): the
+/// probe and its readiness gate are set up at start. A reload names the key
+/// and keeps the running mode.
+#[tokio::test]
+async fn a_reload_keeps_the_running_probe_mode() {
+    let env = start(
+        ProbeMode::Require,
+        async |auth| as_answers_inactive(auth, 1).await,
+        |_| {},
+    )
+    .await;
+    wait_ready_status(&env, StatusCode::OK).await;
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    raw.introspection.probe = ProbeMode::Warn;
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert_eq!(report.restart_required, vec!["introspection.probe"]);
+    assert_eq!(
+        env.gate.reload().current().introspection.probe,
+        ProbeMode::Require
+    );
+}
