@@ -90,6 +90,9 @@ async fn main() -> anyhow::Result<()> {
             url: format!("http://{as_addr}/introspect"),
             client_id: GATE_CLIENT_ID.into(),
             client_secret: tokengate::config::Secret::new(GATE_CLIENT_SECRET),
+            // The start-up probe would be one more call in the AS's
+            // `introspection_calls`, which the walkthrough below counts.
+            probe: tokengate::config::ProbeMode::Off,
             ..Default::default()
         },
         ..Default::default()

@@ -4,8 +4,9 @@
 //! * `GET /healthz`: 200 while the process serves at all (liveness).
 //! * `GET /readyz`: 200 once the configuration is loaded, the introspection
 //!   endpoint is known (discovery) and every registered [`Readiness`] check
-//!   passes (`App::with_clock` registers one: the introspection circuit
-//!   breaker is not open); 503 from the moment shutdown starts.
+//!   passes (`App::with_clock` registers them: the introspection circuit
+//!   breaker is not open; with `introspection.probe = "require"`, a start-up
+//!   probe of the endpoint has succeeded); 503 from the moment shutdown starts.
 //! * `GET /metrics`: Prometheus text ([`crate::metrics`]).
 //! * `POST /purge`: removes one token from both caches, so a revoked token stops
 //!   working before its cache TTL ends. Body `token=...` (form) or

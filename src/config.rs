@@ -54,14 +54,65 @@ fn describe(e: &figment::Error) -> String {
                     _ => md.name.to_string(),
                 },
             };
+            let kind = match &e.kind {
+                // figment's own text nests backticks (``expected `one of `a`, `b```);
+                // say it plainly, with the closest known key.
+                figment::error::Kind::UnknownField(found, known) => unknown_key(found, known),
+                other => other.to_string(),
+            };
             if key.is_empty() {
-                format!("{} (in {source})", e.kind)
+                format!("{kind} (in {source})")
             } else {
-                format!("`{key}` from {source}: {}", e.kind)
+                format!("`{key}` from {source}: {kind}")
             }
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// "unknown key `client_idd`; did you mean `client_id`? (known keys here: `url`, ...)".
+fn unknown_key(found: &str, known: &[&str]) -> String {
+    let mut msg = format!("unknown key `{found}`");
+    if let Some(near) = closest(found, known) {
+        msg.push_str(&format!("; did you mean `{near}`?"));
+    }
+    if !known.is_empty() {
+        let list = known
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        msg.push_str(&format!(" (known keys here: {list})"));
+    }
+    msg
+}
+
+/// The known key nearest to `found` (edit distance, case-insensitive), if it
+/// is near enough to be a typo: at most 2 edits, or a third of the length.
+fn closest<'a>(found: &str, known: &[&'a str]) -> Option<&'a str> {
+    let found = found.to_ascii_lowercase();
+    let limit = 2.max(found.chars().count() / 3);
+    known
+        .iter()
+        .map(|k| (edit_distance(&found, &k.to_ascii_lowercase()), *k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance (insert, delete, substitute), over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitute = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = substitute.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 impl ConfigError {
@@ -135,7 +186,23 @@ mod duration_str {
     }
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         use serde::de::Error;
-        let s = String::deserialize(d)?;
+        // A bare number (`max_ttl = 300`, or `TOKENGATE_CACHE__MAX_TTL=300`)
+        // has no unit: say how to write it instead of "expected a string".
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Str(String),
+            // Any number (integers too: serde's untagged buffer reads them as f64).
+            Number(f64),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::Str(s) => s,
+            Raw::Number(n) => {
+                return Err(D::Error::custom(format!(
+                    "a duration is a string with a unit, e.g. \"{n}s\", not the number {n}"
+                )))
+            }
+        };
         humantime::parse_duration(s.trim()).map_err(|e| {
             D::Error::custom(format!(
                 "invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\""
@@ -158,6 +225,19 @@ pub enum Mode {
 pub enum AuthMethod {
     ClientSecretBasic,
     ClientSecretPost,
+}
+
+/// `introspection.probe`: the start-up check of the introspection endpoint
+/// (one call about a throwaway token; see `server::probe_introspection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    /// Probe, WARN on failure and retry with backoff; `/readyz` does not wait.
+    Warn,
+    /// Like `warn`, and `/readyz` answers 503 until one probe has succeeded.
+    Require,
+    /// No probe.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +277,10 @@ pub struct RawConfig {
     pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
     pub forwarding: RawForwarding,
+    /// Things `load` decided that the operator should hear about (e.g. which
+    /// of two secret sources is used); logged at INFO once logging is up.
+    #[serde(skip)]
+    pub notices: Vec<String>,
 }
 
 /// `[forwarding]`: what the upstream is told about the client, and which of the
@@ -374,6 +458,8 @@ pub struct RawIntrospection {
     /// PEM client certificate for mTLS to the AS (RFC 8705 `tls_client_auth`).
     pub client_cert_file: String,
     pub client_key_file: String,
+    /// Start-up probe of the endpoint (restart-only).
+    pub probe: ProbeMode,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -556,6 +642,7 @@ impl Default for RawConfig {
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
             forwarding: RawForwarding::default(),
+            notices: Vec::new(),
         }
     }
 }
@@ -580,6 +667,7 @@ impl Default for RawIntrospection {
             timeout: Duration::from_secs(2),
             client_cert_file: String::new(),
             client_key_file: String::new(),
+            probe: ProbeMode::Require,
         }
     }
 }
@@ -761,6 +849,7 @@ pub struct IntrospectionSettings {
     pub timeout: Duration,
     /// Roots and the optional client certificate for the AS call.
     pub tls: crate::tls::ClientTls,
+    pub probe: ProbeMode,
 }
 
 #[derive(Debug, Clone)]
@@ -805,19 +894,53 @@ pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
             fig = fig.merge(Serialized::default(key, v));
         }
     }
-    fig.extract::<RawConfig>()
-        .map_err(|e| ConfigError::Load(Box::new(e)))
+    let mut raw = fig
+        .extract::<RawConfig>()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    prefer_env_secret(&mut raw);
+    Ok(raw)
+}
+
+/// The client secret given in the environment replaces the other form from the
+/// file: `TOKENGATE_INTROSPECTION__CLIENT_SECRET` wins over a `client_secret_file`
+/// in the TOML, and `TOKENGATE_INTROSPECTION__CLIENT_SECRET_FILE` over a
+/// `client_secret`, as the environment wins over the file for every other key
+/// (so a baked config with a secret file can be overridden with `-e`). Both
+/// forms in the same source stay an error (`validate`).
+fn prefer_env_secret(raw: &mut RawConfig) {
+    let i = &mut raw.introspection;
+    if i.client_secret.is_empty() || i.client_secret_file.is_empty() {
+        return;
+    }
+    let in_env = |suffix: &str| {
+        std::env::var_os(format!("{ENV_PREFIX}{suffix}")).is_some_and(|v| !v.is_empty())
+    };
+    match (
+        in_env("INTROSPECTION__CLIENT_SECRET"),
+        in_env("INTROSPECTION__CLIENT_SECRET_FILE"),
+    ) {
+        (true, false) => {
+            i.client_secret_file.clear();
+            raw.notices.push(format!(
+                "introspection.client_secret: using {ENV_PREFIX}INTROSPECTION__CLIENT_SECRET; \
+                 the config file's client_secret_file is ignored"
+            ));
+        }
+        (false, true) => {
+            i.client_secret = Secret::default();
+            raw.notices.push(format!(
+                "introspection.client_secret: using the file named by \
+                 {ENV_PREFIX}INTROSPECTION__CLIENT_SECRET_FILE; the config file's client_secret is ignored"
+            ));
+        }
+        _ => {}
+    }
 }
 
 impl RawConfig {
     /// Checks every value and resolves files (`client_secret_file`).
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let listen: SocketAddr = self.listen.parse().map_err(|e| {
-            ConfigError::invalid(
-                "listen",
-                format!("{:?} is not a socket address ({e})", self.listen),
-            )
-        })?;
+        let listen = parse_listen("listen", &self.listen)?;
         let mut upstream = parse_upstream(&self.upstream)?;
         upstream.http2 = self.upstream_http2;
         // Read once: the same private CA serves the upstream, the AS and rediss://.
@@ -900,12 +1023,12 @@ impl RawConfig {
             ));
         }
         let client_secret = match (i.client_secret.is_empty(), i.client_secret_file.is_empty()) {
-            (false, false) => {
-                return Err(ConfigError::invalid(
-                    "introspection.client_secret_file",
-                    "set either client_secret or client_secret_file, not both",
-                ))
-            }
+            (false, false) => return Err(ConfigError::invalid(
+                "introspection.client_secret_file",
+                "set either client_secret or client_secret_file, not both (in the environment, \
+                     TOKENGATE_INTROSPECTION__CLIENT_SECRET replaces a client_secret_file from the \
+                     config file)",
+            )),
             (true, true) => {
                 return Err(ConfigError::invalid(
                     "introspection.client_secret",
@@ -1041,6 +1164,7 @@ impl RawConfig {
                 auth_method: i.auth_method,
                 timeout: i.timeout,
                 tls: as_tls,
+                probe: i.probe,
             },
             cache: self.cache.clone(),
             identity: IdentitySettings {
@@ -1111,12 +1235,7 @@ impl RawConfig {
         let admin_listen = if a.listen.trim().is_empty() {
             None
         } else {
-            let addr: SocketAddr = a.listen.parse().map_err(|e| {
-                ConfigError::invalid(
-                    "admin.listen",
-                    format!("{:?} is not a socket address ({e})", a.listen),
-                )
-            })?;
+            let addr = parse_listen("admin.listen", &a.listen)?;
             if addr.port() != 0 && addr == listen {
                 return Err(ConfigError::invalid(
                     "admin.listen",
@@ -1382,6 +1501,23 @@ fn validate_shared_cache(
 fn is_token_char_str(s: &str) -> bool {
     s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A listen address is an IP and a port. A host name is refused, with the
+/// spelling to use: `localhost` resolves to `::1` and `127.0.0.1` (in an order
+/// that depends on the system), so binding "the first" would leave clients of
+/// the other unanswered; and a listener that depends on DNS at start-up is a
+/// surprise.
+fn parse_listen(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.trim().parse().map_err(|e| {
+        let hint = match value.trim().rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => format!(
+                "a listen address is an IP address and a port, not a host name: write \"127.0.0.1:{port}\" (this machine only), \"0.0.0.0:{port}\" (every IPv4 interface) or \"[::]:{port}\" (every interface)"
+            ),
+            _ => "write an IP address and a port, e.g. \"0.0.0.0:8080\" or \"[::1]:8080\"".to_owned(),
+        };
+        ConfigError::invalid(key, format!("{value:?} is not a socket address ({e}); {hint}"))
+    })
 }
 
 fn read_secret_file(key: &'static str, path: &str) -> Result<Secret, ConfigError> {
@@ -1862,5 +1998,199 @@ mod tests {
         assert_eq!(s.upstream.authority.as_str(), "api.internal:8443");
         assert!(s.identity.strip.iter().any(|h| h == "x-auth-subject"));
         assert!(s.identity.strip.iter().any(|h| h == "x-remote-user"));
+    }
+
+    /// The README's sample: `client_secret_file` in the file, the secret in
+    /// `TOKENGATE_INTROSPECTION__CLIENT_SECRET`. The env var wins (used to fail
+    /// with "set either ... not both"); the choice is reported.
+    #[test]
+    fn an_env_secret_replaces_the_files_secret_file() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file(
+                "t.toml",
+                "[introspection]\nclient_secret_file = \"/run/secrets/tokengate\"\n",
+            )?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(raw.introspection.client_secret.expose(), "000123");
+            assert!(raw.introspection.client_secret_file.is_empty());
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            assert_eq!(s.introspection.client_secret.expose(), "000123");
+            assert_eq!(raw.notices.len(), 1, "{:?}", raw.notices);
+            assert!(
+                raw.notices[0].contains("TOKENGATE_INTROSPECTION__CLIENT_SECRET")
+                    && raw.notices[0].contains("client_secret_file")
+                    && !raw.notices[0].contains("000123"),
+                "{:?}",
+                raw.notices
+            );
+            Ok(())
+        });
+    }
+
+    /// The other way round: a secret file named in the environment replaces a
+    /// `client_secret` written in the file.
+    #[test]
+    fn an_env_secret_file_replaces_the_files_secret() {
+        Jail::expect_with(|jail| {
+            jail.set_env("TOKENGATE_INTROSPECTION__URL", "http://as.test/introspect");
+            jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_ID", "tokengate");
+            jail.create_file("secret", "from-file\n")?;
+            let secret = jail.directory().join("secret");
+            jail.set_env(
+                "TOKENGATE_INTROSPECTION__CLIENT_SECRET_FILE",
+                secret.display(),
+            );
+            jail.create_file("t.toml", "[introspection]\nclient_secret = \"baked\"\n")?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let s = raw.validate().map_err(|e| e.to_string())?;
+            assert_eq!(s.introspection.client_secret.expose(), "from-file");
+            assert_eq!(raw.notices.len(), 1, "{:?}", raw.notices);
+            Ok(())
+        });
+    }
+
+    /// Both forms from one source is still ambiguous: refused, and the
+    /// message says what the environment can do instead.
+    #[test]
+    fn both_secret_forms_in_one_source_are_refused() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_SECRET_FILE", "/x");
+            let err = load(None)
+                .map_err(|e| e.to_string())?
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not both"), "{err}");
+            jail.clear_env();
+            jail.set_env("TOKENGATE_INTROSPECTION__URL", "http://as.test/introspect");
+            jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_ID", "tokengate");
+            jail.create_file(
+                "t.toml",
+                "[introspection]\nclient_secret = \"a\"\nclient_secret_file = \"/x\"\n",
+            )?;
+            let raw = load(Some(Path::new("t.toml"))).map_err(|e| e.to_string())?;
+            let err = raw.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("not both") && err.contains("TOKENGATE_INTROSPECTION__CLIENT_SECRET"),
+                "{err}"
+            );
+            assert!(raw.notices.is_empty());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_reads_cleanly_and_suggests_the_near_one() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file("t.toml", "[introspection]\nclientid = \"x\"\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("`introspection.clientid` from file")
+                    && err.contains("unknown key `clientid`; did you mean `client_id`?"),
+                "{err}"
+            );
+            assert!(err.contains("known keys here: `url`, `client_id`"), "{err}");
+            assert!(!err.contains("``") && !err.contains("`one of"), "{err}");
+            // Nothing near: no guess.
+            jail.create_file("t.toml", "[cache]\nbanana = 1\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("unknown key `banana`") && !err.contains("did you mean"),
+                "{err}"
+            );
+            // In the environment too (top level).
+            jail.set_env("TOKENGATE_LISTNE", "127.0.0.1:1");
+            let err = load(None).unwrap_err().to_string();
+            assert!(err.contains("did you mean `listen`?"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn edit_distance_and_suggestions() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(
+            closest("clientid", &["url", "client_id"]),
+            Some("client_id")
+        );
+        assert_eq!(
+            closest("MAX_TLL", &["max_ttl", "max_entries"]),
+            Some("max_ttl")
+        );
+        assert_eq!(closest("zzz", &["url", "client_id"]), None);
+    }
+
+    #[test]
+    fn a_number_where_a_duration_goes_says_durations_are_strings() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            jail.create_file("t.toml", "[cache]\nmax_ttl = 300\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("`cache.max_ttl`") && err.contains("\"300s\""),
+                "{err}"
+            );
+            jail.create_file("t.toml", "[cache]\nmax_ttl = 1.5\n")?;
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(err.contains("\"1.5s\""), "{err}");
+            jail.create_file("t.toml", "")?;
+            jail.set_env("TOKENGATE_CACHE__MAX_TTL", "300");
+            let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+            assert!(
+                err.contains("TOKENGATE_CACHE__MAX_TTL") && err.contains("\"300s\""),
+                "{err}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_host_name_listen_address_says_how_to_write_it() {
+        let mut c = base();
+        c.listen = "localhost:8080".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`listen`")
+                && err.contains("not a host name")
+                && err.contains("\"127.0.0.1:8080\"")
+                && err.contains("\"0.0.0.0:8080\""),
+            "{err}"
+        );
+        let mut c = base();
+        c.admin.listen = "localhost:9090".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("`admin.listen`") && err.contains("\"127.0.0.1:9090\""),
+            "{err}"
+        );
+        let mut c = base();
+        c.listen = " [::1]:8080 ".into();
+        assert_eq!(c.validate().unwrap().listen, "[::1]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn probe_mode_parses_and_defaults_to_require() {
+        Jail::expect_with(|jail| {
+            minimal_env(jail);
+            let raw = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(raw.introspection.probe, ProbeMode::Require);
+            jail.set_env("TOKENGATE_INTROSPECTION__PROBE", "warn");
+            let s = load(None)
+                .map_err(|e| e.to_string())?
+                .validate()
+                .map_err(|e| e.to_string())?;
+            assert_eq!(s.introspection.probe, ProbeMode::Warn);
+            jail.set_env("TOKENGATE_INTROSPECTION__PROBE", "sometimes");
+            let err = load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("`introspection.probe`") && err.contains("require"),
+                "{err}"
+            );
+            Ok(())
+        });
     }
 }

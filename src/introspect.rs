@@ -555,6 +555,24 @@ impl Introspector {
     /// failure that one token may have caused opens it. Not counted in the
     /// introspection metrics (it is not a client's request).
     pub async fn canary(&self) -> bool {
+        self.ask_throwaway().await.is_ok()
+    }
+
+    /// The start-up probe (`introspection.probe`): the canary's call, with the
+    /// reason when it fails. A well-formed answer (normally `active: false`)
+    /// proves the URL and the client credentials. So does a 400 about the
+    /// *token* (`invalid_token` ...): the AS authenticated us and then refused
+    /// the throwaway token, which the request path also reads as "inactive".
+    /// Like the canary, it bypasses the breaker and the metrics.
+    pub async fn probe(&self) -> Result<(), IntrospectError> {
+        match self.ask_throwaway().await {
+            Ok(_) | Err(IntrospectError::TokenRejected(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One introspection of a random token that nobody has.
+    async fn ask_throwaway(&self) -> Result<Introspection, IntrospectError> {
         use sha2::Digest;
         static N: AtomicU32 = AtomicU32::new(0);
         let nonce = format!(
@@ -567,7 +585,39 @@ impl Introspector {
             "tokengate-canary-{}",
             hex::encode(sha2::Sha256::digest(nonce.as_bytes()))
         );
-        self.introspect(&token).await.is_ok()
+        self.introspect(&token).await
+    }
+}
+
+/// What an operator should check when the start-up probe fails: names the keys.
+pub fn probe_advice(e: &IntrospectError, url: Option<&str>) -> String {
+    let url = url.unwrap_or("(none yet)");
+    match e {
+        IntrospectError::ClientUnauthorized => format!(
+            "the authorization server at {url} rejected tokengate's client credentials: \
+             check introspection.client_id and introspection.client_secret \
+             (or client_secret_file / TOKENGATE_INTROSPECTION__CLIENT_SECRET), \
+             and introspection.auth_method"
+        ),
+        IntrospectError::Connect(m) => {
+            format!("cannot connect to introspection.url {url} ({m}): check the host and port")
+        }
+        IntrospectError::Timeout(t) => format!(
+            "introspection.url {url} did not answer within introspection.timeout ({t:?})"
+        ),
+        IntrospectError::Status(404) => format!(
+            "introspection.url {url} answers 404 Not Found: is it the introspection endpoint (RFC 7662)?"
+        ),
+        IntrospectError::Status(s) | IntrospectError::Refused(s) => {
+            format!("introspection.url {url} answered HTTP {s}")
+        }
+        IntrospectError::InvalidResponse(m) => format!(
+            "introspection.url {url} did not give an RFC 7662 answer ({m}): is it the introspection endpoint?"
+        ),
+        IntrospectError::NoEndpoint => {
+            "no introspection endpoint known yet (discovery has not succeeded)".to_owned()
+        }
+        other => format!("introspection.url {url}: {other}"),
     }
 }
 

@@ -5,7 +5,8 @@
 //! # Module map
 //! - [`config`]: figment (defaults → TOML → `TOKENGATE_*` env) → `RawConfig` → `validate()` → `Settings`.
 //! - [`server`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN), graceful drain
-//!   (tunnels included); the request handler, in proxy or forward-auth mode.
+//!   (tunnels included); the request handler, in proxy or forward-auth mode; the
+//!   start-up probe of the introspection endpoint (`introspection.probe`).
 //! - [`tls`]: TLS termination with a reloadable certificate; outbound roots (`ca_file`) and
 //!   the AS client certificate (mTLS).
 //! - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).

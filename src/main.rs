@@ -17,16 +17,32 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "tokengate",
     version,
-    about = "OAuth 2.0 token-introspection reverse proxy"
+    about = "OAuth 2.0 token-introspection reverse proxy",
+    after_help = "\
+Environment:
+  TOKENGATE_CONFIG    the config file, like --config
+  TOKENGATE_*         any setting; overrides the file. Nested keys use a double
+                      underscore: TOKENGATE_LISTEN=0.0.0.0:8080,
+                      TOKENGATE_INTROSPECTION__CLIENT_SECRET=...,
+                      TOKENGATE_CACHE__MAX_TTL=5m
+  RUST_LOG            log level/filter (default: info), e.g. RUST_LOG=debug
+
+Sources, later wins: built-in defaults, the config file, TOKENGATE_* variables.
+Unknown keys and unknown TOKENGATE_* variables are errors."
 )]
 struct Cli {
     /// TOML config file (settings in TOKENGATE_* env override it).
-    #[arg(long, env = "TOKENGATE_CONFIG", value_name = "FILE")]
+    #[arg(short = 'c', long, env = "TOKENGATE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Validate the configuration, print the effective settings (secrets
     /// redacted), and exit 0 (valid) or 1 (invalid).
     #[arg(long)]
     check_config: bool,
+    /// With --check-config: also call the introspection endpoint once (after
+    /// discovery, if configured) with a throwaway token, to prove the URL and
+    /// the client credentials; exit 1 with the reason if it fails.
+    #[arg(long, requires = "check_config")]
+    probe: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,10 +60,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     let raw = tokengate::config::load(cli.config.as_deref()).context("invalid configuration")?;
     let mut settings = raw.validate().context("invalid configuration")?;
     if cli.check_config {
-        return match print_check_config(&raw, &settings) {
+        match print_check_config(&raw, &settings) {
             // `--check-config | head` closes the pipe early: not an error.
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-            other => other.context("cannot write to stdout"),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.context("cannot write to stdout")?,
+        }
+        return if cli.probe {
+            probe_once(settings)
+        } else {
+            Ok(())
         };
     }
     tokengate::install_crypto_provider();
@@ -58,6 +79,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Some(logging) => (Some(logging.handle), Some(logging.guard)),
         None => (None, None),
     };
+    for notice in &raw.notices {
+        tracing::info!("{notice}");
+    }
     let config_file = cli.config.clone();
 
     // One CPU (a 1-CPU container, or `taskset`): the multi-thread scheduler
@@ -79,12 +103,12 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             .context("introspection endpoint discovery failed")?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+            .with_context(|| format!("cannot listen on {} (set by `listen`)", settings.listen))?;
         let admin = match settings.admin.listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("cannot listen on {addr} (admin.listen)"))?,
+                    .with_context(|| format!("cannot listen on {addr} (set by `admin.listen`)"))?,
             ),
             None => None,
         };
@@ -120,6 +144,36 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         tokengate::run(app, listener, shutdown).await;
         tracing::info!("tokengate stopped");
         Ok(())
+    })
+}
+
+/// `--check-config --probe`: discovery (if configured), then one call of the
+/// introspection endpoint, as the start-up probe makes it.
+fn probe_once(mut settings: tokengate::config::Settings) -> anyhow::Result<()> {
+    tokengate::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    runtime.block_on(async move {
+        tokengate::discovery::resolve(&mut settings)
+            .await
+            .context("introspection endpoint discovery failed")?;
+        let introspector = tokengate::introspect::Introspector::new(&settings.introspection);
+        let url = introspector.url();
+        match introspector.probe().await {
+            Ok(()) => {
+                println!(
+                    "# probe: {} answered; URL and client credentials work",
+                    url.as_deref().unwrap_or("-")
+                );
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!(
+                "introspection probe failed: {}",
+                tokengate::introspect::probe_advice(&e, url.as_deref())
+            )),
+        }
     })
 }
 

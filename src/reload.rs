@@ -290,6 +290,8 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     );
     keep!("introspection.auth_method", introspection.auth_method);
     keep!("introspection.timeout", introspection.timeout);
+    // The probe runs (and its readiness gate is registered) at start-up.
+    keep!("introspection.probe", introspection.probe);
     new.introspection.url = old.introspection.url.clone();
     keep!("cache.max_entries", cache.max_entries);
     keep!("cache.negative_max_entries", cache.negative_max_entries);

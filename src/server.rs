@@ -6,7 +6,7 @@ use crate::admin::Readiness;
 use crate::breaker::{Breaker, BreakerState};
 use crate::cache::{CacheStatus, LoadError, TokenCache};
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Mode, Settings};
+use crate::config::{Mode, ProbeMode, Settings};
 use crate::error::ProxyError;
 use crate::forward::{self, ForwardError, Forwarder, Hop, Peer};
 use crate::introspect::{IntrospectError, Introspector};
@@ -59,6 +59,9 @@ pub struct App {
     reload_lock: Arc<std::sync::Mutex<()>>,
     /// Upgraded (WebSocket) connections: shutdown must close them itself.
     tunnels: crate::upgrade::Tunnels,
+    /// Set once a start-up probe of the introspection endpoint has succeeded
+    /// (`introspection.probe`; see [`probe_introspection`]).
+    probe_ok: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl App {
@@ -80,6 +83,14 @@ impl App {
         readiness.add_check("introspection circuit breaker open", move || {
             b.state() != BreakerState::Open
         });
+        let probe_ok = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if settings.introspection.probe == ProbeMode::Require {
+            let ok = probe_ok.clone();
+            readiness.add_check(
+                "introspection endpoint not confirmed yet (introspection.probe = \"require\"; see the log)",
+                move || ok.load(std::sync::atomic::Ordering::SeqCst),
+            );
+        }
         Self {
             cache: crate::fleet::attach(
                 TokenCache::new(&settings.cache, clock.clone())
@@ -104,6 +115,7 @@ impl App {
             admin_listener: None,
             reload_lock: Default::default(),
             tunnels: crate::upgrade::Tunnels::default(),
+            probe_ok,
         }
     }
 
@@ -182,6 +194,8 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
         .discovery
         .clone()
         .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
+    let probe = (app.settings().introspection.probe != ProbeMode::Off)
+        .then(|| tokio::spawn(probe_introspection(app.clone())));
     // The fleet's purge subscriber (its own Redis connection), if configured.
     let subscriber = app
         .cache
@@ -283,7 +297,10 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     // Load balancers that probe /readyz stop sending before we stop answering.
     app.readiness.begin_shutdown();
     drop(listener);
-    for task in [refresher, subscriber, tls_watch].into_iter().flatten() {
+    for task in [refresher, probe, subscriber, tls_watch]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     let deadline = app.settings().shutdown_timeout;
@@ -340,6 +357,48 @@ where
         if let Err(e) = conn.await {
             debug!(%peer, error = %e, "connection closed with error");
         }
+    }
+}
+
+/// First wait between two failed start-up probes; doubled each time up to
+/// [`PROBE_BACKOFF_MAX`].
+const PROBE_BACKOFF_START: std::time::Duration = std::time::Duration::from_secs(1);
+const PROBE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `introspection.probe` (warn / require): asks the AS about a throwaway token
+/// until one well-formed answer proves the URL and the credentials, so that a
+/// wrong secret shows up at start-up (one WARN line naming the keys) instead
+/// of at the first request. Retries with backoff; stops after the first
+/// success (from then on the breaker watches the AS). Goes around the breaker
+/// and the metrics: it is no client's request, and a failure here must not
+/// open the circuit for the clients.
+async fn probe_introspection(app: Arc<App>) {
+    let mut backoff = PROBE_BACKOFF_START;
+    let mut failures = 0u32;
+    loop {
+        match app.introspector.probe().await {
+            Ok(()) => {
+                app.probe_ok
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                info!(
+                    endpoint = %app.introspector.url().unwrap_or_default(),
+                    failed_before = failures,
+                    "introspection probe succeeded: endpoint and client credentials work"
+                );
+                return;
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(
+                    kind = e.kind(),
+                    retry_in = ?backoff,
+                    "introspection probe failed: {}",
+                    crate::introspect::probe_advice(&e, app.introspector.url().as_deref())
+                );
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
     }
 }
 

@@ -22,6 +22,8 @@ shutdown_timeout = "15s"
 url = "{auth}{INTROSPECT_PATH}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
+# These tests mount only their own tokens (the probe has its own tests).
+probe = "off"
 
 [admin]
 listen = "127.0.0.1:0"
@@ -210,5 +212,158 @@ async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
 
     bin.signal("TERM");
     bin.wait_exit_0().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Runs the binary to completion with a clean environment: (exit code, stdout, stderr).
+async fn run_bin(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("cannot run the tokengate binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A minimal config: `url` is the introspection endpoint; `extra` is appended.
+fn small_config(dir: &Path, url: &str, extra: &str) -> String {
+    let path = dir.join("tokengate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\n{extra}\n[introspection]\nurl = \"{url}\"\n\
+             client_id = \"{CLIENT_ID}\"\nclient_secret = \"{CLIENT_SECRET}\"\n"
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// `--check-config --probe`: one call with a throwaway token; exit 0 when the
+/// AS gives a well-formed answer, 1 with the reason (naming the keys) otherwise.
+#[tokio::test]
+async fn check_config_probe_exit_codes_and_reasons() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+    let auth = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ok"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"active": false})),
+        )
+        .expect(1)
+        .mount(&auth)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/bad-secret"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"error": "invalid_client"})),
+        )
+        .mount(&auth)
+        .await;
+    let dir = temp_dir("bin-probe");
+    let closed = closed_addr().await;
+    let cases = [
+        ("/ok".to_owned(), 0, vec!["answered", "credentials work"]),
+        (
+            "/bad-secret".to_owned(),
+            1,
+            vec![
+                "introspection probe failed",
+                "introspection.client_id",
+                "introspection.client_secret",
+            ],
+        ),
+        ("/nothing-here".to_owned(), 1, vec!["404"]),
+        (
+            format!("http://{closed}/introspect"),
+            1,
+            vec!["cannot connect to introspection.url"],
+        ),
+    ];
+    for (url, want, needles) in cases {
+        let url = if url.starts_with('/') {
+            format!("{}{url}", auth.uri())
+        } else {
+            url
+        };
+        let config = small_config(&dir, &url, "");
+        let (code, stdout, stderr) = run_bin(&["--check-config", "--probe", "-c", &config]).await;
+        assert_eq!(code, want, "{url}\n{stdout}\n{stderr}");
+        let all = format!("{stdout}{stderr}");
+        for n in needles {
+            assert!(all.contains(n), "{url}: missing {n:?} in\n{all}");
+        }
+        assert!(!all.contains(CLIENT_SECRET), "secret printed:\n{all}");
+    }
+    // Without --probe, --check-config makes no call (the `/ok` mock expects one).
+    let config = small_config(&dir, &format!("{}/ok", auth.uri()), "");
+    let (code, _, stderr) = run_bin(&["--check-config", "-c", &config]).await;
+    assert_eq!(code, 0, "{stderr}");
+    // --probe is a --check-config option.
+    let (code, _, stderr) = run_bin(&["--probe", "-c", &config]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--check-config"), "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn help_names_the_environment_and_c_is_short_for_config() {
+    let (code, stdout, _) = run_bin(&["--help"]).await;
+    assert_eq!(code, 0);
+    for needle in [
+        "-c, --config <FILE>",
+        "TOKENGATE_CONFIG",
+        "TOKENGATE_*",
+        "TOKENGATE_INTROSPECTION__CLIENT_SECRET",
+        "RUST_LOG",
+        "--probe",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "--help lacks {needle:?}:\n{stdout}"
+        );
+    }
+    let dir = temp_dir("bin-short-c");
+    let config = small_config(&dir, "http://127.0.0.1:9/introspect", "");
+    let (code, stdout, stderr) = run_bin(&["-c", &config, "--check-config"]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// "Address already in use" names the key to change, for both listeners.
+#[tokio::test]
+async fn a_taken_port_names_the_listen_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = temp_dir("bin-taken");
+    for (key, extra) in [
+        ("`listen`", "[admin]\nlisten = \"\"\n".to_owned()),
+        ("`admin.listen`", format!("[admin]\nlisten = \"{addr}\"\n")),
+    ] {
+        let mut config = small_config(&dir, "http://127.0.0.1:9/introspect", &extra);
+        if key == "`listen`" {
+            let text = std::fs::read_to_string(&config)
+                .unwrap()
+                .replace("127.0.0.1:0", &addr.to_string());
+            config = dir.join("taken.toml").display().to_string();
+            std::fs::write(&config, text).unwrap();
+        }
+        let (code, stdout, stderr) = run_bin(&["-c", &config]).await;
+        assert_eq!(code, 1, "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {addr} (set by {key})")),
+            "{stderr}"
+        );
+    }
+    drop(taken);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -394,6 +394,10 @@ pub fn base_config(auth: &MockServer, upstream: &str) -> RawConfig {
     raw.introspection.client_id = CLIENT_ID.into();
     raw.introspection.client_secret = Secret::new(CLIENT_SECRET);
     raw.introspection.timeout = Duration::from_secs(2);
+    // Tests count AS calls exactly (`expect(n)`, `forbid_introspection`) and
+    // mount only the tokens they use; the start-up probe has its own tests
+    // (tests/probe.rs), which turn it on.
+    raw.introspection.probe = tokengate::config::ProbeMode::Off;
     raw.resilience.upstream_timeout = Duration::from_secs(30);
     raw
 }
