@@ -174,7 +174,7 @@ fn pod_spec(doc: &Doc) -> &Yaml {
     }
 }
 
-fn workloads<'a>(docs: &'a [Doc]) -> Vec<&'a Doc> {
+fn workloads(docs: &[Doc]) -> Vec<&Doc> {
     k8s_objects(docs)
         .into_iter()
         .filter(|d| WORKLOADS.contains(&d.kind()))
@@ -294,7 +294,7 @@ fn every_replicated_deployment_has_a_disruption_budget() {
         fleets += 1;
         let labels = &d.yaml["spec"]["selector"]["matchLabels"];
         assert!(
-            budgets.iter().any(|b| *b == labels),
+            budgets.contains(&labels),
             "{}: Deployment {} ({:?}) has no PodDisruptionBudget",
             d.file,
             d.name(),
