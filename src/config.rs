@@ -1000,7 +1000,12 @@ impl RawConfig {
             if discovery.is_none() {
                 return Err(ConfigError::invalid(
                     "introspection.url",
-                    "is required (the RFC 7662 introspection endpoint of your authorization server), unless discovery.issuer is set",
+                    // Names the variables too: the container image's baked
+                    // config leaves the URL out on purpose, and a container
+                    // is configured through its environment.
+                    "is required: the RFC 7662 introspection endpoint of your authorization server. \
+                     Set it in the config file or with TOKENGATE_INTROSPECTION__URL=https://..., \
+                     or set discovery.issuer (TOKENGATE_DISCOVERY__ISSUER) to find it by OpenID discovery",
                 ));
             }
             None
@@ -1482,6 +1487,15 @@ fn validate_shared_cache(
             "must hold at least 16 bytes (e.g. `openssl rand -hex 32`)",
         ));
     }
+    if let Some(why) = weak_key(key_secret.expose()) {
+        return Err(ConfigError::invalid(
+            "cache.shared.key_secret_file",
+            format!(
+                "{} ({why}): generate one with `openssl rand -hex 32`, the same on every replica",
+                raw.key_secret_file
+            ),
+        ));
+    }
     if raw.timeout.is_zero() {
         return Err(ConfigError::invalid(
             "cache.shared.timeout",
@@ -1495,6 +1509,60 @@ fn validate_shared_cache(
         single_flight: raw.single_flight,
         ca_roots,
     }))
+}
+
+/// Placeholders that our examples ship (deploy/kubernetes/*) or that people
+/// type, lower-cased with everything but letters and digits removed: a key
+/// that contains one was pasted, not generated. A random key contains none.
+const PLACEHOLDER_MARKERS: &[&str] = &[
+    "replaceme",
+    "changeme",
+    "placeholder",
+    "example",
+    "opensslrand",
+    "password",
+    "secret",
+];
+
+/// Why `key` is not a usable HMAC key for the shared cache, without echoing
+/// it: a placeholder, or a key with so little variety that it was typed, not
+/// generated (a guessable key lets a Redis dump confirm tokens offline).
+///
+/// Not "fewer than 16 distinct bytes": a real `openssl rand -hex 32` key has
+/// only 16 possible digits and lacks one of them about one time in four.
+/// The thresholds below refuse a random hex key of 64 characters with odds
+/// below 1e-18 (a 16-character one, 1 in 90, and that one is short anyway).
+fn weak_key(key: &str) -> Option<&'static str> {
+    let folded: String = key
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if PLACEHOLDER_MARKERS.iter().any(|m| folded.contains(m)) {
+        return Some("it is a placeholder, not a key");
+    }
+    let bytes = key.as_bytes();
+    let mut seen = [false; 256];
+    for &b in bytes {
+        seen[usize::from(b)] = true;
+    }
+    if seen.iter().filter(|s| **s).count() < 8 {
+        return Some("it has fewer than 8 distinct characters");
+    }
+    // "abcdabcd…", "0123456701234567": a short unit repeated.
+    let n = bytes.len();
+    if (1..=n / 2).any(|p| bytes.iter().skip(p).zip(bytes).all(|(a, b)| a == b)) {
+        return Some("it is a short sequence repeated");
+    }
+    // "abcdefghijklmnop", "0123456789012345", "zyxw…": mostly neighbours.
+    let steps = bytes
+        .windows(2)
+        .filter(|w| w[0].abs_diff(w[1]) == 1)
+        .count();
+    if steps * 4 > (n - 1) * 3 {
+        return Some("it is a run of consecutive characters");
+    }
+    None
 }
 
 /// RFC 9110 `token` characters: what a parameter or cookie name may contain.
@@ -1886,7 +1954,7 @@ mod tests {
         Jail::expect_with(|jail| {
             minimal_env(jail);
             jail.create_file("short", "tooshort\n")?;
-            jail.create_file("key", "0123456789abcdef0123456789abcdef\n")?;
+            jail.create_file("key", "4e9b1f07c3a85d26e0f7b4a19c3d82e5\n")?;
             jail.create_file(
                 "t.toml",
                 "[cache.shared]\nurl = \"rediss://tg:pw-123@redis.example:6380/2\"\nkey_secret_file = \"key\"\ntimeout = \"150ms\"\n",
@@ -1898,7 +1966,7 @@ mod tests {
             assert!(shared.single_flight);
             for shown in [format!("{raw:?}"), format!("{s:?}"), raw.to_redacted_toml()] {
                 assert!(!shown.contains("pw-123"), "password leaked: {shown}");
-                assert!(!shown.contains("0123456789abcdef"), "key leaked");
+                assert!(!shown.contains("4e9b1f07c3a85d26"), "key leaked");
             }
             assert!(raw.to_redacted_toml().contains("redis.example:6380"));
             assert!(shared.ca_roots.is_empty(), "no upstream_tls.ca_file");
@@ -1950,6 +2018,67 @@ mod tests {
                 base().validate().unwrap().shared_cache.is_none(),
                 "off by default"
             );
+            Ok(())
+        });
+    }
+
+    /// The placeholder HMAC key that deploy/kubernetes/fleet.yaml shipped was
+    /// accepted (it is 42 bytes long); it and every other weak key is now
+    /// refused with a message that names the key and says what to do, and
+    /// never shows the key itself.
+    #[test]
+    fn weak_shared_cache_keys_are_refused() {
+        let refused = [
+            "replace-me-with-openssl-rand-hex-32-output", // fleet.yaml, before
+            "REPLACE_ME_REPLACE_ME",
+            "change-me-change-me-change-me",
+            "my-fleet-secret-2026-v1",
+            "example-key-0123456789",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "0000000000000000",
+            "1111222233334444",
+            "abababababababababab",
+            "k3Y9q!Zpk3Y9q!Zp",
+            "abcdefghijklmnopqrstuvwxyz",
+            "0123456789012345678901234567890123456789",
+            "ZYXWVUTSRQPONMLKJIHGFEDCBA",
+        ];
+        for key in refused {
+            assert!(weak_key(key).is_some(), "{key:?} accepted");
+        }
+        let accepted = [
+            // `openssl rand -hex 32`, `openssl rand -base64 32`, and a 16-byte
+            // hex key that happens to miss several digits.
+            "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            "q3Jd0b5Xh2v8mZ6pW1cN4tKsR9yLfAe7Gu+oHi/TlE0=",
+            "deadbeefc0ffee1234567890abcdef0f",
+        ];
+        for key in accepted {
+            assert_eq!(weak_key(key), None, "{key:?} refused");
+        }
+
+        Jail::expect_with(|jail| {
+            let key = "replace-me-with-openssl-rand-hex-32-output";
+            jail.create_file("fleet-key", &format!("{key}\n"))?;
+            let mut c = base();
+            c.cache.shared.url = RedisUrl("redis://redis:6379/0".into());
+            c.cache.shared.key_secret_file =
+                jail.directory().join("fleet-key").display().to_string();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("cache.shared.key_secret_file")
+                    && err.contains("placeholder")
+                    && err.contains("openssl rand -hex 32"),
+                "{err}"
+            );
+            assert!(!err.contains(key), "the key is in the message: {err}");
+            // A generated key passes.
+            jail.create_file("fleet-key", &format!("{}\n", accepted[0]))?;
+            assert!(c
+                .validate()
+                .map_err(|e| e.to_string())?
+                .shared_cache
+                .is_some());
             Ok(())
         });
     }

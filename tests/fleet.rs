@@ -15,7 +15,8 @@ use tokengate::config::RawConfig;
 use tokengate::fleet::Fleet;
 use wiremock::ResponseTemplate;
 
-const KEY_SECRET: &str = "0123456789abcdef0123456789abcdef";
+// Generated (`openssl rand -hex 16`): tokengate refuses a key that looks typed.
+const KEY_SECRET: &str = "5c0e9a71d4b28f63e17a0b9c2d48f5a6";
 
 /// The key file every replica of one fleet shares; removed when dropped.
 struct KeyFile(std::path::PathBuf);
@@ -296,7 +297,7 @@ async fn garbage_wrong_type_and_forged_values_are_misses() {
     // A forged "active" entry: the right version prefix and a MAC under another
     // secret. Someone who can write Redis cannot let a token in.
     env.answer("tok-forged", json!({"active": false}), 1).await;
-    let other = KeyFile::new("ffffffffffffffffffffffffffffffff");
+    let other = KeyFile::new("b7f31c9e04a25d8e6f1a93c07d2e48b5");
     let mut raw = base_config(&env.auth, &env.upstream.url());
     shared(&mut raw, &redis, &other);
     let forger = tokengate::App::new(raw.validate().unwrap());

@@ -360,6 +360,44 @@ impl Nginx {
     }
 }
 
+/// What tokengate itself answers to the sub-request that
+/// deploy/nginx/tokengate.conf sends for the client's `method uri`.
+async fn tokengate_direct(env: &Env, method: &str, uri: &str, auth: Option<&str>) -> Resp {
+    let mut headers = vec![
+        ("x-original-method", method),
+        ("x-original-uri", uri),
+        ("x-forwarded-host", "127.0.0.1"),
+    ];
+    if let Some(a) = auth {
+        headers.push(("authorization", a));
+    }
+    ask(env, Method::GET, "/_tokengate", &headers).await
+}
+
+/// The client behind nginx gets tokengate's own rejection: the status, exactly
+/// one challenge and the same one, the same Retry-After, `no-store`, and a JSON
+/// body with the same error and description.
+fn assert_same_rejection(via_nginx: &Resp, direct: &Resp, status: u16, error: &str) {
+    assert_rejection(direct, status, error);
+    assert_rejection(via_nginx, status, error);
+    for name in ["www-authenticate", "retry-after"] {
+        let all = |r: &Resp| -> Vec<String> {
+            r.headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            all(via_nginx),
+            all(direct),
+            "{name} through nginx differs from tokengate's: {:?}",
+            via_nginx.headers
+        );
+    }
+    assert_eq!(via_nginx.json(), direct.json(), "JSON body");
+}
+
 #[tokio::test]
 async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
     let Some(bin) = nginx_binary() else {
@@ -372,6 +410,7 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
     // The convention the shipped site file names.
     let env = Env::start_with(forward_auth_as(ConventionSetting::Nginx)).await;
     env.allow("tok", 1).await;
+    env.answer("dead", json!({ "active": false }), 1).await;
     let nginx = Nginx::start(&bin, env.gate.addr, env.upstream.addr).await;
     let get = |path: &str, headers: &[(&str, &str)]| {
         let mut b = request(Method::GET, &nginx.url(path));
@@ -381,13 +420,32 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
         b.body(empty()).unwrap()
     };
 
-    // No token: nginx answers 401 with tokengate's challenge; nothing reaches the app.
+    // No token: nginx answers 401 with tokengate's challenge and JSON; nothing
+    // reaches the app.
     let r = send(&env.http1, get("/items/1", &[])).await;
-    assert_eq!(r.status, 401);
+    let direct = tokengate_direct(&env, "GET", "/items/1", None).await;
+    assert_same_rejection(&r, &direct, 401, "unauthorized");
     assert_eq!(
         r.header("www-authenticate"),
         Some("Bearer realm=\"tokengate\"")
     );
+    // An inactive token: 401 with error="invalid_token".
+    let r = send(
+        &env.http1,
+        get("/items/1", &[("authorization", "Bearer dead")]),
+    )
+    .await;
+    let direct = tokengate_direct(&env, "GET", "/items/1", Some("Bearer dead")).await;
+    assert_same_rejection(&r, &direct, 401, "invalid_token");
+    // A malformed Authorization header is the client's mistake: 400 with the
+    // invalid_request challenge, not nginx's 500.
+    let r = send(
+        &env.http1,
+        get("/items/1", &[("authorization", "Bearer a b")]),
+    )
+    .await;
+    let direct = tokengate_direct(&env, "GET", "/items/1", Some("Bearer a b")).await;
+    assert_same_rejection(&r, &direct, 400, "invalid_request");
     assert_eq!(env.upstream.hits(), 0);
 
     // A good token: through, with the identity tokengate returned (auth_request_set),
@@ -416,7 +474,16 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
         .body(empty())
         .unwrap();
     let r = send(&env.http1, req).await;
-    assert_eq!(r.status, 403);
+    let direct = tokengate_direct(&env, "DELETE", "/admin/x", Some("Bearer tok")).await;
+    // Before the fix: nginx's HTML 403 page, without the challenge.
+    assert_same_rejection(&r, &direct, 403, "insufficient_scope");
+    assert!(
+        r.header("www-authenticate").is_some_and(
+            |c| c.contains("error=\"insufficient_scope\"") && c.contains("scope=\"admin\"")
+        ),
+        "{:?}",
+        r.headers
+    );
     assert_eq!(
         env.upstream.hits(),
         1,
@@ -446,6 +513,48 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
     .await;
     let echo = r.echo();
     assert!(!echo.has("x-auth-subject"), "{echo:?}");
+}
+
+/// The authorization server is down: tokengate's 503 and its Retry-After reach
+/// the client through nginx (before the fix: nginx's HTML 500, no Retry-After);
+/// tokengate itself down: nginx's 500, in JSON, and nothing reaches the app.
+#[tokio::test]
+async fn should_pass_tokengate_503_and_retry_after_through_a_real_nginx() {
+    let Some(bin) = nginx_binary() else {
+        skip_for_missing(
+            "should_pass_tokengate_503_and_retry_after_through_a_real_nginx",
+            "nginx (apt-get install nginx)",
+        );
+        return;
+    };
+    let dead = closed_addr().await;
+    let env = Env::start_with(|raw| {
+        forward_auth_as(ConventionSetting::Nginx)(raw);
+        raw.introspection.url = format!("http://{dead}/introspect");
+    })
+    .await;
+    let nginx = Nginx::start(&bin, env.gate.addr, env.upstream.addr).await;
+    let req = request(Method::GET, &nginx.url("/items/1"))
+        .header("authorization", "Bearer tok")
+        .body(empty())
+        .unwrap();
+    let r = send(&env.http1, req).await;
+    let direct = tokengate_direct(&env, "GET", "/items/1", Some("Bearer tok")).await;
+    assert_same_rejection(&r, &direct, 503, "temporarily_unavailable");
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    assert_eq!(env.upstream.hits(), 0);
+
+    // tokengate unreachable: closed, never open.
+    let gone = closed_addr().await;
+    let nginx = Nginx::start(&bin, gone, env.upstream.addr).await;
+    let req = request(Method::GET, &nginx.url("/items/1"))
+        .header("authorization", "Bearer tok")
+        .body(empty())
+        .unwrap();
+    let r = send(&env.http1, req).await;
+    assert_rejection(&r, 500, "server_error");
+    assert!(r.header("www-authenticate").is_none());
+    assert_eq!(env.upstream.hits(), 0);
 }
 
 // ---------------------------------------------------------------------------
