@@ -59,6 +59,46 @@ async fn method_override_headers_are_stripped_by_default() {
     }
 }
 
+/// Review finding: `?_method=DELETE` on a POST is an override too (Symfony
+/// and Laravel read `_method` from the query when the body has none;
+/// Express's `methodOverride('_method')` reads only the query; PHP reads
+/// `.method` and `%5Fmethod` as `_method`). It reached the upstream, so a
+/// read token ran the DELETE handler that needs `admin`. By default it is now
+/// removed from the target (the rest of the query is kept byte for byte).
+#[tokio::test]
+async fn method_override_query_parameter_is_stripped_by_default() {
+    let env = Env::start_with(delete_needs_admin).await;
+    env.allow("tok-read-write", 1).await;
+    for (target, forwarded) in [
+        ("/admin/users/7?_method=DELETE", "/admin/users/7"),
+        (
+            "/admin/users/7?a=%20&.method=DELETE&b",
+            "/admin/users/7?a=%20&b",
+        ),
+        ("/admin/users/7?%5Fmethod=DELETE", "/admin/users/7"),
+    ] {
+        let r = post_with(&env, target, "tok-read-write", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = r.echo();
+        assert_eq!(echo.method, "POST");
+        assert_eq!(echo.target, forwarded);
+    }
+}
+
+/// With `method_override = "route"`, `?_method=DELETE` is routed as DELETE.
+#[tokio::test]
+async fn method_override_query_parameter_is_routed_in_route_mode() {
+    let env = Env::start_with(|c| {
+        delete_needs_admin(c);
+        c.forwarding.method_override = MethodOverride::Route;
+    })
+    .await;
+    env.allow("tok-read-write", 1).await;
+    let r = post_with(&env, "/admin/users/7?_method=delete", "tok-read-write", &[]).await;
+    assert_rejection(&r, 403, "insufficient_scope");
+    assert_eq!(env.upstream.hits(), 0);
+}
+
 /// `forwarding.method_override = "route"`: the override reaches the upstream,
 /// so the route is the overriding method's (here: DELETE needs `admin`).
 #[tokio::test]

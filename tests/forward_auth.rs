@@ -448,6 +448,71 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
     assert!(!echo.has("x-auth-subject"), "{echo:?}");
 }
 
+/// Review finding: `POST /admin/users?_method=DELETE` (Symfony, Laravel and
+/// Express run DELETE) was judged as a POST (any token) in forward-auth mode,
+/// and the front proxy forwards the query as it is. tokengate cannot strip it
+/// there, so an override naming another method is a 400, in every convention.
+#[tokio::test]
+async fn should_refuse_a_method_override_it_cannot_strip() {
+    for convention in [ConventionSetting::Nginx, ConventionSetting::Traefik] {
+        let env = Env::start_with(forward_auth_as(convention)).await;
+        env.allow("tok", 1).await;
+        let (m, u) = match convention {
+            ConventionSetting::Nginx => ("x-original-method", "x-original-uri"),
+            _ => ("x-forwarded-method", "x-forwarded-uri"),
+        };
+        let auth = ("authorization", "Bearer tok");
+        let host = ("x-forwarded-host", "api.example");
+        for target in [
+            "/admin/users?_method=DELETE",
+            "/admin/users?x=1&.method=delete",
+        ] {
+            let r = ask(
+                &env,
+                Method::GET,
+                "/_tokengate",
+                &[(m, "POST"), (u, target), host, auth],
+            )
+            .await;
+            assert_rejection(&r, 400, "invalid_request");
+        }
+        let r = ask(
+            &env,
+            Method::GET,
+            "/_tokengate",
+            &[
+                (m, "POST"),
+                (u, "/admin/users"),
+                host,
+                auth,
+                ("x-http-method-override", "DELETE"),
+            ],
+        )
+        .await;
+        assert_rejection(&r, 400, "invalid_request");
+        // No override, or one naming the method itself: judged as usual.
+        for target in ["/admin/users?method=DELETE", "/admin/users?_method=POST"] {
+            let r = ask(
+                &env,
+                Method::GET,
+                "/_tokengate",
+                &[(m, "POST"), (u, target), host, auth],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{target}: {}", r.text());
+        }
+    }
+    let env = Env::start_with(forward_auth_as(ConventionSetting::Envoy)).await;
+    let r = ask(
+        &env,
+        Method::POST,
+        "/ext_authz/admin/users?_method=DELETE",
+        &[],
+    )
+    .await;
+    assert_rejection(&r, 400, "invalid_request");
+}
+
 /// Issue 12 items 4 and 10 in forward-auth mode (review finding): tokengate
 /// cannot strip a header from a request it never forwards, so the front
 /// proxy must. Behind the shipped nginx site file, `POST /admin/users` with
