@@ -544,6 +544,16 @@ impl Forwarder {
         // What the request offers to upgrade to (only allowed protocols are
         // left by now, see `upgrade::requested`): a 101 must name one of them.
         let offered = req.headers().get(header::UPGRADE).cloned();
+        // The fields the 101 must answer (Sec-WebSocket-Key; see `upgrade::confirms`).
+        let asked = if offered.is_some() {
+            let mut h = HeaderMap::new();
+            for v in req.headers().get_all("sec-websocket-key") {
+                h.append("sec-websocket-key", v.clone());
+            }
+            h
+        } else {
+            HeaderMap::new()
+        };
         let call = async {
             match &self.client {
                 UpstreamClient::Tcp(c) => c.request(req).await,
@@ -566,7 +576,7 @@ impl Forwarder {
         // pending upgrade with it, which closes the upstream connection (it is
         // never pooled again: nothing inside it may reach anyone).
         let upgrade = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            if !crate::upgrade::confirms(offered.as_ref(), resp.headers()) {
+            if !crate::upgrade::confirms(offered.as_ref(), &asked, resp.headers()) {
                 let named = resp
                     .headers()
                     .get(header::UPGRADE)
