@@ -279,3 +279,23 @@ async fn identity_with_edge_whitespace_is_refused() {
     let r = env.get("/x", "tok-padded").await;
     assert_rejection(&r, 401, "invalid_token");
 }
+
+/// Review probe (held up): identity values with non-ASCII characters reach
+/// the upstream as their exact UTF-8 bytes (obs-text, RFC 9110 §5.5), so
+/// `zoë`, `élodie` and a user literally named `?` stay three users. Were they
+/// made "header-safe" by replacing what is not visible ASCII, they would all
+/// collapse into one subject that an attacker could pick as a username.
+#[tokio::test]
+async fn non_ascii_identity_values_stay_distinct() {
+    let env = Env::start().await;
+    for (token, sub) in [("tok-zoe", "zoë"), ("tok-elodie", "élodie"), ("tok-q", "?")] {
+        env.answer(
+            token,
+            json!({"active": true, "sub": sub, "scope": "read", "exp": env.now() + 3600}),
+            1,
+        )
+        .await;
+        let r = env.get("/x", token).await;
+        assert_eq!(r.echo().header_all("x-auth-subject"), [sub], "{token}");
+    }
+}
