@@ -445,7 +445,7 @@ pub fn normalize_host(h: &str) -> Result<Option<(String, Option<u16>)>, RouteErr
 
 /// Whether every reading of `path` is `path` itself: only lower-case ASCII
 /// letters, digits and the punctuation no server decodes, folds or strips
-/// (no `%`, `;`, `\`, upper case, space, non-ASCII), and no segment that
+/// (no `%`, `;`, `\`, `:`, upper case, space, non-ASCII), and no segment that
 /// ends in a dot.
 fn is_plain(path: &str) -> bool {
     path.bytes().all(|b| {
@@ -467,7 +467,6 @@ fn is_plain(path: &str) -> bool {
                     | b'+'
                     | b','
                     | b'='
-                    | b':'
                     | b'@'
             )
     }) && !path.ends_with('.')
@@ -485,7 +484,8 @@ struct Spelling {
     /// full-width `／` and `ａ` into `/` and `a`).
     fold: bool,
     /// Drop trailing dots and spaces from each segment (Windows file names:
-    /// `admin.` is `admin`).
+    /// `admin.` is `admin`), and an NTFS stream suffix (`admin::$INDEX_ALLOCATION`
+    /// and `admin:$i30:$INDEX_ALLOCATION` are the directory `admin` to IIS).
     trim: bool,
 }
 
@@ -513,9 +513,10 @@ impl Spelling {
             || any(&|s| {
                 s.split(['/', '\\']).any(|seg| {
                     let head = seg.split(';').next().unwrap_or(seg);
-                    [seg, head]
-                        .iter()
-                        .any(|x| x.ends_with(['.', ' ']) && *x != "." && *x != "..")
+                    seg.contains(':')
+                        || [seg, head]
+                            .iter()
+                            .any(|x| x.ends_with(['.', ' ']) && *x != "." && *x != "..")
                 })
             });
         let options = |needed: bool| {
@@ -568,6 +569,12 @@ impl Spelling {
                 _ => seg,
             };
             let seg = if self.trim && seg != "." && seg != ".." {
+                // The NTFS stream suffix first (`admin.::$DATA` is `admin.`,
+                // then `admin`); a segment that is only a suffix is kept.
+                let seg = match seg.split_once(':') {
+                    Some((name, _)) if !name.is_empty() => name,
+                    _ => seg,
+                };
                 let trimmed = seg.trim_end_matches(['.', ' ']);
                 if trimmed.is_empty() && !seg.is_empty() {
                     return Err(RouteError::AmbiguousPath);
