@@ -43,8 +43,10 @@ pub enum Deny {
     ClientNotAllowed,
     /// An identity value (`sub`, `client_id`, a `[identity.claims]` claim) that
     /// starts or ends with whitespace: HTTP drops it around a field value, so the
-    /// upstream would read ` admin\t` as `admin`, another user.
-    #[error("the {0} claim starts or ends with whitespace")]
+    /// upstream would read ` admin\t` as `admin`, another user. Also a mapped
+    /// list with an element that holds whitespace (`["staff admin"]` would
+    /// read as `staff` and `admin`).
+    #[error("the {0} claim starts or ends with whitespace, or is a list with an element holding whitespace")]
     UnsafeIdentity(&'static str),
     #[error("missing scope(s) of require_scopes: {required}")]
     InsufficientScope {
@@ -138,7 +140,13 @@ pub fn evaluate(
     if client_id.as_deref().is_some_and(padded) {
         return Err(Deny::UnsafeIdentity("client_id"));
     }
-    if claims.iter().any(|(_, v)| padded(v)) {
+    // A list is passed on space-separated: an element holding a space would
+    // read as two (`["staff admin"]` as `staff` and `admin`).
+    if claims.iter().any(|(_, v)| padded(v))
+        || claim_headers
+            .iter()
+            .any(|(_, claim)| i.claim_list_is_ambiguous(claim))
+    {
         return Err(Deny::UnsafeIdentity("mapped"));
     }
     Ok(Principal {

@@ -299,3 +299,37 @@ async fn non_ascii_identity_values_stay_distinct() {
         assert_eq!(r.echo().header_all("x-auth-subject"), [sub], "{token}");
     }
 }
+
+/// Review finding: a mapped list claim is passed on space-separated, so
+/// `groups: ["staff admin"]` (a group name some IdPs let users choose)
+/// reached the upstream exactly as `groups: ["staff", "admin"]` would, and
+/// a framework that splits the header found `admin`. A list with an element
+/// that contains whitespace cannot be passed on exactly: refused like a
+/// padded identity value.
+#[tokio::test]
+async fn a_list_claim_whose_element_holds_the_separator_is_refused() {
+    let env = Env::start_with(|c| {
+        c.identity
+            .claims
+            .insert("x-auth-groups".into(), "groups".into());
+    })
+    .await;
+    env.answer(
+        "tok-spaced",
+        json!({"active": true, "sub": "mallory", "groups": ["staff admin"], "exp": env.now() + 3600}),
+        1,
+    )
+    .await;
+    let r = env.get("/x", "tok-spaced").await;
+    assert_rejection(&r, 401, "invalid_token");
+    assert_eq!(env.upstream.hits(), 0);
+    // A plain list is still passed on, space-separated.
+    env.answer(
+        "tok-list",
+        json!({"active": true, "sub": "alice", "groups": ["staff", "admin"], "exp": env.now() + 3600}),
+        1,
+    )
+    .await;
+    let r = env.get("/x", "tok-list").await;
+    assert_eq!(r.echo().header("x-auth-groups"), Some("staff admin"));
+}
