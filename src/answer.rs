@@ -17,7 +17,7 @@
 //! when an answer enters the cache, and [`Answer::to_introspection`] gives the
 //! same value back (the round trip is tested, and the claims view with it).
 
-use crate::introspect::{claim_text_of, Introspection};
+use crate::introspect::{claim_list_ambiguous_of, claim_text_of, Introspection};
 use oauth2::basic::BasicTokenType;
 use oauth2::{ClientId, Scope};
 use std::collections::HashSet;
@@ -229,6 +229,12 @@ impl Answer {
     /// view holds (tested against it).
     pub fn claim_text(&self, name: &str) -> Option<String> {
         claim_text_of(|n| self.member(n), name)
+    }
+
+    /// Whether [`Self::claim_text`] joins a list whose elements hold the
+    /// separator (so the text cannot be split back into the same list).
+    pub fn claim_list_is_ambiguous(&self, name: &str) -> bool {
+        claim_list_ambiguous_of(|n| self.member(n), name)
     }
 
     /// One top-level member as JSON, as `serde_json::to_value` of the parsed

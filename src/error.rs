@@ -216,7 +216,9 @@ impl ProxyError {
                 ),
             },
             Self::MethodOverride(e) => match e {
-                OverrideError::NotPost | OverrideError::Unclear => r(
+                OverrideError::NotPost
+                | OverrideError::Unclear
+                | OverrideError::NotStrippable => r(
                     S::BAD_REQUEST,
                     "invalid_request",
                     &e.to_string(),
@@ -480,6 +482,13 @@ mod tests {
             ),
             (
                 OverrideError::Unclear.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                OverrideError::NotStrippable.into(),
                 400,
                 "invalid_request",
                 None,

@@ -220,6 +220,11 @@ pub enum OverrideError {
     NotPost,
     #[error("method override headers disagree or do not name a method")]
     Unclear,
+    /// Forward-auth mode: the request that reaches the app is the front
+    /// proxy's, so tokengate cannot remove an override from it, and cannot
+    /// know whether the app runs it.
+    #[error("a method override naming another method cannot be judged in forward-auth mode")]
+    NotStrippable,
 }
 
 /// The method to choose the route for. With `method_override = "strip"` the
@@ -230,21 +235,28 @@ pub enum OverrideError {
 pub fn routing_method(
     method: &http::Method,
     headers: &HeaderMap,
+    query: Option<&str>,
     mode: MethodOverride,
 ) -> Result<http::Method, OverrideError> {
     if mode == MethodOverride::Strip {
         return Ok(method.clone());
     }
     let mut named: Option<http::Method> = None;
-    for name in &METHOD_OVERRIDES {
-        for v in headers.get_all(name) {
-            let m =
-                http::Method::from_bytes(v.as_bytes().trim_ascii().to_ascii_uppercase().as_slice())
-                    .map_err(|_| OverrideError::Unclear)?;
-            match &named {
-                Some(prev) if *prev != m => return Err(OverrideError::Unclear),
-                _ => named = Some(m),
-            }
+    let header_values = METHOD_OVERRIDES
+        .iter()
+        .flat_map(|name| headers.get_all(name))
+        .map(|v| std::borrow::Cow::Borrowed(v.as_bytes()));
+    let query_values = query
+        .into_iter()
+        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+        .filter(|(k, _)| is_method_param(k))
+        .map(|(_, v)| std::borrow::Cow::Owned(v.into_owned().into_bytes()));
+    for v in header_values.chain(query_values) {
+        let m = http::Method::from_bytes(v.trim_ascii().to_ascii_uppercase().as_slice())
+            .map_err(|_| OverrideError::Unclear)?;
+        match &named {
+            Some(prev) if *prev != m => return Err(OverrideError::Unclear),
+            _ => named = Some(m),
         }
     }
     match named {
@@ -252,6 +264,34 @@ pub fn routing_method(
         Some(_) if method != http::Method::POST => Err(OverrideError::NotPost),
         Some(m) => Ok(m),
     }
+}
+
+/// Whether a (decoded) query parameter name is a method override: `_method`
+/// is one in Symfony and Laravel (`$request->query`, when there is no body
+/// field) and in Express's `method-override('_method')`. PHP turns `.`, ` `
+/// and `[` in a parameter name into `_`, so `.method` is `_method` to it; the
+/// name is compared without case so that no spelling slips through.
+pub fn is_method_param(key: &str) -> bool {
+    let b = key.as_bytes();
+    b.len() == 7
+        && matches!(b[0], b'_' | b'.' | b' ' | b'[')
+        && b[1..].eq_ignore_ascii_case(b"method")
+}
+
+/// The query without its method-override parameters ([`is_method_param`]),
+/// for `method_override = "strip"`: `None` if it has none (the target is
+/// then forwarded byte for byte), `Some(None)` if nothing is left.
+pub fn strip_method_params(query: &str) -> Option<Option<String>> {
+    let is_override = |pair: &str| {
+        let key = pair.split('=').next().unwrap_or_default();
+        url::form_urlencoded::parse(key.as_bytes()).any(|(k, _)| is_method_param(&k))
+    };
+    if !query.split('&').any(is_override) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_override(p)).collect();
+    let joined = kept.join("&");
+    Some((!joined.is_empty()).then_some(joined))
 }
 
 /// Rewrites inbound request headers for the upstream. Spoofed identity headers
@@ -504,6 +544,16 @@ impl Forwarder {
         // What the request offers to upgrade to (only allowed protocols are
         // left by now, see `upgrade::requested`): a 101 must name one of them.
         let offered = req.headers().get(header::UPGRADE).cloned();
+        // The fields the 101 must answer (Sec-WebSocket-Key; see `upgrade::confirms`).
+        let asked = if offered.is_some() {
+            let mut h = HeaderMap::new();
+            for v in req.headers().get_all("sec-websocket-key") {
+                h.append("sec-websocket-key", v.clone());
+            }
+            h
+        } else {
+            HeaderMap::new()
+        };
         let call = async {
             match &self.client {
                 UpstreamClient::Tcp(c) => c.request(req).await,
@@ -526,7 +576,7 @@ impl Forwarder {
         // pending upgrade with it, which closes the upstream connection (it is
         // never pooled again: nothing inside it may reach anyone).
         let upgrade = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            if !crate::upgrade::confirms(offered.as_ref(), resp.headers()) {
+            if !crate::upgrade::confirms(offered.as_ref(), &asked, resp.headers()) {
                 let named = resp
                     .headers()
                     .get(header::UPGRADE)
@@ -835,19 +885,24 @@ mod tests {
         let del = h(&[("x-http-method-override", "DELETE")]);
         // Strip: the request's own method, whatever the headers say.
         assert_eq!(
-            routing_method(&Method::POST, &del, MethodOverride::Strip),
+            routing_method(&Method::POST, &del, None, MethodOverride::Strip),
             Ok(Method::POST)
         );
         assert_eq!(
-            routing_method(&Method::POST, &del, route),
+            routing_method(&Method::POST, &del, None, route),
             Ok(Method::DELETE)
         );
         assert_eq!(
-            routing_method(&Method::POST, &h(&[("x-http-method", " delete ")]), route),
+            routing_method(
+                &Method::POST,
+                &h(&[("x-http-method", " delete ")]),
+                None,
+                route
+            ),
             Ok(Method::DELETE)
         );
         assert_eq!(
-            routing_method(&Method::GET, &del, route),
+            routing_method(&Method::GET, &del, None, route),
             Err(OverrideError::NotPost)
         );
         assert_eq!(
@@ -857,6 +912,7 @@ mod tests {
                     ("x-http-method-override", "DELETE"),
                     ("x-method-override", "PUT")
                 ]),
+                None,
                 route
             ),
             Err(OverrideError::Unclear)
@@ -865,14 +921,60 @@ mod tests {
             routing_method(
                 &Method::POST,
                 &h(&[("x-http-method-override", "DE LETE")]),
+                None,
                 route
             ),
             Err(OverrideError::Unclear)
         );
         assert_eq!(
-            routing_method(&Method::GET, &HeaderMap::new(), route),
+            routing_method(&Method::GET, &HeaderMap::new(), None, route),
             Ok(Method::GET)
         );
+        // `_method` in the query (Symfony, Laravel, Express), in every
+        // spelling PHP reads as `_method`.
+        let none = HeaderMap::new();
+        for q in [
+            "_method=DELETE",
+            "a=1&.method=delete",
+            "%5Fmethod=DELETE",
+            "+method=DELETE",
+            "[method=DELETE",
+            "_METHOD=DELETE",
+        ] {
+            assert_eq!(
+                routing_method(&Method::POST, &none, Some(q), route),
+                Ok(Method::DELETE),
+                "{q}"
+            );
+            assert_eq!(
+                routing_method(&Method::GET, &none, Some(q), route),
+                Err(OverrideError::NotPost),
+                "{q}"
+            );
+            assert_eq!(
+                routing_method(&Method::POST, &none, Some(q), MethodOverride::Strip),
+                Ok(Method::POST)
+            );
+        }
+        assert_eq!(
+            routing_method(&Method::POST, &del, Some("_method=PUT"), route),
+            Err(OverrideError::Unclear)
+        );
+        assert_eq!(
+            routing_method(
+                &Method::POST,
+                &none,
+                Some("x_method=DELETE&method=PUT"),
+                route
+            ),
+            Ok(Method::POST)
+        );
+        assert_eq!(strip_method_params("a=1&b=2"), None);
+        assert_eq!(
+            strip_method_params("a=1&_method=DELETE&b=%20"),
+            Some(Some("a=1&b=%20".into()))
+        );
+        assert_eq!(strip_method_params("%2emethod=DELETE"), Some(None));
     }
 
     /// Regression (found by `tests/props.rs`): a `Connection` value with an

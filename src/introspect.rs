@@ -212,14 +212,7 @@ pub(crate) fn claim_text_of(
     member: impl Fn(&str) -> Option<serde_json::Value>,
     name: &str,
 ) -> Option<String> {
-    let value = match member(name) {
-        Some(v) => v,
-        None => {
-            let mut parts = name.split('.');
-            let first = member(parts.next()?)?;
-            parts.try_fold(first, |v, p| v.get(p).cloned())?
-        }
-    };
+    let value = claim_value(member, name)?;
     fn text(v: &serde_json::Value) -> Option<String> {
         match v {
             serde_json::Value::Null => None,
@@ -231,6 +224,42 @@ pub(crate) fn claim_text_of(
         }
     }
     text(&value)
+}
+
+/// A claim by name (`a.b` for nested), as [`claim_text_of`] finds it.
+fn claim_value(
+    member: impl Fn(&str) -> Option<serde_json::Value>,
+    name: &str,
+) -> Option<serde_json::Value> {
+    match member(name) {
+        Some(v) => Some(v),
+        None => {
+            let mut parts = name.split('.');
+            let first = member(parts.next()?)?;
+            parts.try_fold(first, |v, p| v.get(p).cloned())
+        }
+    }
+}
+
+/// Whether [`claim_text_of`] would join a list whose elements cannot be told
+/// apart again: one that contains whitespace (the separator) or is empty.
+/// `["staff admin"]` and `["staff", "admin"]` would both read `staff admin`.
+pub(crate) fn claim_list_ambiguous_of(
+    member: impl Fn(&str) -> Option<serde_json::Value>,
+    name: &str,
+) -> bool {
+    fn ambiguous(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Array(items) => items.iter().any(|item| match item {
+                serde_json::Value::Null => false,
+                serde_json::Value::String(s) => s.is_empty() || s.contains(char::is_whitespace),
+                serde_json::Value::Array(_) => true,
+                other => other.to_string().contains(char::is_whitespace),
+            }),
+            _ => false,
+        }
+    }
+    claim_value(member, name).is_some_and(|v| ambiguous(&v))
 }
 
 fn de_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {

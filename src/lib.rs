@@ -53,6 +53,8 @@
 //!    └─ limits::declared_too_large     Content-Length over limits.max_body_bytes → 413
 //!    └─ forward::routing_host          two Hosts, or Host ≠ :authority / absolute-form
 //!                                      target → 400; else the normalised host
+//!    └─ forward::routing_method        override headers and `?_method`: routed on (POST only)
+//!                                      with method_override = "route", else stripped below
 //!    └─ policy::RouteTable::select     first matching route (HEAD takes GET routes); public →
 //!                                      skip to forward; path whose route depends on its
 //!                                      reading (decoding, `;`, case, NFKC, trailing dots),
@@ -78,7 +80,7 @@
 //!    cache::TokenCache::invalidate (→ fleet: L2 DEL + PUBLISH on tokengate:purge).
 //! reload (SIGHUP in main): ReloadHandle::reload_from → validate → ArcSwap<Settings> swap.
 //! forward-auth mode: forward_auth::original (only `forward_auth.convention`'s headers; auto:
-//! two conventions → 400) → the same route/token/cache/policy → 200 + identity
+//! two conventions → 400; an override naming another method → 400: it cannot be stripped) → the same route/token/cache/policy → 200 + identity
 //! (forward_auth::allowed) instead of forwarding; the access line logs the original method and path.
 //! ```
 #![forbid(unsafe_code)]

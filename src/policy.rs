@@ -43,8 +43,10 @@ pub enum Deny {
     ClientNotAllowed,
     /// An identity value (`sub`, `client_id`, a `[identity.claims]` claim) that
     /// starts or ends with whitespace: HTTP drops it around a field value, so the
-    /// upstream would read ` admin\t` as `admin`, another user.
-    #[error("the {0} claim starts or ends with whitespace")]
+    /// upstream would read ` admin\t` as `admin`, another user. Also a mapped
+    /// list with an element that holds whitespace (`["staff admin"]` would
+    /// read as `staff` and `admin`).
+    #[error("the {0} claim starts or ends with whitespace, or is a list with an element holding whitespace")]
     UnsafeIdentity(&'static str),
     #[error("missing scope(s) of require_scopes: {required}")]
     InsufficientScope {
@@ -138,7 +140,13 @@ pub fn evaluate(
     if client_id.as_deref().is_some_and(padded) {
         return Err(Deny::UnsafeIdentity("client_id"));
     }
-    if claims.iter().any(|(_, v)| padded(v)) {
+    // A list is passed on space-separated: an element holding a space would
+    // read as two (`["staff admin"]` as `staff` and `admin`).
+    if claims.iter().any(|(_, v)| padded(v))
+        || claim_headers
+            .iter()
+            .any(|(_, claim)| i.claim_list_is_ambiguous(claim))
+    {
         return Err(Deny::UnsafeIdentity("mapped"));
     }
     Ok(Principal {
@@ -445,7 +453,7 @@ pub fn normalize_host(h: &str) -> Result<Option<(String, Option<u16>)>, RouteErr
 
 /// Whether every reading of `path` is `path` itself: only lower-case ASCII
 /// letters, digits and the punctuation no server decodes, folds or strips
-/// (no `%`, `;`, `\`, upper case, space, non-ASCII), and no segment that
+/// (no `%`, `;`, `\`, `:`, upper case, space, non-ASCII), and no segment that
 /// ends in a dot.
 fn is_plain(path: &str) -> bool {
     path.bytes().all(|b| {
@@ -467,7 +475,6 @@ fn is_plain(path: &str) -> bool {
                     | b'+'
                     | b','
                     | b'='
-                    | b':'
                     | b'@'
             )
     }) && !path.ends_with('.')
@@ -485,7 +492,8 @@ struct Spelling {
     /// full-width `／` and `ａ` into `/` and `a`).
     fold: bool,
     /// Drop trailing dots and spaces from each segment (Windows file names:
-    /// `admin.` is `admin`).
+    /// `admin.` is `admin`), and an NTFS stream suffix (`admin::$INDEX_ALLOCATION`
+    /// and `admin:$i30:$INDEX_ALLOCATION` are the directory `admin` to IIS).
     trim: bool,
 }
 
@@ -513,9 +521,10 @@ impl Spelling {
             || any(&|s| {
                 s.split(['/', '\\']).any(|seg| {
                     let head = seg.split(';').next().unwrap_or(seg);
-                    [seg, head]
-                        .iter()
-                        .any(|x| x.ends_with(['.', ' ']) && *x != "." && *x != "..")
+                    seg.contains(':')
+                        || [seg, head]
+                            .iter()
+                            .any(|x| x.ends_with(['.', ' ']) && *x != "." && *x != "..")
                 })
             });
         let options = |needed: bool| {
@@ -568,6 +577,12 @@ impl Spelling {
                 _ => seg,
             };
             let seg = if self.trim && seg != "." && seg != ".." {
+                // The NTFS stream suffix first (`admin.::$DATA` is `admin.`,
+                // then `admin`); a segment that is only a suffix is kept.
+                let seg = match seg.split_once(':') {
+                    Some((name, _)) if !name.is_empty() => name,
+                    _ => seg,
+                };
                 let trimmed = seg.trim_end_matches(['.', ' ']);
                 if trimmed.is_empty() && !seg.is_empty() {
                     return Err(RouteError::AmbiguousPath);

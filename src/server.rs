@@ -545,6 +545,7 @@ async fn authorize_and_forward(
     let method = forward::routing_method(
         req.method(),
         req.headers(),
+        req.uri().query(),
         settings.forwarding.method_override,
     )?;
     let route = settings.routes.select(
@@ -575,6 +576,12 @@ async fn authorize_and_forward(
 
     // Credentials in the query or a cookie are for us, not the upstream.
     strip_token_sources(&mut req, &settings.token_sources)?;
+    // `?_method=DELETE` is an override like the headers (Symfony, Laravel,
+    // Express): the route was chosen by the request's own method, so the
+    // upstream must not run another.
+    if settings.forwarding.method_override == crate::config::MethodOverride::Strip {
+        strip_method_params(&mut req)?;
+    }
     let version = req.version();
     let hop = Hop {
         peer,
@@ -725,6 +732,20 @@ async fn forward_auth_check(
     )?;
     // The path only, as in proxy mode: the original query may carry a token.
     info.original = Some((orig.method.clone(), orig.target.path().to_owned()));
+    // A method override we can see (`?_method=`, or a header the proxy
+    // passed on) reaches the app with the original request: we can neither
+    // remove it nor know whether the app runs it, so one that names another
+    // method is refused rather than routed either way.
+    let overridden = forward::routing_method(
+        &orig.method,
+        req.headers(),
+        orig.target.query(),
+        crate::config::MethodOverride::Route,
+    )
+    .map_err(|_| forward::OverrideError::NotStrippable)?;
+    if overridden != orig.method {
+        return Err(forward::OverrideError::NotStrippable.into());
+    }
     let route = settings.routes.select(
         &orig.method,
         orig.host.as_ref().and_then(|h| h.to_str().ok()),
@@ -769,6 +790,25 @@ fn strip_token_sources<B>(
         parts.path_and_query = Some(pq.parse().map_err(|_| ForwardError::BadTarget)?);
         *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ForwardError::BadTarget)?;
     }
+    Ok(())
+}
+
+/// Removes the query's method-override parameters (`forward::is_method_param`).
+fn strip_method_params<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let Some(query) = req.uri().query() else {
+        return Ok(());
+    };
+    let Some(kept) = forward::strip_method_params(query) else {
+        return Ok(());
+    };
+    let path = req.uri().path();
+    let pq = match kept {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(pq.parse().map_err(|_| ForwardError::BadTarget)?);
+    *req.uri_mut() = http::Uri::from_parts(parts).map_err(|_| ForwardError::BadTarget)?;
     Ok(())
 }
 

@@ -342,7 +342,7 @@ pub fn requested<B>(req: &Request<B>, allowed: &UpgradeProtocols) -> Option<Head
 /// that were offered in `offered`, by name, case-insensitively, and never an
 /// HTTP. No offer, or a 101 without `Upgrade` (RFC 9110 §15.2.2 requires it):
 /// never.
-pub fn confirms(offered: Option<&HeaderValue>, answer: &HeaderMap) -> bool {
+pub fn confirms(offered: Option<&HeaderValue>, request: &HeaderMap, answer: &HeaderMap) -> bool {
     let Some(offered) = offered else {
         return false;
     };
@@ -357,9 +357,44 @@ pub fn confirms(offered: Option<&HeaderValue>, answer: &HeaderMap) -> bool {
         if is_never(name) || !offered_names.iter().any(|o| o.eq_ignore_ascii_case(name)) {
             return false;
         }
+        if name.eq_ignore_ascii_case(b"websocket") && !websocket_accepted(request, answer) {
+            return false;
+        }
         named += 1;
     }
     named > 0
+}
+
+/// RFC 6455 §4.2.2: a server that really switches to WebSocket answers the
+/// request's one `Sec-WebSocket-Key` with `Sec-WebSocket-Accept` =
+/// base64(SHA-1(key ‖ GUID)). A `101` + `Upgrade: websocket` without it did
+/// not run the handshake (an endpoint that lets the client choose its
+/// status, a misbehaving app): the server behind it may go on reading
+/// HTTP/1.1 from the connection, and the client would then send requests
+/// through the tunnel that no token check sees. Browsers refuse such a 101
+/// too, so no real WebSocket client is turned away.
+fn websocket_accepted(request: &HeaderMap, answer: &HeaderMap) -> bool {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let single = |h: &HeaderMap, name: &str| {
+        let mut values = h.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => Some(v.as_bytes().trim_ascii().to_vec()),
+            _ => None,
+        }
+    };
+    let (Some(key), Some(accept)) = (
+        single(request, "sec-websocket-key"),
+        single(answer, "sec-websocket-accept"),
+    ) else {
+        return false;
+    };
+    let mut sha = sha1::Sha1::new();
+    sha.update(&key);
+    sha.update(GUID);
+    let want = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    !key.is_empty() && accept == want.as_bytes()
 }
 
 /// Puts back the two hop-by-hop fields a tunnelled upgrade needs, after the
@@ -487,15 +522,29 @@ mod tests {
         );
     }
 
+    /// The RFC 6455 §1.3 sample handshake.
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    fn fields(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
     #[test]
     fn a_101_must_name_an_offered_protocol() {
+        let asked = fields(&[("sec-websocket-key", KEY)]);
         let answer = |up: &[&str]| {
-            let mut h = HeaderMap::new();
+            let mut h = fields(&[("sec-websocket-accept", ACCEPT)]);
             for u in up {
                 h.append(header::UPGRADE, HeaderValue::from_str(u).unwrap());
             }
             h
         };
+        let confirms = |o: Option<&HeaderValue>, a: &HeaderMap| confirms(o, &asked, a);
         let ws = HeaderValue::from_static("websocket");
         assert!(confirms(Some(&ws), &answer(&["websocket"])));
         assert!(confirms(Some(&ws), &answer(&["WebSocket"])));
@@ -512,6 +561,58 @@ mod tests {
         // Not even when the offer itself held h2c.
         let h2c = HeaderValue::from_static("h2c");
         assert!(!confirms(Some(&h2c), &answer(&["h2c"])));
+    }
+
+    /// Review finding: a 101 + `Upgrade: websocket` is a WebSocket only if it
+    /// answers the request's key; otherwise the server behind it may keep
+    /// reading HTTP/1.1 from the tunnel.
+    #[test]
+    fn a_websocket_101_must_answer_the_key() {
+        let ws = HeaderValue::from_static("websocket");
+        let up = |extra: &[(&'static str, &str)]| {
+            let mut h = fields(extra);
+            h.append(header::UPGRADE, ws.clone());
+            h
+        };
+        let key = fields(&[("sec-websocket-key", KEY)]);
+        assert!(confirms(
+            Some(&ws),
+            &key,
+            &up(&[("sec-websocket-accept", ACCEPT)])
+        ));
+        // No accept, a wrong one, two, or no key to answer: not a WebSocket.
+        assert!(!confirms(Some(&ws), &key, &up(&[])));
+        assert!(!confirms(
+            Some(&ws),
+            &key,
+            &up(&[("sec-websocket-accept", KEY)])
+        ));
+        assert!(!confirms(
+            Some(&ws),
+            &key,
+            &up(&[
+                ("sec-websocket-accept", ACCEPT),
+                ("sec-websocket-accept", ACCEPT)
+            ])
+        ));
+        assert!(!confirms(
+            Some(&ws),
+            &HeaderMap::new(),
+            &up(&[("sec-websocket-accept", ACCEPT)])
+        ));
+        let two_keys = fields(&[("sec-websocket-key", KEY), ("sec-websocket-key", KEY)]);
+        assert!(!confirms(
+            Some(&ws),
+            &two_keys,
+            &up(&[("sec-websocket-accept", ACCEPT)])
+        ));
+        // Another allowed protocol has no such handshake to check.
+        let ex = HeaderValue::from_static("example");
+        assert!(confirms(
+            Some(&ex),
+            &HeaderMap::new(),
+            &fields(&[("upgrade", "example")])
+        ));
     }
 
     #[test]

@@ -59,6 +59,46 @@ async fn method_override_headers_are_stripped_by_default() {
     }
 }
 
+/// Review finding: `?_method=DELETE` on a POST is an override too (Symfony
+/// and Laravel read `_method` from the query when the body has none;
+/// Express's `methodOverride('_method')` reads only the query; PHP reads
+/// `.method` and `%5Fmethod` as `_method`). It reached the upstream, so a
+/// read token ran the DELETE handler that needs `admin`. By default it is now
+/// removed from the target (the rest of the query is kept byte for byte).
+#[tokio::test]
+async fn method_override_query_parameter_is_stripped_by_default() {
+    let env = Env::start_with(delete_needs_admin).await;
+    env.allow("tok-read-write", 1).await;
+    for (target, forwarded) in [
+        ("/admin/users/7?_method=DELETE", "/admin/users/7"),
+        (
+            "/admin/users/7?a=%20&.method=DELETE&b",
+            "/admin/users/7?a=%20&b",
+        ),
+        ("/admin/users/7?%5Fmethod=DELETE", "/admin/users/7"),
+    ] {
+        let r = post_with(&env, target, "tok-read-write", &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = r.echo();
+        assert_eq!(echo.method, "POST");
+        assert_eq!(echo.target, forwarded);
+    }
+}
+
+/// With `method_override = "route"`, `?_method=DELETE` is routed as DELETE.
+#[tokio::test]
+async fn method_override_query_parameter_is_routed_in_route_mode() {
+    let env = Env::start_with(|c| {
+        delete_needs_admin(c);
+        c.forwarding.method_override = MethodOverride::Route;
+    })
+    .await;
+    env.allow("tok-read-write", 1).await;
+    let r = post_with(&env, "/admin/users/7?_method=delete", "tok-read-write", &[]).await;
+    assert_rejection(&r, 403, "insufficient_scope");
+    assert_eq!(env.upstream.hits(), 0);
+}
+
 /// `forwarding.method_override = "route"`: the override reaches the upstream,
 /// so the route is the overriding method's (here: DELETE needs `admin`).
 #[tokio::test]
@@ -238,4 +278,58 @@ async fn identity_with_edge_whitespace_is_refused() {
     // Served from the cache the second time: the decision is re-made, same answer.
     let r = env.get("/x", "tok-padded").await;
     assert_rejection(&r, 401, "invalid_token");
+}
+
+/// Review probe (held up): identity values with non-ASCII characters reach
+/// the upstream as their exact UTF-8 bytes (obs-text, RFC 9110 §5.5), so
+/// `zoë`, `élodie` and a user literally named `?` stay three users. Were they
+/// made "header-safe" by replacing what is not visible ASCII, they would all
+/// collapse into one subject that an attacker could pick as a username.
+#[tokio::test]
+async fn non_ascii_identity_values_stay_distinct() {
+    let env = Env::start().await;
+    for (token, sub) in [("tok-zoe", "zoë"), ("tok-elodie", "élodie"), ("tok-q", "?")] {
+        env.answer(
+            token,
+            json!({"active": true, "sub": sub, "scope": "read", "exp": env.now() + 3600}),
+            1,
+        )
+        .await;
+        let r = env.get("/x", token).await;
+        assert_eq!(r.echo().header_all("x-auth-subject"), [sub], "{token}");
+    }
+}
+
+/// Review finding: a mapped list claim is passed on space-separated, so
+/// `groups: ["staff admin"]` (a group name some IdPs let users choose)
+/// reached the upstream exactly as `groups: ["staff", "admin"]` would, and
+/// a framework that splits the header found `admin`. A list with an element
+/// that contains whitespace cannot be passed on exactly: refused like a
+/// padded identity value.
+#[tokio::test]
+async fn a_list_claim_whose_element_holds_the_separator_is_refused() {
+    let env = Env::start_with(|c| {
+        c.identity
+            .claims
+            .insert("x-auth-groups".into(), "groups".into());
+    })
+    .await;
+    env.answer(
+        "tok-spaced",
+        json!({"active": true, "sub": "mallory", "groups": ["staff admin"], "exp": env.now() + 3600}),
+        1,
+    )
+    .await;
+    let r = env.get("/x", "tok-spaced").await;
+    assert_rejection(&r, 401, "invalid_token");
+    assert_eq!(env.upstream.hits(), 0);
+    // A plain list is still passed on, space-separated.
+    env.answer(
+        "tok-list",
+        json!({"active": true, "sub": "alice", "groups": ["staff", "admin"], "exp": env.now() + 3600}),
+        1,
+    )
+    .await;
+    let r = env.get("/x", "tok-list").await;
+    assert_eq!(r.echo().header("x-auth-groups"), Some("staff admin"));
 }

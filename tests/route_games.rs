@@ -106,6 +106,11 @@ const PATH_ATTACKS: &[&str] = &[
     "/admin//../public/x", // WHATWG/RFC resolvers keep the empty segment: /admin/public/x
     "/%u0061dmin/x",       // IIS %u escape
     "/public/..%c0%af..%c0%afadmin/x", // overlong UTF-8 `/` (old decoders)
+    // Review finding: NTFS stream suffixes, the directory `admin` to IIS.
+    "/admin::$index_allocation/x",
+    "/admin:$i30:$index_allocation/x",
+    "/admin::$INDEX_ALLOCATION/x",
+    "/admin.::$index_allocation/x",
 ];
 
 #[tokio::test]
@@ -133,7 +138,15 @@ async fn should_keep_serving_legitimate_matrix_params_and_case() {
     answer_admin(&env, "tok-admin").await;
     // `;jsessionid` and matrix params that do not touch a route's prefix pass,
     // forwarded byte for byte.
-    for path in ["/x;jsessionid=A1", "/cars;color=red/2024", "/api/Users/ABC"] {
+    // Colons too (`name:verb` APIs, IPv6 in a segment), when no reading of
+    // them crosses a route.
+    for path in [
+        "/x;jsessionid=A1",
+        "/cars;color=red/2024",
+        "/api/Users/ABC",
+        "/v1/projects/p1:run",
+        "/hosts/::1/x",
+    ] {
         let r = raw(
             env.gate.addr,
             &format!("GET {path} HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n"),
@@ -149,7 +162,7 @@ async fn should_keep_serving_legitimate_matrix_params_and_case() {
     let r = raw(env.gate.addr, &get_with_token("/admin/x;v=1", "tok-admin")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.echo().target, "/admin/x;v=1");
-    assert_eq!(env.upstream.hits(), 4);
+    assert_eq!(env.upstream.hits(), 6);
 }
 
 // ---------------------------------------------------------------------------

@@ -463,6 +463,24 @@ async fn should_answer_502_to_a_101_for_another_protocol_than_the_one_requested(
     assert!(seen.contains("upgrade: websocket"), "{seen}");
 }
 
+/// Review finding: `websocket` is allowed, and an upstream endpoint answers
+/// `101` + `Upgrade: websocket` without running the handshake (no
+/// `Sec-WebSocket-Accept`: say an endpoint that lets the caller pick its
+/// status, the websocket-smuggling trick). tokengate relayed it and joined
+/// the connections; the upstream server, which never switched, then read
+/// the client's next bytes as HTTP/1.1 requests that no token check saw. A
+/// WebSocket 101 must now answer the request's key, else 502 and the
+/// upstream connection is closed.
+#[tokio::test]
+async fn should_answer_502_to_a_websocket_101_that_does_not_answer_the_key() {
+    let (env, up) = switching_env("websocket").await;
+    let head = "GET /chat HTTP/1.1\r\nHost: gate\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let r = exchange(env.gate.addr, head).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    up.wait_closed(1).await;
+}
+
 #[tokio::test]
 async fn should_never_relay_a_101_to_an_http2_client() {
     let (env, up) = switching_env("h2c").await;

@@ -138,14 +138,18 @@ fn readings(path: &str) -> Vec<String> {
     out
 }
 
-/// `;params` dropped, backslashes as slashes, trailing dots dropped, dot
-/// segments resolved, folded.
+/// `;params` dropped, backslashes as slashes, NTFS stream suffixes and
+/// trailing dots dropped, dot segments resolved, folded.
 fn clean(p: &str) -> String {
     let folded = fold(&p.replace('\\', "/"));
     let mut segs: Vec<&str> = Vec::new();
     for seg in folded.split('/') {
         let seg = seg.split(';').next().unwrap_or("");
-        let trimmed = seg.trim_end_matches(['.', ' ']);
+        let stream = match seg.split_once(':') {
+            Some((name, _)) if !name.is_empty() && seg != "." && seg != ".." => name,
+            _ => seg,
+        };
+        let trimmed = stream.trim_end_matches(['.', ' ']);
         match seg {
             "" | "." => {}
             ".." => {
