@@ -657,7 +657,7 @@ async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
     use tokengate::cache::TokenCache;
     use tokengate::clock::SystemClock;
     use tokengate::config::RawCache;
-    use tokengate::introspect::Introspection;
+    use tokengate::introspection::Introspection;
 
     let max = counts.iter().copied().max().unwrap_or(0);
     let cfg = RawCache {
@@ -677,7 +677,7 @@ async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
     eprintln!(
         "size_of::<Introspection>() = {} bytes (parsed), size_of::<Answer>() = {} bytes (cached)",
         std::mem::size_of::<Introspection>(),
-        std::mem::size_of::<tokengate::answer::Answer>()
+        std::mem::size_of::<tokengate::introspection::answer::Answer>()
     );
     let pid = std::process::id();
     let base = rss_kib(pid)?;

@@ -5,7 +5,7 @@
 //! included: the cache stores the introspection, never the decision (the bug
 //! class of Oathkeeper's GHSA-qvp4-rpmr-xwrr).
 
-use crate::answer::Answer;
+use crate::introspection::answer::Answer;
 use http::{HeaderName, Method};
 use std::fmt;
 use std::sync::Arc;
@@ -767,7 +767,7 @@ mod tests {
     /// every decision below goes through the conversion.
     fn tok(json: &str) -> Answer {
         let parsed = serde_json::from_str(json).unwrap();
-        Answer::new(parsed, &crate::answer::Interner::default())
+        Answer::new(parsed, &crate::introspection::answer::Interner::default())
     }
 
     fn reqs() -> Requirements {

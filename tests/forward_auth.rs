@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tokengate::config::ConventionSetting;
 use tokengate::config::{Mode, RawConfig, RawRoute};
-use tokengate::forward_auth::ConventionSetting;
 
 fn admin_route() -> RawRoute {
     RawRoute {

@@ -2,7 +2,7 @@
 //! L1, and fleet-wide purge over pub/sub.
 //!
 //! # Read path
-//! L1 miss (inside the cache's single-flight, [`crate::flight`]) →
+//! L1 miss (inside the cache's single-flight, [`crate::cache::flight`]) →
 //! [`Fleet::read_through`]: `GET` the L2 key; a valid entry is the answer. Otherwise (optionally) take a short
 //! `SET NX PX` lock so that replicas that see a new token at once introspect it
 //! about once; the losers poll L2 for at most the introspection timeout, then
@@ -80,10 +80,10 @@
 //! where a dump would find them. A forged message can only drop an L1 entry,
 //! which costs one introspection.
 
-use crate::cache::{entry_ttl, CacheTtls, TokenCache, L1};
-use crate::clock::Clock;
-use crate::config::{RedisUrl, Settings, SharedCacheSettings};
-use crate::introspect::{IntrospectError, Introspection};
+use super::l1::{entry_ttl, CacheTtls, L1};
+use crate::config::{RedisUrl, SharedCacheSettings};
+use crate::introspection::client::{IntrospectError, Introspection};
+use crate::resilience::clock::Clock;
 use crate::token::{fingerprint, TokenHash};
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
@@ -95,7 +95,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 /// The pub/sub channel that carries purges (hex SHA-256 of the token).
 pub const PURGE_CHANNEL: &str = "tokengate:purge";
@@ -196,31 +196,6 @@ fn push_pem(out: &mut String, cert: &CertificateDer<'_>) {
         out.push('\n');
     }
     out.push_str("-----END CERTIFICATE-----\n");
-}
-
-/// Puts the fleet layer behind `cache` when `[cache.shared]` is set.
-pub fn attach(cache: TokenCache, settings: &Settings, clock: Arc<dyn Clock>) -> TokenCache {
-    let Some(shared) = &settings.shared_cache else {
-        return cache;
-    };
-    // No negative entries in L2 when L1 keeps none: the operator turned them off.
-    let negative_entries = settings.cache.negative_max_entries > 0;
-    match Fleet::new(
-        shared,
-        cache.l1(),
-        cache.ttls(),
-        negative_entries,
-        settings.introspection.timeout,
-        clock,
-    ) {
-        Ok(fleet) => cache.with_fleet(Arc::new(fleet)),
-        Err(e) => {
-            // `validate()` parsed the URL already, so this is not expected;
-            // serving without L2 is still correct, only slower.
-            error!(error = %e, "cannot set up the shared cache; running without it");
-            cache
-        }
-    }
 }
 
 /// A snapshot of the fleet counters, for `/metrics` (wired by the metrics layer).
@@ -1089,8 +1064,9 @@ fn is_about_the_key(e: &redis::RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SystemClock;
+    use crate::cache::TokenCache;
     use crate::config::{RawCache, RedisUrl, Secret};
+    use crate::resilience::clock::SystemClock;
 
     fn fleet(secret: &str) -> Fleet {
         let cfg = SharedCacheSettings {
@@ -1141,7 +1117,7 @@ mod tests {
 
     #[test]
     fn the_macd_times_bound_a_value_and_cannot_be_changed() {
-        let clock = Arc::new(crate::clock::ManualClock::default());
+        let clock = Arc::new(crate::resilience::clock::ManualClock::default());
         let cfg = SharedCacheSettings {
             url: RedisUrl("redis://127.0.0.1:1".into()),
             key_secret: Secret::new("0123456789abcdef"),

@@ -26,23 +26,28 @@
 //! (config reload, [`CacheTtls`]): entries already cached keep the lifetime
 //! they were given, new entries get the new one. Capacities are fixed at
 //! start-up (moka cannot resize a cache).
-//! With `[cache.shared]`, this is the L1 in front of [`crate::fleet`]'s Redis
+//! With `[cache.shared]`, this is the L1 in front of [`crate::cache::fleet`]'s Redis
 //! L2: the single-flight lookup reads L2 before introspecting (so a
 //! revalidation can be answered by another replica's fresh answer), and
 //! `invalidate` purges fleet-wide.
 
-use crate::answer::{Answer, Interner};
-use crate::clock::Clock;
 use crate::config::RawCache;
-use crate::fleet::Fleet;
-use crate::flight::SingleFlight;
-use crate::introspect::{IntrospectError, Introspection};
+use crate::introspection::answer::{Answer, Interner};
+use crate::resilience::clock::Clock;
+pub mod fleet;
+pub mod flight;
+mod l1;
+
+use crate::introspection::client::{IntrospectError, Introspection};
 use crate::token::TokenHash;
+use fleet::Fleet;
+use flight::SingleFlight;
+use l1::Entry;
+pub use l1::{entry_ttl, CacheTtls, L1};
 use moka::future::Cache;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 /// Where an answer came from, for the access log and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,128 +84,6 @@ pub enum LoadError {
     Inactive,
     #[error(transparent)]
     Failed(#[from] IntrospectError),
-}
-
-/// Positive entry lifetime: min(max_ttl, exp − now); `max_ttl` without `exp`;
-/// zero for a token that is already expired.
-pub fn entry_ttl(exp: Option<i64>, now: SystemTime, max_ttl: Duration) -> Duration {
-    exp.map_or(max_ttl, |exp| {
-        crate::clock::until_exp(exp, now).min(max_ttl)
-    })
-}
-
-/// The lifetimes that a config reload may change, shared with the caches'
-/// expiry policies. Read once per insert, so a change applies to new entries.
-#[derive(Clone)]
-pub struct CacheTtls {
-    max_ttl_ns: Arc<AtomicU64>,
-    negative_ttl_ns: Arc<AtomicU64>,
-    /// `resilience.stale_if_error`; 0 turns stale answers off.
-    stale_if_error_ns: Arc<AtomicU64>,
-}
-
-fn as_ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-impl CacheTtls {
-    fn new(cfg: &RawCache) -> Self {
-        Self {
-            max_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.max_ttl))),
-            negative_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.negative_ttl))),
-            stale_if_error_ns: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// Applies `max_ttl` and `negative_ttl` of `cfg` to entries inserted from now on.
-    pub fn set(&self, cfg: &RawCache) {
-        self.max_ttl_ns.store(as_ns(cfg.max_ttl), Ordering::Relaxed);
-        self.negative_ttl_ns
-            .store(as_ns(cfg.negative_ttl), Ordering::Relaxed);
-    }
-
-    /// Applies `resilience.stale_if_error` to entries inserted from now on
-    /// (an entry's stale window is fixed when it is cached).
-    pub fn set_stale_if_error(&self, window: Duration) {
-        self.stale_if_error_ns
-            .store(as_ns(window), Ordering::Relaxed);
-    }
-
-    pub fn max_ttl(&self) -> Duration {
-        Duration::from_nanos(self.max_ttl_ns.load(Ordering::Relaxed))
-    }
-
-    pub fn negative_ttl(&self) -> Duration {
-        Duration::from_nanos(self.negative_ttl_ns.load(Ordering::Relaxed))
-    }
-
-    pub fn stale_if_error(&self) -> Duration {
-        Duration::from_nanos(self.stale_if_error_ns.load(Ordering::Relaxed))
-    }
-}
-
-/// One cached active answer and, on the injected clock, when it stops being
-/// fresh and when it stops being usable at all. Stored by value in moka (24
-/// bytes; a clone is one `Arc` increment, which is all a hit costs): an
-/// `Arc<Entry>` cost one more heap block, and `SystemTime`s (16 bytes each)
-/// put moka's per-entry block in a bigger size class; both cost RSS per cached
-/// token (BENCHMARKS.md, "Memory per cached token").
-#[derive(Debug, Clone)]
-struct Entry {
-    answer: Arc<Answer>,
-    /// Nanoseconds since the Unix epoch (u64: until the year 2554).
-    fresh_until: u64,
-    /// fresh_until + stale_if_error, capped at `exp`; same unit.
-    stale_until: u64,
-}
-
-/// `t` in nanoseconds since the Unix epoch; 0 before it, saturating after 2554.
-fn unix_ns(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, as_ns)
-}
-
-impl Entry {
-    fn new(answer: Answer, now: SystemTime, max_ttl: Duration, stale: Duration) -> Self {
-        let at = |ttl: Duration| unix_ns(now).saturating_add(as_ns(ttl));
-        Self {
-            fresh_until: at(entry_ttl(answer.exp, now, max_ttl)),
-            stale_until: at(entry_ttl(answer.exp, now, max_ttl.saturating_add(stale))),
-            answer: Arc::new(answer),
-        }
-    }
-
-    /// An answer read from L2 is fresh no longer than its L2 entry (whose end
-    /// is MAC'd into the value): a copy must not outlive what it copies.
-    fn capped(mut self, until: Option<SystemTime>, stale: Duration) -> Self {
-        if let Some(until) = until {
-            let until = unix_ns(until);
-            self.fresh_until = self.fresh_until.min(until);
-            self.stale_until = self.stale_until.min(until.saturating_add(as_ns(stale)));
-        }
-        self
-    }
-
-    fn is_fresh(&self, now: SystemTime) -> bool {
-        unix_ns(now) < self.fresh_until
-    }
-
-    /// Past `exp` on our clock: asking the AS again cannot make it valid, and
-    /// the policy check will refuse it (401 expired) without a call.
-    fn is_expired(&self, now: SystemTime) -> bool {
-        self.answer
-            .exp
-            .is_some_and(|exp| crate::clock::until_exp(exp, now).is_zero())
-    }
-
-    /// Usable as a stale answer while the AS fails.
-    fn is_servable_stale(&self, now: SystemTime) -> bool {
-        unix_ns(now) < self.stale_until && !self.is_expired(now)
-    }
-
-    /// Time left until `stale_until` (moka drops the entry then).
-    fn lifetime(&self, now: SystemTime) -> Duration {
-        Duration::from_nanos(self.stale_until.saturating_sub(unix_ns(now)))
-    }
 }
 
 /// moka keeps an entry until its `stale_until` (on the injected clock);
@@ -276,34 +159,6 @@ pub struct TokenCache {
     clock: Arc<dyn Clock>,
     /// The fleet's shared L2 and purge fan-out; `None`: this replica alone.
     fleet: Option<Arc<Fleet>>,
-}
-
-/// A handle on this replica's L1 caches (moka caches are shared handles), for
-/// the fleet layer's purge subscriber, which must drop entries without going
-/// through [`TokenCache::invalidate`] (that would publish the purge again).
-#[derive(Clone)]
-pub struct L1 {
-    positive: Cache<TokenHash, Entry>,
-    negative: Option<Cache<TokenHash, ()>>,
-}
-
-impl L1 {
-    /// Drops the token's entries, stale ones included: a purged token is never
-    /// served stale either.
-    pub async fn invalidate(&self, key: &TokenHash) {
-        self.positive.invalidate(key).await;
-        if let Some(neg) = &self.negative {
-            neg.invalidate(key).await;
-        }
-    }
-
-    /// Drops every entry (moka removes them lazily; none is served after this).
-    pub fn clear(&self) {
-        self.positive.invalidate_all();
-        if let Some(neg) = &self.negative {
-            neg.invalidate_all();
-        }
-    }
 }
 
 impl TokenCache {
@@ -509,8 +364,9 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
-    use crate::clock::ManualClock;
+    use crate::resilience::clock::ManualClock;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const MAX_TTL: Duration = Duration::from_secs(60);

@@ -12,6 +12,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod reload;
+
+pub use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode};
+use crate::secret::string_or_number;
+pub use crate::secret::Secret;
+pub use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};
+
 /// Environment variable prefix; nested keys use `__`.
 pub const ENV_PREFIX: &str = "TOKENGATE_";
 
@@ -124,58 +131,28 @@ impl ConfigError {
     }
 }
 
-/// A string that must never be printed: `Debug` and `Serialize` redact it.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Self(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
+/// `[forward_auth] convention`: the front proxy's header convention, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConventionSetting {
+    /// The convention whose headers are present; two conventions → 400.
+    #[default]
+    Auto,
+    Nginx,
+    Traefik,
+    Envoy,
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() {
-            "\"\""
-        } else {
-            "\"[redacted]\""
-        })
+impl ConventionSetting {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Nginx => "nginx",
+            Self::Traefik => "traefik",
+            Self::Envoy => "envoy",
+        }
     }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        string_or_number(d).map(Secret)
-    }
-}
-
-/// Accepts a string or a number (figment reads `TOKENGATE_X=123` as an integer).
-fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum S {
-        Str(String),
-        Int(i128),
-        Float(f64),
-    }
-    Ok(match S::deserialize(d)? {
-        S::Str(s) => s,
-        S::Int(i) => i.to_string(),
-        S::Float(f) => f.to_string(),
-    })
 }
 
 /// Durations are strings such as "250ms", "2s", "5m" (humantime syntax).
@@ -222,26 +199,6 @@ pub enum Mode {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AuthMethod {
-    ClientSecretBasic,
-    ClientSecretPost,
-}
-
-/// `introspection.probe`: the start-up check of the introspection endpoint
-/// (one call about a throwaway token; see `server::probe_introspection`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProbeMode {
-    /// Probe, WARN on failure and retry with backoff; `/readyz` does not wait.
-    Warn,
-    /// Like `warn`, and `/readyz` answers 503 until one probe has succeeded.
-    Require,
-    /// No probe.
-    Off,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Text,
     Json,
@@ -270,7 +227,7 @@ pub struct RawConfig {
     pub upstream_http2: bool,
     /// HTTP/1.1 Upgrade protocols a client may switch to (case-insensitive,
     /// `name` or `name/version`); any other is removed from the request. Never
-    /// `h2c` or another HTTP (see `crate::upgrade`).
+    /// `h2c` or another HTTP (see `crate::upstream::upgrade`).
     pub upgrade_protocols: Vec<String>,
     pub tls: RawTls,
     pub upstream_tls: RawUpstreamTls,
@@ -294,18 +251,6 @@ pub struct RawForwarding {
     pub trusted_proxies: Vec<String>,
     /// `X-HTTP-Method-Override` and friends: removed, or routed on.
     pub method_override: MethodOverride,
-}
-
-/// What happens to `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MethodOverride {
-    /// Removed from every request: the upstream runs the method we routed on.
-    #[default]
-    Strip,
-    /// Kept for the upstream, and the route is chosen for the method they name
-    /// (only on POST; the headers must agree).
-    Route,
 }
 
 /// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
@@ -351,8 +296,8 @@ pub struct RawUpstreamTls {
 pub struct RawForwardAuth {
     /// The front proxy's header convention: `nginx`, `traefik`, `envoy`, or
     /// `auto` (the default; refuses a sub-request with two conventions'
-    /// headers). See [`crate::forward_auth`].
-    pub convention: crate::forward_auth::ConventionSetting,
+    /// headers). See [`crate::pipeline::forward_auth`].
+    pub convention: ConventionSetting,
     /// Envoy `ext_authz` `path_prefix`: removed from the request path to get the
     /// original path (convention `envoy`, or `auto` without nginx / Traefik headers).
     pub path_prefix: String,
@@ -752,21 +697,21 @@ pub struct Settings {
     pub stale_if_error: Duration,
     pub breaker_failures: u32,
     pub breaker_open_for: Duration,
-    pub limits: crate::limits::Limits,
+    pub limits: crate::http::limits::Limits,
     /// `upgrade_protocols`: what an HTTP/1.1 Upgrade may switch to.
-    pub upgrade_protocols: crate::upgrade::UpgradeProtocols,
+    pub upgrade_protocols: crate::upstream::upgrade::UpgradeProtocols,
     pub routes: crate::policy::RouteTable,
     pub token_sources: crate::token::TokenSources,
     pub discovery: Option<DiscoverySettings>,
     pub mode: Mode,
     /// `[tls]`: `Some` when `listen` terminates TLS.
-    pub tls: Option<crate::tls::ServerTlsSettings>,
+    pub tls: Option<crate::http::tls::ServerTlsSettings>,
     /// Outbound TLS to the upstream (`[upstream_tls]`).
-    pub upstream_tls: crate::tls::ClientTls,
+    pub upstream_tls: crate::http::tls::ClientTls,
     /// `[forward_auth] path_prefix`, normalised: empty or "/x" without a trailing '/'.
     pub forward_auth_prefix: String,
     /// `[forward_auth] convention`.
-    pub forward_auth_convention: crate::forward_auth::ConventionSetting,
+    pub forward_auth_convention: ConventionSetting,
     /// `[cache.shared]`; `None` when `url` is empty.
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
@@ -822,48 +767,6 @@ pub struct DiscoverySettings {
     /// Must equal the metadata's `issuer` exactly (RFC 8414 §3.3).
     pub issuer: String,
     pub refresh_interval: Duration,
-}
-
-/// Where every forwarded request goes. Only scheme, authority and an optional
-/// base path are kept, so the request can never choose its destination.
-#[derive(Debug, Clone)]
-pub struct Upstream {
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    /// Prefix prepended to every forwarded path; empty for "/".
-    pub base_path: String,
-    /// `unix:/path.sock`: connect here instead of to `authority` (which is then
-    /// `localhost`, the Host the upstream sees).
-    pub unix_socket: Option<PathBuf>,
-    /// `upstream_http2`: h2 / h2c to the upstream.
-    pub http2: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct IntrospectionSettings {
-    /// `None` until discovery has found it (`[discovery] issuer`).
-    pub url: Option<oauth2::IntrospectionUrl>,
-    pub client_id: String,
-    pub client_secret: Secret,
-    pub auth_method: AuthMethod,
-    pub timeout: Duration,
-    /// Roots and the optional client certificate for the AS call.
-    pub tls: crate::tls::ClientTls,
-    pub probe: ProbeMode,
-}
-
-#[derive(Debug, Clone)]
-pub struct IdentitySettings {
-    pub subject_header: HeaderName,
-    pub client_id_header: HeaderName,
-    pub scope_header: HeaderName,
-    /// Every header removed from inbound requests: the three above plus
-    /// `strip_headers`. Header names are case-insensitive, so this covers
-    /// `x-AUTH-subject` too.
-    pub strip: Vec<HeaderName>,
-    pub forward_authorization: bool,
-    /// `[identity.claims]`, parsed: header → claim name.
-    pub claims: Vec<(HeaderName, String)>,
 }
 
 /// Loads the configuration: defaults, then `file` (which must exist if given),
@@ -956,7 +859,7 @@ impl RawConfig {
             }
             // A prefix is Envoy's alone: with another convention it would do
             // nothing, which is a mistake in the file, not a choice.
-            use crate::forward_auth::ConventionSetting as C;
+            use ConventionSetting as C;
             let convention = self.forward_auth.convention;
             if !p.is_empty() && matches!(convention, C::Nginx | C::Traefik) {
                 return Err(ConfigError::invalid(
@@ -1064,10 +967,10 @@ impl RawConfig {
             ));
         }
         let l = &self.limits;
-        if l.max_header_bytes < crate::limits::MIN_HEADER_BYTES {
+        if l.max_header_bytes < crate::http::limits::MIN_HEADER_BYTES {
             return Err(ConfigError::invalid(
                 "limits.max_header_bytes",
-                format!("must be at least {}", crate::limits::MIN_HEADER_BYTES),
+                format!("must be at least {}", crate::http::limits::MIN_HEADER_BYTES),
             ));
         }
         if l.idle_timeout.is_zero() {
@@ -1083,8 +986,9 @@ impl RawConfig {
                 "must be greater than 0 (a long value such as \"24h\" keeps quiet tunnels open)",
             ));
         }
-        let upgrade_protocols = crate::upgrade::UpgradeProtocols::parse(&self.upgrade_protocols)
-            .map_err(|e| ConfigError::invalid("upgrade_protocols", e))?;
+        let upgrade_protocols =
+            crate::upstream::upgrade::UpgradeProtocols::parse(&self.upgrade_protocols)
+                .map_err(|e| ConfigError::invalid("upgrade_protocols", e))?;
         if self.resilience.breaker_failures > 0 && self.resilience.breaker_open_for.is_zero() {
             return Err(ConfigError::invalid(
                 "resilience.breaker_open_for",
@@ -1188,7 +1092,7 @@ impl RawConfig {
             stale_if_error: self.resilience.stale_if_error,
             breaker_failures: self.resilience.breaker_failures,
             breaker_open_for: self.resilience.breaker_open_for,
-            limits: crate::limits::Limits {
+            limits: crate::http::limits::Limits {
                 max_header_bytes: l.max_header_bytes,
                 max_connections: (l.max_connections > 0).then_some(l.max_connections),
                 max_body_bytes: (l.max_body_bytes > 0).then_some(l.max_body_bytes),
@@ -1270,7 +1174,7 @@ impl RawConfig {
         if self.upstream_tls.ca_file.is_empty() {
             return Ok(Vec::new());
         }
-        crate::tls::load_certs(Path::new(&self.upstream_tls.ca_file))
+        crate::http::tls::load_certs(Path::new(&self.upstream_tls.ca_file))
             .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))
     }
 
@@ -1281,13 +1185,13 @@ impl RawConfig {
         roots: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<
         (
-            Option<crate::tls::ServerTlsSettings>,
-            crate::tls::ClientTls,
-            crate::tls::ClientTls,
+            Option<crate::http::tls::ServerTlsSettings>,
+            crate::http::tls::ClientTls,
+            crate::http::tls::ClientTls,
         ),
         ConfigError,
     > {
-        use crate::tls;
+        use crate::http::tls;
         let t = &self.tls;
         let server = match (t.cert_file.is_empty(), t.key_file.is_empty()) {
             (true, true) => None,
@@ -1787,7 +1691,7 @@ mod tests {
             (
                 "forward_auth.path_prefix",
                 Box::new(|c| {
-                    c.forward_auth.convention = crate::forward_auth::ConventionSetting::Traefik;
+                    c.forward_auth.convention = ConventionSetting::Traefik;
                     c.forward_auth.path_prefix = "/ext_authz".into();
                 }),
             ),
@@ -1920,7 +1824,7 @@ mod tests {
             assert_eq!(s.limits.tunnel_idle_timeout, Duration::from_secs(3600));
             assert_eq!(
                 s.upgrade_protocols,
-                crate::upgrade::UpgradeProtocols::default()
+                crate::upstream::upgrade::UpgradeProtocols::default()
             );
 
             jail.set_env("TOKENGATE_RESILIENCE__STALE_IF_ERROR", "0s");

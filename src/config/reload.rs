@@ -30,7 +30,7 @@
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 use arc_swap::ArcSwap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -74,14 +74,14 @@ fn format_layer(format: LogFormat, writer: NonBlocking) -> FormatLayer {
     match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_ansi(ansi)
-            .fmt_fields(crate::logfmt::PlainFields)
-            .with_timer(crate::logfmt::Utc)
+            .fmt_fields(crate::ops::logfmt::PlainFields)
+            .with_timer(crate::ops::logfmt::Utc)
             .with_writer(writer)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
-            .with_timer(crate::logfmt::Utc)
+            .with_timer(crate::ops::logfmt::Utc)
             .with_writer(writer)
             .boxed(),
     }

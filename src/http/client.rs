@@ -2,7 +2,7 @@
 //! pooled legacy client over rustls (http and https), h2 or h2c when asked for,
 //! and a unix-domain-socket connector for sidecar upstreams.
 
-use crate::tls::ClientTls;
+use crate::http::tls::ClientTls;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;

@@ -18,7 +18,7 @@
 //!   moment a connection waits for a request head — for the first request and
 //!   between keep-alive requests — so it closes idle keep-alive connections
 //!   and slow-header (slowloris) clients alike. Tunnels have their own
-//!   `tunnel_idle_timeout` (see `crate::upgrade`).
+//!   `tunnel_idle_timeout` (see `crate::upstream::upgrade`).
 
 use bytes::Bytes;
 use http::HeaderMap;

@@ -17,7 +17,7 @@
 //! when an answer enters the cache, and [`Answer::to_introspection`] gives the
 //! same value back (the round trip is tested, and the claims view with it).
 
-use crate::introspect::{claim_text_of, Introspection};
+use crate::introspection::client::{claim_text_of, Introspection};
 use oauth2::basic::BasicTokenType;
 use oauth2::{ClientId, Scope};
 use std::collections::HashSet;

@@ -2,7 +2,7 @@
 //! request; a pooled hyper-util client (http and https) carries it; our own
 //! lenient [`Introspection`] type parses what real servers send.
 
-use crate::config::{AuthMethod, IntrospectionSettings};
+use crate::secret::Secret;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http_body_util::{BodyExt, Full, Limited};
@@ -19,6 +19,40 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// `introspection.probe`: the start-up check of the introspection endpoint
+/// (one call about a throwaway token; see `listen::probe_introspection`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeMode {
+    /// Probe, WARN on failure and retry with backoff; `/readyz` does not wait.
+    Warn,
+    /// Like `warn`, and `/readyz` answers 503 until one probe has succeeded.
+    Require,
+    /// No probe.
+    Off,
+}
+
+/// `[introspection]`, validated: what the client needs to call the AS.
+#[derive(Debug, Clone)]
+pub struct IntrospectionSettings {
+    /// `None` until discovery has found it (`[discovery] issuer`).
+    pub url: Option<oauth2::IntrospectionUrl>,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub auth_method: AuthMethod,
+    pub timeout: Duration,
+    /// Roots and the optional client certificate for the AS call.
+    pub tls: crate::http::tls::ClientTls,
+    pub probe: ProbeMode,
+}
+
 /// Largest introspection response body we read. Real answers are < 2 KiB; an AS
 /// (or a gateway in front of it) that streams more is broken, and we must not
 /// buffer it all.
@@ -33,7 +67,7 @@ const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
 /// never into 401 or an allow.
 ///
 /// Which of them say the AS is *unhealthy* (and so count for the circuit
-/// breaker, hence readiness) is [`crate::breaker::Outcome::of`]'s business: only
+/// breaker, hence readiness) is [`crate::resilience::breaker::Outcome::of`]'s business: only
 /// those that no token can provoke. Anyone can send any token, so an answer
 /// that may depend on the token must never open the breaker (issue 12, item 5).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -104,7 +138,7 @@ pub enum TransportError {
 /// `active` must be a JSON boolean, and a time claim that is present but not a
 /// number fails the whole parse (treating it as absent would let the cache keep
 /// the token for `max_ttl`). Also the fleet L2 wire format. The cache keeps
-/// answers in their compact form, [`crate::answer::Answer`], which is what the
+/// answers in their compact form, [`crate::introspection::answer::Answer`], which is what the
 /// policy and the claims read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Introspection {
@@ -203,7 +237,7 @@ impl Introspection {
 }
 
 /// A claim as header text, for `[identity.claims]` (see
-/// [`crate::answer::Answer::claim_text`]), from `member`: one top-level member
+/// [`crate::introspection::answer::Answer::claim_text`]), from `member`: one top-level member
 /// as JSON. Strings as they are, numbers and booleans printed, arrays joined
 /// with spaces, objects as JSON; `a.b` walks into nested objects when there is
 /// no member literally named `a.b`. Only the asked-for member is converted, so
@@ -348,7 +382,7 @@ impl TokenIntrospectionResponse for Introspection {
     }
 }
 
-type HttpsClient = hyper_util::client::legacy::Client<crate::client::Connector, Full<Bytes>>;
+type HttpsClient = hyper_util::client::legacy::Client<crate::http::client::Connector, Full<Bytes>>;
 
 /// Adapts our hyper-util client to the `oauth2` crate's `AsyncHttpClient`.
 /// Non-200 statuses become a [`TransportError::Status`] here, because the crate
@@ -495,7 +529,7 @@ impl Introspector {
             .set_introspection_url_option(settings.url.clone());
         Self {
             oauth: std::sync::RwLock::new(Arc::new(oauth)),
-            http: crate::client::build_with(settings.timeout, &settings.tls, false),
+            http: crate::http::client::build_with(settings.timeout, &settings.tls, false),
             timeout: settings.timeout,
             not_found_streak: AtomicU32::new(0),
             rediscover: Notify::new(),
@@ -676,7 +710,7 @@ fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::answer::Answer;
+    use crate::introspection::answer::Answer;
 
     fn parse(json: &str) -> Result<Introspection, serde_json::Error> {
         serde_json::from_str(json)

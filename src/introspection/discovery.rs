@@ -57,9 +57,9 @@ pub fn metadata_urls(issuer: &str) -> Vec<String> {
 pub async fn discover(
     issuer: &str,
     timeout: Duration,
-    tls: &crate::tls::ClientTls,
+    tls: &crate::http::tls::ClientTls,
 ) -> Result<oauth2::IntrospectionUrl, DiscoveryError> {
-    let client = crate::client::build_with::<Empty<Bytes>>(timeout, tls, false);
+    let client = crate::http::client::build_with::<Empty<Bytes>>(timeout, tls, false);
     let mut errors = Vec::new();
     for url in metadata_urls(issuer) {
         match fetch(&client, &url, timeout).await {
@@ -90,7 +90,7 @@ pub async fn discover(
 }
 
 async fn fetch(
-    client: &hyper_util::client::legacy::Client<crate::client::Connector, Empty<Bytes>>,
+    client: &hyper_util::client::legacy::Client<crate::http::client::Connector, Empty<Bytes>>,
     url: &str,
     timeout: Duration,
 ) -> Result<Metadata, DiscoveryError> {
@@ -106,7 +106,7 @@ async fn fetch(
         let resp = client
             .request(req)
             .await
-            .map_err(|e| fail(crate::introspect::error_chain(&e)))?;
+            .map_err(|e| fail(crate::introspection::client::error_chain(&e)))?;
         if resp.status() != http::StatusCode::OK {
             return Err(fail(format!("HTTP {}", resp.status().as_u16())));
         }

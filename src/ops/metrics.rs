@@ -6,10 +6,10 @@
 //! or the route name the access log already owns (moved in, not copied), and
 //! the cache bumps prebuilt counter handles ([`CacheCounters`]).
 
-use crate::breaker::BreakerState;
 use crate::cache::CacheCounters;
-use crate::forward::ForwardError;
-use crate::introspect::{IntrospectError, Introspection};
+use crate::introspection::client::{IntrospectError, Introspection};
+use crate::resilience::breaker::BreakerState;
+use crate::upstream::forward::ForwardError;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -112,7 +112,7 @@ pub struct Metrics {
     purge_messages: Family<KindLabels, Counter>,
     /// The fleet's own counters as last copied in, so a scrape adds only the
     /// difference (the fleet layer counts with plain atomics).
-    fleet_seen: std::sync::Mutex<crate::fleet::FleetStats>,
+    fleet_seen: std::sync::Mutex<crate::cache::fleet::FleetStats>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -278,7 +278,7 @@ impl Metrics {
             reloads,
             shared_cache,
             purge_messages,
-            fleet_seen: std::sync::Mutex::new(crate::fleet::FleetStats::default()),
+            fleet_seen: std::sync::Mutex::new(crate::cache::fleet::FleetStats::default()),
         }
     }
 
@@ -289,7 +289,7 @@ impl Metrics {
     }
 
     /// Copies the fleet layer's counters in (at scrape time).
-    pub fn set_fleet_stats(&self, now: crate::fleet::FleetStats) {
+    pub fn set_fleet_stats(&self, now: crate::cache::fleet::FleetStats) {
         let mut seen = self.fleet_seen.lock().unwrap_or_else(|e| e.into_inner());
         let add = |family: &Family<KindLabels, Counter>, kind, now: u64, before: u64| {
             family

@@ -29,15 +29,15 @@
 //! Either way a convention header sent twice is refused: the proxy sets one,
 //! and a second copy can only be the client's.
 
+use crate::config::ConventionSetting;
 use crate::config::IdentitySettings;
+use crate::http::Body;
 use crate::policy::Principal;
-use crate::server::Body;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use serde::{Deserialize, Serialize};
 
 static X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
@@ -72,33 +72,17 @@ pub enum Convention {
     Envoy,
 }
 
-/// `[forward_auth] convention`: the front proxy's header convention, or `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ConventionSetting {
-    /// The convention whose headers are present; two conventions → 400.
-    #[default]
-    Auto,
-    Nginx,
-    Traefik,
-    Envoy,
-}
-
-impl ConventionSetting {
-    /// As the configuration spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Auto => "auto",
-            Self::Nginx => "nginx",
-            Self::Traefik => "traefik",
-            Self::Envoy => "envoy",
-        }
-    }
-}
-
 /// The request the front proxy is asking about.
 #[derive(Debug)]
 pub struct Original {
+    /// Which convention the request was read by; the unit tests pin it.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "read by the unit tests; the pipeline needs only the request"
+        )
+    )]
     pub convention: Convention,
     pub method: Method,
     pub target: PathAndQuery,
@@ -195,7 +179,7 @@ fn from_headers<B>(
     let host = match one(h, &X_FORWARDED_HOST, "X-Forwarded-Host")? {
         Some(v) => Some(v.clone()),
         None if strict => return Err(ForwardAuthError::Missing("X-Forwarded-Host")),
-        None => crate::forward::inbound_host(req),
+        None => crate::upstream::forward::inbound_host(req),
     };
     Ok(Original {
         convention,
@@ -218,7 +202,7 @@ fn from_request_line<B>(
         convention: Convention::Envoy,
         method: req.method().clone(),
         target,
-        host: crate::forward::inbound_host(req),
+        host: crate::upstream::forward::inbound_host(req),
     })
 }
 
@@ -293,7 +277,7 @@ pub fn allowed(principal: Option<&Principal>, id: &IdentitySettings) -> Response
     let h = resp.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(p) = principal {
-        crate::forward::insert_identity(h, p, id);
+        crate::upstream::forward::insert_identity(h, p, id);
     }
     resp
 }

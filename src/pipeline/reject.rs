@@ -3,12 +3,17 @@
 //! [`ProxyError::rejection`] is exhaustive on purpose: a new variant does not
 //! compile until someone decides its status, and `mapping_table` pins them.
 
-use crate::forward::{ForwardError, OverrideError};
-use crate::forward_auth::ForwardAuthError;
-use crate::introspect::IntrospectError;
+use crate::http::Body;
+use crate::introspection::client::IntrospectError;
+use crate::pipeline::forward_auth::ForwardAuthError;
 use crate::policy::{Deny, RouteError};
 use crate::token::TokenError;
-use http::StatusCode;
+use crate::upstream::forward;
+use crate::upstream::forward::{ForwardError, OverrideError};
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -314,6 +319,65 @@ impl Rejection {
         serde_json::json!({ "error": self.error, "error_description": self.description })
             .to_string()
     }
+}
+
+/// The `realm` in every challenge.
+const REALM: &str = "tokengate";
+
+/// `content-type: application/grpc` (and `+proto`, `+json`, ...).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A rejection for a gRPC client: HTTP 200 "Trailers-Only" with `grpc-status`
+/// and `grpc-message` (gRPC over HTTP/2 spec), so the client sees e.g.
+/// UNAUTHENTICATED instead of a transport error. The challenge is kept.
+pub fn grpc_rejection_response(err: &ProxyError) -> Response<Body> {
+    let r = err.rejection();
+    let mut resp = Response::new(
+        http_body_util::Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from(r.grpc_status()));
+    h.insert("grpc-message", forward::header_safe(&r.grpc_message()));
+    if let Some(www) = r.www_authenticate(REALM) {
+        h.insert(header::WWW_AUTHENTICATE, forward::header_safe(&www));
+    }
+    resp
+}
+
+/// Builds 4xx/5xx answers: JSON body, `Cache-Control: no-store`, the RFC 6750
+/// challenge where there is one, and `Retry-After` on 503.
+pub fn rejection_response(err: &ProxyError, retry_after_secs: u32) -> Response<Body> {
+    let r = err.rejection();
+    let mut resp = Response::new(
+        Full::new(Bytes::from(r.json_body()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(www) = r.www_authenticate(REALM) {
+        h.insert(header::WWW_AUTHENTICATE, forward::header_safe(&www));
+    }
+    if r.retry {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! Time is `tokio::time::Instant`, so tests can move it with
 //! `tokio::time::pause()` / `advance()`.
 
-use crate::introspect::IntrospectError;
+use crate::introspection::client::IntrospectError;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -399,7 +399,7 @@ mod tests {
         // An `active:false` introspection is an `Ok` from the introspector.
         assert_eq!(
             Outcome::of(&Ok::<_, IntrospectError>(
-                crate::introspect::Introspection::inactive()
+                crate::introspection::client::Introspection::inactive()
             )),
             Outcome::Success
         );

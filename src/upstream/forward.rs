@@ -2,14 +2,57 @@
 //! Via) and the streaming call itself. Bodies are never buffered: the inbound
 //! `Incoming` body is handed to the client and the upstream's body is handed back.
 
-use crate::config::{IdentitySettings, MethodOverride, Upstream};
 use crate::policy::{Principal, RouteError};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// What happens to `X-HTTP-Method-Override`, `X-HTTP-Method` and `X-Method-Override`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MethodOverride {
+    /// Removed from every request: the upstream runs the method we routed on.
+    #[default]
+    Strip,
+    /// Kept for the upstream, and the route is chosen for the method they name
+    /// (only on POST; the headers must agree).
+    Route,
+}
+
+/// Where every forwarded request goes. Only scheme, authority and an optional
+/// base path are kept, so the request can never choose its destination.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Prefix prepended to every forwarded path; empty for "/".
+    pub base_path: String,
+    /// `unix:/path.sock`: connect here instead of to `authority` (which is then
+    /// `localhost`, the Host the upstream sees).
+    pub unix_socket: Option<PathBuf>,
+    /// `upstream_http2`: h2 / h2c to the upstream.
+    pub http2: bool,
+}
+
+/// `[identity]`, validated: the headers that carry the principal upstream.
+#[derive(Debug, Clone)]
+pub struct IdentitySettings {
+    pub subject_header: HeaderName,
+    pub client_id_header: HeaderName,
+    pub scope_header: HeaderName,
+    /// Every header removed from inbound requests: the three above plus
+    /// `strip_headers`. Header names are case-insensitive, so this covers
+    /// `x-AUTH-subject` too.
+    pub strip: Vec<HeaderName>,
+    pub forward_authorization: bool,
+    /// `[identity.claims]`, parsed: header → claim name.
+    pub claims: Vec<(HeaderName, String)>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -80,17 +123,6 @@ static FROM_TRUSTED_PROXIES_ONLY: [HeaderName; 4] = [
     HeaderName::from_static("x-forwarded-port"),
 ];
 
-/// The comma-separated tokens of every `Connection` field, trimmed. Split on
-/// the raw bytes, not `to_str()`: one obs-text byte anywhere in the value must
-/// not make us skip the tokens listed next to it.
-pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-}
-
 /// Removes `Connection`, every field it names, and the fixed hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, |_| false);
@@ -100,7 +132,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// `also` selects.
 fn strip(headers: &mut HeaderMap, also: impl Fn(&HeaderName) -> bool) {
     // The fields `Connection` names (rare): one lookup each.
-    let named: Vec<HeaderName> = connection_tokens(headers)
+    let named: Vec<HeaderName> = crate::http::headers::connection_tokens(headers)
         .filter_map(|n| HeaderName::from_bytes(n).ok())
         .collect();
     for name in named {
@@ -392,14 +424,14 @@ pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// What the forwarder sends: the client's body, counted against `limits.max_body_bytes`.
-pub type ForwardBody = crate::limits::LimitedBody<Incoming>;
+pub type ForwardBody = crate::http::limits::LimitedBody<Incoming>;
 
 /// The pooled client for the upstream's transport.
 enum UpstreamClient {
     /// http:// or https:// (h1, or h2 / h2c with `upstream_http2`).
-    Tcp(Client<crate::client::Connector, ForwardBody>),
+    Tcp(Client<crate::http::client::Connector, ForwardBody>),
     /// unix:/path.sock (h1, or h2c with `upstream_http2`).
-    Unix(Client<crate::client::UnixConnector, ForwardBody>),
+    Unix(Client<crate::http::client::UnixConnector, ForwardBody>),
 }
 
 pub struct Forwarder {
@@ -434,11 +466,13 @@ impl Forwarder {
         upstream: Upstream,
         connect_timeout: Duration,
         timeout: Duration,
-        tls: &crate::tls::ClientTls,
+        tls: &crate::http::tls::ClientTls,
     ) -> Self {
         let client = match &upstream.unix_socket {
-            Some(path) => UpstreamClient::Unix(crate::client::build_unix(path, upstream.http2)),
-            None => UpstreamClient::Tcp(crate::client::build_with(
+            Some(path) => {
+                UpstreamClient::Unix(crate::http::client::build_unix(path, upstream.http2))
+            }
+            None => UpstreamClient::Tcp(crate::http::client::build_with(
                 connect_timeout,
                 tls,
                 upstream.http2,
@@ -513,12 +547,20 @@ impl Forwarder {
         let mut resp = match tokio::time::timeout(self.timeout, call).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(e)) if inbound_body_failed(&e) => {
-                return Err(ForwardError::BadBody(crate::introspect::error_chain(&e)))
+                return Err(ForwardError::BadBody(
+                    crate::introspection::client::error_chain(&e),
+                ))
             }
             Ok(Err(e)) if e.is_connect() => {
-                return Err(ForwardError::Connect(crate::introspect::error_chain(&e)))
+                return Err(ForwardError::Connect(
+                    crate::introspection::client::error_chain(&e),
+                ))
             }
-            Ok(Err(e)) => return Err(ForwardError::Failed(crate::introspect::error_chain(&e))),
+            Ok(Err(e)) => {
+                return Err(ForwardError::Failed(
+                    crate::introspection::client::error_chain(&e),
+                ))
+            }
             Ok(Ok(resp)) => resp,
         };
         // A 101 is relayed only for an upgrade we forwarded, to a protocol we
@@ -526,7 +568,7 @@ impl Forwarder {
         // pending upgrade with it, which closes the upstream connection (it is
         // never pooled again: nothing inside it may reach anyone).
         let upgrade = if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-            if !crate::upgrade::confirms(offered.as_ref(), resp.headers()) {
+            if !crate::upstream::upgrade::confirms(offered.as_ref(), resp.headers()) {
                 let named = resp
                     .headers()
                     .get(header::UPGRADE)
@@ -540,7 +582,7 @@ impl Forwarder {
         };
         strip_hop_by_hop(resp.headers_mut());
         if let Some(u) = upgrade {
-            crate::upgrade::restore_headers(resp.headers_mut(), u);
+            crate::upstream::upgrade::restore_headers(resp.headers_mut(), u);
         }
         Ok(resp)
     }

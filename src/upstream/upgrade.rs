@@ -318,7 +318,7 @@ pub fn requested<B>(req: &Request<B>, allowed: &UpgradeProtocols) -> Option<Head
     if req.version() != Version::HTTP_11 {
         return None;
     }
-    let connection_says_upgrade = crate::forward::connection_tokens(req.headers())
+    let connection_says_upgrade = crate::http::headers::connection_tokens(req.headers())
         .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     if !connection_says_upgrade {
         return None;
@@ -372,7 +372,7 @@ pub fn restore_headers(headers: &mut HeaderMap, upgrade: HeaderValue) {
 /// The tunnel's lifetime: until `exp` by the injected clock (`None`: no `exp`,
 /// the tunnel lives until either side closes it, idleness or shutdown).
 pub fn until_exp(exp: Option<i64>, now: std::time::SystemTime) -> Option<Duration> {
-    exp.map(|exp| crate::clock::until_exp(exp, now))
+    exp.map(|exp| crate::resilience::clock::until_exp(exp, now))
 }
 
 #[cfg(test)]

@@ -289,11 +289,11 @@ pub struct Gate {
     pub admin: Option<SocketAddr>,
     pub clock: Arc<ManualClock>,
     pub reload: Option<tokengate::reload::ReloadHandle>,
-    pub readiness: Option<Arc<tokengate::admin::Readiness>>,
+    pub readiness: Option<Arc<tokengate::Readiness>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// The fleet layer (`[cache.shared]`), to purge and read counters directly.
-    pub fleet: Option<Arc<tokengate::fleet::Fleet>>,
+    pub fleet: Option<Arc<tokengate::cache::fleet::Fleet>>,
 }
 
 impl Gate {
