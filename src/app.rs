@@ -52,10 +52,10 @@ impl App {
 
     pub fn with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Self {
         let metrics = Arc::new(Metrics::new());
-        let breaker = Arc::new(Breaker::new(
-            settings.breaker_failures,
-            settings.breaker_open_for,
-        ));
+        let breaker = Arc::new(
+            Breaker::new(settings.breaker_failures, settings.breaker_open_for)
+                .logged_as("authorization server"),
+        );
         // The readiness contract: not ready while the breaker is open.
         // An open breaker whose period is over reports half-open, so the pod
         // becomes ready again in time for the probe that can close it.

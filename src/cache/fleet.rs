@@ -83,6 +83,7 @@
 use super::l1::{entry_ttl, CacheTtls, L1};
 use crate::config::{RedisUrl, SharedCacheSettings};
 use crate::introspection::client::{IntrospectError, Introspection};
+use crate::resilience::breaker::{Breaker, Outcome, Recovery, Transition};
 use crate::resilience::clock::Clock;
 use crate::token::{fingerprint, TokenHash};
 use futures_util::StreamExt;
@@ -92,8 +93,8 @@ use rustls_pki_types::CertificateDer;
 use sha2::Sha256;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
 
@@ -103,6 +104,13 @@ pub const PURGE_CHANNEL: &str = "tokengate:purge";
 pub const BREAKER_FAILURES: u32 = 3;
 /// How long an open breaker skips Redis before it lets one call try again.
 pub const BREAKER_OPEN_FOR: Duration = Duration::from_secs(5);
+/// The Redis breaker: [`BREAKER_FAILURES`] in a row open it for
+/// [`BREAKER_OPEN_FOR`]; the fleet logs its transitions itself (with the call
+/// that caused them).
+fn redis_breaker() -> Breaker {
+    Breaker::new(BREAKER_FAILURES, BREAKER_OPEN_FOR).with_recovery(Recovery::AllCalls)
+}
+
 /// Value format version; bump when the layout or the JSON changes incompatibly.
 /// `tg1:` values (no MAC'd expiry, no purge time) are refused as unreadable:
 /// they are exactly what a replay would bring back.
@@ -252,37 +260,6 @@ fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
-/// Consecutive-failure breaker. Pure state; the caller passes the time.
-#[derive(Debug, Default)]
-pub struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
-}
-
-impl Breaker {
-    /// May a Redis call be made now? After `BREAKER_OPEN_FOR` calls go through
-    /// again; one more failure reopens it at once (the count is still high).
-    pub fn allows(&self, now: Instant) -> bool {
-        self.open_until.is_none_or(|until| now >= until)
-    }
-
-    pub fn success(&mut self) {
-        self.failures = 0;
-        self.open_until = None;
-    }
-
-    /// Records a failure; `true` when this one opened the breaker.
-    pub fn failure(&mut self, now: Instant) -> bool {
-        self.failures = self.failures.saturating_add(1);
-        if self.failures >= BREAKER_FAILURES {
-            let was_closed = self.open_until.is_none();
-            self.open_until = Some(now + BREAKER_OPEN_FOR);
-            return was_closed;
-        }
-        false
-    }
-}
-
 enum Lookup {
     Hit(Box<L2Value>),
     Miss,
@@ -386,7 +363,9 @@ pub struct Fleet {
     /// `false`: `negative_max_entries = 0`, so no inactive answers in L2 either.
     negative_entries: bool,
     clock: Arc<dyn Clock>,
-    breaker: Mutex<Breaker>,
+    /// Skips Redis after repeated failures ([`Recovery::AllCalls`]: Redis is
+    /// an optimisation, so after the pause every call may try it again).
+    breaker: Breaker,
     subscribed: AtomicBool,
     counters: Counters,
     /// Tokens purged recently (hash → purge time, ms on our clock, and the
@@ -435,7 +414,7 @@ impl Fleet {
             ttls,
             negative_entries,
             clock,
-            breaker: Mutex::new(Breaker::default()),
+            breaker: redis_breaker(),
             subscribed: AtomicBool::new(false),
             counters: Counters::default(),
             purged: moka::future::Cache::builder()
@@ -608,24 +587,34 @@ impl Fleet {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        if respect_breaker && !self.breaker_lock().allows(Instant::now()) {
-            bump(&self.counters.l2_skipped);
-            return Err(FleetError::BreakerOpen);
-        }
+        let ticket = if respect_breaker {
+            let Some(ticket) = self.breaker.try_admit() else {
+                bump(&self.counters.l2_skipped);
+                return Err(FleetError::BreakerOpen);
+            };
+            Some(ticket)
+        } else {
+            None
+        };
+        let record = |outcome| match ticket {
+            Some(ticket) => ticket.finish(outcome),
+            None => self.breaker.record_unadmitted(outcome),
+        };
         let result = match self.connection().await {
             Ok(conn) => within(self.timeout, f(conn)).await,
             Err(e) => Err(e),
         };
         match &result {
-            Ok(_) => self.breaker_lock().success(),
+            Ok(_) => {
+                record(Outcome::Success);
+            }
             Err(FleetError::Redis(e)) if is_about_the_key(e) => {
-                self.breaker_lock().success();
+                record(Outcome::Success);
                 debug!(op = what, error = %e, "shared cache: error reply");
             }
             Err(e) => {
                 bump(&self.counters.l2_errors);
-                let opened = self.breaker_lock().failure(Instant::now());
-                if opened {
+                if record(Outcome::Failure) == Transition::Opened {
                     warn!(op = what, error = %e, open_for = ?BREAKER_OPEN_FOR,
                         "shared cache unavailable; going straight to introspection for a while");
                 } else {
@@ -634,12 +623,6 @@ impl Fleet {
             }
         }
         result
-    }
-
-    fn breaker_lock(&self) -> std::sync::MutexGuard<'_, Breaker> {
-        // A panic while holding it cannot leave the counters inconsistent in
-        // a way that matters; keep going.
-        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads the value and the token's purge tombstone in one round trip.
@@ -1185,26 +1168,35 @@ mod tests {
         assert_eq!(back, certs);
     }
 
-    #[test]
-    fn breaker_opens_after_consecutive_failures_and_retries_after_the_pause() {
-        let t0 = Instant::now();
-        let mut b = Breaker::default();
-        assert!(b.allows(t0));
-        assert!(!b.failure(t0));
-        assert!(!b.failure(t0));
-        b.success();
-        assert!(!b.failure(t0), "success resets the count");
-        assert!(!b.failure(t0));
-        assert!(b.failure(t0), "the third failure in a row opens it");
-        assert!(!b.allows(t0 + Duration::from_secs(1)));
-        let later = t0 + BREAKER_OPEN_FOR;
-        assert!(b.allows(later), "half-open after the pause");
-        assert!(!b.failure(later), "already open: no second 'opened' log");
-        assert!(
-            !b.allows(later + Duration::from_millis(1)),
-            "one failure reopens it"
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_after_consecutive_failures_and_retries_after_the_pause() {
+        let b = redis_breaker();
+        let fail = |b: &Breaker| b.try_admit().unwrap().finish(Outcome::Failure);
+        let succeed = |b: &Breaker| b.try_admit().unwrap().finish(Outcome::Success);
+        assert!(b.try_admit().is_some());
+        assert_ne!(fail(&b), Transition::Opened);
+        assert_ne!(fail(&b), Transition::Opened);
+        succeed(&b);
+        assert_ne!(fail(&b), Transition::Opened, "success resets the count");
+        assert_ne!(fail(&b), Transition::Opened);
+        assert_eq!(
+            fail(&b),
+            Transition::Opened,
+            "the third failure in a row opens it"
         );
-        b.success();
-        assert!(b.allows(later));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(b.try_admit().is_none());
+        tokio::time::advance(BREAKER_OPEN_FOR - Duration::from_secs(1)).await;
+        assert!(b.try_admit().is_some(), "half-open after the pause");
+        assert!(b.try_admit().is_some(), "every call may try Redis again");
+        assert_ne!(
+            fail(&b),
+            Transition::Opened,
+            "already open: no second 'opened' log"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(b.try_admit().is_none(), "one failure reopens it");
+        b.record_unadmitted(Outcome::Success);
+        assert!(b.try_admit().is_some());
     }
 }

@@ -67,7 +67,7 @@ const MAX_ERROR_BODY_BYTES: usize = 4 * 1024;
 /// never into 401 or an allow.
 ///
 /// Which of them say the AS is *unhealthy* (and so count for the circuit
-/// breaker, hence readiness) is [`crate::resilience::breaker::Outcome::of`]'s business: only
+/// breaker, hence readiness) is `Outcome::of` (`introspection/breaker.rs`)'s business: only
 /// those that no token can provoke. Anyone can send any token, so an answer
 /// that may depend on the token must never open the breaker (issue 12, item 5).
 #[derive(Debug, Clone, thiserror::Error)]

@@ -4,9 +4,12 @@
 //!   settings ([`IntrospectionSettings`]) and the lenient response type ([`Introspection`]).
 //! - [`answer`]: the compact cached form of an answer ([`answer::Answer`], what the policy
 //!   reads); repeating members shared through a bounded interner.
+//! - `breaker`: the AS's rules for the shared circuit breaker (what counts as a failure,
+//!   the canary).
 //! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint.
 
 pub mod answer;
+mod breaker;
 pub mod client;
 pub mod discovery;
 

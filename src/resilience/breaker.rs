@@ -1,25 +1,31 @@
-//! Circuit breaker in front of the authorization server.
+//! The circuit breaker: one type for every dependency that can fail slowly
+//! (the authorization server, the fleet's Redis).
 //!
-//! When the AS is down, every uncached token would otherwise wait a whole
-//! `introspection.timeout` before its 503, and every one of those waits holds a
-//! connection and a request open. After `breaker_failures` consecutive AS
-//! failures the breaker *opens*: calls fail at once with
-//! [`IntrospectError::CircuitOpen`] (still a 503, and a cached answer may still
-//! be served stale). After `breaker_open_for` it lets exactly one *probe* call
-//! through (half-open); the probe's success closes the breaker, its failure
-//! opens it again for another `breaker_open_for`.
+//! When a dependency is down, every call would otherwise wait a whole timeout
+//! before it fails, and each wait holds a connection and a request open. After
+//! `failures_to_open` consecutive failures the breaker *opens*: calls are not
+//! made for `open_for`. What happens after that is the [`Recovery`]:
+//! - [`Recovery::OneProbe`] (the AS): exactly one *probe* call goes through
+//!   (half-open); its success closes the breaker, its failure opens it again;
+//!   results of calls admitted before it opened are ignored (only the probe
+//!   decides).
+//! - [`Recovery::AllCalls`] (Redis, an optimisation nobody waits for): every
+//!   call goes through again, and every result counts whenever it arrives: a
+//!   success closes the breaker, a failure (re)opens it at once.
+//!
+//! What counts as a failure is the caller's business ([`Outcome`]); the AS's
+//! rules are `Outcome::of` and `Breaker::call`/`call_confirmed` in
+//! [`crate::introspection::client`].
 //!
 //! Time is `tokio::time::Instant`, so tests can move it with
 //! `tokio::time::pause()` / `advance()`.
 
-use crate::introspection::client::IntrospectError;
-use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// What the breaker is doing, for logs and (later) metrics.
+/// What the breaker is doing, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
     /// Calls go through; failures are being counted.
@@ -40,6 +46,29 @@ impl BreakerState {
     }
 }
 
+/// What the breaker does once the open period is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// One probe call decides; the others still fail fast until it has.
+    OneProbe,
+    /// Every call goes through; any result, even a late one, counts.
+    AllCalls,
+}
+
+/// A change of state that the caller may want to log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Nothing changed that a log needs to say.
+    None,
+    /// A closed breaker opened.
+    Opened,
+    /// The half-open probe (or, with [`Recovery::AllCalls`], a call after the
+    /// open period) failed: open again.
+    Reopened,
+    /// It closed again.
+    Closed,
+}
+
 #[derive(Debug)]
 enum State {
     Closed { consecutive_failures: u32 },
@@ -47,48 +76,15 @@ enum State {
     HalfOpen { probing: bool },
 }
 
-/// How a call ended, as far as the AS's health is concerned.
+/// How a call ended, as far as the dependency's health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The AS gave an answer (active or not: `active:false` is a healthy AS).
+    /// The dependency answered.
     Success,
-    /// The AS failed: timeout, unreachable, 5xx, 401/403 to us, garbage.
+    /// The dependency failed.
     Failure,
-    /// Says nothing about the AS (no endpoint known yet, the call was
-    /// cancelled, or a 4xx about the token, which the client chose).
+    /// Says nothing about the dependency (e.g. the call was cancelled).
     Neutral,
-}
-
-impl Outcome {
-    fn kind_of<T>(result: &Result<T, IntrospectError>) -> &'static str {
-        result.as_ref().err().map_or("ok", IntrospectError::kind)
-    }
-
-    /// Only failures that no client can provoke with the token it sends count:
-    /// anyone can send any token, and a failure it provokes must not open the
-    /// breaker (503 for every valid token, `/readyz` unready).
-    pub fn of<T>(result: &Result<T, IntrospectError>) -> Self {
-        match result {
-            Ok(_) => Self::Success,
-            Err(
-                IntrospectError::Timeout(_)
-                | IntrospectError::Connect(_)
-                | IntrospectError::ClientUnauthorized
-                | IntrospectError::Status(_)
-                | IntrospectError::InvalidResponse(_),
-            ) => Self::Failure,
-            // No call was made, so nothing was learned about the AS.
-            Err(IntrospectError::NoEndpoint | IntrospectError::CircuitOpen) => Self::Neutral,
-            // A 4xx about the token, or one that may depend on it (its size,
-            // its content): a client can send such tokens on purpose, so they
-            // must not count as failures. Nor as successes: an AS may refuse a
-            // JWT-shaped token before it looks anything up (oidc-provider
-            // does), so a fast 400 does not show that it can introspect, and
-            // a client must not be able to keep a failing AS's breaker from
-            // opening, or close it, with such tokens.
-            Err(IntrospectError::TokenRejected(_) | IntrospectError::Refused(_)) => Self::Neutral,
-        }
-    }
 }
 
 pub struct Breaker {
@@ -96,6 +92,10 @@ pub struct Breaker {
     /// 0 disables the breaker.
     failures_to_open: u32,
     open_for: Duration,
+    recovery: Recovery,
+    /// `Some(what)`: the breaker logs its transitions itself, as "{what}
+    /// circuit opened" etc. `None`: the caller logs ([`Transition`]).
+    label: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -104,6 +104,7 @@ impl std::fmt::Debug for Breaker {
             .field("state", &self.state())
             .field("failures_to_open", &self.failures_to_open)
             .field("open_for", &self.open_for)
+            .field("recovery", &self.recovery)
             .finish()
     }
 }
@@ -113,14 +114,14 @@ impl std::fmt::Debug for Breaker {
 /// cannot leave the breaker half-open with nobody probing.
 pub struct Ticket<'a> {
     breaker: &'a Breaker,
-    probe: bool,
+    pub(crate) probe: bool,
     done: bool,
 }
 
 impl Ticket<'_> {
-    pub fn finish(mut self, outcome: Outcome) {
+    pub fn finish(mut self, outcome: Outcome) -> Transition {
         self.done = true;
-        self.breaker.record(self.probe, outcome);
+        self.breaker.record(self.probe, outcome)
     }
 }
 
@@ -133,6 +134,7 @@ impl Drop for Ticket<'_> {
 }
 
 impl Breaker {
+    /// A [`Recovery::OneProbe`] breaker that logs nothing itself.
     /// `failures_to_open = 0` turns the breaker off: every call goes through.
     pub fn new(failures_to_open: u32, open_for: Duration) -> Self {
         Self {
@@ -141,7 +143,24 @@ impl Breaker {
             }),
             failures_to_open,
             open_for,
+            recovery: Recovery::OneProbe,
+            label: None,
         }
+    }
+
+    pub fn with_recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    /// Logs transitions as "{what} circuit opened: failing fast" and so on.
+    pub fn logged_as(mut self, what: &'static str) -> Self {
+        self.label = Some(what);
+        self
+    }
+
+    pub fn open_for(&self) -> Duration {
+        self.open_for
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -160,32 +179,41 @@ impl Breaker {
         }
     }
 
-    /// Asks to make one call. `Err(CircuitOpen)` means: do not call the AS.
-    pub fn admit(&self) -> Result<Ticket<'_>, IntrospectError> {
+    /// Asks to make one call. `None` means: do not make it.
+    pub fn try_admit(&self) -> Option<Ticket<'_>> {
         let ticket = |probe| Ticket {
             breaker: self,
             probe,
             done: false,
         };
         if self.failures_to_open == 0 {
-            return Ok(ticket(false));
+            return Some(ticket(false));
         }
         let mut state = self.lock();
-        match *state {
-            State::Closed { .. } => Ok(ticket(false)),
-            State::Open { until } if Instant::now() < until => Err(IntrospectError::CircuitOpen),
-            State::Open { .. } | State::HalfOpen { probing: false } => {
+        match (&*state, self.recovery) {
+            (State::Closed { .. }, _) => Some(ticket(false)),
+            (State::Open { until }, _) if Instant::now() < *until => None,
+            (_, Recovery::AllCalls) => Some(ticket(false)),
+            (State::Open { .. } | State::HalfOpen { probing: false }, Recovery::OneProbe) => {
                 *state = State::HalfOpen { probing: true };
-                info!("authorization server circuit half-open: sending one probe");
-                Ok(ticket(true))
+                if let Some(what) = self.label {
+                    info!("{what} circuit half-open: sending one probe");
+                }
+                Some(ticket(true))
             }
-            State::HalfOpen { probing: true } => Err(IntrospectError::CircuitOpen),
+            (State::HalfOpen { probing: true }, Recovery::OneProbe) => None,
         }
     }
 
-    fn record(&self, probe: bool, outcome: Outcome) {
+    /// Records the outcome of a call made without asking (e.g. a purge, which
+    /// must be tried even while the breaker is open).
+    pub fn record_unadmitted(&self, outcome: Outcome) -> Transition {
+        self.record(false, outcome)
+    }
+
+    fn record(&self, probe: bool, outcome: Outcome) -> Transition {
         if self.failures_to_open == 0 {
-            return;
+            return Transition::None;
         }
         let mut state = self.lock();
         let open = |state: &mut State| {
@@ -193,7 +221,7 @@ impl Breaker {
                 until: Instant::now() + self.open_for,
             };
         };
-        match (&mut *state, outcome) {
+        let transition = match (&mut *state, outcome) {
             (
                 State::Closed {
                     consecutive_failures,
@@ -202,12 +230,17 @@ impl Breaker {
             ) => {
                 *consecutive_failures += 1;
                 if *consecutive_failures >= self.failures_to_open {
-                    warn!(
-                        failures = *consecutive_failures,
-                        open_for = ?self.open_for,
-                        "authorization server circuit opened: failing fast"
-                    );
+                    if let Some(what) = self.label {
+                        warn!(
+                            failures = *consecutive_failures,
+                            open_for = ?self.open_for,
+                            "{what} circuit opened: failing fast"
+                        );
+                    }
                     open(&mut state);
+                    Transition::Opened
+                } else {
+                    Transition::None
                 }
             }
             (
@@ -217,277 +250,45 @@ impl Breaker {
                 Outcome::Success,
             ) => {
                 *consecutive_failures = 0;
+                Transition::None
             }
-            (State::HalfOpen { .. }, Outcome::Success) if probe => {
-                info!("authorization server circuit closed: probe succeeded");
+            (State::Open { .. } | State::HalfOpen { .. }, Outcome::Success)
+                if probe || self.recovery == Recovery::AllCalls =>
+            {
+                if let Some(what) = self.label {
+                    info!("{what} circuit closed: probe succeeded");
+                }
                 *state = State::Closed {
                     consecutive_failures: 0,
                 };
+                Transition::Closed
             }
-            (State::HalfOpen { .. }, Outcome::Failure) if probe => {
-                warn!(open_for = ?self.open_for, "authorization server circuit re-opened: probe failed");
+            (State::Open { .. } | State::HalfOpen { .. }, Outcome::Failure)
+                if probe || self.recovery == Recovery::AllCalls =>
+            {
+                if let Some(what) = self.label {
+                    warn!(open_for = ?self.open_for, "{what} circuit re-opened: probe failed");
+                }
                 open(&mut state);
+                Transition::Reopened
             }
             (State::HalfOpen { probing }, Outcome::Neutral) if probe => {
                 // Let the next caller probe instead.
                 *probing = false;
+                Transition::None
             }
             // Calls admitted before the breaker opened that finish now: the
-            // breaker already knows the AS is failing, and a late success does
-            // not prove the AS is back (only the probe decides that).
-            _ => {}
-        }
-    }
-
-    /// Runs `call` if the breaker admits it and records its outcome.
-    pub async fn call<T>(
-        &self,
-        call: impl Future<Output = Result<T, IntrospectError>>,
-    ) -> Result<T, IntrospectError> {
-        let ticket = self.admit()?;
-        let result = call.await;
-        ticket.finish(Outcome::of(&result));
-        result
-    }
-
-    /// [`Breaker::call`], but a failure that the token may have caused (a
-    /// timeout, a 5xx, an unreadable answer: an AS can choke on one token)
-    /// does not open the breaker, nor re-open it as the half-open probe,
-    /// without a second opinion: `canary` asks the AS about a token nobody
-    /// has. If the AS answers that, it is healthy and the failure was this
-    /// token's: it counts as a success. Otherwise a client could open the
-    /// breaker (or keep it open) with tokens that make the AS fail, and every
-    /// valid token would get 503. The canary runs only when this failure
-    /// would open the breaker, so at most once per `breaker_failures`
-    /// failures.
-    pub async fn call_confirmed<T, C, CF>(
-        &self,
-        call: impl Future<Output = Result<T, IntrospectError>>,
-        canary: C,
-    ) -> Result<T, IntrospectError>
-    where
-        C: FnOnce() -> CF,
-        CF: Future<Output = bool>,
-    {
-        let ticket = self.admit()?;
-        let result = call.await;
-        let mut outcome = Outcome::of(&result);
-        let maybe_the_tokens = matches!(
-            &result,
-            Err(IntrospectError::Timeout(_)
-                | IntrospectError::InvalidResponse(_)
-                | IntrospectError::Status(500..=599))
-        );
-        if outcome == Outcome::Failure
-            && maybe_the_tokens
-            && (ticket.probe || self.would_open())
-            && canary().await
-        {
-            warn!(
-                kind = Outcome::kind_of(&result),
-                "introspection failed, but the authorization server answers another token: \
-                 not counting it against the AS (a token that makes the AS fail?)"
-            );
-            outcome = Outcome::Success;
-        }
-        ticket.finish(outcome);
-        result
+            // breaker already knows the dependency is failing, and a late
+            // success does not prove it is back (only the probe decides that).
+            _ => Transition::None,
+        };
+        transition
     }
 
     /// Would one more failure open a closed breaker?
-    fn would_open(&self) -> bool {
+    pub fn would_open(&self) -> bool {
         self.failures_to_open > 0
             && matches!(*self.lock(), State::Closed { consecutive_failures }
                 if consecutive_failures.saturating_add(1) >= self.failures_to_open)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const OPEN_FOR: Duration = Duration::from_secs(10);
-
-    fn fail() -> Result<(), IntrospectError> {
-        Err(IntrospectError::Status(500))
-    }
-
-    async fn run(b: &Breaker, r: Result<(), IntrospectError>) -> Result<(), IntrospectError> {
-        b.call(async { r }).await
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn opens_after_n_consecutive_failures_only() {
-        let b = Breaker::new(3, OPEN_FOR);
-        run(&b, fail()).await.unwrap_err();
-        run(&b, fail()).await.unwrap_err();
-        run(&b, Ok(())).await.unwrap();
-        // The success reset the count: two more failures do not open it.
-        run(&b, fail()).await.unwrap_err();
-        run(&b, fail()).await.unwrap_err();
-        assert_eq!(b.state(), BreakerState::Closed);
-        run(&b, fail()).await.unwrap_err();
-        assert_eq!(b.state(), BreakerState::Open);
-        let mut called = false;
-        let r = b
-            .call(async {
-                called = true;
-                Ok(())
-            })
-            .await;
-        assert!(matches!(r, Err(IntrospectError::CircuitOpen)));
-        assert!(!called, "an open breaker must not call the AS");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn half_open_probe_success_closes() {
-        let b = Breaker::new(1, OPEN_FOR);
-        run(&b, fail()).await.unwrap_err();
-        tokio::time::advance(OPEN_FOR - Duration::from_millis(1)).await;
-        assert_eq!(b.state(), BreakerState::Open);
-        assert!(b.admit().is_err());
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(b.state(), BreakerState::HalfOpen);
-        let probe = b.admit().expect("the probe is admitted");
-        assert!(
-            matches!(b.admit(), Err(IntrospectError::CircuitOpen)),
-            "only one probe at a time"
-        );
-        probe.finish(Outcome::Success);
-        assert_eq!(b.state(), BreakerState::Closed);
-        run(&b, Ok(())).await.unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn half_open_probe_failure_reopens_for_another_period() {
-        let b = Breaker::new(2, OPEN_FOR);
-        run(&b, fail()).await.unwrap_err();
-        run(&b, fail()).await.unwrap_err();
-        tokio::time::advance(OPEN_FOR).await;
-        run(&b, fail()).await.unwrap_err();
-        assert_eq!(
-            b.state(),
-            BreakerState::Open,
-            "one failed probe re-opens, no count"
-        );
-        tokio::time::advance(OPEN_FOR / 2).await;
-        assert!(b.admit().is_err());
-        tokio::time::advance(OPEN_FOR / 2).await;
-        run(&b, Ok(())).await.unwrap();
-        assert_eq!(b.state(), BreakerState::Closed);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn cancelled_or_neutral_probe_lets_the_next_caller_probe() {
-        let b = Breaker::new(1, OPEN_FOR);
-        run(&b, fail()).await.unwrap_err();
-        tokio::time::advance(OPEN_FOR).await;
-        drop(b.admit().expect("probe"));
-        let probe = b.admit().expect("a dropped probe frees the slot");
-        probe.finish(Outcome::Neutral);
-        b.admit()
-            .expect("a neutral probe frees the slot")
-            .finish(Outcome::Success);
-        assert_eq!(b.state(), BreakerState::Closed);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn inactive_answers_and_missing_endpoint_do_not_count() {
-        let b = Breaker::new(1, OPEN_FOR);
-        run(&b, Err(IntrospectError::NoEndpoint)).await.unwrap_err();
-        assert_eq!(b.state(), BreakerState::Closed);
-        // An `active:false` introspection is an `Ok` from the introspector.
-        assert_eq!(
-            Outcome::of(&Ok::<_, IntrospectError>(
-                crate::introspection::client::Introspection::inactive()
-            )),
-            Outcome::Success
-        );
-        for e in [
-            IntrospectError::TokenRejected("unsupported_token_type"),
-            IntrospectError::Refused(400),
-            IntrospectError::Refused(413),
-            IntrospectError::NoEndpoint,
-            IntrospectError::CircuitOpen,
-        ] {
-            assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Neutral);
-        }
-        for e in [
-            IntrospectError::Timeout(Duration::from_secs(1)),
-            IntrospectError::Connect("refused".into()),
-            IntrospectError::ClientUnauthorized,
-            IntrospectError::Status(503),
-            IntrospectError::Status(403),
-            IntrospectError::Status(429),
-            IntrospectError::InvalidResponse("html".into()),
-        ] {
-            assert_eq!(Outcome::of::<()>(&Err(e)), Outcome::Failure);
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_failure_the_canary_contradicts_does_not_open_or_reopen() {
-        let b = Breaker::new(2, OPEN_FOR);
-        let canary_calls = std::sync::atomic::AtomicU32::new(0);
-        let confirmed = |r: Result<(), IntrospectError>, healthy: bool| {
-            let calls = &canary_calls;
-            let b = &b;
-            async move {
-                b.call_confirmed(async { r }, || async move {
-                    calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    healthy
-                })
-                .await
-            }
-        };
-        // Below the threshold: no canary.
-        confirmed(fail(), true).await.unwrap_err();
-        assert_eq!(canary_calls.load(std::sync::atomic::Ordering::SeqCst), 0);
-        // This one would open it; the AS answers the canary: not opened, count reset.
-        confirmed(fail(), true).await.unwrap_err();
-        assert_eq!(canary_calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(b.state(), BreakerState::Closed);
-        confirmed(fail(), true).await.unwrap_err();
-        assert_eq!(b.state(), BreakerState::Closed, "the count was reset");
-        // The canary fails too: the AS is down, open.
-        confirmed(fail(), false).await.unwrap_err();
-        assert_eq!(b.state(), BreakerState::Open);
-        // A failed probe that the canary contradicts closes it.
-        tokio::time::advance(OPEN_FOR).await;
-        confirmed(Err(IntrospectError::Timeout(Duration::from_secs(1))), true)
-            .await
-            .unwrap_err();
-        assert_eq!(b.state(), BreakerState::Closed);
-        // Failures no token can cause open it without a canary.
-        let before = canary_calls.load(std::sync::atomic::Ordering::SeqCst);
-        for _ in 0..2 {
-            confirmed(Err(IntrospectError::Connect("refused".into())), true)
-                .await
-                .unwrap_err();
-        }
-        assert_eq!(b.state(), BreakerState::Open);
-        assert_eq!(
-            canary_calls.load(std::sync::atomic::Ordering::SeqCst),
-            before
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn late_success_of_a_pre_open_call_does_not_close() {
-        let b = Breaker::new(1, OPEN_FOR);
-        let slow = b.admit().unwrap();
-        run(&b, fail()).await.unwrap_err();
-        slow.finish(Outcome::Success);
-        assert_eq!(b.state(), BreakerState::Open);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn zero_failures_disables_the_breaker() {
-        let b = Breaker::new(0, OPEN_FOR);
-        for _ in 0..10 {
-            run(&b, fail()).await.unwrap_err();
-        }
-        assert_eq!(b.state(), BreakerState::Closed);
-        run(&b, Ok(())).await.unwrap();
     }
 }
