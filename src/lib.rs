@@ -40,10 +40,14 @@
 //!    `Settings`; [`reload`] (SIGHUP: `ArcSwap<Settings>` swap, cache TTLs, log format).
 //! 5. `app.rs`: [`App`], the composition root: builds every subsystem from `Settings` and wires
 //!    them (the fleet layer behind the cache, the breaker's readiness check, the reload handle).
-//! 6. `pipeline/`: `mod.rs` (`handle`: one request through the stages, and the access line),
-//!    `forward_auth` (`mode = "forward_auth"`: the original request from the front proxy's
-//!    convention, and the 200 + identity answer), `reject` (one enum for every failure; the
-//!    one exhaustive status/challenge mapping; JSON and gRPC rejections).
+//! 6. `pipeline/`, one file per stage of the diagram below: `mod.rs` (`handle`: one request,
+//!    the mode switch, the access line), `access` (what the access line records), `proxy`
+//!    (proxy mode: request checks, then authorize, then the upstream call), `authorize` (route →
+//!    token → **cache lookup** → policy, shared by both modes), `forward_auth` (forward-auth
+//!    mode: authorize the original request, answer 200 + identity), `front_proxy` (the front
+//!    proxy's header conventions: nginx / Traefik / Envoy, `auto` refuses two), `reject` (one
+//!    enum for every failure; the one exhaustive status/challenge mapping; JSON and gRPC
+//!    rejections).
 //! 7. `listen.rs` ([`run`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN), graceful
 //!    drain, the start-up probe of the introspection endpoint) and `admin.rs` (`/healthz`,
 //!    `/readyz`, `/metrics`, `POST /purge`).
@@ -52,10 +56,12 @@
 //! ```text
 //! listen::run ── limits (connection slot, first bytes) ── accept ── pipeline::handle
 //!                                                  (one `Settings` snapshot per request)
+//!  pipeline::proxy (proxy mode; forward-auth mode: pipeline::forward_auth, see below):
 //!    (hyper: request head over limits.max_header_bytes → 431; CONNECT → 405)
 //!    └─ http::limits::declared_too_large  Content-Length over limits.max_body_bytes → 413
 //!    └─ upstream::forward::routing_host  two Hosts, or Host ≠ :authority / absolute-form
 //!                                      target → 400; else the normalised host
+//!  pipeline::authorize:
 //!    └─ policy::RouteTable::select     first matching route (HEAD takes GET routes); public →
 //!                                      skip to forward; path whose route depends on its
 //!                                      reading (decoding, `;`, case, NFKC, trailing dots),
@@ -68,21 +74,23 @@
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
+//!  pipeline::proxy, again:
 //!    └─ upstream::upgrade::requested   Upgrade → only allowed protocols (never h2c), else stripped
 //!    └─ upstream::forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
 //!                                      (request body counted by http::limits::LimitedBody → 413;
 //!                                      a 101 not naming an offered protocol → 502, dropped)
 //!       └─ upstream::upgrade::Tunnels::spawn  on 101: join the two connections (holding the
 //!                                      connection slot) until exp / idle / close / shutdown
+//!  pipeline::handle, again:
 //!    └─ pipeline::reject::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
 //!                                      (gRPC request → grpc-status, reject::grpc_rejection_response)
 //!    └─ ops::metrics::Metrics::observe_request  + one access log line
 //! admin::serve (own listener): /healthz, /readyz, /metrics, POST /purge →
 //!    cache::TokenCache::invalidate (→ fleet: L2 DEL + PUBLISH on tokengate:purge).
 //! reload (SIGHUP in main): ReloadHandle::reload_from → validate → ArcSwap<Settings> swap.
-//! forward-auth mode: pipeline::forward_auth::original (only `forward_auth.convention`'s headers;
+//! forward-auth mode: pipeline::front_proxy::original (only `forward_auth.convention`'s headers;
 //! auto: two conventions → 400) → the same route/token/cache/policy → 200 + identity
-//! (forward_auth::allowed) instead of forwarding; the access line logs the original method and path.
+//! (front_proxy::allowed) instead of forwarding; the access line logs the original method and path.
 //! ```
 #![forbid(unsafe_code)]
 

@@ -42,7 +42,7 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     let tls_watch = app
         .tls_reloader()
         .map(|r| tokio::spawn(r.watch(crate::http::tls::WATCH_INTERVAL)));
-    crate::pipeline::forward_auth::warn_if_auto(&app.settings());
+    crate::pipeline::front_proxy::warn_if_auto(&app.settings());
     // TLS is a listener setting: fixed for the life of `run` (reload says so).
     let tls = app.settings().tls.clone();
     let graceful = GracefulShutdown::new();

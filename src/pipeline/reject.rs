@@ -5,7 +5,7 @@
 
 use crate::http::Body;
 use crate::introspection::client::IntrospectError;
-use crate::pipeline::forward_auth::ForwardAuthError;
+use crate::pipeline::front_proxy::ForwardAuthError;
 use crate::policy::{Deny, RouteError};
 use crate::token::TokenError;
 use crate::upstream::forward;
