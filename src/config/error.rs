@@ -14,6 +14,9 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("`{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// More than one invalid key: each on its own line.
+    #[error("{} invalid settings:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 /// "`cache.max_ttl` from environment variable TOKENGATE_CACHE__MAX_TTL: invalid
@@ -100,6 +103,38 @@ impl ConfigError {
         Self::Invalid {
             key,
             message: message.into(),
+        }
+    }
+}
+
+/// The invalid keys found so far, so that `validate()` names them all at
+/// once instead of one per start-up attempt.
+#[derive(Default)]
+pub(super) struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    /// The value, or `None` with its error recorded.
+    pub(super) fn take<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.push(e)).ok()
+    }
+
+    pub(super) fn push(&mut self, error: ConfigError) {
+        self.0.push(error);
+    }
+
+    /// Records `key: message` unless `ok`.
+    pub(super) fn check(&mut self, ok: bool, key: &'static str, message: impl Into<String>) {
+        if !ok {
+            self.push(ConfigError::invalid(key, message));
+        }
+    }
+
+    /// `Ok` without errors; one error as itself; several as [`ConfigError::Several`].
+    pub(super) fn into_result(mut self) -> Result<(), ConfigError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConfigError::Several(self.0)),
         }
     }
 }

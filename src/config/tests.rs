@@ -676,3 +676,43 @@ fn probe_mode_parses_and_defaults_to_require() {
         Ok(())
     });
 }
+
+#[test]
+fn validate_reports_every_invalid_key_at_once() {
+    let mut c = base();
+    c.limits.idle_timeout = Duration::ZERO;
+    c.identity.scope_header = "not a header".into();
+    c.token_sources.cookie = "bad cookie".into();
+    let err = c.validate().unwrap_err();
+    assert!(
+        matches!(&err, ConfigError::Several(all) if all.len() == 3),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.starts_with("3 invalid settings:\n"), "{text}");
+    for key in [
+        "`limits.idle_timeout`: must be greater than 0",
+        "`identity.scope_header`: \"not a header\" is not a valid header name",
+        "`token_sources.cookie`: \"bad cookie\" is not a valid cookie name",
+    ] {
+        assert!(text.contains(key), "{key} missing from {text}");
+    }
+    assert_eq!(text.lines().count(), 4, "{text}");
+}
+
+#[test]
+fn one_invalid_key_is_reported_as_itself() {
+    let mut c = base();
+    c.limits.idle_timeout = Duration::ZERO;
+    let err = c.validate().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConfigError::Invalid {
+                key: "limits.idle_timeout",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

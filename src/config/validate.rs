@@ -13,226 +13,160 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 impl RawConfig {
-    /// Checks every value and resolves files (`client_secret_file`).
+    /// Checks every value and resolves files (`client_secret_file`). Every
+    /// invalid key is reported, not only the first: one error comes back as
+    /// itself, several as [`ConfigError::Several`]. A key whose check needs
+    /// another one (e.g. `admin.listen` against `listen`) is checked once
+    /// that one is valid.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
-        let listen = parse_listen("listen", &self.listen)?;
-        let mut upstream = parse_upstream(&self.upstream)?;
-        upstream.http2 = self.upstream_http2;
+        let mut errors = Errors::default();
+        let listen = errors.take(parse_listen("listen", &self.listen));
+        let upstream = errors.take(parse_upstream(&self.upstream).map(|mut u| {
+            u.http2 = self.upstream_http2;
+            u
+        }));
         // Read once: the same private CA serves the upstream, the AS and rediss://.
-        let ca_roots = self.ca_roots()?;
-        let (tls, upstream_tls, as_tls) = self.tls_settings(&ca_roots)?;
-        let forward_auth_prefix = {
-            let p = self.forward_auth.path_prefix.trim_end_matches('/');
-            if !p.is_empty() && !p.starts_with('/') {
-                return Err(ConfigError::invalid(
-                    "forward_auth.path_prefix",
-                    format!("{p:?} must start with '/'"),
-                ));
-            }
-            // A prefix is Envoy's alone: with another convention it would do
-            // nothing, which is a mistake in the file, not a choice.
-            use ConventionSetting as C;
-            let convention = self.forward_auth.convention;
-            if !p.is_empty() && matches!(convention, C::Nginx | C::Traefik) {
-                return Err(ConfigError::invalid(
-                    "forward_auth.path_prefix",
-                    format!(
-                        "is only used with forward_auth.convention = \"envoy\" (or \"auto\"), not {:?}",
-                        convention.as_str()
-                    ),
-                ));
-            }
-            p.to_owned()
+        let ca_roots = errors.take(self.ca_roots());
+        let tls_all = match &ca_roots {
+            Some(roots) => errors.take(self.tls_settings(roots)),
+            None => None,
         };
+        let forward_auth_prefix = errors.take(self.forward_auth_prefix());
 
         let i = &self.introspection;
-        let discovery = if self.discovery.issuer.is_empty() {
-            None
-        } else {
-            let issuer = &self.discovery.issuer;
-            let ok = url::Url::parse(issuer)
-                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());
-            if !ok {
-                return Err(ConfigError::invalid(
-                    "discovery.issuer",
-                    format!("{issuer:?} is not an http(s) URL without a query"),
-                ));
-            }
-            Some(DiscoverySettings {
-                issuer: issuer.clone(),
-                refresh_interval: self.discovery.refresh_interval.max(Duration::from_secs(1)),
-            })
-        };
-        if discovery.is_some() && !i.url.is_empty() {
+        let discovery = errors.take(self.discovery_settings());
+        // On the key as written, so that a malformed issuer does not also
+        // report a missing introspection.url.
+        let has_issuer = !self.discovery.issuer.is_empty();
+        if has_issuer && !i.url.is_empty() {
             // Otherwise the background refresh would silently replace the URL
             // the operator wrote down.
-            return Err(ConfigError::invalid(
+            errors.push(ConfigError::invalid(
                 "discovery.issuer",
                 "set either introspection.url or discovery.issuer, not both",
             ));
         }
-        let url = if i.url.is_empty() {
-            if discovery.is_none() {
-                return Err(ConfigError::invalid(
-                    "introspection.url",
-                    // Names the variables too: the container image's baked
-                    // config leaves the URL out on purpose, and a container
-                    // is configured through its environment.
-                    "is required: the RFC 7662 introspection endpoint of your authorization server. \
-                     Set it in the config file or with TOKENGATE_INTROSPECTION__URL=https://..., \
-                     or set discovery.issuer (TOKENGATE_DISCOVERY__ISSUER) to find it by OpenID discovery",
-                ));
-            }
-            None
-        } else {
-            let url = oauth2::IntrospectionUrl::new(i.url.clone()).map_err(|e| {
-                ConfigError::invalid("introspection.url", format!("{:?}: {e}", i.url))
-            })?;
-            if !matches!(url.url().scheme(), "http" | "https") {
-                return Err(ConfigError::invalid(
-                    "introspection.url",
-                    "must be http:// or https://",
-                ));
-            }
-            Some(url)
-        };
-        if i.client_id.is_empty() {
-            return Err(ConfigError::invalid(
-                "introspection.client_id",
-                "is required",
-            ));
-        }
-        let client_secret = match (i.client_secret.is_empty(), i.client_secret_file.is_empty()) {
-            (false, false) => return Err(ConfigError::invalid(
-                "introspection.client_secret_file",
-                "set either client_secret or client_secret_file, not both (in the environment, \
-                     TOKENGATE_INTROSPECTION__CLIENT_SECRET replaces a client_secret_file from the \
-                     config file)",
-            )),
-            (true, true) => {
-                return Err(ConfigError::invalid(
-                    "introspection.client_secret",
-                    "is required (or client_secret_file)",
-                ))
-            }
-            (false, true) => i.client_secret.clone(),
-            (true, false) => {
-                read_secret_file("introspection.client_secret_file", &i.client_secret_file)?
-            }
-        };
-        if i.timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "introspection.timeout",
-                "must be greater than 0",
-            ));
-        }
-        if self.cache.max_entries == 0 {
-            return Err(ConfigError::invalid(
-                "cache.max_entries",
-                "must be at least 1",
-            ));
-        }
-        if self.limits.max_token_bytes == 0 {
-            return Err(ConfigError::invalid(
-                "limits.max_token_bytes",
-                "must be at least 1",
-            ));
-        }
+        let url = errors.take(self.introspection_url(has_issuer));
+        errors.check(
+            !i.client_id.is_empty(),
+            "introspection.client_id",
+            "is required",
+        );
+        let client_secret = errors.take(self.client_secret());
+        errors.check(
+            !i.timeout.is_zero(),
+            "introspection.timeout",
+            "must be greater than 0",
+        );
+        errors.check(
+            self.cache.max_entries != 0,
+            "cache.max_entries",
+            "must be at least 1",
+        );
+        errors.check(
+            self.limits.max_token_bytes != 0,
+            "limits.max_token_bytes",
+            "must be at least 1",
+        );
         let l = &self.limits;
-        if l.max_header_bytes < crate::http::limits::MIN_HEADER_BYTES {
-            return Err(ConfigError::invalid(
-                "limits.max_header_bytes",
-                format!("must be at least {}", crate::http::limits::MIN_HEADER_BYTES),
-            ));
-        }
-        if l.idle_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "limits.idle_timeout",
-                "must be greater than 0",
-            ));
-        }
+        errors.check(
+            l.max_header_bytes >= crate::http::limits::MIN_HEADER_BYTES,
+            "limits.max_header_bytes",
+            format!("must be at least {}", crate::http::limits::MIN_HEADER_BYTES),
+        );
+        errors.check(
+            !l.idle_timeout.is_zero(),
+            "limits.idle_timeout",
+            "must be greater than 0",
+        );
         // No "0s = off": a tunnel on a public route would then live forever.
-        if l.tunnel_idle_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "limits.tunnel_idle_timeout",
-                "must be greater than 0 (a long value such as \"24h\" keeps quiet tunnels open)",
-            ));
-        }
-        let upgrade_protocols =
+        errors.check(
+            !l.tunnel_idle_timeout.is_zero(),
+            "limits.tunnel_idle_timeout",
+            "must be greater than 0 (a long value such as \"24h\" keeps quiet tunnels open)",
+        );
+        let upgrade_protocols = errors.take(
             crate::upstream::upgrade::UpgradeProtocols::parse(&self.upgrade_protocols)
-                .map_err(|e| ConfigError::invalid("upgrade_protocols", e))?;
-        if self.resilience.breaker_failures > 0 && self.resilience.breaker_open_for.is_zero() {
-            return Err(ConfigError::invalid(
-                "resilience.breaker_open_for",
-                "must be greater than 0 (set breaker_failures = 0 to turn the breaker off)",
-            ));
-        }
-        if self.resilience.upstream_timeout.is_zero() {
-            return Err(ConfigError::invalid(
-                "resilience.upstream_timeout",
-                "must be greater than 0",
-            ));
-        }
+                .map_err(|e| ConfigError::invalid("upgrade_protocols", e)),
+        );
+        errors.check(
+            !(self.resilience.breaker_failures > 0 && self.resilience.breaker_open_for.is_zero()),
+            "resilience.breaker_open_for",
+            "must be greater than 0 (set breaker_failures = 0 to turn the breaker off)",
+        );
+        errors.check(
+            !self.resilience.upstream_timeout.is_zero(),
+            "resilience.upstream_timeout",
+            "must be greater than 0",
+        );
 
-        let id = &self.identity;
-        let header = |key: &'static str, v: &str| {
-            HeaderName::try_from(v)
-                .map_err(|_| ConfigError::invalid(key, format!("{v:?} is not a valid header name")))
-        };
-        let subject_header = header("identity.subject_header", &id.subject_header)?;
-        let client_id_header = header("identity.client_id_header", &id.client_id_header)?;
-        let scope_header = header("identity.scope_header", &id.scope_header)?;
-        let mut strip = vec![
-            subject_header.clone(),
-            client_id_header.clone(),
-            scope_header.clone(),
-        ];
-        for h in &id.strip_headers {
-            strip.push(header("identity.strip_headers", h)?);
-        }
-        let mut claims = Vec::new();
-        for (h, claim) in &id.claims {
-            let name = header("identity.claims", h)?;
-            if claim.is_empty() {
-                return Err(ConfigError::invalid(
-                    "identity.claims",
-                    format!("{h:?} maps to an empty claim name"),
-                ));
-            }
-            strip.push(name.clone());
-            claims.push((name, claim.clone()));
-        }
-        strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        strip.dedup();
-
-        let routes = self.route_table()?;
+        let identity = self.identity_settings(&mut errors);
+        let routes = errors.take(self.route_table());
         // rediss:// trusts the same private CA as the upstream and the AS.
-        let redis_roots = if self.cache.shared.url.0.is_empty() {
-            Vec::new()
-        } else {
-            ca_roots
+        let redis_roots = match &ca_roots {
+            Some(roots) if !self.cache.shared.url.0.is_empty() => roots.clone(),
+            _ => Vec::new(),
         };
-        let shared_cache = validate_shared_cache(&self.cache.shared, redis_roots)?;
+        let shared_cache = errors.take(validate_shared_cache(&self.cache.shared, redis_roots));
         let ts = &self.token_sources;
-        if !ts.query_param.is_empty() && !is_token_char_str(&ts.query_param) {
-            return Err(ConfigError::invalid(
-                "token_sources.query_param",
-                format!("{:?} is not a valid parameter name", ts.query_param),
-            ));
-        }
-        if !ts.cookie.is_empty() && !is_token_char_str(&ts.cookie) {
-            return Err(ConfigError::invalid(
-                "token_sources.cookie",
-                format!("{:?} is not a valid cookie name", ts.cookie),
-            ));
-        }
+        errors.check(
+            ts.query_param.is_empty() || is_token_char_str(&ts.query_param),
+            "token_sources.query_param",
+            format!("{:?} is not a valid parameter name", ts.query_param),
+        );
+        errors.check(
+            ts.cookie.is_empty() || is_token_char_str(&ts.cookie),
+            "token_sources.cookie",
+            format!("{:?} is not a valid cookie name", ts.cookie),
+        );
         let token_sources = crate::token::TokenSources {
             query_param: (!ts.query_param.is_empty()).then(|| ts.query_param.clone()),
             cookie: (!ts.cookie.is_empty()).then(|| ts.cookie.clone()),
         };
 
-        let admin = self.admin_settings(listen)?;
-        let forwarding = self.forwarding_settings()?;
+        let admin = match listen {
+            Some(listen) => errors.take(self.admin_settings(listen)),
+            None => None,
+        };
+        let forwarding = errors.take(self.forwarding_settings());
+
+        errors.into_result()?;
+        // No error was reported, so every part above was built.
+        let (
+            Some(listen),
+            Some(upstream),
+            Some((tls, upstream_tls, as_tls)),
+            Some(forward_auth_prefix),
+            Some(discovery),
+            Some(url),
+            Some(client_secret),
+            Some(upgrade_protocols),
+            Some(identity),
+            Some(routes),
+            Some(shared_cache),
+            Some(admin),
+            Some(forwarding),
+        ) = (
+            listen,
+            upstream,
+            tls_all,
+            forward_auth_prefix,
+            discovery,
+            url,
+            client_secret,
+            upgrade_protocols,
+            identity,
+            routes,
+            shared_cache,
+            admin,
+            forwarding,
+        )
+        else {
+            return Err(ConfigError::invalid(
+                "(config)",
+                "a setting was left unbuilt without an error (a bug in validate)",
+            ));
+        };
 
         Ok(Settings {
             listen,
@@ -248,14 +182,7 @@ impl RawConfig {
                 probe: i.probe,
             },
             cache: self.cache.clone(),
-            identity: IdentitySettings {
-                subject_header,
-                client_id_header,
-                scope_header,
-                strip,
-                forward_authorization: id.forward_authorization,
-                claims,
-            },
+            identity,
             log_format: self.log.format,
             max_token_bytes: self.limits.max_token_bytes,
             upstream_timeout: self.resilience.upstream_timeout,
@@ -283,6 +210,152 @@ impl RawConfig {
             shared_cache,
             admin,
             forwarding,
+        })
+    }
+
+    /// `forward_auth.path_prefix`, without its trailing '/'.
+    fn forward_auth_prefix(&self) -> Result<String, ConfigError> {
+        let p = self.forward_auth.path_prefix.trim_end_matches('/');
+        if !p.is_empty() && !p.starts_with('/') {
+            return Err(ConfigError::invalid(
+                "forward_auth.path_prefix",
+                format!("{p:?} must start with '/'"),
+            ));
+        }
+        // A prefix is Envoy's alone: with another convention it would do
+        // nothing, which is a mistake in the file, not a choice.
+        use ConventionSetting as C;
+        let convention = self.forward_auth.convention;
+        if !p.is_empty() && matches!(convention, C::Nginx | C::Traefik) {
+            return Err(ConfigError::invalid(
+                "forward_auth.path_prefix",
+                format!(
+                    "is only used with forward_auth.convention = \"envoy\" (or \"auto\"), not {:?}",
+                    convention.as_str()
+                ),
+            ));
+        }
+        Ok(p.to_owned())
+    }
+
+    /// `[discovery]`: `None` without an issuer.
+    fn discovery_settings(&self) -> Result<Option<DiscoverySettings>, ConfigError> {
+        if self.discovery.issuer.is_empty() {
+            return Ok(None);
+        }
+        let issuer = &self.discovery.issuer;
+        let ok = url::Url::parse(issuer)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.query().is_none());
+        if !ok {
+            return Err(ConfigError::invalid(
+                "discovery.issuer",
+                format!("{issuer:?} is not an http(s) URL without a query"),
+            ));
+        }
+        Ok(Some(DiscoverySettings {
+            issuer: issuer.clone(),
+            refresh_interval: self.discovery.refresh_interval.max(Duration::from_secs(1)),
+        }))
+    }
+
+    /// `introspection.url`: required unless discovery will find it.
+    fn introspection_url(
+        &self,
+        has_issuer: bool,
+    ) -> Result<Option<oauth2::IntrospectionUrl>, ConfigError> {
+        let i = &self.introspection;
+        if i.url.is_empty() {
+            if !has_issuer {
+                return Err(ConfigError::invalid(
+                    "introspection.url",
+                    // Names the variables too: the container image's baked
+                    // config leaves the URL out on purpose, and a container
+                    // is configured through its environment.
+                    "is required: the RFC 7662 introspection endpoint of your authorization server. \
+                     Set it in the config file or with TOKENGATE_INTROSPECTION__URL=https://..., \
+                     or set discovery.issuer (TOKENGATE_DISCOVERY__ISSUER) to find it by OpenID discovery",
+                ));
+            }
+            return Ok(None);
+        }
+        let url = oauth2::IntrospectionUrl::new(i.url.clone())
+            .map_err(|e| ConfigError::invalid("introspection.url", format!("{:?}: {e}", i.url)))?;
+        if !matches!(url.url().scheme(), "http" | "https") {
+            return Err(ConfigError::invalid(
+                "introspection.url",
+                "must be http:// or https://",
+            ));
+        }
+        Ok(Some(url))
+    }
+
+    /// `introspection.client_secret` or `client_secret_file` (read now).
+    fn client_secret(&self) -> Result<Secret, ConfigError> {
+        let i = &self.introspection;
+        match (i.client_secret.is_empty(), i.client_secret_file.is_empty()) {
+            (false, false) => Err(ConfigError::invalid(
+                "introspection.client_secret_file",
+                "set either client_secret or client_secret_file, not both (in the environment, \
+                     TOKENGATE_INTROSPECTION__CLIENT_SECRET replaces a client_secret_file from the \
+                     config file)",
+            )),
+            (true, true) => Err(ConfigError::invalid(
+                "introspection.client_secret",
+                "is required (or client_secret_file)",
+            )),
+            (false, true) => Ok(i.client_secret.clone()),
+            (true, false) => {
+                read_secret_file("introspection.client_secret_file", &i.client_secret_file)
+            }
+        }
+    }
+
+    /// `[identity]`: every header name checked (each bad one reported).
+    fn identity_settings(&self, errors: &mut Errors) -> Option<IdentitySettings> {
+        let id = &self.identity;
+        let header = |key: &'static str, v: &str| {
+            HeaderName::try_from(v)
+                .map_err(|_| ConfigError::invalid(key, format!("{v:?} is not a valid header name")))
+        };
+        let subject_header = errors.take(header("identity.subject_header", &id.subject_header));
+        let client_id_header =
+            errors.take(header("identity.client_id_header", &id.client_id_header));
+        let scope_header = errors.take(header("identity.scope_header", &id.scope_header));
+        let mut strip = Vec::new();
+        for h in &id.strip_headers {
+            strip.extend(errors.take(header("identity.strip_headers", h)));
+        }
+        let mut claims = Vec::new();
+        for (h, claim) in &id.claims {
+            let Some(name) = errors.take(header("identity.claims", h)) else {
+                continue;
+            };
+            if claim.is_empty() {
+                errors.push(ConfigError::invalid(
+                    "identity.claims",
+                    format!("{h:?} maps to an empty claim name"),
+                ));
+                continue;
+            }
+            strip.push(name.clone());
+            claims.push((name, claim.clone()));
+        }
+        let (subject_header, client_id_header, scope_header) =
+            (subject_header?, client_id_header?, scope_header?);
+        strip.extend([
+            subject_header.clone(),
+            client_id_header.clone(),
+            scope_header.clone(),
+        ]);
+        strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        strip.dedup();
+        Some(IdentitySettings {
+            subject_header,
+            client_id_header,
+            scope_header,
+            strip,
+            forward_authorization: id.forward_authorization,
+            claims,
         })
     }
 
