@@ -80,17 +80,23 @@
 //! where a dump would find them. A forged message can only drop an L1 entry,
 //! which costs one introspection.
 
+mod connect;
+mod purge;
+mod stats;
+
 use super::l1::{entry_ttl, CacheTtls, L1};
-use crate::config::{RedisUrl, SharedCacheSettings};
+use crate::config::SharedCacheSettings;
 use crate::introspection::client::{IntrospectError, Introspection};
 use crate::resilience::breaker::{Breaker, Outcome, Recovery, Transition};
 use crate::resilience::clock::Clock;
 use crate::token::{fingerprint, TokenHash};
+pub use connect::redis_client;
 use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use rustls_pki_types::CertificateDer;
 use sha2::Sha256;
+pub use stats::FleetStats;
+use stats::{bump, Counters};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -155,109 +161,6 @@ pub enum FleetError {
     BreakerOpen,
     #[error("cache.shared.key_secret_file: unusable HMAC key")]
     BadKey,
-}
-
-/// The Redis client for `url`. For a TLS URL with `ca_roots` (`[upstream_tls]
-/// ca_file`) it trusts those and the system roots. The redis crate takes custom
-/// roots only as one PEM bundle that *replaces* the system roots, so the
-/// system roots go into the bundle too. Without `ca_roots`, or for a plain
-/// URL, the crate's default applies (system roots). Nothing connects here.
-pub fn redis_client(
-    url: &RedisUrl,
-    ca_roots: &[CertificateDer<'static>],
-) -> Result<redis::Client, FleetError> {
-    let is_tls = url::Url::parse(&url.0).is_ok_and(|u| matches!(u.scheme(), "rediss" | "valkeys"));
-    if !is_tls || ca_roots.is_empty() {
-        return Ok(redis::Client::open(url.0.as_str())?);
-    }
-    let native = rustls_native_certs::load_native_certs();
-    if let Some(e) = native.errors.first() {
-        // The redis crate loads them again on each connect and refuses to
-        // connect on such an error, so say so now, once, at start-up.
-        warn!(error = %e, "cannot read every system CA certificate; rediss:// may fail to connect");
-    }
-    let mut pem = String::new();
-    for cert in ca_roots.iter().chain(native.certs.iter().filter(|c| {
-        // One system certificate that rustls cannot use would make the crate
-        // reject the whole bundle; leave such certificates out.
-        rustls::RootCertStore::empty().add((*c).clone()).is_ok()
-    })) {
-        push_pem(&mut pem, cert);
-    }
-    Ok(redis::Client::build_with_tls(
-        url.0.as_str(),
-        redis::TlsCertificates {
-            client_tls: None,
-            root_cert: Some(pem.into_bytes()),
-        },
-    )?)
-}
-
-/// Appends `cert` as a PEM block (64-column base64, RFC 7468).
-fn push_pem(out: &mut String, cert: &CertificateDer<'_>) {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-    out.push_str("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        // base64 output is ASCII, so every chunk is valid UTF-8.
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-}
-
-/// A snapshot of the fleet counters, for `/metrics` (wired by the metrics layer).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FleetStats {
-    /// L1 misses answered from L2.
-    pub l2_hits: u64,
-    /// L2 lookups that found nothing usable (absent, or unreadable: see `l2_garbage`).
-    pub l2_misses: u64,
-    /// Values that were present but unreadable (bad MAC, unknown version, bad JSON, wrong type).
-    pub l2_garbage: u64,
-    /// Redis calls that failed or timed out (each fell back to introspection).
-    pub l2_errors: u64,
-    /// Redis calls skipped because the breaker was open.
-    pub l2_skipped: u64,
-    /// Entries written to L2.
-    pub l2_writes: u64,
-    /// Values with a valid MAC refused because they are past their MAC'd
-    /// expiry or older than the token's last purge: a replay by someone who
-    /// can write Redis, a purge that raced an introspection, or clock skew.
-    pub l2_refused: u64,
-    /// Purges published by this replica.
-    pub purges_sent: u64,
-    /// Purge messages received (its own included).
-    pub purges_received: u64,
-    /// Times the subscriber (re)subscribed and cleared L1.
-    pub l1_resyncs: u64,
-    /// Times this replica won the single-flight lock.
-    pub lock_acquired: u64,
-    /// Times this replica lost it and polled L2.
-    pub lock_waits: u64,
-    /// Of those, the times L2 filled in before the deadline.
-    pub lock_wait_hits: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    l2_hits: AtomicU64,
-    l2_misses: AtomicU64,
-    l2_garbage: AtomicU64,
-    l2_errors: AtomicU64,
-    l2_skipped: AtomicU64,
-    l2_writes: AtomicU64,
-    l2_refused: AtomicU64,
-    purges_sent: AtomicU64,
-    purges_received: AtomicU64,
-    l1_resyncs: AtomicU64,
-    lock_acquired: AtomicU64,
-    lock_waits: AtomicU64,
-    lock_wait_hits: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 enum Lookup {
@@ -905,119 +808,6 @@ impl Fleet {
             raced_purge: false,
         })
     }
-
-    /// Fleet-wide purge: this replica's L1, the L2 entry, and a message that
-    /// makes every subscribed replica drop its L1 entry. L1 goes first and
-    /// always; the error says that the rest of the fleet may not have heard.
-    /// The purge is also remembered (here, and as a tombstone in Redis that
-    /// lives as long as any entry written before it): an L2 value asked for
-    /// at or before the purge is refused from then on, whether it is a
-    /// replay written back by someone who can write Redis or the answer of an
-    /// introspection that was in flight during the purge.
-    pub async fn purge(&self, hash: &TokenHash) -> Result<(), FleetError> {
-        let now = self.remember_purge(hash).await;
-        self.l1.invalidate(hash).await;
-        let key = self.l2_key(hash);
-        let tomb = Self::tomb_key(&key);
-        let tomb_ms = as_ms(self.purge_lifetime.get());
-        let msg = hex::encode(hash);
-        let sent = self
-            .call_with("purge", false, |mut c| async move {
-                redis::pipe()
-                    .cmd("DEL")
-                    .arg(&key)
-                    .ignore()
-                    .cmd("SET")
-                    .arg(&tomb)
-                    .arg(now)
-                    .arg("PX")
-                    .arg(tomb_ms)
-                    .ignore()
-                    .cmd("PUBLISH")
-                    .arg(PURGE_CHANNEL)
-                    .arg(&msg)
-                    .ignore()
-                    .query_async::<()>(&mut c)
-                    .await
-            })
-            .await;
-        match &sent {
-            Ok(()) => {
-                bump(&self.counters.purges_sent);
-                info!(token = %fingerprint(hash), "purge published to the fleet");
-            }
-            Err(e) => warn!(token = %fingerprint(hash), error = %e,
-                "purge reached this replica only: the shared cache is unavailable"),
-        }
-        sent
-    }
-
-    /// The purge subscriber: its own connection, reconnecting with backoff,
-    /// until the task is aborted (at shutdown).
-    pub async fn run_subscriber(self: Arc<Self>) {
-        let mut backoff = RESUBSCRIBE_MIN;
-        loop {
-            match self.subscribe_once().await {
-                // It had been up: try again soon.
-                Ok(()) => backoff = RESUBSCRIBE_MIN,
-                Err(e) => debug!(error = %e, "purge subscriber: cannot subscribe"),
-            }
-            if self.subscribed.swap(false, Ordering::SeqCst) {
-                warn!("purge subscriber disconnected; L1 will be cleared on reconnect");
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(RESUBSCRIBE_MAX);
-        }
-    }
-
-    /// One subscription's life. `Ok` when an established subscription ended.
-    async fn subscribe_once(&self) -> Result<(), FleetError> {
-        let pubsub = within(CONNECT_TIMEOUT, self.client.get_async_pubsub()).await?;
-        let (mut sink, mut stream) = pubsub.split();
-        within(CONNECT_TIMEOUT, sink.subscribe(PURGE_CHANNEL)).await?;
-        // Purges published while we were not subscribed are lost to us; the
-        // only safe assumption is that any L1 entry may have been purged.
-        self.l1.clear();
-        bump(&self.counters.l1_resyncs);
-        self.subscribed.store(true, Ordering::SeqCst);
-        info!(
-            channel = PURGE_CHANNEL,
-            "purge subscriber connected; L1 cleared"
-        );
-        let mut ping = tokio::time::interval(SUBSCRIBER_PING);
-        ping.tick().await;
-        loop {
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(msg) => self.on_message(msg.get_payload_bytes()).await,
-                    None => return Ok(()),
-                },
-                _ = ping.tick() => {
-                    let pong = tokio::time::timeout(CONNECT_TIMEOUT, sink.ping::<String>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    async fn on_message(&self, payload: &[u8]) {
-        let mut hash: TokenHash = [0; 32];
-        if payload.len() != 64 || hex::decode_to_slice(payload, &mut hash).is_err() {
-            debug!(
-                len = payload.len(),
-                "purge subscriber: ignoring a malformed message"
-            );
-            return;
-        }
-        bump(&self.counters.purges_received);
-        // Received now, so purged no later than now on our clock (the message
-        // carries only the hash, for older replicas' sake).
-        self.remember_purge(&hash).await;
-        self.l1.invalidate(&hash).await;
-        debug!(token = %fingerprint(&hash), "purge received; L1 entry dropped");
-    }
 }
 
 async fn within<T>(
@@ -1146,26 +936,6 @@ mod tests {
         };
         let o = f.open(&k, &f.encode(&k, &soon).unwrap()).unwrap();
         assert!(o.not_after <= u64::try_from(clock.unix_secs() + 10).unwrap() * 1000);
-    }
-
-    #[test]
-    fn ca_roots_go_into_a_pem_bundle_that_round_trips() {
-        use rustls_pki_types::pem::PemObject;
-        // Any DER-shaped bytes do for the encoding; length not a multiple of 48
-        // so that the last line is short.
-        let certs: Vec<CertificateDer<'static>> = vec![
-            CertificateDer::from((0u8..=200).collect::<Vec<_>>()),
-            CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x05]),
-        ];
-        let mut pem = String::new();
-        for c in &certs {
-            push_pem(&mut pem, c);
-        }
-        assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
-        let back = CertificateDer::pem_slice_iter(pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        assert_eq!(back, certs);
     }
 
     #[tokio::test(start_paused = true)]
