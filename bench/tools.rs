@@ -43,6 +43,10 @@
 //! Every server is single-threaded (current-thread runtime): `run.sh` pins it to
 //! a core, and one thread per core is the cheapest way to serve from there.
 #![forbid(unsafe_code)]
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a load generator and fake servers measure real time"
+)]
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};

@@ -759,7 +759,7 @@ pub fn normalize_path(path: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
+#[expect(clippy::type_complexity, reason = "table tests of boxed closures")]
 mod tests {
     use super::*;
 

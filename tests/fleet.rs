@@ -1,6 +1,10 @@
 //! Issue 7: a shared Redis L2 and fleet-wide purge. Every test starts its own
 //! `redis-server` on a free port (no persistence) and two or more real
 //! tokengates (`tokengate::run`) that share it, one fake AS and one upstream.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tokens with a real exp for a real Redis TTL"
+)]
 
 mod common;
 

@@ -11,9 +11,8 @@ mod error;
 mod raw;
 pub mod reload;
 mod settings;
-// Table tests; figment::Jail's error type.
 #[cfg(test)]
-#[allow(clippy::type_complexity, clippy::result_large_err)]
+#[expect(clippy::result_large_err, reason = "figment::Jail's error type")]
 mod tests;
 mod validate;
 

@@ -611,7 +611,7 @@ impl Introspector {
         static N: AtomicU32 = AtomicU32::new(0);
         let nonce = format!(
             "{:?}{}{:p}",
-            std::time::SystemTime::now(),
+            crate::resilience::clock::Clock::now(&crate::resilience::clock::SystemClock),
             N.fetch_add(1, Ordering::Relaxed),
             self
         );

@@ -14,7 +14,7 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
@@ -33,7 +33,7 @@ impl FormatTime for Utc {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
         // A clock before 1970 prints as the epoch; it cannot happen on a
         // machine that validated a TLS certificate or a token's `exp`.
-        let since = SystemTime::now()
+        let since = crate::resilience::clock::Clock::now(&crate::resilience::clock::SystemClock)
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let secs = since.as_secs();

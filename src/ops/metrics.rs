@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::borrow::Cow;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `Content-Type` of the classic Prometheus text format (0.0.4).
 pub const PROMETHEUS_CONTENT_TYPE: &str =
@@ -338,7 +338,7 @@ impl Metrics {
     where
         F: Future<Output = Result<Introspection, IntrospectError>>,
     {
-        let started = Instant::now();
+        let started = crate::resilience::clock::stopwatch();
         let result = call.await;
         self.introspection_duration
             .observe(started.elapsed().as_secs_f64());

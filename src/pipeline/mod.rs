@@ -23,7 +23,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use proxy::authorize_and_forward;
 use reject::{grpc_rejection_response, is_grpc, rejection_response, ProxyError};
-use std::time::Instant;
 use tracing::{debug, info, warn};
 
 /// Outer handler: runs the request path, turns any error into a response,
@@ -35,7 +34,7 @@ pub async fn handle(
     peer: &Peer,
     slot: &ConnectionSlot,
 ) -> Response<Body> {
-    let started = Instant::now();
+    let started = crate::resilience::clock::stopwatch();
     let method = req.method().clone();
     // The path only: a query string may carry credentials.
     let path = req.uri().path().to_owned();

@@ -36,9 +36,24 @@ pub fn until_exp(exp: i64, now: SystemTime) -> Duration {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the clock module is where the wall clock is read"
+    )]
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
+}
+
+/// Now, on the real monotonic clock, for measuring how long real work took
+/// (request latency, introspection duration). Not for deadlines: those use
+/// `tokio::time::Instant`, which tests can pause and advance.
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the clock module is where the real clock is read"
+)]
+pub fn stopwatch() -> std::time::Instant {
+    std::time::Instant::now()
 }
 
 /// A clock that starts at the real time and only moves when told to.
@@ -52,7 +67,7 @@ impl Default for ManualClock {
     fn default() -> Self {
         Self {
             offset_ms: AtomicI64::new(0),
-            base: SystemTime::now(),
+            base: SystemClock.now(),
         }
     }
 }
