@@ -1,6 +1,9 @@
 //! The listener: accept loop, HTTP/1.1 + h2c on one port (hyper-util `auto`),
 //! or TLS with ALPN, connection limits, and the graceful drain (tunnels
 //! included); the start-up probe and discovery refresh run beside it.
+//!
+//! [`run`] → [`Background::start`] → [`Listener::run`] (→ [`Listener::accept`]
+//! → [`Listener::spawn`] → [`serve`] → `pipeline::handle`) → [`Listener::drain`].
 
 use crate::app::App;
 use crate::config::ProbeMode;
@@ -14,8 +17,10 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 /// Serves `listener` until `shutdown` resolves, then stops accepting, lets
@@ -24,82 +29,173 @@ use tracing::{debug, info, warn};
 pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let admin_listener = app.admin_listener.take();
     let app = Arc::new(app);
-    let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
-    let admin =
-        admin_listener.map(|l| tokio::spawn(crate::admin::serve(app.clone(), l, admin_stopped)));
-    let refresher = app
-        .settings()
-        .discovery
-        .clone()
-        .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
-    let probe = (app.settings().introspection.probe != ProbeMode::Off)
-        .then(|| tokio::spawn(probe_introspection(app.clone())));
-    // The fleet's purge subscriber (its own Redis connection), if configured.
-    let subscriber = app
-        .cache
-        .fleet()
-        .map(|f| tokio::spawn(f.clone().run_subscriber()));
-    let tls_watch = app
-        .tls_reloader()
-        .map(|r| tokio::spawn(r.watch(crate::http::tls::WATCH_INTERVAL)));
+    let background = Background::start(&app, admin_listener);
     crate::pipeline::front_proxy::warn_if_auto(&app.settings());
-    // TLS is a listener setting: fixed for the life of `run` (reload says so).
-    let tls = app.settings().tls.clone();
-    let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new());
-    builder.http2().timer(TokioTimer::new());
-    // Connection-level limits are read once: hyper's builder and the
-    // connection semaphore cannot change under running connections
-    // (restart-only, see `crate::config::reload`).
-    let conn_limits = app.settings().limits.clone();
-    limits::configure(&mut builder, &conn_limits);
-    let builder = Arc::new(builder);
-    // Dropped when the loop ends: connections still waiting for their first
-    // bytes give up at once instead of holding up the drain.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    tokio::pin!(shutdown);
-    let mut full_warned: Option<tokio::time::Instant> = None;
-    // Owned here so that connections still open at the drain deadline are
-    // aborted when `run` returns, not left running in the background.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        if app.connections.is_full()
-            && full_warned.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
+    let mut listener = Listener::new(app, listener);
+    listener.run(shutdown).await;
+    listener.drain(background).await;
+}
+
+/// The tasks that run beside the listener for as long as it runs.
+struct Background {
+    /// The admin listener, stopped last so that `/readyz` answers 503 during the drain.
+    admin: Option<tokio::task::JoinHandle<()>>,
+    stop_admin: tokio::sync::watch::Sender<bool>,
+    /// Discovery refresh, start-up probe, fleet purge subscriber, certificate
+    /// watch: aborted when the listener stops accepting.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Spawns the admin listener (if any) and the tasks the settings ask for.
+    fn start(app: &Arc<App>, admin_listener: Option<TcpListener>) -> Self {
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
+        let admin = admin_listener
+            .map(|l| tokio::spawn(crate::admin::serve(app.clone(), l, admin_stopped)));
+        let refresher = app
+            .settings()
+            .discovery
+            .clone()
+            .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
+        let probe = (app.settings().introspection.probe != ProbeMode::Off)
+            .then(|| tokio::spawn(probe_introspection(app.clone())));
+        // The fleet's purge subscriber (its own Redis connection), if configured.
+        let subscriber = app
+            .cache
+            .fleet()
+            .map(|f| tokio::spawn(f.clone().run_subscriber()));
+        let tls_watch = app
+            .tls_reloader()
+            .map(|r| tokio::spawn(r.watch(crate::http::tls::WATCH_INTERVAL)));
+        Self {
+            admin,
+            stop_admin,
+            tasks: [refresher, probe, subscriber, tls_watch]
+                .into_iter()
+                .flatten()
+                .collect(),
+        }
+    }
+}
+
+/// What [`Listener::accept`] got.
+enum Accepted {
+    Connection(TcpStream, SocketAddr),
+    /// A connection task ended or `accept` failed: go around the loop again.
+    Again,
+    Shutdown,
+}
+
+/// The proxy port: accepts connections within `limits.max_connections` and
+/// serves each in its own task, then drains them at shutdown.
+struct Listener {
+    app: Arc<App>,
+    listener: TcpListener,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    /// TLS is a listener setting: fixed for the life of `run` (reload says so).
+    tls: Option<crate::http::tls::ServerTlsSettings>,
+    /// Connection-level limits are read once: hyper's builder and the
+    /// connection semaphore cannot change under running connections
+    /// (restart-only, see `crate::config::reload`).
+    conn_limits: crate::http::limits::Limits,
+    graceful: GracefulShutdown,
+    /// Dropped when the loop ends: connections still waiting for their first
+    /// bytes give up at once instead of holding up the drain.
+    stop_tx: Option<tokio::sync::watch::Sender<()>>,
+    stop_rx: tokio::sync::watch::Receiver<()>,
+    /// Owned here so that connections still open at the drain deadline are
+    /// aborted when `run` returns, not left running in the background.
+    connections: tokio::task::JoinSet<()>,
+    full_warned: Option<tokio::time::Instant>,
+}
+
+impl Listener {
+    fn new(app: Arc<App>, listener: TcpListener) -> Self {
+        let tls = app.settings().tls.clone();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new());
+        builder.http2().timer(TokioTimer::new());
+        let conn_limits = app.settings().limits.clone();
+        limits::configure(&mut builder, &conn_limits);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+        Self {
+            app,
+            listener,
+            builder: Arc::new(builder),
+            tls,
+            conn_limits,
+            graceful: GracefulShutdown::new(),
+            stop_tx: Some(stop_tx),
+            stop_rx,
+            connections: tokio::task::JoinSet::new(),
+            full_warned: None,
+        }
+    }
+
+    /// The accept loop: a connection slot first (so a full gate leaves new
+    /// connections in the listen backlog), then a connection, until `shutdown`.
+    async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            self.warn_if_full();
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = self.app.connections.acquire() => permit,
+            };
+            match self.accept(shutdown.as_mut()).await {
+                Accepted::Connection(stream, peer) => self.spawn(permit, stream, peer),
+                Accepted::Again => continue,
+                Accepted::Shutdown => break,
+            }
+        }
+        self.stop_tx = None;
+    }
+
+    /// At most one line per 10 s: under sustained overload this would
+    /// otherwise log once per closing connection.
+    fn warn_if_full(&mut self) {
+        if self.app.connections.is_full()
+            && self
+                .full_warned
+                .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(10))
         {
-            // At most one line per 10 s: under sustained overload this would
-            // otherwise log once per closing connection.
             warn!(
-                max_connections = ?conn_limits.max_connections,
+                max_connections = ?self.conn_limits.max_connections,
                 "connection limit reached; new connections wait in the listen backlog"
             );
-            full_warned = Some(tokio::time::Instant::now());
+            self.full_warned = Some(tokio::time::Instant::now());
         }
-        let permit = tokio::select! {
-            () = &mut shutdown => break,
-            permit = app.connections.acquire() => permit,
-        };
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+    }
+
+    /// Waits for the next connection, reaping finished connection tasks
+    /// meanwhile.
+    async fn accept(&mut self, shutdown: Pin<&mut impl Future<Output = ()>>) -> Accepted {
+        tokio::select! {
+            () = shutdown => Accepted::Shutdown,
+            Some(_) = self.connections.join_next(), if !self.connections.is_empty() => Accepted::Again,
+            accepted = self.listener.accept() => match accepted {
+                Ok((stream, peer)) => Accepted::Connection(stream, peer),
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
+                    Accepted::Again
                 }
             },
-        };
+        }
+    }
+
+    /// Serves one connection in its own task: first bytes within the idle
+    /// timeout, the TLS handshake if any, then HTTP ([`serve`]).
+    fn spawn(&mut self, permit: Option<OwnedSemaphorePermit>, stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let idle = conn_limits.idle_timeout;
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let mut stop = stop_rx.clone();
-        let app = app.clone();
-        let acceptor = tls.as_ref().map(|t| t.acceptor.clone());
-        connections.spawn(async move {
+        let idle = self.conn_limits.idle_timeout;
+        let watcher = self.graceful.watcher();
+        let builder = self.builder.clone();
+        let mut stop = self.stop_rx.clone();
+        let app = self.app.clone();
+        let acceptor = self.tls.as_ref().map(|t| t.acceptor.clone());
+        self.connections.spawn(async move {
             // Shared with the request handler: an upgrade moves the permit
             // into its tunnel, which outlives this task.
             let slot = ConnectionSlot::new(permit);
@@ -131,38 +227,41 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
             drop(slot);
         });
     }
-    drop(stop_tx);
-    // Load balancers that probe /readyz stop sending before we stop answering.
-    app.readiness.begin_shutdown();
-    drop(listener);
-    for task in [refresher, probe, subscriber, tls_watch]
-        .into_iter()
-        .flatten()
-    {
-        task.abort();
-    }
-    let deadline = app.settings().shutdown_timeout;
-    info!(
-        connections = graceful.count(),
-        tunnels = app.tunnels.count(),
-        ?deadline,
-        "shutting down: draining connections"
-    );
-    // Upgraded connections have left hyper's connection (and so `graceful`):
-    // wait for them too, and close them at the deadline.
-    let drained = async {
-        graceful.shutdown().await;
-        app.tunnels.wait().await;
-    };
-    if tokio::time::timeout(deadline, drained).await.is_err() {
-        warn!("shutdown deadline reached; closing remaining connections");
-    }
-    connections.abort_all();
-    app.tunnels.close_all();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), app.tunnels.wait()).await;
-    let _ = stop_admin.send(true);
-    if let Some(task) = admin {
-        let _ = task.await;
+
+    /// Shutdown: `/readyz` turns 503, the port closes, in-flight requests and
+    /// tunnels get `shutdown_timeout` to finish, then whatever is left is
+    /// closed; the admin listener stops last.
+    async fn drain(mut self, background: Background) {
+        // Load balancers that probe /readyz stop sending before we stop answering.
+        self.app.readiness.begin_shutdown();
+        drop(self.listener);
+        for task in background.tasks {
+            task.abort();
+        }
+        let app = self.app;
+        let deadline = app.settings().shutdown_timeout;
+        info!(
+            connections = self.graceful.count(),
+            tunnels = app.tunnels.count(),
+            ?deadline,
+            "shutting down: draining connections"
+        );
+        // Upgraded connections have left hyper's connection (and so `graceful`):
+        // wait for them too, and close them at the deadline.
+        let drained = async {
+            self.graceful.shutdown().await;
+            app.tunnels.wait().await;
+        };
+        if tokio::time::timeout(deadline, drained).await.is_err() {
+            warn!("shutdown deadline reached; closing remaining connections");
+        }
+        self.connections.abort_all();
+        app.tunnels.close_all();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), app.tunnels.wait()).await;
+        let _ = background.stop_admin.send(true);
+        if let Some(task) = background.admin {
+            let _ = task.await;
+        }
     }
 }
 
