@@ -43,6 +43,10 @@
 //! Every server is single-threaded (current-thread runtime): `run.sh` pins it to
 //! a core, and one thread per core is the cheapest way to serve from there.
 #![forbid(unsafe_code)]
+#![expect(
+    clippy::disallowed_methods,
+    reason = "a load generator and fake servers measure real time"
+)]
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -657,7 +661,7 @@ async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
     use tokengate::cache::TokenCache;
     use tokengate::clock::SystemClock;
     use tokengate::config::RawCache;
-    use tokengate::introspect::Introspection;
+    use tokengate::introspection::Introspection;
 
     let max = counts.iter().copied().max().unwrap_or(0);
     let cfg = RawCache {
@@ -677,7 +681,7 @@ async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
     eprintln!(
         "size_of::<Introspection>() = {} bytes (parsed), size_of::<Answer>() = {} bytes (cached)",
         std::mem::size_of::<Introspection>(),
-        std::mem::size_of::<tokengate::answer::Answer>()
+        std::mem::size_of::<tokengate::introspection::answer::Answer>()
     );
     let pid = std::process::id();
     let base = rss_kib(pid)?;

@@ -6,14 +6,14 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Version};
 use std::sync::Arc;
-use tokengate::answer::Answer;
 use tokengate::cache::TokenCache;
 use tokengate::clock::SystemClock;
 use tokengate::config::{RawConfig, Secret, Settings};
-use tokengate::forward::{self, Hop, Peer};
-use tokengate::introspect::Introspection;
+use tokengate::introspection::answer::Answer;
+use tokengate::introspection::Introspection;
 use tokengate::policy::{self, Access, Requirements};
 use tokengate::token::{self, TokenSources};
+use tokengate::upstream::forward::{self, Hop, Peer};
 
 /// A 43-character opaque token, the common size (32 random bytes, base64url).
 const OPAQUE: &str = "Bearer 4f3c2a1b9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2";

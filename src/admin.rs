@@ -7,14 +7,14 @@
 //!   passes (`App::with_clock` registers them: the introspection circuit
 //!   breaker is not open; with `introspection.probe = "require"`, a start-up
 //!   probe of the endpoint has succeeded); 503 from the moment shutdown starts.
-//! * `GET /metrics`: Prometheus text ([`crate::metrics`]).
+//! * `GET /metrics`: Prometheus text ([`crate::ops::metrics`]).
 //! * `POST /purge`: removes one token from both caches, so a revoked token stops
 //!   working before its cache TTL ends. Body `token=...` (form) or
 //!   `{"token":"..."}` (JSON); `Authorization: Bearer <purge secret>` when
 //!   `admin.purge_secret_file` is set. Always 204, cached or not; the token is
 //!   never echoed or logged (its 8-hex fingerprint is).
 
-use crate::server::App;
+use crate::app::App;
 use crate::token;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -24,8 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -39,59 +38,8 @@ const ADMIN_DRAIN: Duration = Duration::from_secs(1);
 
 type AdminBody = Full<Bytes>;
 
-/// A named readiness condition: `true` means "ready as far as I am concerned".
-type Check = Box<dyn Fn() -> bool + Send + Sync>;
-
-/// Whether this instance should get traffic. Shutdown wins over everything;
-/// other components (e.g. the circuit breaker) add checks with [`Readiness::add_check`].
-#[derive(Default)]
-pub struct Readiness {
-    shutting_down: AtomicBool,
-    checks: RwLock<Vec<(&'static str, Check)>>,
-}
-
-impl std::fmt::Debug for Readiness {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readiness")
-            .field("shutting_down", &self.is_shutting_down())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Readiness {
-    /// From now on `/readyz` answers 503; there is no way back.
-    pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    /// Adds a condition that `/readyz` evaluates on every probe; `name` is what
-    /// the 503 body reports. E.g. `readiness.add_check("breaker open", move || !breaker.is_open())`.
-    pub fn add_check(&self, name: &'static str, check: impl Fn() -> bool + Send + Sync + 'static) {
-        self.checks
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name, Box::new(check)));
-    }
-
-    /// `Err(reason)` when not ready.
-    pub fn check(&self) -> Result<(), &'static str> {
-        if self.is_shutting_down() {
-            return Err("shutting down");
-        }
-        let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
-        match checks.iter().find(|(_, ok)| !ok()) {
-            Some((name, _)) => Err(name),
-            None => Ok(()),
-        }
-    }
-}
-
 /// Serves the admin endpoints until `stop` turns true, then gives open admin
-/// connections [`ADMIN_DRAIN`] to finish. [`crate::server::run`] spawns it when
+/// connections [`ADMIN_DRAIN`] to finish. [`crate::pipeline::run`] spawns it when
 /// the app has an admin listener, and stops it after the proxy has drained, so
 /// that `/readyz` keeps answering 503 during the drain.
 pub async fn serve(app: Arc<App>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
@@ -179,12 +127,12 @@ async fn metrics(app: &App, req: &Request<Incoming>) -> Response<AdminBody> {
     let (body, content_type) = if openmetrics {
         (
             app.metrics().render(true),
-            crate::metrics::OPENMETRICS_CONTENT_TYPE,
+            crate::ops::metrics::OPENMETRICS_CONTENT_TYPE,
         )
     } else {
         (
             app.metrics().render(false),
-            crate::metrics::PROMETHEUS_CONTENT_TYPE,
+            crate::ops::metrics::PROMETHEUS_CONTENT_TYPE,
         )
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -382,19 +330,5 @@ mod tests {
         assert!(token_from_form(b"tok=a").is_err());
         assert_eq!(token_from_json(br#"{"token":"xyz"}"#).unwrap(), "xyz");
         assert!(token_from_json(br#"{"token":5}"#).is_err());
-    }
-
-    #[test]
-    fn readiness_checks_and_shutdown() {
-        let r = Readiness::default();
-        assert_eq!(r.check(), Ok(()));
-        let open = Arc::new(AtomicBool::new(true));
-        let o = open.clone();
-        r.add_check("breaker open", move || !o.load(Ordering::SeqCst));
-        assert_eq!(r.check(), Err("breaker open"));
-        open.store(false, Ordering::SeqCst);
-        assert_eq!(r.check(), Ok(()));
-        r.begin_shutdown();
-        assert_eq!(r.check(), Err("shutting down"));
     }
 }

@@ -98,7 +98,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
     .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
-        tokengate::discovery::resolve(&mut settings)
+        tokengate::introspection::discovery::resolve(&mut settings)
             .await
             .context("introspection endpoint discovery failed")?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -156,10 +156,10 @@ fn probe_once(mut settings: tokengate::config::Settings) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
-        tokengate::discovery::resolve(&mut settings)
+        tokengate::introspection::discovery::resolve(&mut settings)
             .await
             .context("introspection endpoint discovery failed")?;
-        let introspector = tokengate::introspect::Introspector::new(&settings.introspection);
+        let introspector = tokengate::introspection::Introspector::new(&settings.introspection);
         let url = introspector.url();
         match introspector.probe().await {
             Ok(()) => {
@@ -171,7 +171,7 @@ fn probe_once(mut settings: tokengate::config::Settings) -> anyhow::Result<()> {
             }
             Err(e) => Err(anyhow::anyhow!(
                 "introspection probe failed: {}",
-                tokengate::introspect::probe_advice(&e, url.as_deref())
+                tokengate::introspection::probe_advice(&e, url.as_deref())
             )),
         }
     })
@@ -203,7 +203,7 @@ fn print_check_config(
 async fn reload_on_sighup(
     mut hup: tokio::signal::unix::Signal,
     reload: tokengate::reload::ReloadHandle,
-    tls: Option<tokengate::tls::TlsReloader>,
+    tls: Option<tokengate::TlsReloader>,
     file: Option<PathBuf>,
 ) {
     while hup.recv().await.is_some() {

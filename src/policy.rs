@@ -5,7 +5,7 @@
 //! included: the cache stores the introspection, never the decision (the bug
 //! class of Oathkeeper's GHSA-qvp4-rpmr-xwrr).
 
-use crate::answer::Answer;
+use crate::introspection::answer::Answer;
 use http::{HeaderName, Method};
 use std::fmt;
 use std::sync::Arc;
@@ -774,7 +774,7 @@ pub fn normalize_path(path: &str) -> String {
 }
 
 #[cfg(test)]
-#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
+#[expect(clippy::type_complexity, reason = "table tests of boxed closures")]
 mod tests {
     use super::*;
 
@@ -782,7 +782,7 @@ mod tests {
     /// every decision below goes through the conversion.
     fn tok(json: &str) -> Answer {
         let parsed = serde_json::from_str(json).unwrap();
-        Answer::new(parsed, &crate::answer::Interner::default())
+        Answer::new(parsed, &crate::introspection::answer::Interner::default())
     }
 
     fn reqs() -> Requirements {

@@ -267,7 +267,7 @@ fn is_b64token(b: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-#[allow(clippy::type_complexity, clippy::result_large_err)] // table tests; figment::Jail's error type
+#[expect(clippy::type_complexity, reason = "table tests of boxed closures")]
 mod tests {
     use super::*;
     use http::HeaderValue;

@@ -1,6 +1,10 @@
 //! Issue 7: a shared Redis L2 and fleet-wide purge. Every test starts its own
 //! `redis-server` on a free port (no persistence) and two or more real
 //! tokengates (`tokengate::run`) that share it, one fake AS and one upstream.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "tokens with a real exp for a real Redis TTL"
+)]
 
 mod common;
 
@@ -11,8 +15,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
+use tokengate::cache::fleet::Fleet;
 use tokengate::config::RawConfig;
-use tokengate::fleet::Fleet;
 use wiremock::ResponseTemplate;
 
 // Generated (`openssl rand -hex 16`): tokengate refuses a key that looks typed.
@@ -303,7 +307,7 @@ async fn garbage_wrong_type_and_forged_values_are_misses() {
     let forger = tokengate::App::new(raw.validate().unwrap());
     let forger = forger.cache().fleet().unwrap().clone();
     let k = f.l2_key(&sha256("tok-forged"));
-    let body: tokengate::introspect::Introspection =
+    let body: tokengate::introspection::Introspection =
         serde_json::from_value(json!({"active": true, "sub": "mallory"})).unwrap();
     let forged = forger.encode(&k, &body).unwrap();
     assert!(f.decode(&k, &forged).is_none());
@@ -567,7 +571,7 @@ async fn a_stale_l1_entry_revalidates_from_l2_before_it_is_served_stale() {
     let f = fleet(&env.gate);
     let k = f.l2_key(&sha256(token));
     let now_ms = u64::try_from(env.now()).unwrap() * 1000;
-    let fresh: tokengate::introspect::Introspection =
+    let fresh: tokengate::introspection::Introspection =
         serde_json::from_value(json!({"active": true, "sub": "alice", "exp": env.now() + 3600}))
             .unwrap();
     redis::cmd("SET")

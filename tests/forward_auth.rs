@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use tokengate::config::ConventionSetting;
 use tokengate::config::{Mode, RawConfig, RawRoute};
-use tokengate::forward_auth::ConventionSetting;
 
 fn admin_route() -> RawRoute {
     RawRoute {
@@ -902,7 +902,7 @@ async fn should_log_the_original_method_and_path_without_the_query() {
 }
 
 #[test]
-#[allow(clippy::result_large_err)] // figment::Jail's error type
+#[expect(clippy::result_large_err)] // figment::Jail's error type
 fn should_validate_the_convention_key() {
     figment::Jail::expect_with(|jail| {
         let base = "mode = \"forward_auth\"\n[introspection]\nurl = \"http://as.test/i\"\n\

@@ -318,7 +318,7 @@ async fn start_discovering(auth: &MockServer, upstream: &Upstream) -> Result<Gat
     raw.introspection.url.clear();
     raw.discovery.issuer = auth.uri();
     let mut settings = raw.validate().map_err(|e| e.to_string())?;
-    tokengate::discovery::resolve(&mut settings)
+    tokengate::introspection::discovery::resolve(&mut settings)
         .await
         .map_err(|e| e.to_string())?;
     let clock = Arc::new(ManualClock::default());

@@ -18,12 +18,14 @@ use serde_json::{json, Map, Number, Value};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-use tokengate::answer::{Answer, Interner};
 use tokengate::config::{IdentitySettings, RawConfig, Secret};
-use tokengate::forward::{header_safe, rewrite_request_headers, strip_hop_by_hop, Hop, Peer};
-use tokengate::introspect::Introspection;
+use tokengate::introspection::answer::{Answer, Interner};
+use tokengate::introspection::Introspection;
 use tokengate::policy::{normalize_path, Access, Principal, Requirements, Route, RouteTable};
 use tokengate::token::{self, Source, TokenSources};
+use tokengate::upstream::forward::{
+    header_safe, rewrite_request_headers, strip_hop_by_hop, Hop, Peer,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wiremock::{Mock, ResponseTemplate};

@@ -2,6 +2,10 @@
 //! introspection, policy, cache, header hygiene, routing, upstream failures.
 //! Every test runs the real `tokengate::run` against a wiremock AS and a real
 //! hyper upstream, through real sockets.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "measures real elapsed time of real sockets"
+)]
 
 mod common;
 

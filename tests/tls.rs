@@ -2,6 +2,10 @@
 //! without dropping connections, bad files stop start-up), and outbound TLS
 //! with a private CA (`[upstream_tls] ca_file`) and a client certificate for the
 //! AS (mTLS). Every certificate comes from a CA made at test time (rcgen).
+#![expect(
+    clippy::disallowed_methods,
+    reason = "file modification times are real time"
+)]
 
 mod common;
 

@@ -1,7 +1,7 @@
 //! WebSocket (HTTP/1.1 Upgrade) through tokengate: a real WebSocket client and
 //! server (tokio-tungstenite) on either side of the tunnel. The tunnel is
 //! closed when the token's `exp` passes and at the shutdown deadline.
-#![allow(clippy::result_large_err)] // tungstenite's handshake callback type
+#![expect(clippy::result_large_err)] // tungstenite's handshake callback type
 
 mod common;
 

@@ -7,8 +7,8 @@
 
 use http::HeaderName;
 use libfuzzer_sys::fuzz_target;
-use tokengate::answer::Answer;
-use tokengate::introspect::Introspection;
+use tokengate::introspection::answer::Answer;
+use tokengate::introspection::Introspection;
 use tokengate::policy::{evaluate, Requirements};
 
 const NOW: i64 = 1_800_000_000;
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         for v in values {
             let edge = |c: char| c.is_whitespace() || c.is_control();
             assert!(!v.starts_with(edge) && !v.ends_with(edge), "padded identity {v:?}");
-            let hv = tokengate::forward::header_safe(v);
+            let hv = tokengate::upstream::forward::header_safe(v);
             assert!(!hv.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0)));
         }
     }

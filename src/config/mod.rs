@@ -1,0 +1,106 @@
+//! Configuration: built-in defaults → TOML file (`--config` / `TOKENGATE_CONFIG`)
+//! → `TOKENGATE_*` environment, merged by figment into [`RawConfig`], then
+//! [`RawConfig::validate`] turns it into typed [`Settings`]. The key names are a
+//! contract with operators (`shared/design/CONFIG.md`); do not rename them.
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use std::path::Path;
+
+mod error;
+mod raw;
+pub mod reload;
+mod settings;
+#[cfg(test)]
+#[expect(clippy::result_large_err, reason = "figment::Jail's error type")]
+mod tests;
+mod validate;
+
+pub use error::ConfigError;
+pub use raw::*;
+pub use settings::*;
+
+pub use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode};
+pub use crate::secret::Secret;
+pub use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};
+
+/// Secret-bearing keys are read from the environment as raw strings, outside
+/// figment's literal parsing, so that `000123` stays `000123` and not the integer 123.
+const RAW_ENV_KEYS: &[(&str, &str)] = &[
+    (
+        "INTROSPECTION__CLIENT_SECRET",
+        "introspection.client_secret",
+    ),
+    ("INTROSPECTION__CLIENT_ID", "introspection.client_id"),
+];
+
+/// Loads the configuration: defaults, then `file` (which must exist if given),
+/// then `TOKENGATE_*` environment variables.
+pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
+    let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+    if let Some(path) = file {
+        // `file_exact` alone would report a missing file as a generic I/O error
+        // without the path; say plainly which file is missing.
+        if !path.exists() {
+            return Err(ConfigError::MissingFile(path.to_owned()));
+        }
+        fig = fig.merge(Toml::file_exact(path));
+    }
+    let generic = Env::prefixed(ENV_PREFIX).split("__").filter(|k| {
+        let k = k.as_str().to_ascii_uppercase();
+        // TOKENGATE_CONFIG names the file; it is not a setting. Kubernetes
+        // injects TOKENGATE_PORT* and TOKENGATE_SERVICE_* for a Service named
+        // "tokengate" (service links); they are not settings either.
+        k != "CONFIG"
+            && !k.starts_with("PORT")
+            && !k.starts_with("SERVICE_")
+            && !RAW_ENV_KEYS.iter().any(|(raw, _)| *raw == k)
+    });
+    fig = fig.merge(generic);
+    for (suffix, key) in RAW_ENV_KEYS {
+        if let Ok(v) = std::env::var(format!("{ENV_PREFIX}{suffix}")) {
+            fig = fig.merge(Serialized::default(key, v));
+        }
+    }
+    let mut raw = fig
+        .extract::<RawConfig>()
+        .map_err(|e| ConfigError::Load(Box::new(e)))?;
+    prefer_env_secret(&mut raw);
+    Ok(raw)
+}
+
+/// The client secret given in the environment replaces the other form from the
+/// file: `TOKENGATE_INTROSPECTION__CLIENT_SECRET` wins over a `client_secret_file`
+/// in the TOML, and `TOKENGATE_INTROSPECTION__CLIENT_SECRET_FILE` over a
+/// `client_secret`, as the environment wins over the file for every other key
+/// (so a baked config with a secret file can be overridden with `-e`). Both
+/// forms in the same source stay an error (`validate`).
+fn prefer_env_secret(raw: &mut RawConfig) {
+    let i = &mut raw.introspection;
+    if i.client_secret.is_empty() || i.client_secret_file.is_empty() {
+        return;
+    }
+    let in_env = |suffix: &str| {
+        std::env::var_os(format!("{ENV_PREFIX}{suffix}")).is_some_and(|v| !v.is_empty())
+    };
+    match (
+        in_env("INTROSPECTION__CLIENT_SECRET"),
+        in_env("INTROSPECTION__CLIENT_SECRET_FILE"),
+    ) {
+        (true, false) => {
+            i.client_secret_file.clear();
+            raw.notices.push(format!(
+                "introspection.client_secret: using {ENV_PREFIX}INTROSPECTION__CLIENT_SECRET; \
+                 the config file's client_secret_file is ignored"
+            ));
+        }
+        (false, true) => {
+            i.client_secret = Secret::default();
+            raw.notices.push(format!(
+                "introspection.client_secret: using the file named by \
+                 {ENV_PREFIX}INTROSPECTION__CLIENT_SECRET_FILE; the config file's client_secret is ignored"
+            ));
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,537 @@
+//! The configuration exactly as the file and environment spell it: the
+//! `Raw*` types that figment deserialises (unknown keys are errors), and
+//! their defaults.
+
+use crate::introspection::client::{AuthMethod, ProbeMode};
+use crate::secret::{string_or_number, Secret};
+use crate::upstream::forward::MethodOverride;
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::time::Duration;
+
+/// Environment variable prefix; nested keys use `__`.
+pub const ENV_PREFIX: &str = "TOKENGATE_";
+
+/// `[forward_auth] convention`: the front proxy's header convention, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConventionSetting {
+    /// The convention whose headers are present; two conventions → 400.
+    #[default]
+    Auto,
+    Nginx,
+    Traefik,
+    Envoy,
+}
+
+impl ConventionSetting {
+    /// As the configuration spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Nginx => "nginx",
+            Self::Traefik => "traefik",
+            Self::Envoy => "envoy",
+        }
+    }
+}
+
+/// Durations are strings such as "250ms", "2s", "5m" (humantime syntax).
+mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        use serde::de::Error;
+        // A bare number (`max_ttl = 300`, or `TOKENGATE_CACHE__MAX_TTL=300`)
+        // has no unit: say how to write it instead of "expected a string".
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Str(String),
+            // Any number (integers too: serde's untagged buffer reads them as f64).
+            Number(f64),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::Str(s) => s,
+            Raw::Number(n) => {
+                return Err(D::Error::custom(format!(
+                    "a duration is a string with a unit, e.g. \"{n}s\", not the number {n}"
+                )))
+            }
+        };
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            D::Error::custom(format!(
+                "invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\""
+            ))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Proxy,
+    /// Answer the auth sub-request of another proxy (nginx `auth_request`,
+    /// Traefik ForwardAuth, Envoy `ext_authz`): 200/401/403/503, no upstream.
+    ForwardAuth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The configuration exactly as the file and environment spell it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub listen: String,
+    pub upstream: String,
+    pub mode: Mode,
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+    pub introspection: RawIntrospection,
+    pub cache: RawCache,
+    pub identity: RawIdentity,
+    pub log: RawLog,
+    pub limits: RawLimits,
+    pub resilience: RawResilience,
+    pub policy: RawPolicy,
+    pub routes: Vec<RawRoute>,
+    pub token_sources: RawTokenSources,
+    pub discovery: RawDiscovery,
+    /// Speak HTTP/2 to the upstream: h2 (ALPN) over https, h2c over http or unix (gRPC).
+    pub upstream_http2: bool,
+    /// HTTP/1.1 Upgrade protocols a client may switch to (case-insensitive,
+    /// `name` or `name/version`); any other is removed from the request. Never
+    /// `h2c` or another HTTP (see `crate::upstream::upgrade`).
+    pub upgrade_protocols: Vec<String>,
+    pub tls: RawTls,
+    pub upstream_tls: RawUpstreamTls,
+    pub forward_auth: RawForwardAuth,
+    pub admin: RawAdmin,
+    pub forwarding: RawForwarding,
+    /// Things `load` decided that the operator should hear about (e.g. which
+    /// of two secret sources is used); logged at INFO once logging is up.
+    #[serde(skip)]
+    pub notices: Vec<String>,
+}
+
+/// `[forwarding]`: what the upstream is told about the client, and which of the
+/// client's own headers it may still see.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForwarding {
+    /// CIDRs (or single addresses) of proxies in front of tokengate whose
+    /// `X-Forwarded-For`, `Forwarded`, `X-Real-IP` and `X-Forwarded-Prefix` are
+    /// kept (and appended to). From any other peer they are replaced or removed.
+    pub trusted_proxies: Vec<String>,
+    /// `X-HTTP-Method-Override` and friends: removed, or routed on.
+    pub method_override: MethodOverride,
+}
+
+/// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Empty: no admin listener.
+    pub listen: String,
+    /// Bearer secret for `POST /purge`; required when `listen` is not loopback.
+    pub purge_secret_file: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+            purge_secret_file: String::new(),
+        }
+    }
+}
+
+/// `[tls]`: TLS termination for `listen` (both empty: plain HTTP).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
+/// `[upstream_tls]`: trust for https upstreams and the AS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUpstreamTls {
+    /// PEM CA certificates added to the webpki roots (private CAs).
+    pub ca_file: String,
+}
+
+/// `[forward_auth]`: only read when `mode = "forward_auth"`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawForwardAuth {
+    /// The front proxy's header convention: `nginx`, `traefik`, `envoy`, or
+    /// `auto` (the default; refuses a sub-request with two conventions'
+    /// headers). See [`crate::pipeline::forward_auth`].
+    pub convention: ConventionSetting,
+    /// Envoy `ext_authz` `path_prefix`: removed from the request path to get the
+    /// original path (convention `envoy`, or `auto` without nginx / Traefik headers).
+    pub path_prefix: String,
+}
+
+/// `[policy]`: requirements for every authenticated request without a route
+/// override.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub require_audience: Vec<String>,
+    pub require_issuer: String,
+    pub require_scopes: Vec<String>,
+    pub allow_clients: Vec<String>,
+}
+
+/// One `[[routes]]` entry. A requirement that is set replaces the `[policy]`
+/// default for this route; one that is absent inherits it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub path_prefix: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_audience: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_scopes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_clients: Option<Vec<String>>,
+}
+
+impl RawRoute {
+    /// A token route for `path_prefix` that inherits every `[policy]` default
+    /// (what a `[[routes]]` entry with only `path_prefix` means).
+    pub fn new(path_prefix: impl Into<String>) -> Self {
+        Self {
+            path_prefix: path_prefix.into(),
+            methods: Vec::new(),
+            host: String::new(),
+            public: false,
+            require_audience: None,
+            require_issuer: None,
+            require_scopes: None,
+            allow_clients: None,
+        }
+    }
+
+    /// A public route for `path_prefix`: no token needed.
+    pub fn public(path_prefix: impl Into<String>) -> Self {
+        Self {
+            public: true,
+            ..Self::new(path_prefix)
+        }
+    }
+}
+
+/// `[token_sources]`: where else a token may come from (the header always works).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTokenSources {
+    /// Query parameter name (RFC 6750 §2.3), e.g. "access_token"; empty: off.
+    pub query_param: String,
+    /// Cookie name; empty: off.
+    pub cookie: String,
+}
+
+/// `[discovery]`: find the introspection endpoint from the AS metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDiscovery {
+    pub issuer: String,
+    #[serde(with = "duration_str")]
+    pub refresh_interval: Duration,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            refresh_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIntrospection {
+    pub url: String,
+    #[serde(deserialize_with = "string_or_number")]
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub client_secret_file: String,
+    pub auth_method: AuthMethod,
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// PEM client certificate for mTLS to the AS (RFC 8705 `tls_client_auth`).
+    pub client_cert_file: String,
+    pub client_key_file: String,
+    /// Start-up probe of the endpoint (restart-only).
+    pub probe: ProbeMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCache {
+    #[serde(with = "duration_str")]
+    pub max_ttl: Duration,
+    pub max_entries: u64,
+    #[serde(with = "duration_str")]
+    pub negative_ttl: Duration,
+    pub negative_max_entries: u64,
+    /// `[cache.shared]`: the fleet's L2 (see `fleet.rs`); off while `url` is empty.
+    pub shared: RawSharedCache,
+}
+
+/// `[cache.shared]`: a Redis/Valkey L2 cache and purge fan-out shared by replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSharedCache {
+    /// `redis://`, `rediss://` (TLS), `valkey://`, `valkeys://`; empty: off.
+    pub url: RedisUrl,
+    /// HMAC key for L2 keys and values, shared by every replica.
+    pub key_secret_file: String,
+    /// Each Redis call; past it the request goes on without Redis.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// A short `SET NX` lock so that replicas that see a new token at once
+    /// introspect it about once between them.
+    pub single_flight: bool,
+}
+
+impl Default for RawSharedCache {
+    fn default() -> Self {
+        Self {
+            url: RedisUrl::default(),
+            key_secret_file: String::new(),
+            timeout: Duration::from_millis(200),
+            single_flight: true,
+        }
+    }
+}
+
+/// A Redis URL; `Debug` and `Serialize` (`--check-config`) mask its password.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(pub String);
+
+impl RedisUrl {
+    fn masked(&self) -> String {
+        match url::Url::parse(&self.0) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("[redacted]"));
+                u.to_string()
+            }
+            Ok(_) => self.0.clone(),
+            // Unparsable: it may still hold a password, so show none of it.
+            Err(_) if self.0.is_empty() => String::new(),
+            Err(_) => "[unparsable, redacted]".into(),
+        }
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.masked(), f)
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIdentity {
+    pub subject_header: String,
+    pub client_id_header: String,
+    pub scope_header: String,
+    pub strip_headers: Vec<String>,
+    pub forward_authorization: bool,
+    /// Header name → claim name (`a.b` for nested), e.g. "X-Auth-Email" = "email".
+    pub claims: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Longest accepted Bearer token, in bytes.
+    pub max_token_bytes: usize,
+    /// Largest request head (request line + headers), in bytes (→ 431).
+    pub max_header_bytes: usize,
+    /// Most client connections open at once; 0: unlimited.
+    pub max_connections: usize,
+    /// Largest request body, in bytes (→ 413); 0: unlimited.
+    pub max_body_bytes: u64,
+    /// How long a client connection may sit without sending a request head.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// An upgraded (WebSocket) tunnel with no byte either way for this long is closed.
+    #[serde(with = "duration_str")]
+    pub tunnel_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawResilience {
+    /// Time to the upstream's response headers (→ 504).
+    #[serde(with = "duration_str")]
+    pub upstream_timeout: Duration,
+    /// TCP connect to the upstream (→ 502). A slow TLS handshake counts
+    /// against `upstream_timeout` instead.
+    #[serde(with = "duration_str")]
+    pub upstream_connect_timeout: Duration,
+    /// `Retry-After` seconds on a 503.
+    pub retry_after_secs: u32,
+    /// Serve a cached answer this long past its TTL while the AS fails; "0s": off.
+    #[serde(with = "duration_str")]
+    pub stale_if_error: Duration,
+    /// Consecutive AS failures that open the circuit; 0: no breaker.
+    pub breaker_failures: u32,
+    #[serde(with = "duration_str")]
+    pub breaker_open_for: Duration,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            upstream: "http://127.0.0.1:3000".into(),
+            mode: Mode::Proxy,
+            shutdown_timeout: Duration::from_secs(30),
+            introspection: RawIntrospection::default(),
+            cache: RawCache::default(),
+            identity: RawIdentity::default(),
+            log: RawLog::default(),
+            limits: RawLimits::default(),
+            resilience: RawResilience::default(),
+            policy: RawPolicy::default(),
+            routes: Vec::new(),
+            token_sources: RawTokenSources::default(),
+            discovery: RawDiscovery::default(),
+            admin: RawAdmin::default(),
+            upstream_http2: false,
+            upgrade_protocols: vec!["websocket".into()],
+            tls: RawTls::default(),
+            upstream_tls: RawUpstreamTls::default(),
+            forward_auth: RawForwardAuth::default(),
+            forwarding: RawForwarding::default(),
+            notices: Vec::new(),
+        }
+    }
+}
+
+impl Default for RawForwarding {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            method_override: MethodOverride::Strip,
+        }
+    }
+}
+
+impl Default for RawIntrospection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            client_id: String::new(),
+            client_secret: Secret::default(),
+            client_secret_file: String::new(),
+            auth_method: AuthMethod::ClientSecretBasic,
+            timeout: Duration::from_secs(2),
+            client_cert_file: String::new(),
+            client_key_file: String::new(),
+            probe: ProbeMode::Require,
+        }
+    }
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_ttl: Duration::from_secs(300),
+            max_entries: 100_000,
+            negative_ttl: Duration::from_secs(10),
+            negative_max_entries: 10_000,
+            shared: RawSharedCache::default(),
+        }
+    }
+}
+
+impl Default for RawIdentity {
+    fn default() -> Self {
+        Self {
+            subject_header: "X-Auth-Subject".into(),
+            client_id_header: "X-Auth-Client-Id".into(),
+            scope_header: "X-Auth-Scope".into(),
+            strip_headers: vec![
+                "X-Forwarded-User".into(),
+                "X-Remote-User".into(),
+                "X-User".into(),
+            ],
+            forward_authorization: true,
+            claims: Default::default(),
+        }
+    }
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_token_bytes: crate::token::DEFAULT_MAX_TOKEN_BYTES,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            max_body_bytes: 0,
+            idle_timeout: Duration::from_secs(75),
+            tunnel_idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for RawResilience {
+    fn default() -> Self {
+        Self {
+            upstream_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(5),
+            retry_after_secs: 5,
+            stale_if_error: Duration::from_secs(30),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(10),
+        }
+    }
+}

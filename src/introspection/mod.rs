@@ -1,0 +1,19 @@
+//! Stage engine: asking the authorization server about a token.
+//!
+//! - [`client`]: the RFC 7662 client (`oauth2` crate over [`crate::http::client`]), its
+//!   settings ([`IntrospectionSettings`]) and the lenient response type ([`Introspection`]).
+//! - [`answer`]: the compact cached form of an answer ([`answer::Answer`], what the policy
+//!   reads); repeating members shared through a bounded interner.
+//! - `breaker`: the AS's rules for the shared circuit breaker (what counts as a failure,
+//!   the canary).
+//! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint.
+
+pub mod answer;
+mod breaker;
+pub mod client;
+pub mod discovery;
+
+pub use answer::{Answer, Interner};
+pub use client::{
+    probe_advice, AuthMethod, IntrospectError, Introspection, IntrospectionSettings, Introspector,
+};

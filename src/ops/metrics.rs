@@ -1,0 +1,464 @@
+//! Prometheus metrics (`prometheus-client`), served by the admin listener at
+//! `/metrics`. Every name starts with `tokengate_`; counters end in `_total`
+//! (the crate appends it), durations are histograms in `_seconds`.
+//!
+//! The hot path does no allocation for labels: label values are `&'static str`
+//! or the route name the access log already owns (moved in, not copied), and
+//! the cache bumps prebuilt counter handles ([`CacheCounters`]).
+
+use crate::cache::CacheCounters;
+use crate::introspection::client::{IntrospectError, Introspection};
+use crate::resilience::breaker::BreakerState;
+use crate::upstream::forward::ForwardError;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::borrow::Cow;
+use std::future::Future;
+use std::time::Duration;
+
+/// `Content-Type` of the classic Prometheus text format (0.0.4).
+pub const PROMETHEUS_CONTENT_TYPE: &str =
+    prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+/// `Content-Type` of OpenMetrics text, sent when the scraper asks for it.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Request latencies: 1 ms … ~16 s. Proxy latency includes the upstream's.
+const REQUEST_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Introspection latencies: the AS call only, bounded by `introspection.timeout`.
+const INTROSPECTION_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// HTTP status class, as a label value.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct StatusClass(u16);
+
+impl StatusClass {
+    pub fn of(status: http::StatusCode) -> Self {
+        Self(status.as_u16() / 100)
+    }
+}
+
+impl EncodeLabelValue for StatusClass {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(match self.0 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `routes[N]` (position in the config), `default`, or `none` when the
+    /// request was rejected before a route was chosen.
+    pub route: Cow<'static, str>,
+    pub status: StatusClass,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    cache: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn request_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS)
+}
+
+/// All of tokengate's metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: HistogramFamily<RequestLabels>,
+    introspections: Family<OutcomeLabels, Counter>,
+    introspection_duration: Histogram,
+    cache: CacheCounters,
+    cache_entries: Family<CacheLabels, Gauge>,
+    stale_answers: Counter,
+    breaker_state: Gauge,
+    open_connections: Gauge,
+    upstream_errors: Family<KindLabels, Counter>,
+    purges: Counter,
+    reloads: Family<ResultLabels, Counter>,
+    shared_cache: Family<KindLabels, Counter>,
+    purge_messages: Family<KindLabels, Counter>,
+    /// The fleet's own counters as last copied in, so a scrape adds only the
+    /// difference (the fleet layer counts with plain atomics).
+    fleet_seen: std::sync::Mutex<crate::cache::fleet::FleetStats>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tokengate");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status class",
+            requests.clone(),
+        );
+        let request_duration: HistogramFamily<RequestLabels> =
+            Family::new_with_constructor(request_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response head, by route and status class",
+            request_duration.clone(),
+        );
+        let introspections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "introspections",
+            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; token_rejected: HTTP 400 about the token, answered 401 like inactive; refused: another 4xx that may depend on the token, 503 but not an AS failure; circuit_open: refused by the open circuit breaker without a call)",
+            introspections.clone(),
+        );
+        let introspection_duration = Histogram::new(INTROSPECTION_BUCKETS);
+        registry.register(
+            "introspection_duration_seconds",
+            "Duration of introspection calls, whatever their outcome",
+            introspection_duration.clone(),
+        );
+
+        let hits = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_hits",
+            "Lookups answered by the positive or negative cache",
+            hits.clone(),
+        );
+        let misses = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_misses",
+            "Lookups the cache could not answer (positive: this request called the AS)",
+            misses.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "cache_coalesced",
+            "Requests answered by another request's in-flight introspection call (single-flight)",
+            coalesced.clone(),
+        );
+        let counter_for = |f: &Family<CacheLabels, Counter>, cache| {
+            f.get_or_create(&CacheLabels { cache }).clone()
+        };
+        let cache = CacheCounters {
+            positive_hit: counter_for(&hits, "positive"),
+            positive_miss: counter_for(&misses, "positive"),
+            negative_hit: counter_for(&hits, "negative"),
+            negative_miss: counter_for(&misses, "negative"),
+            coalesced,
+        };
+        let cache_entries = Family::<CacheLabels, Gauge>::default();
+        registry.register(
+            "cache_entries",
+            "Entries in the positive and negative caches (updated at scrape time)",
+            cache_entries.clone(),
+        );
+
+        let stale_answers = Counter::default();
+        registry.register(
+            "stale_answers",
+            "Requests allowed on a cached answer past its TTL because the AS failed (stale_if_error)",
+            stale_answers.clone(),
+        );
+        let breaker_state = Gauge::default();
+        registry.register(
+            "breaker_state",
+            "Introspection circuit breaker: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections currently open on the proxy listener (upgraded tunnels included; counted against limits.max_connections; 0 when unlimited)",
+            open_connections.clone(),
+        );
+        let upstream_errors = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Requests that failed on the way to the upstream, by kind",
+            upstream_errors.clone(),
+        );
+        let purges = Counter::default();
+        registry.register(
+            "purges",
+            "Tokens removed from the caches through POST /purge",
+            purges.clone(),
+        );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration reloads (SIGHUP), by result",
+            reloads.clone(),
+        );
+        let shared_cache = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "shared_cache_operations",
+            "Redis L2 ([cache.shared]) operations by kind: hit, miss, garbage (unreadable value), refused (a valid value past its MAC'd expiry or older than the token's purge: a replay?), error, skipped (breaker open), write",
+            shared_cache.clone(),
+        );
+        let purge_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "purge_messages",
+            "Fleet-wide purge messages on the Redis channel, sent and received",
+            purge_messages.clone(),
+        );
+        // Series that exist from the start, so that `rate()` and alerts see a 0
+        // before the first event instead of no series at all.
+        for outcome in [
+            "active",
+            "inactive",
+            "timeout",
+            "connect",
+            "unauthorized",
+            "status",
+            "token_rejected",
+            "refused",
+            "invalid_response",
+            "no_endpoint",
+            "circuit_open",
+        ] {
+            drop(introspections.get_or_create(&OutcomeLabels { outcome }));
+        }
+        for kind in ["connect", "timeout", "failed", "bad_target", "client_body"] {
+            drop(upstream_errors.get_or_create(&KindLabels { kind }));
+        }
+        for result in ["ok", "error"] {
+            drop(reloads.get_or_create(&ResultLabels { result }));
+        }
+        Self {
+            registry,
+            requests,
+            request_duration,
+            introspections,
+            introspection_duration,
+            cache,
+            cache_entries,
+            stale_answers,
+            breaker_state,
+            open_connections,
+            upstream_errors,
+            purges,
+            reloads,
+            shared_cache,
+            purge_messages,
+            fleet_seen: std::sync::Mutex::new(crate::cache::fleet::FleetStats::default()),
+        }
+    }
+
+    /// At scrape time, from `limits::ConnectionLimit::in_use`.
+    pub fn set_open_connections(&self, n: usize) {
+        self.open_connections
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Copies the fleet layer's counters in (at scrape time).
+    pub fn set_fleet_stats(&self, now: crate::cache::fleet::FleetStats) {
+        let mut seen = self.fleet_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let add = |family: &Family<KindLabels, Counter>, kind, now: u64, before: u64| {
+            family
+                .get_or_create(&KindLabels { kind })
+                .inc_by(now.saturating_sub(before));
+        };
+        let sc = &self.shared_cache;
+        add(sc, "hit", now.l2_hits, seen.l2_hits);
+        add(sc, "miss", now.l2_misses, seen.l2_misses);
+        add(sc, "garbage", now.l2_garbage, seen.l2_garbage);
+        add(sc, "error", now.l2_errors, seen.l2_errors);
+        add(sc, "skipped", now.l2_skipped, seen.l2_skipped);
+        add(sc, "write", now.l2_writes, seen.l2_writes);
+        add(sc, "refused", now.l2_refused, seen.l2_refused);
+        let pm = &self.purge_messages;
+        add(pm, "sent", now.purges_sent, seen.purges_sent);
+        add(pm, "received", now.purges_received, seen.purges_received);
+        *seen = now;
+    }
+
+    /// Handles for [`crate::cache::TokenCache::with_counters`].
+    pub fn cache_counters(&self) -> CacheCounters {
+        self.cache.clone()
+    }
+
+    /// One answered request. `route` is moved in, so the label costs nothing
+    /// unless this route/status pair is new.
+    pub fn observe_request(
+        &self,
+        route: Option<String>,
+        status: http::StatusCode,
+        elapsed: Duration,
+    ) {
+        let labels = RequestLabels {
+            route: route.map_or(Cow::Borrowed("none"), Cow::Owned),
+            status: StatusClass::of(status),
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Times one introspection call and counts its outcome.
+    pub async fn time_introspection<F>(&self, call: F) -> Result<Introspection, IntrospectError>
+    where
+        F: Future<Output = Result<Introspection, IntrospectError>>,
+    {
+        let started = crate::resilience::clock::stopwatch();
+        let result = call.await;
+        self.introspection_duration
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(i) if i.active => "active",
+            Ok(_) => "inactive",
+            Err(e) => e.kind(),
+        };
+        self.introspections
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        result
+    }
+
+    /// A lookup the open circuit breaker refused: no call was made, so it
+    /// is counted (outcome `circuit_open`) but not timed.
+    pub fn introspection_refused(&self) {
+        self.introspections
+            .get_or_create(&OutcomeLabels {
+                outcome: IntrospectError::CircuitOpen.kind(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_error(&self, e: &ForwardError) {
+        let kind = match e {
+            ForwardError::Connect(_) => "connect",
+            ForwardError::Timeout(_) => "timeout",
+            ForwardError::Failed(_) => "failed",
+            ForwardError::BadTarget => "bad_target",
+            // The client's body broke mid-stream: counted so a spike is visible,
+            // under its own kind so it is not mistaken for an upstream outage.
+            ForwardError::BadBody(_) => "client_body",
+            ForwardError::UnexpectedUpgrade(_) => "unexpected_upgrade",
+        };
+        self.upstream_errors
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// For the stale_if_error path: one request served on a stale answer.
+    pub fn stale_answer(&self) {
+        self.stale_answers.inc();
+    }
+
+    /// The circuit breaker's state as `tokengate_breaker_state`: 0 closed,
+    /// 1 half-open, 2 open.
+    pub fn set_breaker_state(&self, state: BreakerState) {
+        self.breaker_state.set(match state {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
+    }
+
+    pub fn purged(&self) {
+        self.purges.inc();
+    }
+
+    pub fn reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn set_cache_entries(&self, positive: u64, negative: u64) {
+        let set = |cache, n: u64| {
+            self.cache_entries
+                .get_or_create(&CacheLabels { cache })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("positive", positive);
+        set("negative", negative);
+    }
+
+    /// Renders every metric; `openmetrics` picks OpenMetrics text over the
+    /// classic Prometheus text format.
+    pub fn render(&self, openmetrics: bool) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let rendered = if openmetrics {
+            prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        } else {
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        };
+        // Writing to a String cannot fail; an encoder bug would, and a partial
+        // scrape is worse than an empty one.
+        if rendered.is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_labels_render() {
+        let m = Metrics::new();
+        m.observe_request(
+            Some("routes[0]".into()),
+            http::StatusCode::NOT_FOUND,
+            Duration::from_millis(3),
+        );
+        m.observe_request(None, http::StatusCode::BAD_REQUEST, Duration::ZERO);
+        m.cache_counters().positive_hit.inc();
+        m.set_breaker_state(BreakerState::Open);
+        let text = m.render(false);
+        for want in [
+            "# TYPE tokengate_requests_total counter",
+            "tokengate_requests_total{route=\"routes[0]\",status=\"4xx\"} 1",
+            "tokengate_requests_total{route=\"none\",status=\"4xx\"} 1",
+            "tokengate_request_duration_seconds_bucket{route=\"routes[0]\",status=\"4xx\",le=\"0.005\"} 1",
+            "tokengate_cache_hits_total{cache=\"positive\"} 1",
+            "tokengate_cache_misses_total{cache=\"negative\"} 0",
+            "tokengate_breaker_state 2",
+            "tokengate_stale_answers_total 0",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in:\n{text}");
+        }
+        assert!(m.render(true).ends_with("# EOF\n"));
+    }
+}

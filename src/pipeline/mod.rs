@@ -1,0 +1,109 @@
+//! The per-request pipeline: route → token → cache/introspect → policy →
+//! forward (or, in forward-auth mode, the 200 + identity answer), and the one
+//! access log line. Each stage lives in its own file below.
+
+mod access;
+mod authorize;
+mod forward_auth;
+pub mod front_proxy;
+mod proxy;
+pub mod reject;
+
+use access::AccessInfo;
+
+use crate::app::App;
+use crate::cache::CacheStatus;
+use crate::config::Mode;
+use crate::http::limits::ConnectionSlot;
+use crate::http::Body;
+use crate::introspection::client::IntrospectError;
+use crate::upstream::forward::{ForwardError, Peer};
+use forward_auth::forward_auth_check;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use proxy::authorize_and_forward;
+use reject::{grpc_rejection_response, is_grpc, rejection_response, ProxyError};
+use tracing::{debug, info, warn};
+
+/// Outer handler: runs the request path, turns any error into a response,
+/// and writes exactly one access log line. `slot` is the connection's
+/// `limits.max_connections` permit, for an upgrade to take over.
+pub async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    peer: &Peer,
+    slot: &ConnectionSlot,
+) -> Response<Body> {
+    let started = crate::resilience::clock::stopwatch();
+    let method = req.method().clone();
+    // The path only: a query string may carry credentials.
+    let path = req.uri().path().to_owned();
+    let mut info = AccessInfo::default();
+    // gRPC clients need their failures as gRPC statuses; decided before the
+    // request is consumed.
+    let grpc = is_grpc(req.headers());
+    // The one settings snapshot this request uses, whatever a reload does meanwhile.
+    let settings = app.settings.load_full();
+    let result = match settings.mode {
+        Mode::Proxy => authorize_and_forward(app, &settings, req, peer, slot, &mut info).await,
+        Mode::ForwardAuth => forward_auth_check(app, &settings, req, &mut info).await,
+    };
+    let response = match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            log_error(&err, &info);
+            if let ProxyError::Upstream(e) = &err {
+                app.metrics.upstream_error(e);
+            }
+            if grpc {
+                grpc_rejection_response(&err)
+            } else {
+                rejection_response(&err, settings.retry_after_secs)
+            }
+        }
+    };
+    let elapsed = started.elapsed();
+    let (method, path) = info.original.take().unwrap_or((method, path));
+    info!(
+        target: "tokengate::access",
+        method = %method,
+        path = %path,
+        status = response.status().as_u16(),
+        route = info.route.as_deref().unwrap_or("-"),
+        // Whole microseconds, so the field prints as e.g. 4.234, not 4.233988999999999.
+        latency_ms = elapsed.as_micros() as f64 / 1000.0,
+        cache = info.cache.map(CacheStatus::as_str).unwrap_or("-"),
+        subject = info.subject.as_deref().unwrap_or("-"),
+        token = info.fingerprint.as_deref().unwrap_or("-"),
+    );
+    app.metrics
+        .observe_request(info.route, response.status(), elapsed);
+    response
+}
+
+fn log_error(err: &ProxyError, info: &AccessInfo) {
+    let token = info.fingerprint.as_deref().unwrap_or("-");
+    match err {
+        // The breaker logs when it opens; one WARN per fast-failed request
+        // would flood the log exactly when the AS is down.
+        ProxyError::Introspection(e @ IntrospectError::CircuitOpen) => {
+            debug!(kind = e.kind(), token, "circuit open; answering 503")
+        }
+        ProxyError::Introspection(e) => {
+            warn!(kind = e.kind(), error = %e, token, "introspection failed; answering 503")
+        }
+        // A client's broken body is the client's fault: not an upstream alarm.
+        ProxyError::Upstream(ForwardError::BadBody(_)) => {
+            debug!(reason = %err, token, "request rejected")
+        }
+        ProxyError::Upstream(e) => warn!(error = %e, "upstream failure"),
+        ProxyError::NoCredentials
+        | ProxyError::Token(_)
+        | ProxyError::Denied(_)
+        | ProxyError::ConnectMethod
+        | ProxyError::ForwardAuth(_)
+        | ProxyError::BodyTooLarge
+        | ProxyError::Route(_)
+        | ProxyError::MethodOverride(_) => debug!(reason = %err, token, "request rejected"),
+    }
+}
