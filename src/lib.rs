@@ -27,7 +27,8 @@
 //!    - [`cache`]: `TokenCache` (moka keyed by SHA-256(token); fresh for ≤ min(max_ttl, `exp`),
 //!      then revalidated; served stale (`stale_if_error`, never past `exp`) while the AS fails;
 //!      negative cache) in `cache/mod.rs`: **the cache lookup**; `l1` (the entry and its
-//!      lifetimes); `flight` (single-flight, cancellation-safe); `fleet` (`[cache.shared]`:
+//!      lifetimes); `settings` (`[cache]`, `[cache.shared]`: the cache owns its settings);
+//!      `flight` (single-flight, cancellation-safe); `fleet` (`[cache.shared]`:
 //!      Redis/Valkey L2 behind the L1, HMAC keys, MAC'd values and expiry, timeout + breaker,
 //!      fleet-wide purge over pub/sub with tombstones).
 //!    - [`upstream`]: `forward` (hop-by-hop and identity header rewrite, streaming call to the

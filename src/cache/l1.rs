@@ -3,7 +3,7 @@
 //! layer ([`super::fleet`]) and the cache ([`super::TokenCache`]) both build on
 //! it without importing each other.
 
-use crate::config::RawCache;
+use super::settings::RawCache;
 use crate::introspection::answer::Answer;
 use crate::token::TokenHash;
 use moka::future::Cache;

@@ -31,12 +31,12 @@
 //! revalidation can be answered by another replica's fresh answer), and
 //! `invalidate` purges fleet-wide.
 
-use crate::config::RawCache;
 use crate::introspection::answer::{Answer, Interner};
 use crate::resilience::clock::Clock;
 pub mod fleet;
 pub mod flight;
 mod l1;
+pub mod settings;
 
 use crate::introspection::client::{IntrospectError, Introspection};
 use crate::token::TokenHash;
@@ -45,6 +45,7 @@ use flight::SingleFlight;
 use l1::Entry;
 pub use l1::{entry_ttl, CacheTtls, L1};
 use moka::future::Cache;
+pub use settings::{RawCache, RawSharedCache, RedisUrl, SharedCacheSettings};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,11 +2,12 @@
 //! `Raw*` types that figment deserialises (unknown keys are errors), and
 //! their defaults.
 
+use crate::cache::settings::RawCache;
 use crate::introspection::client::{AuthMethod, ProbeMode};
+use crate::resilience::clock::duration_str;
 use crate::secret::{string_or_number, Secret};
 use crate::upstream::forward::MethodOverride;
-use serde::{Deserialize, Serialize, Serializer};
-use std::fmt;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// Environment variable prefix; nested keys use `__`.
@@ -33,40 +34,6 @@ impl ConventionSetting {
             Self::Traefik => "traefik",
             Self::Envoy => "envoy",
         }
-    }
-}
-
-/// Durations are strings such as "250ms", "2s", "5m" (humantime syntax).
-mod duration_str {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        use serde::de::Error;
-        // A bare number (`max_ttl = 300`, or `TOKENGATE_CACHE__MAX_TTL=300`)
-        // has no unit: say how to write it instead of "expected a string".
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Str(String),
-            // Any number (integers too: serde's untagged buffer reads them as f64).
-            Number(f64),
-        }
-        let s = match Raw::deserialize(d)? {
-            Raw::Str(s) => s,
-            Raw::Number(n) => {
-                return Err(D::Error::custom(format!(
-                    "a duration is a string with a unit, e.g. \"{n}s\", not the number {n}"
-                )))
-            }
-        };
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            D::Error::custom(format!(
-                "invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\""
-            ))
-        })
     }
 }
 
@@ -291,78 +258,6 @@ pub struct RawIntrospection {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RawCache {
-    #[serde(with = "duration_str")]
-    pub max_ttl: Duration,
-    pub max_entries: u64,
-    #[serde(with = "duration_str")]
-    pub negative_ttl: Duration,
-    pub negative_max_entries: u64,
-    /// `[cache.shared]`: the fleet's L2 (see `fleet.rs`); off while `url` is empty.
-    pub shared: RawSharedCache,
-}
-
-/// `[cache.shared]`: a Redis/Valkey L2 cache and purge fan-out shared by replicas.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RawSharedCache {
-    /// `redis://`, `rediss://` (TLS), `valkey://`, `valkeys://`; empty: off.
-    pub url: RedisUrl,
-    /// HMAC key for L2 keys and values, shared by every replica.
-    pub key_secret_file: String,
-    /// Each Redis call; past it the request goes on without Redis.
-    #[serde(with = "duration_str")]
-    pub timeout: Duration,
-    /// A short `SET NX` lock so that replicas that see a new token at once
-    /// introspect it about once between them.
-    pub single_flight: bool,
-}
-
-impl Default for RawSharedCache {
-    fn default() -> Self {
-        Self {
-            url: RedisUrl::default(),
-            key_secret_file: String::new(),
-            timeout: Duration::from_millis(200),
-            single_flight: true,
-        }
-    }
-}
-
-/// A Redis URL; `Debug` and `Serialize` (`--check-config`) mask its password.
-#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct RedisUrl(pub String);
-
-impl RedisUrl {
-    fn masked(&self) -> String {
-        match url::Url::parse(&self.0) {
-            Ok(mut u) if u.password().is_some() => {
-                let _ = u.set_password(Some("[redacted]"));
-                u.to_string()
-            }
-            Ok(_) => self.0.clone(),
-            // Unparsable: it may still hold a password, so show none of it.
-            Err(_) if self.0.is_empty() => String::new(),
-            Err(_) => "[unparsable, redacted]".into(),
-        }
-    }
-}
-
-impl fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.masked(), f)
-    }
-}
-
-impl Serialize for RedisUrl {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.masked())
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct RawIdentity {
     pub subject_header: String,
     pub client_id_header: String,
@@ -469,18 +364,6 @@ impl Default for RawIntrospection {
             client_cert_file: String::new(),
             client_key_file: String::new(),
             probe: ProbeMode::Require,
-        }
-    }
-}
-
-impl Default for RawCache {
-    fn default() -> Self {
-        Self {
-            max_ttl: Duration::from_secs(300),
-            max_entries: 100_000,
-            negative_ttl: Duration::from_secs(10),
-            negative_max_entries: 10_000,
-            shared: RawSharedCache::default(),
         }
     }
 }

@@ -4,38 +4,12 @@
 
 use super::error::*;
 use super::raw::*;
+use crate::cache::settings::{RawCache, SharedCacheSettings};
 use crate::introspection::client::IntrospectionSettings;
 use crate::secret::Secret;
 use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// `[cache.shared]`, validated.
-#[derive(Clone)]
-pub struct SharedCacheSettings {
-    pub url: RedisUrl,
-    /// The HMAC key (≥ 16 bytes).
-    pub key_secret: Secret,
-    pub timeout: Duration,
-    pub single_flight: bool,
-    /// `[upstream_tls] ca_file`, trusted by `rediss://` in addition to the
-    /// system roots (empty without a `ca_file`).
-    pub ca_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
-}
-
-impl fmt::Debug for SharedCacheSettings {
-    // By hand so the CA certificates show as a count, not as pages of hex.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedCacheSettings")
-            .field("url", &self.url)
-            .field("key_secret", &self.key_secret)
-            .field("timeout", &self.timeout)
-            .field("single_flight", &self.single_flight)
-            .field("ca_roots", &self.ca_roots.len())
-            .finish()
-    }
-}
 
 /// Validated, typed settings: what the rest of the program uses.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 use super::error::*;
 use super::raw::*;
 use super::settings::*;
+use crate::cache::settings::{RawSharedCache, SharedCacheSettings};
 use crate::introspection::client::IntrospectionSettings;
 use crate::secret::Secret;
 use crate::upstream::forward::{IdentitySettings, Upstream};

@@ -86,6 +86,40 @@ impl Clock for ManualClock {
     }
 }
 
+/// Durations are strings such as "250ms", "2s", "5m" (humantime syntax).
+pub mod duration_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        use serde::de::Error;
+        // A bare number (`max_ttl = 300`, or `TOKENGATE_CACHE__MAX_TTL=300`)
+        // has no unit: say how to write it instead of "expected a string".
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Str(String),
+            // Any number (integers too: serde's untagged buffer reads them as f64).
+            Number(f64),
+        }
+        let s = match Raw::deserialize(d)? {
+            Raw::Str(s) => s,
+            Raw::Number(n) => {
+                return Err(D::Error::custom(format!(
+                    "a duration is a string with a unit, e.g. \"{n}s\", not the number {n}"
+                )))
+            }
+        };
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            D::Error::custom(format!(
+                "invalid duration {s:?} ({e}); use e.g. \"250ms\", \"2s\", \"5m\""
+            ))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

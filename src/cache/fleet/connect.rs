@@ -1,7 +1,7 @@
 //! The Redis client: `rediss://` trusts `[upstream_tls] ca_file` besides the
 //! system roots.
 
-use crate::config::RedisUrl;
+use crate::cache::settings::RedisUrl;
 use rustls_pki_types::CertificateDer;
 use tracing::warn;
 

@@ -85,7 +85,7 @@ mod purge;
 mod stats;
 
 use super::l1::{entry_ttl, CacheTtls, L1};
-use crate::config::SharedCacheSettings;
+use super::settings::SharedCacheSettings;
 use crate::introspection::client::{IntrospectError, Introspection};
 use crate::resilience::breaker::{Breaker, Outcome, Recovery, Transition};
 use crate::resilience::clock::Clock;
