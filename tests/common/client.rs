@@ -6,6 +6,16 @@ pub fn http1_client() -> TestClient {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+/// A client for the admin listener that keeps no idle connection: tests move
+/// tokio's clock past the admin listener's header-read timeout, which closes
+/// an idle pooled connection just as the next request may be sent on it
+/// (`IncompleteMessage`). A new connection per admin request cannot race that.
+pub fn admin_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http()
+}
+
 /// HTTP/2 over cleartext with prior knowledge.
 pub fn h2c_client() -> TestClient {
     Client::builder(TokioExecutor::new())

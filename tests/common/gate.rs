@@ -216,7 +216,7 @@ impl Env {
         let req = request(Method::GET, &self.gate.admin_url(path))
             .body(empty())
             .unwrap();
-        send(&self.http1, req).await
+        send(&admin_client(), req).await
     }
 
     /// `POST /purge` with `body` of `content_type`, and `Authorization: <auth>` if given.
@@ -226,7 +226,7 @@ impl Env {
         if let Some(a) = auth {
             b = b.header("authorization", a);
         }
-        send(&self.http1, b.body(full(body.to_owned())).unwrap()).await
+        send(&admin_client(), b.body(full(body.to_owned())).unwrap()).await
     }
 
     /// Scrapes `/metrics` and parses it strictly (see [`Scrape::parse`]).
