@@ -286,6 +286,15 @@ impl Drop for Nginx {
     }
 }
 
+/// The nginx binary, or `None` after the skip line (a failure under `CI`).
+fn nginx_or_skip() -> Option<PathBuf> {
+    let bin = nginx_binary();
+    if bin.is_none() {
+        skip_for_missing(&current_test(), "nginx (apt-get install nginx)");
+    }
+    bin
+}
+
 fn nginx_binary() -> Option<PathBuf> {
     ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
         .iter()
@@ -400,11 +409,7 @@ fn assert_same_rejection(via_nginx: &Resp, direct: &Resp, status: u16, error: &s
 
 #[tokio::test]
 async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
-    let Some(bin) = nginx_binary() else {
-        skip_for_missing(
-            "should_guard_an_upstream_behind_a_real_nginx_auth_request",
-            "nginx (apt-get install nginx)",
-        );
+    let Some(bin) = nginx_or_skip() else {
         return;
     };
     // The convention the shipped site file names.
@@ -520,11 +525,7 @@ async fn should_guard_an_upstream_behind_a_real_nginx_auth_request() {
 /// tokengate itself down: nginx's 500, in JSON, and nothing reaches the app.
 #[tokio::test]
 async fn should_pass_tokengate_503_and_retry_after_through_a_real_nginx() {
-    let Some(bin) = nginx_binary() else {
-        skip_for_missing(
-            "should_pass_tokengate_503_and_retry_after_through_a_real_nginx",
-            "nginx (apt-get install nginx)",
-        );
+    let Some(bin) = nginx_or_skip() else {
         return;
     };
     let dead = closed_addr().await;
@@ -633,11 +634,7 @@ async fn should_refuse_a_method_override_it_cannot_strip() {
 /// them on the proxied request, as proxy mode removes them.
 #[tokio::test]
 async fn should_not_pass_method_or_url_overrides_to_the_app_behind_nginx() {
-    let Some(bin) = nginx_binary() else {
-        skip_for_missing(
-            "should_not_pass_method_or_url_overrides_to_the_app_behind_nginx",
-            "nginx (apt-get install nginx)",
-        );
+    let Some(bin) = nginx_or_skip() else {
         return;
     };
     let env = Env::start_with(forward_auth_as(ConventionSetting::Nginx)).await;
