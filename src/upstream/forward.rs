@@ -361,6 +361,10 @@ pub fn rewrite_request_headers(
     // would take it for the client's address), so it starts again at the peer.
     let ip = &hop.peer.ip;
     let chain = |headers: &HeaderMap, name: &HeaderName, ours: &HeaderValue| {
+        // Most peers are not trusted proxies: their chain is not even read.
+        if !hop.trusted {
+            return ours.clone();
+        }
         let prev: Vec<&str> = headers
             .get_all(name)
             .iter()
@@ -368,7 +372,7 @@ pub fn rewrite_request_headers(
             .map(str::trim)
             .filter(|v| !v.is_empty())
             .collect();
-        if !hop.trusted || prev.is_empty() {
+        if prev.is_empty() {
             return ours.clone();
         }
         header_safe(&format!(
