@@ -7,6 +7,7 @@
 
 use crate::introspection::answer::Answer;
 use http::{HeaderName, Method};
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -392,6 +393,9 @@ impl fmt::Display for RouteTable {
     }
 }
 
+/// A normalised host name (or bracketed IP literal) and its port, if any.
+pub type HostPort<'a> = (Cow<'a, str>, Option<u16>);
+
 /// A `Host` (or `:authority`, or `X-Forwarded-Host`) as routing compares it:
 /// lower-case, without the trailing dot of a fully qualified name (DNS and
 /// every server read `admin.example.com.` as `admin.example.com`), split
@@ -399,7 +403,9 @@ impl fmt::Display for RouteTable {
 /// empty Host). Anything that is not a host name, an IP literal or
 /// `host:port` is refused: `%`-escapes, userinfo, lists, spaces and
 /// non-ASCII are spellings that some server would read as another name.
-pub fn normalize_host(h: &str) -> Result<Option<(String, Option<u16>)>, RouteError> {
+/// Borrowed when the value already is in that form (the host the proxy path
+/// normalised once more in [`RouteTable::select`]): no allocation per request.
+pub fn normalize_host(h: &str) -> Result<Option<HostPort<'_>>, RouteError> {
     let h = h.trim();
     if h.is_empty() {
         return Ok(None);
@@ -435,7 +441,7 @@ pub fn normalize_host(h: &str) -> Result<Option<(String, Option<u16>)>, RouteErr
         Some(_) => return Err(RouteError::InvalidHost),
     };
     if host.starts_with('[') {
-        return Ok(Some((host.to_ascii_lowercase(), port)));
+        return Ok(Some((lower_case(host), port)));
     }
     let name = host.strip_suffix('.').unwrap_or(host);
     let valid = !name.is_empty()
@@ -448,7 +454,15 @@ pub fn normalize_host(h: &str) -> Result<Option<(String, Option<u16>)>, RouteErr
     if !valid {
         return Err(RouteError::InvalidHost);
     }
-    Ok(Some((name.to_ascii_lowercase(), port)))
+    Ok(Some((lower_case(name), port)))
+}
+
+fn lower_case(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 /// Whether every reading of `path` is `path` itself: only lower-case ASCII
@@ -1436,7 +1450,7 @@ mod tests {
     fn host_normalisation() {
         let ok = |h: &str, host: &str, port: Option<u16>| {
             assert_eq!(
-                normalize_host(h),
+                normalize_host(h).map(|n| n.map(|(h, p)| (h.into_owned(), p))),
                 Ok(Some((host.to_owned(), port))),
                 "{h:?}"
             )

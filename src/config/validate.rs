@@ -570,7 +570,7 @@ impl RawConfig {
             // (lower case, no trailing dot), so `admin.example.com.` here
             // means the same as in a request.
             let host = match crate::policy::normalize_host(&r.host) {
-                Ok(h) => h.map(|(h, _)| h),
+                Ok(h) => h.map(|(h, _)| h.into_owned()),
                 Err(_) => {
                     return Err(ConfigError::invalid(
                         "routes.host",

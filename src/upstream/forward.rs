@@ -421,7 +421,7 @@ pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteErr
     if fields.next().is_some() {
         return Err(RouteError::DuplicateHost);
     }
-    let normal = |s: &str| crate::policy::normalize_host(s);
+    let normal = crate::policy::normalize_host;
     let field = match field {
         Some(v) => Some(normal(v.to_str().map_err(|_| RouteError::InvalidHost)?)?),
         None => None,
@@ -440,11 +440,10 @@ pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteErr
             Some("https") => 443,
             _ => 80,
         };
-        let comparable = |h: &Option<(String, Option<u16>)>| {
-            h.as_ref()
-                .map(|(host, port)| (host.clone(), port.filter(|p| *p != default_port)))
-        };
-        if comparable(f) != comparable(t) {
+        let port = |p: &Option<u16>| p.filter(|p| *p != default_port);
+        let f = f.as_ref().map(|(name, p)| (name.as_ref(), port(p)));
+        let t = t.as_ref().map(|(name, p)| (name.as_ref(), port(p)));
+        if f != t {
             return Err(RouteError::HostMismatch);
         }
     }
