@@ -118,8 +118,24 @@ impl Errors {
         result.map_err(|e| self.push(e)).ok()
     }
 
+    /// Records `error`; a [`ConfigError::Several`] from a section's own
+    /// collector is flattened, so every invalid key is one line of the report.
     pub(super) fn push(&mut self, error: ConfigError) {
-        self.0.push(error);
+        match error {
+            ConfigError::Several(all) => all.into_iter().for_each(|e| self.push(e)),
+            e => self.0.push(e),
+        }
+    }
+
+    /// `value` if nothing was recorded, else every error. For a section's
+    /// validator: it checks all of its keys, then returns what it built.
+    pub(super) fn finish<T>(self, value: impl FnOnce() -> T) -> Result<T, ConfigError> {
+        self.into_result().map(|()| value())
+    }
+
+    /// How many errors are recorded (to tell whether a check just added one).
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
     }
 
     /// Records `key: message` unless `ok`.

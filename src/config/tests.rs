@@ -716,3 +716,38 @@ fn one_invalid_key_is_reported_as_itself() {
         "{err:?}"
     );
 }
+
+/// Inside one section too: each bad key of each route, every bad CIDR, and
+/// both halves of the admin and TLS settings, in one report.
+#[test]
+fn validate_reports_every_invalid_key_inside_a_section() {
+    let mut c = base();
+    let mut bad = RawRoute::public("no-slash");
+    bad.methods = vec!["G ET".into()];
+    bad.host = "api.example.com:8443".into();
+    let mut also_bad = RawRoute::public("/ok");
+    also_bad.methods = vec!["P(ST".into()];
+    c.routes = vec![bad, also_bad];
+    c.forwarding.trusted_proxies = vec!["10.0.0.0/8".into(), "nope".into(), "also-nope".into()];
+    c.admin.listen = c.listen.clone();
+    c.admin.purge_secret_file = "/nonexistent/purge".into();
+    c.tls.cert_file = "/nonexistent/cert.pem".into();
+    c.introspection.client_key_file = "/nonexistent/key.pem".into();
+    let err = c.validate().unwrap_err();
+    let text = err.to_string();
+    for needle in [
+        "`routes.path_prefix`: routes[0]: \"no-slash\"",
+        "`routes.methods`: routes[0]: \"G ET\"",
+        "`routes.host`: routes[0]: \"api.example.com:8443\"",
+        "`routes.methods`: routes[1]: \"P(ST\"",
+        "`forwarding.trusted_proxies`: \"nope\"",
+        "`forwarding.trusted_proxies`: \"also-nope\"",
+        "`admin.listen`: must differ from listen",
+        "`admin.purge_secret_file`",
+        "`tls.key_file`: set both",
+        "`introspection.client_cert_file`: set both",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    assert!(text.starts_with("10 invalid settings:\n"), "{text}");
+}

@@ -362,24 +362,27 @@ impl RawConfig {
 
     pub(super) fn forwarding_settings(&self) -> Result<ForwardingSettings, ConfigError> {
         let f = &self.forwarding;
+        let mut errors = Errors::default();
         let trusted_proxies = f
             .trusted_proxies
             .iter()
-            .map(|s| {
+            .filter_map(|s| {
                 let s = s.trim();
                 // A bare address is a /32 (or /128).
-                s.parse::<ipnet::IpNet>()
-                    .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map(|n| n.trunc())
-                    .map_err(|_| {
-                        ConfigError::invalid(
-                            "forwarding.trusted_proxies",
-                            format!("{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
-                        )
-                    })
+                errors.take(
+                    s.parse::<ipnet::IpNet>()
+                        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map(|n| n.trunc())
+                        .map_err(|_| {
+                            ConfigError::invalid(
+                                "forwarding.trusted_proxies",
+                                format!("{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
+                            )
+                        }),
+                )
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ForwardingSettings {
+            .collect();
+        errors.finish(|| ForwardingSettings {
             trusted_proxies,
             method_override: f.method_override,
         })
@@ -387,32 +390,37 @@ impl RawConfig {
 
     pub(super) fn admin_settings(&self, listen: SocketAddr) -> Result<AdminSettings, ConfigError> {
         let a = &self.admin;
+        let mut errors = Errors::default();
         let admin_listen = if a.listen.trim().is_empty() {
             None
         } else {
-            let addr = parse_listen("admin.listen", &a.listen)?;
-            if addr.port() != 0 && addr == listen {
-                return Err(ConfigError::invalid(
+            let addr = errors.take(parse_listen("admin.listen", &a.listen));
+            if let Some(addr) = addr {
+                errors.check(
+                    addr.port() == 0 || addr != listen,
                     "admin.listen",
                     "must differ from listen: the admin endpoints never share the proxy's port",
-                ));
+                );
             }
-            Some(addr)
+            addr
         };
         let purge_secret = if a.purge_secret_file.is_empty() {
             None
         } else {
-            Some(read_secret_file(
+            errors.take(read_secret_file(
                 "admin.purge_secret_file",
                 &a.purge_secret_file,
-            )?)
+            ))
         };
         let admin = AdminSettings {
             listen: admin_listen,
             purge_secret,
         };
-        admin.check_purge_secret()?;
-        Ok(admin)
+        // Only when the file itself was read: a missing file is already reported.
+        if a.purge_secret_file.is_empty() || admin.purge_secret.is_some() {
+            errors.take(admin.check_purge_secret());
+        }
+        errors.finish(|| admin)
     }
 
     /// `[upstream_tls] ca_file`, read (empty when unset).
@@ -440,60 +448,74 @@ impl RawConfig {
         ConfigError,
     > {
         use crate::http::tls;
+        let mut errors = Errors::default();
         let t = &self.tls;
         let server = match (t.cert_file.is_empty(), t.key_file.is_empty()) {
             (true, true) => None,
             (false, true) | (true, false) => {
-                return Err(ConfigError::invalid(
+                errors.push(ConfigError::invalid(
                     if t.cert_file.is_empty() {
                         "tls.cert_file"
                     } else {
                         "tls.key_file"
                     },
                     "set both tls.cert_file and tls.key_file, or neither",
-                ))
+                ));
+                None
             }
             (false, false) => {
                 let (cert, key) = (PathBuf::from(&t.cert_file), PathBuf::from(&t.key_file));
-                let loaded = tls::ServerTlsSettings::load(&cert, &key).map_err(|e| {
+                errors.take(tls::ServerTlsSettings::load(&cert, &key).map_err(|e| {
                     let k = match e {
                         tls::TlsError::Certificates { .. }
                         | tls::TlsError::NoCertificate { .. } => "tls.cert_file",
                         _ => "tls.key_file",
                     };
                     ConfigError::invalid(k, e.to_string())
-                })?;
-                Some(loaded)
+                }))
             }
         };
-        let upstream = tls::ClientTls::new(roots, None)
-            .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string()))?;
+        let upstream = errors.take(
+            tls::ClientTls::new(roots, None)
+                .map_err(|e| ConfigError::invalid("upstream_tls.ca_file", e.to_string())),
+        );
         let i = &self.introspection;
         let client_auth = match (i.client_cert_file.is_empty(), i.client_key_file.is_empty()) {
             (true, true) => None,
             (false, true) | (true, false) => {
-                return Err(ConfigError::invalid(
+                errors.push(ConfigError::invalid(
                     if i.client_cert_file.is_empty() {
                         "introspection.client_cert_file"
                     } else {
                         "introspection.client_key_file"
                     },
                     "set both introspection.client_cert_file and client_key_file, or neither",
-                ))
+                ));
+                None
             }
             (false, false) => {
-                let certs = tls::load_certs(Path::new(&i.client_cert_file)).map_err(|e| {
-                    ConfigError::invalid("introspection.client_cert_file", e.to_string())
-                })?;
-                let key = tls::load_key(Path::new(&i.client_key_file)).map_err(|e| {
+                let certs = errors.take(tls::load_certs(Path::new(&i.client_cert_file)).map_err(
+                    |e| ConfigError::invalid("introspection.client_cert_file", e.to_string()),
+                ));
+                let key = errors.take(tls::load_key(Path::new(&i.client_key_file)).map_err(|e| {
                     ConfigError::invalid("introspection.client_key_file", e.to_string())
-                })?;
-                Some((certs, key))
+                }));
+                certs.zip(key)
             }
         };
-        let auth = tls::ClientTls::new(roots, client_auth)
-            .map_err(|e| ConfigError::invalid("introspection.client_key_file", e.to_string()))?;
-        Ok((server, upstream, auth))
+        // Built only from files that loaded: a pair with a bad half is reported above.
+        let auth = errors.take(
+            tls::ClientTls::new(roots, client_auth)
+                .map_err(|e| ConfigError::invalid("introspection.client_key_file", e.to_string())),
+        );
+        errors.into_result()?;
+        match (upstream, auth) {
+            (Some(upstream), Some(auth)) => Ok((server, upstream, auth)),
+            _ => Err(ConfigError::invalid(
+                "(config)",
+                "a TLS setting was left unbuilt without an error (a bug in validate)",
+            )),
+        }
     }
 
     /// Compiles `[policy]` and `[[routes]]` into the ordered route table.
@@ -508,37 +530,41 @@ impl RawConfig {
             scopes: p.require_scopes.clone(),
             clients: p.allow_clients.clone(),
         };
+        // Every route's every key is checked; a route with an error is
+        // reported and left out, and the table is returned only without errors.
+        let mut errors = Errors::default();
         let mut routes = Vec::with_capacity(self.routes.len());
         for (n, r) in self.routes.iter().enumerate() {
             let name = format!("routes[{n}]");
-            if !r.path_prefix.starts_with('/') {
-                return Err(ConfigError::invalid(
-                    "routes.path_prefix",
-                    format!("{name}: {:?} must start with '/'", r.path_prefix),
-                ));
-            }
+            let before = errors.len();
+            errors.check(
+                r.path_prefix.starts_with('/'),
+                "routes.path_prefix",
+                format!("{name}: {:?} must start with '/'", r.path_prefix),
+            );
             let mut methods = Vec::new();
             for m in &r.methods {
-                let m = http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes())
-                    .map_err(|_| {
-                        ConfigError::invalid(
-                            "routes.methods",
-                            format!("{name}: {m:?} is not a method"),
-                        )
-                    })?;
-                methods.push(m);
+                methods.extend(errors.take(
+                    http::Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).map_err(
+                        |_| {
+                            ConfigError::invalid(
+                                "routes.methods",
+                                format!("{name}: {m:?} is not a method"),
+                            )
+                        },
+                    ),
+                ));
             }
             let overrides = r.require_audience.is_some()
                 || r.require_issuer.is_some()
                 || r.require_scopes.is_some()
                 || r.allow_clients.is_some();
             let access = if r.public {
-                if overrides {
-                    return Err(ConfigError::invalid(
-                        "routes.public",
-                        format!("{name} is public but also sets requirements; a public route checks no token"),
-                    ));
-                }
+                errors.check(
+                    !overrides,
+                    "routes.public",
+                    format!("{name} is public but also sets requirements; a public route checks no token"),
+                );
                 Access::Public
             } else {
                 Access::Token(Arc::new(Requirements {
@@ -560,24 +586,30 @@ impl RawConfig {
                         .unwrap_or_else(|| defaults.clients.clone()),
                 }))
             };
-            if r.host.contains([':', '/']) {
-                return Err(ConfigError::invalid(
-                    "routes.host",
-                    format!("{name}: {:?} must be a bare host name (no port, no scheme); ports are ignored when matching", r.host),
-                ));
-            }
             // Compared with the request's host as `normalize_host` spells it
             // (lower case, no trailing dot), so `admin.example.com.` here
             // means the same as in a request.
-            let host = match crate::policy::normalize_host(&r.host) {
-                Ok(h) => h.map(|(h, _)| h.into_owned()),
-                Err(_) => {
-                    return Err(ConfigError::invalid(
-                        "routes.host",
-                        format!("{name}: {:?} is not a host name (letters, digits, '-', '_' and dots; use punycode for non-ASCII names)", r.host),
-                    ))
+            let host = if r.host.contains([':', '/']) {
+                errors.push(ConfigError::invalid(
+                    "routes.host",
+                    format!("{name}: {:?} must be a bare host name (no port, no scheme); ports are ignored when matching", r.host),
+                ));
+                None
+            } else {
+                match crate::policy::normalize_host(&r.host) {
+                    Ok(h) => h.map(|(h, _)| h.into_owned()),
+                    Err(_) => {
+                        errors.push(ConfigError::invalid(
+                            "routes.host",
+                            format!("{name}: {:?} is not a host name (letters, digits, '-', '_' and dots; use punycode for non-ASCII names)", r.host),
+                        ));
+                        None
+                    }
                 }
             };
+            if errors.len() > before {
+                continue;
+            }
             routes.push(Route {
                 name,
                 path_prefix: normalize_path(&r.path_prefix),
@@ -586,7 +618,7 @@ impl RawConfig {
                 access,
             });
         }
-        Ok(RouteTable {
+        errors.finish(|| RouteTable {
             routes,
             default: Route {
                 name: "default".into(),
@@ -613,12 +645,18 @@ pub(super) fn validate_shared_cache(
     if raw.url.0.is_empty() {
         return Ok(None);
     }
+    let mut errors = Errors::default();
+    errors.check(
+        !raw.timeout.is_zero(),
+        "cache.shared.timeout",
+        "must be greater than 0",
+    );
     let scheme_ok = url::Url::parse(&raw.url.0).is_ok_and(|u| {
         matches!(u.scheme(), "redis" | "rediss" | "valkey" | "valkeys") && u.has_host()
     });
     // `Client::open` only parses; it does not connect.
     if !scheme_ok || redis::Client::open(raw.url.0.as_str()).is_err() {
-        return Err(ConfigError::invalid(
+        errors.push(ConfigError::invalid(
             "cache.shared.url",
             format!(
                 "{:?} is not a redis://, rediss://, valkey:// or valkeys:// URL with a host",
@@ -626,6 +664,26 @@ pub(super) fn validate_shared_cache(
             ),
         ));
     }
+    let key_secret = errors.take(shared_cache_key(raw));
+    errors.into_result()?;
+    // A key that did not load was recorded above; this is only the type's due.
+    let Some(key_secret) = key_secret else {
+        return Err(ConfigError::invalid(
+            "cache.shared.key_secret_file",
+            "was not read",
+        ));
+    };
+    Ok(Some(SharedCacheSettings {
+        url: raw.url.clone(),
+        key_secret,
+        timeout: raw.timeout,
+        single_flight: raw.single_flight,
+        ca_roots,
+    }))
+}
+
+/// `cache.shared.key_secret_file`, read and checked for strength.
+fn shared_cache_key(raw: &RawSharedCache) -> Result<Secret, ConfigError> {
     if raw.key_secret_file.is_empty() {
         return Err(ConfigError::invalid(
             "cache.shared.key_secret_file",
@@ -648,19 +706,7 @@ pub(super) fn validate_shared_cache(
             ),
         ));
     }
-    if raw.timeout.is_zero() {
-        return Err(ConfigError::invalid(
-            "cache.shared.timeout",
-            "must be greater than 0",
-        ));
-    }
-    Ok(Some(SharedCacheSettings {
-        url: raw.url.clone(),
-        key_secret,
-        timeout: raw.timeout,
-        single_flight: raw.single_flight,
-        ca_roots,
-    }))
+    Ok(key_secret)
 }
 
 /// Placeholders that our examples ship (deploy/kubernetes/*) or that people

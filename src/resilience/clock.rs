@@ -2,7 +2,6 @@
 //! without sleeping. moka's own expiry clock cannot be mocked (moka issue #522),
 //! which is why every cache hit re-checks `exp` against *this* clock.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync + 'static {
@@ -56,33 +55,47 @@ pub fn stopwatch() -> std::time::Instant {
     std::time::Instant::now()
 }
 
-/// A clock that starts at the real time and only moves when told to.
-#[derive(Debug)]
-pub struct ManualClock {
-    offset_ms: AtomicI64,
-    base: SystemTime,
-}
+/// A clock that starts at the real time and only moves when told to. A test
+/// hook: compiled for the unit tests and, through the `test-util` feature that
+/// the crate's own dev-dependency turns on, for the integration tests; never
+/// in the shipped binary.
+#[cfg(any(test, feature = "test-util"))]
+pub use manual::ManualClock;
 
-impl Default for ManualClock {
-    fn default() -> Self {
-        Self {
-            offset_ms: AtomicI64::new(0),
-            base: SystemClock.now(),
+#[cfg(any(test, feature = "test-util"))]
+mod manual {
+    use super::{Clock, SystemClock};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    /// See [`super::ManualClock`].
+    #[derive(Debug)]
+    pub struct ManualClock {
+        offset_ms: AtomicI64,
+        base: SystemTime,
+    }
+
+    impl Default for ManualClock {
+        fn default() -> Self {
+            Self {
+                offset_ms: AtomicI64::new(0),
+                base: SystemClock.now(),
+            }
         }
     }
-}
 
-impl ManualClock {
-    pub fn advance(&self, by: Duration) {
-        let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
-        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+    impl ManualClock {
+        pub fn advance(&self, by: Duration) {
+            let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
+            self.offset_ms.fetch_add(ms, Ordering::SeqCst);
+        }
     }
-}
 
-impl Clock for ManualClock {
-    fn now(&self) -> SystemTime {
-        let ms = self.offset_ms.load(Ordering::SeqCst);
-        self.base + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    impl Clock for ManualClock {
+        fn now(&self) -> SystemTime {
+            let ms = self.offset_ms.load(Ordering::SeqCst);
+            self.base + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+        }
     }
 }
 
