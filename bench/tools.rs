@@ -660,14 +660,14 @@ async fn startup(bin: &str, config: &str, url: &str) -> Result<()> {
 async fn mem(counts: &[u64], minimal: bool) -> Result<()> {
     use tokengate::cache::TokenCache;
     use tokengate::clock::SystemClock;
-    use tokengate::config::RawCache;
+    use tokengate::config::CacheSettings;
     use tokengate::introspection::Introspection;
 
     let max = counts.iter().copied().max().unwrap_or(0);
-    let cfg = RawCache {
+    let cfg = CacheSettings {
         max_ttl: Duration::from_secs(3600),
         max_entries: max + 1,
-        ..RawCache::default()
+        ..CacheSettings::default()
     };
     let cache = TokenCache::new(&cfg, Arc::new(SystemClock));
     let template: Introspection = if minimal {

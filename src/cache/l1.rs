@@ -3,7 +3,7 @@
 //! layer ([`super::fleet`]) and the cache ([`super::TokenCache`]) both build on
 //! it without importing each other.
 
-use super::settings::RawCache;
+use super::settings::CacheSettings;
 use crate::introspection::answer::Answer;
 use crate::token::TokenHash;
 use moka::future::Cache;
@@ -34,7 +34,7 @@ pub(super) fn as_ns(d: Duration) -> u64 {
 }
 
 impl CacheTtls {
-    pub(super) fn new(cfg: &RawCache) -> Self {
+    pub(super) fn new(cfg: &CacheSettings) -> Self {
         Self {
             max_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.max_ttl))),
             negative_ttl_ns: Arc::new(AtomicU64::new(as_ns(cfg.negative_ttl))),
@@ -43,7 +43,7 @@ impl CacheTtls {
     }
 
     /// Applies `max_ttl` and `negative_ttl` of `cfg` to entries inserted from now on.
-    pub fn set(&self, cfg: &RawCache) {
+    pub fn set(&self, cfg: &CacheSettings) {
         self.max_ttl_ns.store(as_ns(cfg.max_ttl), Ordering::Relaxed);
         self.negative_ttl_ns
             .store(as_ns(cfg.negative_ttl), Ordering::Relaxed);

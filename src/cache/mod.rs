@@ -45,7 +45,7 @@ use flight::SingleFlight;
 use l1::Entry;
 pub use l1::{entry_ttl, CacheTtls, L1};
 use moka::future::Cache;
-pub use settings::{RawCache, RawSharedCache, RedisUrl, SharedCacheSettings};
+pub use settings::{CacheSettings, RawCache, RawSharedCache, RedisUrl, SharedCacheSettings};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -164,7 +164,7 @@ pub struct TokenCache {
 
 impl TokenCache {
     /// Stale answers are off until [`TokenCache::with_stale_if_error`].
-    pub fn new(cfg: &RawCache, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(cfg: &CacheSettings, clock: Arc<dyn Clock>) -> Self {
         let ttls = CacheTtls::new(cfg);
         let positive = Cache::builder()
             .max_capacity(cfg.max_entries)
@@ -374,9 +374,9 @@ mod tests {
     const STALE: Duration = Duration::from_secs(30);
 
     fn cache(clock: &Arc<ManualClock>, stale: Duration) -> TokenCache {
-        let cfg = RawCache {
+        let cfg = CacheSettings {
             max_ttl: MAX_TTL,
-            ..RawCache::default()
+            ..CacheSettings::default()
         };
         TokenCache::new(&cfg, clock.clone()).with_stale_if_error(stale)
     }

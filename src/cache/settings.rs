@@ -33,6 +33,36 @@ impl Default for RawCache {
     }
 }
 
+/// `[cache]`, validated: what the L1 is built from and what a reload changes.
+/// The shared L2 is [`SharedCacheSettings`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_ttl: Duration,
+    /// At least 1.
+    pub max_entries: u64,
+    pub negative_ttl: Duration,
+    /// 0 turns the negative cache off.
+    pub negative_max_entries: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        RawCache::default().settings()
+    }
+}
+
+impl RawCache {
+    /// The L1 settings as written; `validate` checks them first.
+    pub fn settings(&self) -> CacheSettings {
+        CacheSettings {
+            max_ttl: self.max_ttl,
+            max_entries: self.max_entries,
+            negative_ttl: self.negative_ttl,
+            negative_max_entries: self.negative_max_entries,
+        }
+    }
+}
+
 /// `[cache.shared]`: a Redis/Valkey L2 cache and purge fan-out shared by replicas.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

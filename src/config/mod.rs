@@ -20,7 +20,9 @@ pub use error::ConfigError;
 pub use raw::*;
 pub use settings::*;
 
-pub use crate::cache::settings::{RawCache, RawSharedCache, RedisUrl, SharedCacheSettings};
+pub use crate::cache::settings::{
+    CacheSettings, RawCache, RawSharedCache, RedisUrl, SharedCacheSettings,
+};
 pub use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode};
 pub use crate::secret::Secret;
 pub use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};

@@ -4,7 +4,7 @@
 
 use super::error::*;
 use super::raw::*;
-use crate::cache::settings::{RawCache, SharedCacheSettings};
+use crate::cache::settings::{CacheSettings, SharedCacheSettings};
 use crate::introspection::client::IntrospectionSettings;
 use crate::secret::Secret;
 use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};
@@ -18,7 +18,7 @@ pub struct Settings {
     pub upstream: Upstream,
     pub shutdown_timeout: Duration,
     pub introspection: IntrospectionSettings,
-    pub cache: RawCache,
+    pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub log_format: LogFormat,
     pub max_token_bytes: usize,

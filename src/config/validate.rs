@@ -182,7 +182,7 @@ impl RawConfig {
                 tls: as_tls,
                 probe: i.probe,
             },
-            cache: self.cache.clone(),
+            cache: self.cache.settings(),
             identity,
             log_format: self.log.format,
             max_token_bytes: self.limits.max_token_bytes,

@@ -838,7 +838,7 @@ fn is_about_the_key(e: &redis::RedisError) -> bool {
 mod tests {
     use super::*;
     use crate::cache::TokenCache;
-    use crate::config::{RawCache, RedisUrl, Secret};
+    use crate::config::{CacheSettings, RedisUrl, Secret};
     use crate::resilience::clock::SystemClock;
 
     fn fleet(secret: &str) -> Fleet {
@@ -849,7 +849,7 @@ mod tests {
             single_flight: true,
             ca_roots: Vec::new(),
         };
-        let cache = TokenCache::new(&RawCache::default(), Arc::new(SystemClock));
+        let cache = TokenCache::new(&CacheSettings::default(), Arc::new(SystemClock));
         let d = Duration::from_secs(1);
         Fleet::new(
             &cfg,
@@ -898,7 +898,7 @@ mod tests {
             single_flight: true,
             ca_roots: Vec::new(),
         };
-        let cache = TokenCache::new(&RawCache::default(), clock.clone());
+        let cache = TokenCache::new(&CacheSettings::default(), clock.clone());
         let d = Duration::from_secs(1);
         let f = Fleet::new(&cfg, cache.l1(), cache.ttls(), true, d, clock.clone()).unwrap();
         let k = f.l2_key(&[9; 32]);
