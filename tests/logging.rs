@@ -100,3 +100,33 @@ async fn should_log_the_fingerprint_and_never_the_raw_token() {
         );
     }
 }
+
+/// `log.access = false` drops the access line and nothing else: the request is
+/// still served, and a gate with the default writes its line in the same log.
+#[tokio::test]
+async fn access_line_can_be_turned_off() {
+    let logs = capture();
+    let quiet = Env::start_with(|c| c.log.access = false).await;
+    let loud = Env::start().await;
+    quiet.allow("tok-quiet", 1).await;
+    loud.allow("tok-loud", 1).await;
+
+    assert_eq!(quiet.get("/quiet-path-9f2", "tok-quiet").await.status, 200);
+    assert_eq!(
+        quiet.get_with_auth("/quiet-denied-9f2", &[]).await.status,
+        401
+    );
+    assert_eq!(loud.get("/loud-path-9f2", "tok-loud").await.status, 200);
+
+    let text = logs.text();
+    let access_for = |path: &str| {
+        text.lines()
+            .any(|l| l.contains("tokengate::access") && l.contains(path))
+    };
+    assert!(
+        access_for("/loud-path-9f2"),
+        "control line missing:\n{text}"
+    );
+    assert!(!access_for("/quiet-path-9f2"), "{text}");
+    assert!(!access_for("/quiet-denied-9f2"), "{text}");
+}

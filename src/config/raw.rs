@@ -272,6 +272,9 @@ pub struct RawIdentity {
 #[serde(deny_unknown_fields, default)]
 pub struct RawLog {
     pub format: LogFormat,
+    /// One line per request (`tokengate::access`); off for operators whose
+    /// front proxy already logs every request. Errors are logged either way.
+    pub access: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -389,6 +392,7 @@ impl Default for RawLog {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
+            access: true,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! * applied at once: `[[routes]]`, `[policy]`, `[identity]` (incl. claims),
 //!   `[token_sources]`, `limits.max_token_bytes`, `limits.max_body_bytes`,
 //!   `upgrade_protocols`, `[forwarding]`, `resilience.retry_after_secs`, `shutdown_timeout`,
-//!   `admin.purge_secret_file` (re-read), `log.format`,
+//!   `admin.purge_secret_file` (re-read), `log.format`, `log.access`,
 //!   `[forward_auth]` (`convention`, `path_prefix`: read per request);
 //! * `cache.max_ttl` / `cache.negative_ttl` / `resilience.stale_if_error`: for
 //!   entries cached from now on; entries already cached keep their lifetime

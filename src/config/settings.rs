@@ -21,6 +21,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub identity: IdentitySettings,
     pub log_format: LogFormat,
+    /// `log.access`: write the access line (read per request, so a reload applies at once).
+    pub log_access: bool,
     pub max_token_bytes: usize,
     pub upstream_timeout: Duration,
     pub upstream_connect_timeout: Duration,

@@ -185,6 +185,7 @@ impl RawConfig {
             cache: self.cache.settings(),
             identity,
             log_format: self.log.format,
+            log_access: self.log.access,
             max_token_bytes: self.limits.max_token_bytes,
             upstream_timeout: self.resilience.upstream_timeout,
             upstream_connect_timeout: self.resilience.upstream_connect_timeout,

@@ -63,6 +63,23 @@ pub async fn handle(
         }
     };
     let elapsed = started.elapsed();
+    if settings.log_access {
+        access_line(&mut info, method, path, &response, elapsed);
+    }
+    app.metrics
+        .observe_request(info.route, response.status(), elapsed);
+    response
+}
+
+/// The one access line of a request (`log.access`). The original method and
+/// path in forward-auth mode; the token only as its fingerprint.
+fn access_line(
+    info: &mut AccessInfo,
+    method: http::Method,
+    path: String,
+    response: &Response<Body>,
+    elapsed: std::time::Duration,
+) {
     let (method, path) = info.original.take().unwrap_or((method, path));
     info!(
         target: "tokengate::access",
@@ -76,9 +93,6 @@ pub async fn handle(
         subject = info.subject.as_deref().unwrap_or("-"),
         token = info.fingerprint.as_deref().unwrap_or("-"),
     );
-    app.metrics
-        .observe_request(info.route, response.status(), elapsed);
-    response
 }
 
 fn log_error(err: &ProxyError, info: &AccessInfo) {
