@@ -6,6 +6,7 @@ use super::error::*;
 use super::raw::*;
 use crate::cache::settings::{CacheSettings, SharedCacheSettings};
 use crate::introspection::client::IntrospectionSettings;
+pub use crate::introspection::discovery::DiscoverySettings;
 use crate::secret::Secret;
 use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};
 use std::net::SocketAddr;
@@ -93,11 +94,4 @@ impl AdminSettings {
             _ => Ok(()),
         }
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct DiscoverySettings {
-    /// Must equal the metadata's `issuer` exactly (RFC 8414 §3.3).
-    pub issuer: String,
-    pub refresh_interval: Duration,
 }

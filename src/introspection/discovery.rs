@@ -4,11 +4,20 @@
 //! `refresh_interval`, and when the introspector sees repeated 404s. A failed
 //! refresh keeps the last good endpoint.
 
-use crate::config::Settings;
+use crate::introspection::client::IntrospectionSettings;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use serde::Deserialize;
 use std::time::Duration;
+
+/// `[discovery]`, validated (the discovery owns its settings; the
+/// configuration composes them).
+#[derive(Debug, Clone)]
+pub struct DiscoverySettings {
+    /// Must equal the metadata's `issuer` exactly (RFC 8414 §3.3).
+    pub issuer: String,
+    pub refresh_interval: Duration,
+}
 
 const MAX_METADATA_BYTES: usize = 256 * 1024;
 
@@ -125,19 +134,17 @@ async fn fetch(
 
 /// Start-up step: fills `introspection.url` from discovery when it is empty.
 /// `main` and tests call this before `App::new`; an error must stop start-up.
-pub async fn resolve(settings: &mut Settings) -> Result<(), DiscoveryError> {
-    if settings.introspection.url.is_some() {
+pub async fn resolve(
+    introspection: &mut IntrospectionSettings,
+    discovery: Option<&DiscoverySettings>,
+) -> Result<(), DiscoveryError> {
+    if introspection.url.is_some() {
         return Ok(());
     }
-    if let Some(d) = &settings.discovery {
-        let url = discover(
-            &d.issuer,
-            settings.introspection.timeout,
-            &settings.introspection.tls,
-        )
-        .await?;
+    if let Some(d) = discovery {
+        let url = discover(&d.issuer, introspection.timeout, &introspection.tls).await?;
         tracing::info!(issuer = %d.issuer, endpoint = %url.as_str(), "discovered introspection endpoint");
-        settings.introspection.url = Some(url);
+        introspection.url = Some(url);
     }
     Ok(())
 }
