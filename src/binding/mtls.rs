@@ -258,7 +258,9 @@ fn xfcc_thumbprint(value: &str) -> Result<Option<[u8; 32]>, ClientCertError> {
             continue;
         };
         if slot.is_some() {
-            return Err(ClientCertError::BadXfcc("Hash or Cert twice in one element"));
+            return Err(ClientCertError::BadXfcc(
+                "Hash or Cert twice in one element",
+            ));
         }
         *slot = Some(unquote(v.trim())?);
     }

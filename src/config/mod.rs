@@ -21,6 +21,7 @@ pub use raw::*;
 pub use settings::*;
 
 pub use crate::cache::settings::{RawCache, RawSharedCache, RedisUrl, SharedCacheSettings};
+pub use crate::http::tls::ClientAuth;
 pub use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode};
 pub use crate::secret::Secret;
 pub use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};

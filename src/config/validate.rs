@@ -30,9 +30,7 @@ impl RawConfig {
         let ca_roots = errors.take(self.ca_roots());
         let client_auth = errors.take(self.client_cert_auth());
         let tls_all = match (&ca_roots, client_auth) {
-            (Some(roots), Some(client_auth)) => {
-                errors.take(self.tls_settings(roots, client_auth))
-            }
+            (Some(roots), Some(client_auth)) => errors.take(self.tls_settings(roots, client_auth)),
             _ => None,
         };
         let forward_auth_prefix = errors.take(self.forward_auth_prefix());
@@ -531,15 +529,15 @@ impl RawConfig {
                 let client = client_auth.as_ref();
                 let loaded = tls::ServerTlsSettings::load_with_client_auth(&cert, &key, client)
                     .map_err(|e| {
-                    let k = match e {
-                        tls::TlsError::Certificates { .. }
-                        | tls::TlsError::NoCertificate { .. } => "tls.cert_file",
-                        // Only the client verifier is built from a bare config error.
-                        tls::TlsError::Config(_) if client.is_some() => "tls.client_ca_file",
-                        _ => "tls.key_file",
-                    };
-                    ConfigError::invalid(k, e.to_string())
-                })?;
+                        let k = match e {
+                            tls::TlsError::Certificates { .. }
+                            | tls::TlsError::NoCertificate { .. } => "tls.cert_file",
+                            // Only the client verifier is built from a bare config error.
+                            tls::TlsError::Config(_) if client.is_some() => "tls.client_ca_file",
+                            _ => "tls.key_file",
+                        };
+                        ConfigError::invalid(k, e.to_string())
+                    })?;
                 Some(loaded)
             }
         };

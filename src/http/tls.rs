@@ -85,8 +85,10 @@ impl ClientCertAuth {
                 .add(c.clone())
                 .map_err(|e| TlsError::Config(format!("bad client CA certificate: {e}")))?;
         }
-        let builder =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider());
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(store),
+            provider(),
+        );
         let builder = match self.mode {
             ClientAuth::Optional => builder.allow_unauthenticated(),
             ClientAuth::Required => builder,
