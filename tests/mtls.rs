@@ -399,3 +399,144 @@ async fn should_check_the_binding_in_forward_auth_mode_with_the_header() {
     assert_binding_refused(&ask(Some(escaped(&bob.cert_pem))).await, MISMATCH);
     assert_binding_refused(&ask(None).await, MISSING);
 }
+
+// ---------------------------------------------------------------------------
+// A real oidc-provider issuing certificate-bound tokens (tests/oidc/mtls.mjs)
+// ---------------------------------------------------------------------------
+
+const OIDC_SECRET: &str = "tokengate-mtls-secret-0123456789";
+
+/// `node tests/oidc/mtls.mjs`; killed when dropped.
+struct BoundTokenAs {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl BoundTokenAs {
+    /// `None` (after the skip line, or a CI failure) when node or the npm
+    /// package is missing.
+    async fn start() -> Option<Self> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+        let install = "npm ci --prefix tests/oidc (Node 20+)";
+        let test = current_test();
+        if !dir.join("node_modules/oidc-provider/package.json").exists() {
+            skip_for_missing(&test, &format!("the npm package oidc-provider ({install})"));
+            return None;
+        }
+        use tokio::io::AsyncBufReadExt;
+        let Ok(mut child) = tokio::process::Command::new("node")
+            .arg(dir.join("mtls.mjs"))
+            .arg(OIDC_SECRET)
+            .current_dir(&dir)
+            // Kept open: the script exits when its stdin closes.
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+        else {
+            skip_for_missing(&test, &format!("node ({install})"));
+            return None;
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("mtls.mjs did not print its port within 30s")
+            .expect("reading mtls.mjs's stdout")
+            .expect("mtls.mjs exited before printing its port");
+        let port = line
+            .strip_prefix("PORT ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from mtls.mjs: {line}"));
+        // Keep reading: oidc-provider prints notices on stdout later, and a
+        // closed pipe would kill it (EPIPE) in the middle of the test.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Some(Self { child, port })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// A token for `bound-app`, bound to `cert` (client_credentials; the AS
+    /// reads the certificate from the test header, see mtls.mjs).
+    async fn bound_token(&self, cert: &Issued) -> String {
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("bound-app:{OIDC_SECRET}"));
+        let req = request(Method::POST, &self.url("/token"))
+            .header("authorization", format!("Basic {basic}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-test-client-cert", escaped(&cert.cert_pem))
+            .body(full("grant_type=client_credentials&scope=read"))
+            .unwrap();
+        let r = send(&http1_client(), req).await;
+        assert_eq!(r.status, 200, "token endpoint: {}", r.text());
+        r.json()["access_token"]
+            .as_str()
+            .expect("access_token in the token response")
+            .to_owned()
+    }
+
+    /// The AS's own introspection answer for `token` (as `tokengate`).
+    async fn introspect(&self, token: &str) -> serde_json::Value {
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("tokengate:{OIDC_SECRET}"));
+        let req = request(Method::POST, &self.url("/token/introspection"))
+            .header("authorization", format!("Basic {basic}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(full(format!("token={token}")))
+            .unwrap();
+        send(&http1_client(), req).await.json()
+    }
+}
+
+impl Drop for BoundTokenAs {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test]
+async fn should_enforce_a_real_oidc_provider_certificate_bound_token() {
+    let Some(issuer) = BoundTokenAs::start().await else {
+        return;
+    };
+    let pki = Pki::new("mtls-real-as");
+    let (alice, bob) = (pki.ca.issue(&["alice"]), pki.ca.issue(&["bob"]));
+    let token = issuer.bound_token(&alice).await;
+    // The AS bound it: its introspection answer names alice's certificate.
+    let answer = issuer.introspect(&token).await;
+    assert_eq!(answer["active"], true, "{answer}");
+    assert_eq!(answer["cnf"]["x5t#S256"], x5t(&alice.cert_der), "{answer}");
+
+    let upstream = Upstream::start().await;
+    let mut raw = RawConfig {
+        listen: "127.0.0.1:0".into(),
+        upstream: upstream.url(),
+        shutdown_timeout: std::time::Duration::from_secs(1),
+        ..RawConfig::default()
+    };
+    raw.introspection.url = issuer.url("/token/introspection");
+    raw.introspection.client_id = "tokengate".into();
+    raw.introspection.client_secret = tokengate::config::Secret::new(OIDC_SECRET);
+    raw.introspection.probe = tokengate::config::ProbeMode::Off;
+    pki.terminate_tls(&mut raw, ClientAuth::Optional);
+    let gate = Gate::start(&raw).await;
+    let url = format!("https://127.0.0.1:{}/reports", gate.addr.port());
+
+    // The holder of the certificate, over h2 and HTTP/1.1.
+    for h2 in [true, false] {
+        let r = get_via(&pki.client(Some(&alice), h2), &url, &token, &[]).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        let echo = r.echo();
+        assert_eq!(echo.header("x-auth-token-binding"), Some("mtls"));
+        assert_eq!(echo.header("x-auth-client-id"), Some("bound-app"));
+    }
+    // A thief with the token: another certificate from the same CA, or none.
+    let r = get_via(&pki.client(Some(&bob), true), &url, &token, &[]).await;
+    assert_binding_refused(&r, MISMATCH);
+    let r = get_via(&pki.client(None, false), &url, &token, &[]).await;
+    assert_binding_refused(&r, MISSING);
+    assert_eq!(upstream.hits(), 2);
+}
