@@ -540,3 +540,151 @@ async fn should_enforce_a_real_oidc_provider_certificate_bound_token() {
     assert_binding_refused(&r, MISSING);
     assert_eq!(upstream.hits(), 2);
 }
+
+// ---------------------------------------------------------------------------
+// A real nginx terminating TLS in front of tokengate (deploy/nginx/mtls.conf)
+// ---------------------------------------------------------------------------
+
+/// nginx in the foreground from a temporary prefix; killed on drop.
+struct Nginx {
+    child: std::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nginx {
+    /// The nginx binary, or `None` after the skip line (a failure under `CI`).
+    fn binary_or_skip() -> Option<PathBuf> {
+        let bin = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        if bin.is_none() {
+            skip_for_missing(&current_test(), "nginx (apt-get install nginx)");
+        }
+        bin
+    }
+
+    /// Runs deploy/nginx/mtls.conf with its addresses and files replaced.
+    async fn start(bin: &std::path::Path, gate: std::net::SocketAddr, pki: &Pki) -> Self {
+        let port = closed_addr().await.port();
+        let dir = temp_dir("nginx-mtls");
+        let server = pki.ca.issue(&["localhost", "127.0.0.1"]);
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/mtls.conf"),
+        )
+        .unwrap();
+        let replacements = [
+            ("server 127.0.0.1:8080;", format!("server {gate};")),
+            ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
+            (
+                "/etc/nginx/tls/server.crt",
+                file("server.crt", &server.cert_pem),
+            ),
+            (
+                "/etc/nginx/tls/server.key",
+                file("server.key", &server.key_pem),
+            ),
+            (
+                "/etc/nginx/tls/client-ca.pem",
+                file("ca.pem", &pki.ca.pem()),
+            ),
+        ];
+        let mut site = shipped.clone();
+        for (needle, with) in &replacements {
+            assert!(shipped.contains(needle), "mtls.conf lost {needle:?}");
+            site = site.replace(needle, with);
+        }
+        std::fs::write(dir.join("site.conf"), site).unwrap();
+        let d = dir.display();
+        let main = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             include {d}/site.conf;\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), main).unwrap();
+        let child = std::process::Command::new(bin)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("cannot start nginx");
+        let mut nginx = Self { child, port, dir };
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return nginx;
+            }
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let log = std::fs::read_to_string(nginx.dir.join("error.log")).unwrap_or_default();
+                panic!("nginx exited with {status}: {log}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("nginx did not listen on port {port} within 10s");
+    }
+}
+
+#[tokio::test]
+async fn should_enforce_the_binding_behind_a_real_nginx_terminating_tls() {
+    let Some(bin) = Nginx::binary_or_skip() else {
+        return;
+    };
+    // tokengate as the shipped file's header configures it.
+    let env = behind_proxy("X-SSL-Client-Cert", "127.0.0.1").await;
+    let pki = Pki::new("mtls-nginx");
+    let (alice, bob) = (pki.ca.issue(&["alice"]), pki.ca.issue(&["bob"]));
+    env.answer("bound", answer(&env, Some(&alice.cert_der)), 1)
+        .await;
+    env.answer("plain", answer(&env, None), 1).await;
+    let nginx = Nginx::start(&bin, env.gate.addr, &pki).await;
+    let url = format!("https://127.0.0.1:{}/orders", nginx.port);
+
+    let r = get_via(&pki.client(Some(&alice), false), &url, "bound", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.echo();
+    assert_eq!(echo.header("x-auth-token-binding"), Some("mtls"));
+    assert!(echo.has("x-ssl-client-cert"));
+    assert_binding_refused(
+        &get_via(&pki.client(Some(&bob), false), &url, "bound", &[]).await,
+        MISMATCH,
+    );
+    // No certificate: a forged header is replaced by nginx's (empty, so none).
+    let anon = pki.client(None, false);
+    let forged = escaped(&alice.cert_pem);
+    let r = get_via(&anon, &url, "bound", &[("x-ssl-client-cert", &forged)]).await;
+    assert_binding_refused(&r, MISSING);
+    let r = get_via(&anon, &url, "plain", &[("x-ssl-client-cert", &forged)]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let echo = r.echo();
+    assert_eq!(echo.header("x-auth-token-binding"), Some("none"));
+    assert!(!echo.has("x-ssl-client-cert"), "{:?}", echo.headers);
+    // A certificate from another CA never gets past nginx.
+    let stranger = TestCa::new("another CA").issue(&["mallory"]);
+    let r = get_via(&pki.client(Some(&stranger), false), &url, "plain", &[]).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(env.upstream.hits(), 2);
+}
