@@ -688,3 +688,29 @@ async fn should_enforce_the_binding_behind_a_real_nginx_terminating_tls() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(env.upstream.hits(), 2);
 }
+
+#[tokio::test]
+async fn should_keep_the_client_certificate_settings_until_a_restart() {
+    let pki = Pki::new("mtls-reload");
+    let mut raw = base_config(&wiremock::MockServer::start().await, "http://127.0.0.1:9");
+    pki.terminate_tls(&mut raw, ClientAuth::Optional);
+    let gate = Gate::start(&raw).await;
+    let mut stricter = raw.clone();
+    stricter.tls.client_auth = ClientAuth::Required;
+    stricter.mtls.client_cert_header = "X-SSL-Client-Cert".into();
+    stricter.mtls.trusted_proxies = vec!["10.0.0.1".into()];
+    let report = gate.reload().reload(stricter.validate().unwrap()).unwrap();
+    // The verifier is part of the running acceptor: restart-only, with a warning.
+    assert_eq!(report.restart_required, vec!["tls"]);
+    // [mtls] is read per request: applied at once.
+    let now = gate.reload().current();
+    assert!(now.mtls.trusts("10.0.0.1".parse().unwrap()));
+    // An anonymous client still completes the handshake (and gets a 401 for no token).
+    let url = format!("https://127.0.0.1:{}/x", gate.addr.port());
+    let r = send(
+        &pki.client(None, true),
+        request(Method::GET, &url).body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}

@@ -783,3 +783,18 @@ fn mtls_keys_parse_and_the_binding_header_is_stripped() {
     let s = base().validate().unwrap();
     assert_eq!(s.mtls, crate::binding::mtls::MtlsSettings::default());
 }
+
+#[test]
+fn mtls_keys_come_from_the_environment_too() {
+    Jail::expect_with(|jail| {
+        minimal_env(jail);
+        jail.set_env("TOKENGATE_MTLS__CLIENT_CERT_HEADER", "X-SSL-Client-Cert");
+        jail.set_env("TOKENGATE_MTLS__TRUSTED_PROXIES", r#"["10.0.0.5"]"#);
+        let s = load(None)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())?;
+        assert!(s.mtls.trusts("10.0.0.5".parse().unwrap()));
+        Ok(())
+    });
+}

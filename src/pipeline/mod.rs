@@ -1,6 +1,6 @@
 //! The per-request pipeline: route → token → cache/introspect → policy →
-//! forward (or, in forward-auth mode, the 200 + identity answer), and the one
-//! access log line. Each stage lives in its own file below.
+//! binding → forward (or, in forward-auth mode, the 200 + identity answer),
+//! and the one access log line. Each stage lives in its own file below.
 
 mod access;
 mod authorize;
