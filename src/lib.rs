@@ -10,7 +10,7 @@
 //! 1. Leaves
 //!    - `http/`: the `Body` type; `headers` (`Connection` tokens); `limits` (header
 //!      size, connection count, body size, idle timeout); `tls` (termination with a reloadable
-//!      certificate, outbound roots and the AS client certificate); `client` (the pooled
+//!      certificate and verified client certificates, outbound roots and the AS client certificate); `client` (the pooled
 //!      hyper-util + rustls clients for the AS and the upstream; the unix connector).
 //!    - `resilience/`: `breaker` (circuit breaker in front of the AS: closed → open → half-open
 //!      probe); [`clock`] (wall clock behind a trait, so expiry is testable without sleeping).
@@ -31,6 +31,10 @@
 //!      `flight` (single-flight, cancellation-safe); `fleet` (`[cache.shared]`:
 //!      Redis/Valkey L2 behind the L1, HMAC keys, MAC'd values and expiry, timeout + breaker,
 //!      fleet-wide purge over pub/sub with tombstones).
+//!    - `binding/`: sender-constrained tokens, checked after the policy on every request
+//!      (always on: a bound token never passes as a plain bearer token); `mtls` (RFC 8705
+//!      `cnf["x5t#S256"]`: the client certificate from our TLS handshake, or from a trusted
+//!      proxy's header, nginx PEM or Envoy XFCC).
 //!    - [`upstream`]: `forward` (hop-by-hop and identity header rewrite, streaming call to the
 //!      upstream over HTTP/1.1 or HTTP/2, TCP or a unix socket: **the upstream call**);
 //!      `upgrade` (WebSocket tunnels: only `upgrade_protocols`, never h2c; closed at `exp`,
@@ -55,7 +59,8 @@
 //!
 //! # One request
 //! ```text
-//! listen::run ── limits (connection slot, first bytes) ── accept ── pipeline::handle
+//! listen::run ── limits (connection slot, first bytes) ── accept ── [TLS: client certificate
+//!   verified against tls.client_ca_file, its SHA-256 kept in the connection's Peer] ── pipeline::handle
 //!                                                  (one `Settings` snapshot per request)
 //!  pipeline::proxy (proxy mode; forward-auth mode: pipeline::forward_auth, see below):
 //!    (hyper: request head over limits.max_header_bytes → 431; CONNECT → 405)
@@ -77,6 +82,10 @@
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
+//!    └─ binding::check                 cnf (cache hits too): x5t#S256 ≠ the client certificate
+//!                                      (TLS, or mtls.client_cert_header from mtls.trusted_proxies,
+//!                                      read by binding::mtls::client_certificate; unreadable → 400)
+//!                                      → 401; unknown cnf → 401
 //!  pipeline::proxy, again:
 //!    └─ upstream::upgrade::requested   Upgrade → only allowed protocols (never h2c), else stripped
 //!    └─ upstream::forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways

@@ -206,7 +206,8 @@ impl Listener {
             match acceptor {
                 None => {
                     let io = TokioIo::new(stream);
-                    serve(&builder, watcher, app, io, peer, "http", slot.clone()).await;
+                    let client = Peer::new(peer, "http");
+                    serve(&builder, watcher, app, io, client, slot.clone()).await;
                 }
                 // The handshake runs in the connection's task, never in the accept loop.
                 Some(acceptor) => {
@@ -216,8 +217,12 @@ impl Listener {
                     );
                     match handshake.await {
                         Ok(Ok(stream)) => {
+                            // Verified by rustls against `tls.client_ca_file`; one
+                            // per connection, so every request on it (h1 or h2) has it.
+                            let cert = crate::policy::binding::mtls::peer_thumbprint(stream.get_ref().1);
+                            let client = Peer::new(peer, "https").with_client_cert(cert);
                             let io = TokioIo::new(stream);
-                            serve(&builder, watcher, app, io, peer, "https", slot.clone()).await;
+                            serve(&builder, watcher, app, io, client, slot.clone()).await;
                         }
                         Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -272,14 +277,14 @@ fn serve<I>(
     watcher: hyper_util::server::graceful::Watcher,
     app: Arc<App>,
     io: I,
-    peer: SocketAddr,
-    proto: &'static str,
+    client: Peer,
     slot: ConnectionSlot,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let client = Arc::new(Peer::new(peer, proto));
+    let peer = client.addr;
+    let client = Arc::new(client);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         let client = client.clone();

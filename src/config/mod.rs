@@ -23,6 +23,7 @@ pub use settings::*;
 pub use crate::cache::settings::{
     CacheSettings, RawCache, RawSharedCache, RedisUrl, SharedCacheSettings,
 };
+pub use crate::http::tls::ClientAuth;
 pub use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode};
 pub use crate::secret::Secret;
 pub use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};

@@ -83,6 +83,7 @@ pub struct RawConfig {
     pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
     pub forwarding: RawForwarding,
+    pub mtls: RawMtls,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -100,6 +101,20 @@ pub struct RawForwarding {
     pub trusted_proxies: Vec<String>,
     /// `X-HTTP-Method-Override` and friends: removed, or routed on.
     pub method_override: MethodOverride,
+}
+
+/// `[mtls]`: RFC 8705 certificate-bound tokens behind a TLS-terminating proxy
+/// (or in forward-auth mode). The binding check itself is always on.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMtls {
+    /// The header a trusted proxy puts the client certificate in: nginx's
+    /// URL-encoded PEM (`$ssl_client_escaped_cert`) or Envoy's
+    /// `x-forwarded-client-cert`. Empty: none.
+    pub client_cert_header: String,
+    /// CIDRs (or addresses) allowed to send `client_cert_header`; from any
+    /// other peer it is removed and ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
@@ -129,6 +144,12 @@ pub struct RawTls {
     pub cert_file: String,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: String,
+    /// PEM CA certificates that client certificates must chain to; set: ask
+    /// every client for a certificate (RFC 8705 certificate-bound tokens).
+    pub client_ca_file: String,
+    /// `optional` (a client without a certificate still connects) or
+    /// `required` (the handshake fails without one). Only with `client_ca_file`.
+    pub client_auth: crate::http::tls::ClientAuth,
 }
 
 /// `[upstream_tls]`: trust for https upstreams and the AS.
@@ -264,6 +285,8 @@ pub struct RawIdentity {
     pub scope_header: String,
     pub strip_headers: Vec<String>,
     pub forward_authorization: bool,
+    /// How the token was bound, for the upstream: `dpop`, `mtls` or `none`.
+    pub binding_header: String,
     /// Header name → claim name (`a.b` for nested), e.g. "X-Auth-Email" = "email".
     pub claims: std::collections::BTreeMap<String, String>,
 }
@@ -341,6 +364,7 @@ impl Default for RawConfig {
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
             forwarding: RawForwarding::default(),
+            mtls: RawMtls::default(),
             notices: Vec::new(),
         }
     }
@@ -383,6 +407,7 @@ impl Default for RawIdentity {
                 "X-User".into(),
             ],
             forward_authorization: true,
+            binding_header: "X-Auth-Token-Binding".into(),
             claims: Default::default(),
         }
     }

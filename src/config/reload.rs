@@ -7,7 +7,7 @@
 //!
 //! * applied at once: `[[routes]]`, `[policy]`, `[identity]` (incl. claims),
 //!   `[token_sources]`, `limits.max_token_bytes`, `limits.max_body_bytes`,
-//!   `upgrade_protocols`, `[forwarding]`, `resilience.retry_after_secs`, `shutdown_timeout`,
+//!   `upgrade_protocols`, `[forwarding]`, `[mtls]`, `resilience.retry_after_secs`, `shutdown_timeout`,
 //!   `admin.purge_secret_file` (re-read), `log.format`, `log.access`,
 //!   `[forward_auth]` (`convention`, `path_prefix`: read per request);
 //! * `cache.max_ttl` / `cache.negative_ttl` / `resilience.stale_if_error`: for
@@ -20,7 +20,8 @@
 //!   `[discovery]`, `cache.max_entries`, `cache.negative_max_entries`,
 //!   `resilience.upstream_timeout`, `resilience.upstream_connect_timeout`,
 //!   `mode`, `upstream_http2`, `[tls]` paths (the certificate files themselves
-//!   are re-read on SIGHUP and when they change), `[upstream_tls]` (kept
+//!   are re-read on SIGHUP and when they change; `client_ca_file`, its contents
+//!   included, and `client_auth` are not), `[upstream_tls]` (kept
 //!   silently: the CA file is read into the clients at start-up),
 //!   `resilience.breaker_failures`, `resilience.breaker_open_for` (the breaker
 //!   keeps its state machine across a reload), `limits.max_header_bytes`,
@@ -257,11 +258,16 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     // The running listener holds the live acceptor and its file watcher; a new
     // one would serve nothing. Certificate *contents* reload through them
     // (file change, SIGHUP); only the paths and TLS on/off need a restart.
+    // So do `client_ca_file` (path and contents) and `client_auth`: the client
+    // verifier is part of the acceptor's rustls config, and a change of who may
+    // present certificates is one an operator should see take effect at a
+    // restart, not half-way through open connections.
     keep!("tls", tls, |a, b| match (a, b) {
         (None, None) => true,
         (Some(a), Some(b)) =>
             a.reloader.cert_file == b.reloader.cert_file
-                && a.reloader.key_file == b.reloader.key_file,
+                && a.reloader.key_file == b.reloader.key_file
+                && a.client_auth == b.client_auth,
         _ => false,
     });
     // Built into the pooled clients at start-up (CA roots, client certificate).

@@ -50,6 +50,8 @@ pub struct Settings {
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
     pub forwarding: ForwardingSettings,
+    /// `[mtls]`: where a client certificate may come from besides our own TLS.
+    pub mtls: crate::policy::binding::mtls::MtlsSettings,
 }
 
 /// `[forwarding]`, validated.
@@ -62,12 +64,7 @@ pub struct ForwardingSettings {
 impl ForwardingSettings {
     /// Whether `peer` is a proxy whose forwarding headers we keep.
     pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
-        // An IPv4 client on a dual-stack socket arrives as ::ffff:a.b.c.d.
-        let peer = match peer {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
-            v4 => v4,
-        };
-        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+        crate::upstream::forward::peer_in(&self.trusted_proxies, peer)
     }
 }
 

@@ -751,3 +751,85 @@ fn validate_reports_every_invalid_key_inside_a_section() {
     }
     assert!(text.starts_with("10 invalid settings:\n"), "{text}");
 }
+
+#[test]
+fn mtls_and_client_certificate_keys_report_every_error() {
+    let mut c = base();
+    c.mtls.client_cert_header = "bad header".into();
+    c.mtls.trusted_proxies = vec!["10.0.0.0/8".into(), "nope".into(), "10.0.0.300".into()];
+    c.tls.client_auth = crate::http::tls::ClientAuth::Required;
+    let text = c.validate().unwrap_err().to_string();
+    assert!(text.starts_with("4 invalid settings:\n"), "{text}");
+    for key in [
+        "`mtls.client_cert_header`: \"bad header\" is not a valid header name",
+        "`mtls.trusted_proxies`: \"nope\" is not an IP address or CIDR",
+        "`mtls.trusted_proxies`: \"10.0.0.300\" is not an IP address or CIDR",
+        "`tls.client_auth`: \"required\" needs tls.client_ca_file",
+    ] {
+        assert!(text.contains(key), "{key} missing from {text}");
+    }
+
+    // A CA file only means something when we terminate TLS.
+    let mut c = base();
+    c.tls.client_ca_file = "/etc/ca.pem".into();
+    let err = c.validate().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConfigError::Invalid {
+                key: "tls.client_ca_file",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // Proxies to trust, but no header to read from them.
+    let mut c = base();
+    c.mtls.trusted_proxies = vec!["10.0.0.1".into()];
+    let err = c.validate().unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ConfigError::Invalid {
+                key: "mtls.trusted_proxies",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn mtls_keys_parse_and_the_binding_header_is_stripped() {
+    let mut c = base();
+    c.mtls.client_cert_header = "X-SSL-Client-Cert".into();
+    c.mtls.trusted_proxies = vec!["10.0.0.7".into(), "fd00::/8".into()];
+    let s = c.validate().unwrap();
+    assert_eq!(
+        s.mtls.client_cert_header.as_ref().map(|h| h.as_str()),
+        Some("x-ssl-client-cert")
+    );
+    assert!(s.mtls.trusts("10.0.0.7".parse().unwrap()));
+    assert!(s.mtls.trusts("::ffff:10.0.0.7".parse().unwrap()));
+    assert!(!s.mtls.trusts("10.0.0.8".parse().unwrap()));
+    assert_eq!(s.identity.binding_header.as_str(), "x-auth-token-binding");
+    assert!(s.identity.strip.iter().any(|h| h == "x-auth-token-binding"));
+    // Defaults: nothing trusted, no header, no client certificates asked for.
+    let s = base().validate().unwrap();
+    assert_eq!(s.mtls, crate::policy::binding::mtls::MtlsSettings::default());
+}
+
+#[test]
+fn mtls_keys_come_from_the_environment_too() {
+    Jail::expect_with(|jail| {
+        minimal_env(jail);
+        jail.set_env("TOKENGATE_MTLS__CLIENT_CERT_HEADER", "X-SSL-Client-Cert");
+        jail.set_env("TOKENGATE_MTLS__TRUSTED_PROXIES", r#"["10.0.0.5"]"#);
+        let s = load(None)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())?;
+        assert!(s.mtls.trusts("10.0.0.5".parse().unwrap()));
+        Ok(())
+    });
+}

@@ -28,9 +28,10 @@ impl RawConfig {
         }));
         // Read once: the same private CA serves the upstream, the AS and rediss://.
         let ca_roots = errors.take(self.ca_roots());
-        let tls_all = match &ca_roots {
-            Some(roots) => errors.take(self.tls_settings(roots)),
-            None => None,
+        let client_auth = errors.take(self.client_cert_auth());
+        let tls_all = match (&ca_roots, client_auth) {
+            (Some(roots), Some(client_auth)) => errors.take(self.tls_settings(roots, client_auth)),
+            _ => None,
         };
         let forward_auth_prefix = errors.take(self.forward_auth_prefix());
 
@@ -130,6 +131,7 @@ impl RawConfig {
             None => None,
         };
         let forwarding = errors.take(self.forwarding_settings());
+        let mtls = self.mtls_settings(&mut errors);
 
         errors.into_result()?;
         // No error was reported, so every part above was built.
@@ -147,6 +149,7 @@ impl RawConfig {
             Some(shared_cache),
             Some(admin),
             Some(forwarding),
+            Some(mtls),
         ) = (
             listen,
             upstream,
@@ -161,6 +164,7 @@ impl RawConfig {
             shared_cache,
             admin,
             forwarding,
+            mtls,
         )
         else {
             return Err(ConfigError::invalid(
@@ -212,6 +216,7 @@ impl RawConfig {
             shared_cache,
             admin,
             forwarding,
+            mtls,
         })
     }
 
@@ -323,6 +328,7 @@ impl RawConfig {
         let client_id_header =
             errors.take(header("identity.client_id_header", &id.client_id_header));
         let scope_header = errors.take(header("identity.scope_header", &id.scope_header));
+        let binding_header = errors.take(header("identity.binding_header", &id.binding_header));
         let mut strip = Vec::new();
         for h in &id.strip_headers {
             strip.extend(errors.take(header("identity.strip_headers", h)));
@@ -342,12 +348,17 @@ impl RawConfig {
             strip.push(name.clone());
             claims.push((name, claim.clone()));
         }
-        let (subject_header, client_id_header, scope_header) =
-            (subject_header?, client_id_header?, scope_header?);
+        let (subject_header, client_id_header, scope_header, binding_header) = (
+            subject_header?,
+            client_id_header?,
+            scope_header?,
+            binding_header?,
+        );
         strip.extend([
             subject_header.clone(),
             client_id_header.clone(),
             scope_header.clone(),
+            binding_header.clone(),
         ]);
         strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         strip.dedup();
@@ -355,6 +366,7 @@ impl RawConfig {
             subject_header,
             client_id_header,
             scope_header,
+            binding_header,
             strip,
             forward_authorization: id.forward_authorization,
             claims,
@@ -367,26 +379,82 @@ impl RawConfig {
         let trusted_proxies = f
             .trusted_proxies
             .iter()
-            .filter_map(|s| {
-                let s = s.trim();
-                // A bare address is a /32 (or /128).
-                errors.take(
-                    s.parse::<ipnet::IpNet>()
-                        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                        .map(|n| n.trunc())
-                        .map_err(|_| {
-                            ConfigError::invalid(
-                                "forwarding.trusted_proxies",
-                                format!("{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
-                            )
-                        }),
-                )
-            })
+            .filter_map(|s| errors.take(parse_cidr("forwarding.trusted_proxies", s)))
             .collect();
         errors.finish(|| ForwardingSettings {
             trusted_proxies,
             method_override: f.method_override,
         })
+    }
+
+    /// `[mtls]`: every bad key and CIDR reported.
+    pub(super) fn mtls_settings(
+        &self,
+        errors: &mut Errors,
+    ) -> Option<crate::policy::binding::mtls::MtlsSettings> {
+        let m = &self.mtls;
+        let header = m.client_cert_header.trim();
+        let client_cert_header = if header.is_empty() {
+            Some(None)
+        } else {
+            errors
+                .take(HeaderName::try_from(header).map_err(|_| {
+                    ConfigError::invalid(
+                        "mtls.client_cert_header",
+                        format!("{header:?} is not a valid header name"),
+                    )
+                }))
+                .map(Some)
+        };
+        let mut trusted_proxies = Some(Vec::with_capacity(m.trusted_proxies.len()));
+        for s in &m.trusted_proxies {
+            match errors.take(parse_cidr("mtls.trusted_proxies", s)) {
+                Some(net) => trusted_proxies.iter_mut().for_each(|v| v.push(net)),
+                None => trusted_proxies = None,
+            }
+        }
+        // A proxy list without a header to read is a half-done set-up: the
+        // operator expects certificates to arrive and none ever would.
+        errors.check(
+            m.trusted_proxies.is_empty() || !header.is_empty(),
+            "mtls.trusted_proxies",
+            "is set but mtls.client_cert_header is empty: name the header the proxies put the client certificate in",
+        );
+        Some(crate::policy::binding::mtls::MtlsSettings {
+            client_cert_header: client_cert_header?,
+            trusted_proxies: trusted_proxies?,
+        })
+    }
+
+    /// `[tls] client_ca_file` + `client_auth`, read now; `None` when unset.
+    pub(super) fn client_cert_auth(
+        &self,
+    ) -> Result<Option<crate::http::tls::ClientCertAuth>, ConfigError> {
+        use crate::http::tls::{self, ClientAuth};
+        let t = &self.tls;
+        if t.client_ca_file.is_empty() {
+            if t.client_auth == ClientAuth::Required {
+                return Err(ConfigError::invalid(
+                    "tls.client_auth",
+                    "\"required\" needs tls.client_ca_file (the CA client certificates must chain to)",
+                ));
+            }
+            return Ok(None);
+        }
+        if t.cert_file.is_empty() || t.key_file.is_empty() {
+            return Err(ConfigError::invalid(
+                "tls.client_ca_file",
+                "needs tls.cert_file and tls.key_file: client certificates are asked for only when tokengate terminates TLS",
+            ));
+        }
+        let path = PathBuf::from(&t.client_ca_file);
+        let roots = tls::load_certs(&path)
+            .map_err(|e| ConfigError::invalid("tls.client_ca_file", e.to_string()))?;
+        Ok(Some(tls::ClientCertAuth {
+            ca_file: path,
+            roots,
+            mode: t.client_auth,
+        }))
     }
 
     pub(super) fn admin_settings(&self, listen: SocketAddr) -> Result<AdminSettings, ConfigError> {
@@ -440,6 +508,7 @@ impl RawConfig {
     pub(super) fn tls_settings(
         &self,
         roots: &[rustls_pki_types::CertificateDer<'static>],
+        client_auth: Option<crate::http::tls::ClientCertAuth>,
     ) -> Result<
         (
             Option<crate::http::tls::ServerTlsSettings>,
@@ -466,14 +535,23 @@ impl RawConfig {
             }
             (false, false) => {
                 let (cert, key) = (PathBuf::from(&t.cert_file), PathBuf::from(&t.key_file));
-                errors.take(tls::ServerTlsSettings::load(&cert, &key).map_err(|e| {
-                    let k = match e {
-                        tls::TlsError::Certificates { .. }
-                        | tls::TlsError::NoCertificate { .. } => "tls.cert_file",
-                        _ => "tls.key_file",
-                    };
-                    ConfigError::invalid(k, e.to_string())
-                }))
+                let client = client_auth.as_ref();
+                errors.take(
+                    tls::ServerTlsSettings::load_with_client_auth(&cert, &key, client).map_err(
+                        |e| {
+                            let k = match e {
+                                tls::TlsError::Certificates { .. }
+                                | tls::TlsError::NoCertificate { .. } => "tls.cert_file",
+                                // Only the client verifier is built from a bare config error.
+                                tls::TlsError::Config(_) if client.is_some() => {
+                                    "tls.client_ca_file"
+                                }
+                                _ => "tls.key_file",
+                            };
+                            ConfigError::invalid(k, e.to_string())
+                        },
+                    ),
+                )
             }
         };
         let upstream = errors.take(
@@ -762,6 +840,20 @@ pub(super) fn weak_key(key: &str) -> Option<&'static str> {
         return Some("it is a run of consecutive characters");
     }
     None
+}
+
+/// One `trusted_proxies` entry: a CIDR, or a bare address (a /32 or /128).
+pub(super) fn parse_cidr(key: &'static str, s: &str) -> Result<ipnet::IpNet, ConfigError> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            ConfigError::invalid(
+                key,
+                format!("{s:?} is not an IP address or CIDR (e.g. \"10.0.0.0/8\")"),
+            )
+        })
 }
 
 /// RFC 9110 `token` characters: what a parameter or cookie name may contain.

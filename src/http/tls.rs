@@ -1,5 +1,7 @@
 //! TLS on both sides: termination for `listen` (`[tls]`, ALPN h2 + http/1.1,
-//! TLS 1.2+, certificate reloaded without dropping connections) and the rustls
+//! TLS 1.2+, certificate reloaded without dropping connections; client
+//! certificates verified against `client_ca_file` for RFC 8705
+//! certificate-bound tokens) and the rustls
 //! client configuration for the upstream and the AS (`[upstream_tls] ca_file`,
 //! `[introspection] client_cert_file`/`client_key_file` for RFC 8705 mTLS).
 //!
@@ -39,6 +41,62 @@ pub enum TlsError {
     },
     #[error("cannot build the TLS configuration: {0}")]
     Config(String),
+}
+
+/// `[tls] client_auth`: whether a client without a certificate may connect
+/// when `client_ca_file` is set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Anonymous clients connect too; a certificate they do present must verify.
+    #[default]
+    Optional,
+    /// The handshake fails without a certificate that verifies.
+    Required,
+}
+
+/// `[tls] client_ca_file` + `client_auth`, read: the roots client
+/// certificates must chain to.
+#[derive(Clone)]
+pub struct ClientCertAuth {
+    pub ca_file: PathBuf,
+    pub roots: Vec<CertificateDer<'static>>,
+    pub mode: ClientAuth,
+}
+
+impl std::fmt::Debug for ClientCertAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertAuth")
+            .field("ca_file", &self.ca_file)
+            .field("roots", &self.roots.len())
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl ClientCertAuth {
+    /// rustls' WebPKI verifier: chain to `roots`, `clientAuth` usage, validity
+    /// dates; with `optional`, anonymous clients are let through (and then
+    /// have no certificate to bind a token to).
+    fn verifier(&self) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+        let mut store = rustls::RootCertStore::empty();
+        for c in &self.roots {
+            store
+                .add(c.clone())
+                .map_err(|e| TlsError::Config(format!("bad client CA certificate: {e}")))?;
+        }
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(store),
+            provider(),
+        );
+        let builder = match self.mode {
+            ClientAuth::Optional => builder.allow_unauthenticated(),
+            ClientAuth::Required => builder,
+        };
+        builder
+            .build()
+            .map_err(|e| TlsError::Config(format!("client certificate verifier: {e}")))
+    }
 }
 
 /// The one crypto provider (ring), passed explicitly so that building a
@@ -170,6 +228,9 @@ impl TlsReloader {
 pub struct ServerTlsSettings {
     pub acceptor: tokio_rustls::TlsAcceptor,
     pub reloader: TlsReloader,
+    /// `client_ca_file` and `client_auth`, for reload to compare: the
+    /// verifier is built into the acceptor (restart-only, see `config::reload`).
+    pub client_auth: Option<(PathBuf, ClientAuth)>,
 }
 
 impl std::fmt::Debug for ServerTlsSettings {
@@ -178,6 +239,7 @@ impl std::fmt::Debug for ServerTlsSettings {
         f.debug_struct("ServerTlsSettings")
             .field("cert_file", &self.reloader.cert_file)
             .field("key_file", &self.reloader.key_file)
+            .field("client_auth", &self.client_auth)
             .finish_non_exhaustive()
     }
 }
@@ -186,15 +248,28 @@ impl ServerTlsSettings {
     /// Loads the pair (errors say which file is wrong) and builds the acceptor:
     /// TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
     pub fn load(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
+        Self::load_with_client_auth(cert_file, key_file, None)
+    }
+
+    /// As [`Self::load`], and with `client` set, asks every client for a
+    /// certificate and verifies it (`[tls] client_ca_file`, `client_auth`).
+    pub fn load_with_client_auth(
+        cert_file: &Path,
+        key_file: &Path,
+        client: Option<&ClientCertAuth>,
+    ) -> Result<Self, TlsError> {
         let initial = load_certified_key(cert_file, key_file)?;
         let resolver = Arc::new(CertResolver {
             current: RwLock::new(initial),
         });
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let builder = match client {
+            None => builder.with_no_client_auth(),
+            Some(c) => builder.with_client_cert_verifier(c.verifier()?),
+        };
+        let mut config = builder.with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let reloader = TlsReloader {
             resolver,
@@ -210,6 +285,7 @@ impl ServerTlsSettings {
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             reloader,
+            client_auth: client.map(|c| (c.ca_file.clone(), c.mode)),
         })
     }
 }

@@ -83,6 +83,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -110,6 +115,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     shared_cache: Family<KindLabels, Counter>,
     purge_messages: Family<KindLabels, Counter>,
+    binding_refusals: Family<ReasonLabels, Counter>,
     /// The fleet's own counters as last copied in, so a scrape adds only the
     /// difference (the fleet layer counts with plain atomics).
     fleet_seen: std::sync::Mutex<crate::cache::fleet::FleetStats>,
@@ -239,6 +245,15 @@ impl Metrics {
             "Fleet-wide purge messages on the Redis channel, sent and received",
             purge_messages.clone(),
         );
+        let binding_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "binding_refusals",
+            "Sender-constrained tokens refused for want of their proof, by reason: certificate_missing, certificate_mismatch (RFC 8705 cnf x5t#S256), cnf_unreadable, cnf_unsupported",
+            binding_refusals.clone(),
+        );
+        for reason in crate::policy::binding::BindingError::REASONS {
+            drop(binding_refusals.get_or_create(&ReasonLabels { reason }));
+        }
         // Series that exist from the start, so that `rate()` and alerts see a 0
         // before the first event instead of no series at all.
         for outcome in [
@@ -278,6 +293,7 @@ impl Metrics {
             reloads,
             shared_cache,
             purge_messages,
+            binding_refusals,
             fleet_seen: std::sync::Mutex::new(crate::cache::fleet::FleetStats::default()),
         }
     }
@@ -380,6 +396,13 @@ impl Metrics {
     }
 
     /// For the stale_if_error path: one request served on a stale answer.
+    /// A bound token refused by the binding check (`BindingError::reason`).
+    pub fn binding_refused(&self, reason: &'static str) {
+        self.binding_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
     pub fn stale_answer(&self) {
         self.stale_answers.inc();
     }

@@ -14,4 +14,7 @@ pub(super) struct AccessInfo {
     /// Forward-auth mode: the original request's method and path (no query),
     /// logged instead of the sub-request's (which is always e.g. `GET /_tokengate`).
     pub(super) original: Option<(Method, String)>,
+    /// How the token was bound (set by `authorize` once the binding check
+    /// passed; `None` on a public route): the value of `identity.binding_header`.
+    pub(super) binding: Option<crate::policy::binding::Binding>,
 }

@@ -1,5 +1,6 @@
 //! The authorization stage, shared by proxy and forward-auth mode:
-//! route → token → cache lookup (and introspection on a miss) → policy. The
+//! route → token → cache lookup (and introspection on a miss) → policy →
+//! binding ([`crate::policy::binding::check`]). The
 //! cache lookup is `TokenCache::get_or_load` here; the scope check is
 //! [`crate::policy::evaluate`].
 
@@ -23,6 +24,7 @@ pub(super) async fn authorize(
     route: &policy::Route,
     headers: &http::HeaderMap,
     query: Option<&str>,
+    binding: &crate::policy::binding::BindingInput,
     info: &mut AccessInfo,
 ) -> Result<(Option<policy::Principal>, Option<i64>), ProxyError> {
     let principal = match &route.access {
@@ -93,6 +95,13 @@ pub(super) async fn authorize(
             .inspect_err(|deny| {
                 debug!(route = %route.name, requirement = %deny, token = %token::fingerprint(&key), "policy denied")
             })?;
+            // A sender-constrained token passes only with its proof, on every
+            // request (cache hits too: the cached answer keeps `cnf`).
+            let bound = crate::policy::binding::check(&introspection, binding).inspect_err(|e| {
+                app.metrics.binding_refused(e.reason());
+                debug!(route = %route.name, refusal = %e, token = %token::fingerprint(&key), "binding check failed");
+            })?;
+            info.binding = Some(bound);
             info.subject = principal.subject.clone();
             Some((principal, introspection.exp))
         }

@@ -19,6 +19,7 @@ pub(super) async fn forward_auth_check(
     app: &App,
     settings: &Settings,
     req: Request<Incoming>,
+    peer: &forward::Peer,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
     // The sub-request's own Host may stand for the original's (Envoy): the
@@ -51,14 +52,32 @@ pub(super) async fn forward_auth_check(
         orig.target.path(),
     )?;
     info.route = Some(route.name.clone());
+    // The front proxy terminated the client's TLS: the certificate comes in
+    // its header (read only from `mtls.trusted_proxies`).
+    let binding = crate::policy::binding::BindingInput {
+        client_cert_sha256: crate::policy::binding::mtls::client_certificate(
+            &settings.mtls,
+            peer.addr,
+            peer.client_cert,
+            req.headers(),
+        )?,
+    };
     let (principal, _exp) = authorize(
         app,
         settings,
         route,
         req.headers(),
         orig.target.query(),
+        &binding,
         info,
     )
     .await?;
-    Ok(front_proxy::allowed(principal.as_ref(), &settings.identity))
+    let mut resp = front_proxy::allowed(principal.as_ref(), &settings.identity);
+    if let (Some(_), Some(bound)) = (&principal, info.binding) {
+        resp.headers_mut().insert(
+            settings.identity.binding_header.clone(),
+            http::HeaderValue::from_static(bound.as_str()),
+        );
+    }
+    Ok(resp)
 }

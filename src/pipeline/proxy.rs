@@ -1,5 +1,6 @@
 //! Proxy mode's stage: the request checks that come before any token work
-//! (CONNECT, declared body size, routing host), then [`authorize`], then the
+//! (CONNECT, declared body size, routing host), the client certificate
+//! ([`crate::policy::binding::mtls`]), then [`authorize`], then the
 //! call to the upstream ([`crate::upstream::forward`]), an Upgrade included.
 
 use super::access::AccessInfo;
@@ -50,8 +51,27 @@ pub(super) async fn authorize_and_forward(
     )?;
     info.route = Some(route.name.clone());
 
-    let (principal, exp) =
-        authorize(app, settings, route, req.headers(), req.uri().query(), info).await?;
+    // The client certificate (our TLS, or a trusted proxy's header) for a
+    // certificate-bound token; an untrusted peer's header never reaches the upstream.
+    let binding = crate::policy::binding::BindingInput {
+        client_cert_sha256: crate::policy::binding::mtls::client_certificate(
+            &settings.mtls,
+            peer.addr,
+            peer.client_cert,
+            req.headers(),
+        )?,
+    };
+    crate::policy::binding::mtls::strip_untrusted(&settings.mtls, peer.addr, req.headers_mut());
+    let (principal, exp) = authorize(
+        app,
+        settings,
+        route,
+        req.headers(),
+        req.uri().query(),
+        &binding,
+        info,
+    )
+    .await?;
     // Only an allowed protocol is offered to the upstream (never h2c: its
     // tunnel would carry requests no token check sees); any other Upgrade is
     // stripped below with the hop-by-hop fields and the request goes on as a
@@ -85,6 +105,13 @@ pub(super) async fn authorize_and_forward(
         method_override: settings.forwarding.method_override,
     };
     forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
+    // Stripped above with the identity headers; ours only with a principal.
+    if let (Some(_), Some(bound)) = (&principal, info.binding) {
+        req.headers_mut().insert(
+            settings.identity.binding_header.clone(),
+            HeaderValue::from_static(bound.as_str()),
+        );
+    }
     if let Some(u) = upgrade {
         crate::upstream::upgrade::restore_headers(req.headers_mut(), u);
     }

@@ -3,6 +3,8 @@
 //! [`ProxyError::rejection`] is exhaustive on purpose: a new variant does not
 //! compile until someone decides its status, and `mapping_table` pins them.
 
+use crate::policy::binding::mtls::ClientCertError;
+use crate::policy::binding::BindingError;
 use crate::http::Body;
 use crate::introspection::client::IntrospectError;
 use crate::pipeline::front_proxy::ForwardAuthError;
@@ -42,6 +44,12 @@ pub enum ProxyError {
     /// `forwarding.method_override = "route"`: the override cannot be routed on.
     #[error(transparent)]
     MethodOverride(#[from] OverrideError),
+    /// A sender-constrained token without its proof (RFC 8705 certificate).
+    #[error("binding check failed: {0}")]
+    Binding(#[from] BindingError),
+    /// A trusted proxy's `mtls.client_cert_header` cannot be read.
+    #[error("bad client certificate header: {0}")]
+    ClientCert(#[from] ClientCertError),
 }
 
 /// The RFC 6750 error code in the challenge, when there is one.
@@ -224,6 +232,42 @@ impl ProxyError {
                 OverrideError::NotPost
                 | OverrideError::Unclear
                 | OverrideError::NotStrippable => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                    None,
+                    false,
+                ),
+            },
+            // RFC 8705 §3: invalid_token; the description says which half is wrong.
+            Self::Binding(e) => r(
+                S::UNAUTHORIZED,
+                "invalid_token",
+                match e {
+                    BindingError::CertificateMissing => {
+                        "token is bound to a client certificate and the request presented none"
+                    }
+                    BindingError::CertificateMismatch => {
+                        "the client certificate does not match the one the token is bound to"
+                    }
+                    BindingError::UnreadableConfirmation => {
+                        "token's confirmation claim (cnf) cannot be read"
+                    }
+                    BindingError::UnsupportedConfirmation => {
+                        "token is bound by a confirmation method this service does not check"
+                    }
+                },
+                Some(Challenge::InvalidToken),
+                false,
+            ),
+            // The front proxy's fault, not the client's credentials: no challenge.
+            Self::ClientCert(e) => match e {
+                ClientCertError::Repeated
+                | ClientCertError::NotText
+                | ClientCertError::BadPercent
+                | ClientCertError::BadPem
+                | ClientCertError::BadXfcc(_)
+                | ClientCertError::HashMismatch => r(
                     S::BAD_REQUEST,
                     "invalid_request",
                     &e.to_string(),
@@ -553,6 +597,52 @@ mod tests {
             ),
             (
                 OverrideError::NotStrippable.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                crate::policy::binding::BindingError::CertificateMissing.into(),
+                401,
+                "invalid_token",
+                Some(
+                    r#"error="invalid_token", error_description="token is bound to a client certificate and the request presented none""#,
+                ),
+                false,
+            ),
+            (
+                crate::policy::binding::BindingError::CertificateMismatch.into(),
+                401,
+                "invalid_token",
+                Some(
+                    r#"error_description="the client certificate does not match the one the token is bound to""#,
+                ),
+                false,
+            ),
+            (
+                crate::policy::binding::BindingError::UnreadableConfirmation.into(),
+                401,
+                "invalid_token",
+                Some("error=\"invalid_token\""),
+                false,
+            ),
+            (
+                crate::policy::binding::BindingError::UnsupportedConfirmation.into(),
+                401,
+                "invalid_token",
+                Some("error=\"invalid_token\""),
+                false,
+            ),
+            (
+                crate::policy::binding::mtls::ClientCertError::BadXfcc("no element").into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                crate::policy::binding::mtls::ClientCertError::HashMismatch.into(),
                 400,
                 "invalid_request",
                 None,

@@ -45,6 +45,8 @@ pub struct IdentitySettings {
     pub subject_header: HeaderName,
     pub client_id_header: HeaderName,
     pub scope_header: HeaderName,
+    /// `binding_header`: how the token was bound (`none`, `mtls`, `dpop`).
+    pub binding_header: HeaderName,
     /// Every header removed from inbound requests: the three above plus
     /// `strip_headers`. Header names are case-insensitive, so this covers
     /// `x-AUTH-subject` too.
@@ -216,6 +218,9 @@ pub struct Peer {
     forwarded: HeaderValue,
     /// The scheme the client used to reach us.
     pub proto: &'static str,
+    /// SHA-256 of the client certificate's DER, when tokengate terminated TLS
+    /// and the client presented one (`[tls] client_ca_file`; RFC 8705).
+    pub client_cert: Option<[u8; 32]>,
 }
 
 impl Peer {
@@ -231,8 +236,26 @@ impl Peer {
             ip: header_safe(&ip.to_string()),
             forwarded: header_safe(&format!("for={node};proto={proto}")),
             proto,
+            client_cert: None,
         }
     }
+
+    /// The connection's verified client certificate (its thumbprint).
+    pub fn with_client_cert(mut self, thumbprint: Option<[u8; 32]>) -> Self {
+        self.client_cert = thumbprint;
+        self
+    }
+}
+
+/// Whether `peer` is in one of `nets` (`trusted_proxies` lists). An IPv4
+/// client on a dual-stack socket arrives as ::ffff:a.b.c.d and matches its
+/// IPv4 network.
+pub fn peer_in(nets: &[ipnet::IpNet], peer: std::net::IpAddr) -> bool {
+    let peer = match peer {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|net| net.contains(&peer))
 }
 
 /// Everything the request-side rewrite needs to know about the connection.

@@ -5,6 +5,10 @@
 //! included: the cache stores the introspection, never the decision (the bug
 //! class of Oathkeeper's GHSA-qvp4-rpmr-xwrr).
 
+/// Sender-constrained tokens: the binding stage, checked after the decision
+/// (who may present the token, where [`evaluate`] says whether it is good).
+pub(crate) mod binding;
+
 use crate::introspection::answer::Answer;
 use http::{HeaderName, Method};
 use std::borrow::Cow;
