@@ -292,6 +292,13 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("introspection.timeout", introspection.timeout);
     // The probe runs (and its readiness gate is registered) at start-up.
     keep!("introspection.probe", introspection.probe);
+    // The JWKS store, the JWT verifier and the signed-answer check are built
+    // once in `App::with_clock`.
+    keep!(
+        "introspection.response_format",
+        introspection.response_format
+    );
+    keep!("jwt", jwt);
     new.introspection.url = old.introspection.url.clone();
     keep!("cache.max_entries", cache.max_entries);
     keep!("cache.negative_max_entries", cache.negative_max_entries);

@@ -47,6 +47,9 @@ pub struct Settings {
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
     pub forwarding: ForwardingSettings,
+    /// `[jwt]`: `Some` when JWTs are checked locally or introspection answers
+    /// are signed (both need the issuer's keys).
+    pub jwt: Option<crate::introspection::jwt::JwtSettings>,
 }
 
 /// `[forwarding]`, validated.

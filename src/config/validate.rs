@@ -130,6 +130,17 @@ impl RawConfig {
             None => None,
         };
         let forwarding = errors.take(self.forwarding_settings());
+        let signed_answers =
+            i.response_format == crate::introspection::client::ResponseFormat::Jwt;
+        let jwt = match self.jwt.settings(&self.discovery.issuer, signed_answers) {
+            Ok(jwt) => jwt,
+            Err(problems) => {
+                for (key, message) in problems {
+                    errors.push(ConfigError::invalid(key, message));
+                }
+                None
+            }
+        };
 
         errors.into_result()?;
         // No error was reported, so every part above was built.
@@ -181,6 +192,7 @@ impl RawConfig {
                 timeout: i.timeout,
                 tls: as_tls,
                 probe: i.probe,
+                response_format: i.response_format,
             },
             cache: self.cache.clone(),
             identity,
@@ -211,6 +223,7 @@ impl RawConfig {
             shared_cache,
             admin,
             forwarding,
+            jwt,
         })
     }
 

@@ -157,6 +157,7 @@ impl ProxyError {
                 | IntrospectError::Refused(_)
                 | IntrospectError::InvalidResponse(_)
                 | IntrospectError::NoEndpoint
+                | IntrospectError::KeysUnavailable(_)
                 | IntrospectError::CircuitOpen => r(
                     S::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
@@ -483,6 +484,13 @@ mod tests {
             ),
             (
                 IntrospectError::NoEndpoint.into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::KeysUnavailable("jwks down".into()).into(),
                 503,
                 "temporarily_unavailable",
                 None,
