@@ -578,7 +578,9 @@ mod tests {
         let mut h = Header::new(Algorithm::ES256);
         h.typ = Some(typ.into());
         h.kid = Some("k1".into());
-        let key = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
+        let der: String = EC_PRIVATE.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(der).unwrap();
+        let key = EncodingKey::from_ec_der(&der);
         jsonwebtoken::encode(&h, &claims, &key).unwrap()
     }
 
@@ -627,7 +629,7 @@ mod tests {
         let mut h = Header::new(Algorithm::HS256);
         h.typ = Some("at+jwt".into());
         h.kid = Some("k1".into());
-        let hs = jsonwebtoken::encode(&h, &claims(now), &EncodingKey::from_secret(EC_JWK.as_bytes())).unwrap();
+        let hs = jsonwebtoken::encode(&h, &claims(now), &EncodingKey::from_secret(EC_JWK.as_bytes()).unwrap()).unwrap();
         assert_eq!(v.verify(&hs).await.err(), Some(JwtError::Algorithm));
         // Wrong typ from our issuer; right typ from another issuer.
         assert_eq!(v.verify(&sign("JWT", claims(now))).await.err(), Some(JwtError::WrongType));
