@@ -42,7 +42,7 @@ struct Background {
     admin: Option<tokio::task::JoinHandle<()>>,
     stop_admin: tokio::sync::watch::Sender<bool>,
     /// Discovery refresh, start-up probe, fleet purge subscriber, certificate
-    /// watch: aborted when the listener stops accepting.
+    /// watch, JWKS refresh: aborted when the listener stops accepting.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
