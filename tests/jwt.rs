@@ -140,6 +140,17 @@ fn config(asrv: &JwtAs, upstream: &Upstream) -> RawConfig {
     raw
 }
 
+/// `tokengate_jwt_checks_total{kind}` from the admin listener.
+async fn jwt_checks(gate: &Gate, kind: &str) -> f64 {
+    let req = request(Method::GET, &gate.admin_url("/metrics"))
+        .body(empty())
+        .unwrap();
+    let text = send(&http1_client(), req).await.text();
+    Scrape::parse(&text)
+        .unwrap()
+        .sum("tokengate_jwt_checks_total", &[("kind", kind)])
+}
+
 async fn get(gate: &Gate, token: &str) -> Resp {
     let req = request(Method::GET, &format!("http://{}/api", gate.addr))
         .header("authorization", format!("Bearer {token}"))
@@ -193,6 +204,7 @@ async fn should_pass_es256_and_rs256_jwts_locally_without_any_as_call() {
     }
     assert_eq!(asrv.count("/token/introspection").await, 0, "no AS call");
     assert_eq!(asrv.count("/jwks").await, 1, "one JWKS fetch serves every token");
+    assert_eq!(jwt_checks(&gate, "valid").await, 2.0, "repeats are cache hits");
 }
 
 #[tokio::test]
@@ -263,6 +275,11 @@ async fn should_refuse_forged_expired_and_foreign_jwts_without_any_as_call() {
     assert_eq!(asrv.count("/token/introspection").await, 0, "no AS call");
     assert_eq!(other_as.count("/token/introspection").await, 0);
     assert_eq!(other_as.count("/jwks").await, 0, "a foreign issuer's keys are never fetched");
+    assert_eq!(jwt_checks(&gate, "signature").await, 1.0, "tampered");
+    assert_eq!(jwt_checks(&gate, "algorithm").await, 2.0, "alg none, HS256");
+    assert_eq!(jwt_checks(&gate, "wrong_typ").await, 1.0);
+    assert_eq!(jwt_checks(&gate, "unknown_issuer").await, 1.0);
+    assert_eq!(jwt_checks(&gate, "expired").await, 1.0);
 }
 
 #[tokio::test]

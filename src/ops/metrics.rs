@@ -110,6 +110,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     shared_cache: Family<KindLabels, Counter>,
     purge_messages: Family<KindLabels, Counter>,
+    jwt_checks: Family<KindLabels, Counter>,
     /// The fleet's own counters as last copied in, so a scrape adds only the
     /// difference (the fleet layer counts with plain atomics).
     fleet_seen: std::sync::Mutex<crate::cache::fleet::FleetStats>,
@@ -239,6 +240,12 @@ impl Metrics {
             "Fleet-wide purge messages on the Redis channel, sent and received",
             purge_messages.clone(),
         );
+        let jwt_checks = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "jwt_checks",
+            "JWT access tokens checked locally ([jwt] enabled): kind=\"valid\", or why one was refused (no AS call; kind=\"keys_unavailable\" is a 503)",
+            jwt_checks.clone(),
+        );
         // Series that exist from the start, so that `rate()` and alerts see a 0
         // before the first event instead of no series at all.
         for outcome in [
@@ -253,6 +260,7 @@ impl Metrics {
             "invalid_response",
             "no_endpoint",
             "circuit_open",
+            "keys_unavailable",
         ] {
             drop(introspections.get_or_create(&OutcomeLabels { outcome }));
         }
@@ -278,6 +286,7 @@ impl Metrics {
             reloads,
             shared_cache,
             purge_messages,
+            jwt_checks,
             fleet_seen: std::sync::Mutex::new(crate::cache::fleet::FleetStats::default()),
         }
     }
@@ -380,6 +389,12 @@ impl Metrics {
     }
 
     /// For the stale_if_error path: one request served on a stale answer.
+    /// One local JWT check: `"valid"` or the refusal's kind
+    /// (`introspection::jwt::JwtError::kind`).
+    pub fn jwt_checked(&self, kind: &'static str) {
+        self.jwt_checks.get_or_create(&KindLabels { kind }).inc();
+    }
+
     pub fn stale_answer(&self) {
         self.stale_answers.inc();
     }

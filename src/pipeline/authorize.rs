@@ -87,6 +87,7 @@ async fn load(
         return introspect(app, token, key).await;
     };
     let refused = |e: JwtError| {
+        app.metrics.jwt_checked(e.kind());
         debug!(reason = %e, kind = e.kind(), token = %token::fingerprint(key), "JWT access token refused locally");
         Ok(Introspection::inactive())
     };
@@ -96,9 +97,18 @@ async fn load(
         Shape::Local(peeked) => match jwt.verify_peeked(token, peeked).await {
             // Hybrid: the signature says who issued it; only the AS knows
             // whether it was revoked since. Its answer is the one cached.
-            Ok(_) if jwt.hybrid() => introspect(app, token, key).await,
-            Ok(answer) => Ok(answer),
-            Err(JwtError::KeysUnavailable(m)) => Err(IntrospectError::KeysUnavailable(m)),
+            Ok(_) if jwt.hybrid() => {
+                app.metrics.jwt_checked("valid");
+                introspect(app, token, key).await
+            }
+            Ok(answer) => {
+                app.metrics.jwt_checked("valid");
+                Ok(answer)
+            }
+            Err(JwtError::KeysUnavailable(m)) => {
+                app.metrics.jwt_checked("keys_unavailable");
+                Err(IntrospectError::KeysUnavailable(m))
+            }
             Err(e) => refused(e),
         },
     }
