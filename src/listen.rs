@@ -68,9 +68,11 @@ impl Background {
             .tls_reloader()
             .map(|r| tokio::spawn(r.watch(crate::http::tls::WATCH_INTERVAL)));
         // The issuer's keys: fetched now, then every `jwt.jwks_refresh_interval`.
-        let jwks = app.jwks.clone().zip(app.settings().jwt.clone()).map(|(k, j)| {
-            tokio::spawn(k.refresh_loop(j.jwks_refresh_interval))
-        });
+        let jwks = app
+            .jwks
+            .clone()
+            .zip(app.settings().jwt.clone())
+            .map(|(k, j)| tokio::spawn(k.refresh_loop(j.jwks_refresh_interval)));
         Self {
             admin,
             stop_admin,

@@ -38,7 +38,13 @@ impl JwtAs {
         use tokio::io::AsyncBufReadExt;
         let mut child = match tokio::process::Command::new("node")
             .arg(dir.join("jwt.mjs"))
-            .args([SECRET, "--port", &port.to_string(), "--gen", &gen.to_string()])
+            .args([
+                SECRET,
+                "--port",
+                &port.to_string(),
+                "--gen",
+                &gen.to_string(),
+            ])
             .current_dir(&dir)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -176,7 +182,11 @@ fn part(token: &str, i: usize) -> serde_json::Value {
 /// `token` with its header and payload replaced (the signature kept).
 fn forge(token: &str, header: &serde_json::Value, claims: &serde_json::Value) -> String {
     let sig = token.rsplit('.').next().unwrap();
-    format!("{}.{}.{sig}", b64(&header.to_string()), b64(&claims.to_string()))
+    format!(
+        "{}.{}.{sig}",
+        b64(&header.to_string()),
+        b64(&claims.to_string())
+    )
 }
 
 #[tokio::test]
@@ -203,8 +213,16 @@ async fn should_pass_es256_and_rs256_jwts_locally_without_any_as_call() {
         }
     }
     assert_eq!(asrv.count("/token/introspection").await, 0, "no AS call");
-    assert_eq!(asrv.count("/jwks").await, 1, "one JWKS fetch serves every token");
-    assert_eq!(jwt_checks(&gate, "valid").await, 2.0, "repeats are cache hits");
+    assert_eq!(
+        asrv.count("/jwks").await,
+        1,
+        "one JWKS fetch serves every token"
+    );
+    assert_eq!(
+        jwt_checks(&gate, "valid").await,
+        2.0,
+        "repeats are cache hits"
+    );
 }
 
 #[tokio::test]
@@ -233,7 +251,9 @@ async fn should_refuse_forged_expired_and_foreign_jwts_without_any_as_call() {
     let alg_none = format!("{}.{}.", b64(&h.to_string()), b64(&claims.to_string()));
 
     // The classic confusion: HS256 keyed with the issuer's *public* key.
-    let jwks_req = request(Method::GET, &asrv.url("/jwks")).body(empty()).unwrap();
+    let jwks_req = request(Method::GET, &asrv.url("/jwks"))
+        .body(empty())
+        .unwrap();
     let jwks = send(&asrv.client, jwks_req).await.json();
     let public_key = jwks["keys"][0].to_string();
     let mut hs_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -274,7 +294,11 @@ async fn should_refuse_forged_expired_and_foreign_jwts_without_any_as_call() {
 
     assert_eq!(asrv.count("/token/introspection").await, 0, "no AS call");
     assert_eq!(other_as.count("/token/introspection").await, 0);
-    assert_eq!(other_as.count("/jwks").await, 0, "a foreign issuer's keys are never fetched");
+    assert_eq!(
+        other_as.count("/jwks").await,
+        0,
+        "a foreign issuer's keys are never fetched"
+    );
     assert_eq!(jwt_checks(&gate, "signature").await, 1.0, "tampered");
     assert_eq!(jwt_checks(&gate, "algorithm").await, 2.0, "alg none, HS256");
     assert_eq!(jwt_checks(&gate, "wrong_typ").await, 1.0);
@@ -300,7 +324,12 @@ async fn should_follow_a_key_rotation_and_keep_its_keys_while_the_jwks_is_down()
     let port = asrv.port;
     asrv.stop().await;
     let r = get(&gate, &unseen).await;
-    assert_eq!(r.status, 200, "a new token signed with a known key: {}", r.text());
+    assert_eq!(
+        r.status,
+        200,
+        "a new token signed with a known key: {}",
+        r.text()
+    );
 
     // Back with new keys (same issuer): a token with the new kid is refused
     // until the refetch interval is over, then the JWKS is fetched once.
@@ -320,9 +349,17 @@ async fn should_follow_a_key_rotation_and_keep_its_keys_while_the_jwks_is_down()
     let claims = part(&rotated, 1);
     for i in 0..20 {
         h["kid"] = format!("garbage-{i}").into();
-        assert_rejection(&get(&gate, &forge(&rotated, &h, &claims)).await, 401, "invalid_token");
+        assert_rejection(
+            &get(&gate, &forge(&rotated, &h, &claims)).await,
+            401,
+            "invalid_token",
+        );
     }
-    assert_eq!(asrv.count("/jwks").await, 1, "no refetch within the interval");
+    assert_eq!(
+        asrv.count("/jwks").await,
+        1,
+        "no refetch within the interval"
+    );
     assert_eq!(asrv.count("/token/introspection").await, 0);
 }
 
@@ -379,7 +416,11 @@ async fn should_still_introspect_opaque_tokens_with_keys_from_discovery() {
     let jwt = asrv.token(Some(API)).await;
     assert_eq!(get(&gate, &jwt).await.status, 200);
     assert_eq!(asrv.count("/token/introspection").await, 1);
-    assert!(asrv.count("/.well-known/openid-configuration").await + asrv.count("/.well-known/oauth-authorization-server").await >= 1);
+    assert!(
+        asrv.count("/.well-known/openid-configuration").await
+            + asrv.count("/.well-known/oauth-authorization-server").await
+            >= 1
+    );
 }
 
 #[tokio::test]
@@ -399,7 +440,8 @@ async fn should_accept_only_verified_signed_introspection_answers() {
     assert_eq!(r.echo().header("x-auth-client-id"), Some("tokengate"));
 
     for mode in ["tamper", "plain"] {
-        asrv.post(&format!("/_answers?mode={mode}"), String::new()).await;
+        asrv.post(&format!("/_answers?mode={mode}"), String::new())
+            .await;
         let r = get(&gate, &asrv.token(None).await).await;
         assert_eq!(r.status, 503, "{mode}: never an allow: {}", r.text());
         assert_rejection(&r, 503, "temporarily_unavailable");

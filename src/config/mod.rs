@@ -21,7 +21,9 @@ pub use raw::*;
 pub use settings::*;
 
 pub use crate::cache::settings::{RawCache, RawSharedCache, RedisUrl, SharedCacheSettings};
-pub use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode, ResponseFormat};
+pub use crate::introspection::client::{
+    AuthMethod, IntrospectionSettings, ProbeMode, ResponseFormat,
+};
 pub use crate::introspection::jwt::{JwtSettings, RawJwt};
 pub use crate::secret::Secret;
 pub use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};

@@ -744,7 +744,10 @@ fn jwt_keys_load_from_the_environment_and_every_bad_one_is_reported() {
         assert_eq!(s.introspection.response_format, ResponseFormat::Jwt);
         jail.set_env("TOKENGATE_JWT__ISSUR", "x");
         let err = load(None).unwrap_err().to_string();
-        assert!(err.contains("issur"), "unknown [jwt] keys are errors: {err}");
+        assert!(
+            err.contains("issur"),
+            "unknown [jwt] keys are errors: {err}"
+        );
         Ok(())
     });
     let mut c = base();

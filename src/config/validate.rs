@@ -130,8 +130,7 @@ impl RawConfig {
             None => None,
         };
         let forwarding = errors.take(self.forwarding_settings());
-        let signed_answers =
-            i.response_format == crate::introspection::client::ResponseFormat::Jwt;
+        let signed_answers = i.response_format == crate::introspection::client::ResponseFormat::Jwt;
         let jwt = match self.jwt.settings(&self.discovery.issuer, signed_answers) {
             Ok(jwt) => jwt,
             Err(problems) => {

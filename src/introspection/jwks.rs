@@ -311,15 +311,17 @@ impl Jwks {
             }
         };
         let req = http::Request::get(url.as_str())
-            .header(http::header::ACCEPT, "application/jwk-set+json, application/json")
+            .header(
+                http::header::ACCEPT,
+                "application/jwk-set+json, application/json",
+            )
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let call = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| format!("{url}: {}", crate::introspection::client::error_chain(&e)))?;
+            let resp =
+                self.http.request(req).await.map_err(|e| {
+                    format!("{url}: {}", crate::introspection::client::error_chain(&e))
+                })?;
             if resp.status() != http::StatusCode::OK {
                 return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
             }
@@ -372,9 +374,16 @@ mod tests {
     #[test]
     fn only_usable_signature_keys_are_kept() {
         let keys = parse_jwks(EC_JWKS.as_bytes()).unwrap();
-        assert_eq!(keys.len(), 1, "oct, enc, malformed and unknown keys are skipped");
+        assert_eq!(
+            keys.len(),
+            1,
+            "oct, enc, malformed and unknown keys are skipped"
+        );
         assert!(keys[0].accepts(Algorithm::ES256));
-        assert!(!keys[0].accepts(Algorithm::ES384), "a P-256 key never verifies ES384");
+        assert!(
+            !keys[0].accepts(Algorithm::ES384),
+            "a P-256 key never verifies ES384"
+        );
         assert!(!keys[0].accepts(Algorithm::RS256));
         assert!(!keys[0].accepts(Algorithm::HS256));
         assert!(parse_jwks(b"[]").is_err());

@@ -515,7 +515,9 @@ impl SignedAnswers {
         }
         let aud_ok = match peeked.claims.get("aud") {
             Some(serde_json::Value::String(a)) => *a == self.client_id,
-            Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(&self.client_id)),
+            Some(serde_json::Value::Array(a)) => {
+                a.iter().any(|v| v.as_str() == Some(&self.client_id))
+            }
             _ => false,
         };
         if !aud_ok {
@@ -578,8 +580,13 @@ mod tests {
         let mut h = Header::new(Algorithm::ES256);
         h.typ = Some(typ.into());
         h.kid = Some("k1".into());
-        let der: String = EC_PRIVATE.lines().filter(|l| !l.starts_with("-----")).collect();
-        let der = base64::engine::general_purpose::STANDARD.decode(der).unwrap();
+        let der: String = EC_PRIVATE
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(der)
+            .unwrap();
         let key = EncodingKey::from_ec_der(&der);
         jsonwebtoken::encode(&h, &claims, &key).unwrap()
     }
@@ -602,7 +609,10 @@ mod tests {
         assert_eq!(i.aud, Some(vec!["api".to_owned()]));
         assert_eq!(i.exp, Some(now + 600));
         assert!(i.extra.contains_key("cnf"));
-        assert!(v.verify(&sign("application/AT+JWT", claims(now))).await.is_ok());
+        assert!(v
+            .verify(&sign("application/AT+JWT", claims(now)))
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
@@ -617,7 +627,10 @@ mod tests {
         let mut c = claims(now);
         c["scope"] = "admin".into();
         parts[1] = b64.encode(c.to_string());
-        assert_eq!(v.verify(&parts.join(".")).await.err(), Some(JwtError::Signature));
+        assert_eq!(
+            v.verify(&parts.join(".")).await.err(),
+            Some(JwtError::Signature)
+        );
         // alg none.
         let none = format!(
             "{}.{}.",
@@ -629,26 +642,46 @@ mod tests {
         let mut h = Header::new(Algorithm::HS256);
         h.typ = Some("at+jwt".into());
         h.kid = Some("k1".into());
-        let hs = jsonwebtoken::encode(&h, &claims(now), &EncodingKey::from_secret(EC_JWK.as_bytes()).unwrap()).unwrap();
+        let hs = jsonwebtoken::encode(
+            &h,
+            &claims(now),
+            &EncodingKey::from_secret(EC_JWK.as_bytes()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(v.verify(&hs).await.err(), Some(JwtError::Algorithm));
         // Wrong typ from our issuer; right typ from another issuer.
-        assert_eq!(v.verify(&sign("JWT", claims(now))).await.err(), Some(JwtError::WrongType));
+        assert_eq!(
+            v.verify(&sign("JWT", claims(now))).await.err(),
+            Some(JwtError::WrongType)
+        );
         let mut other = claims(now);
         other["iss"] = "https://evil.example".into();
-        assert_eq!(v.verify(&sign("at+jwt", other)).await.err(), Some(JwtError::UnknownIssuer));
+        assert_eq!(
+            v.verify(&sign("at+jwt", other)).await.err(),
+            Some(JwtError::UnknownIssuer)
+        );
         // Expired (no leeway), nbf beyond the leeway, iat missing.
         let mut c = claims(now);
         c["exp"] = (now - 1).into();
-        assert_eq!(v.verify(&sign("at+jwt", c)).await.err(), Some(JwtError::Expired));
+        assert_eq!(
+            v.verify(&sign("at+jwt", c)).await.err(),
+            Some(JwtError::Expired)
+        );
         let mut c = claims(now);
         c["nbf"] = (now + 31).into();
-        assert_eq!(v.verify(&sign("at+jwt", c)).await.err(), Some(JwtError::NotYetValid));
+        assert_eq!(
+            v.verify(&sign("at+jwt", c)).await.err(),
+            Some(JwtError::NotYetValid)
+        );
         let mut c = claims(now);
         c["nbf"] = (now + 29).into();
         assert_eq!(v.verify(&sign("at+jwt", c)).await.unwrap().nbf, Some(now));
         let mut c = claims(now);
         c.as_object_mut().unwrap().remove("iat");
-        assert_eq!(v.verify(&sign("at+jwt", c)).await.err(), Some(JwtError::Claim("iat")));
+        assert_eq!(
+            v.verify(&sign("at+jwt", c)).await.err(),
+            Some(JwtError::Claim("iat"))
+        );
         // crit.
         let crit = format!(
             "{}.{}.x",
@@ -668,7 +701,10 @@ mod tests {
         let mut c = claims(now);
         c["iss"] = "https://other.example".into();
         assert!(matches!(v.classify(&sign("JWT", c)), Shape::Introspect));
-        assert!(matches!(v.classify(&sign("at+jwt", claims(now))), Shape::Local(_)));
+        assert!(matches!(
+            v.classify(&sign("at+jwt", claims(now))),
+            Shape::Local(_)
+        ));
     }
 
     #[test]
@@ -684,10 +720,19 @@ mod tests {
         let keys: Vec<_> = errors.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             keys,
-            ["jwt.algorithms", "jwt.algorithms", "jwt.leeway", "jwt.jwks_url", "jwt.issuer"]
+            [
+                "jwt.algorithms",
+                "jwt.algorithms",
+                "jwt.leeway",
+                "jwt.jwks_url",
+                "jwt.issuer"
+            ]
         );
         assert!(RawJwt::default().settings("", false).unwrap().is_none());
-        let s = RawJwt::default().settings("https://as", true).unwrap().unwrap();
+        let s = RawJwt::default()
+            .settings("https://as", true)
+            .unwrap()
+            .unwrap();
         assert_eq!(s.jwks, JwksSource::Issuer("https://as".into()));
     }
 }
