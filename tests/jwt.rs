@@ -450,3 +450,28 @@ async fn should_accept_only_verified_signed_introspection_answers() {
     assert_eq!(get(&gate, &asrv.token(None).await).await.status, 200);
     assert_eq!(asrv.count("/token/introspection").await, 4);
 }
+
+#[tokio::test]
+async fn should_answer_503_not_401_while_the_issuers_keys_cannot_be_fetched() {
+    // No key was ever fetched (nothing listens on port 9): tokengate cannot
+    // tell whether the token is good. The fake AS must not be asked either.
+    let env = Env::start_with(|raw| {
+        raw.jwt.enabled = true;
+        raw.jwt.issuer = "https://as.test".into();
+        raw.jwt.jwks_url = "http://127.0.0.1:9/jwks".into();
+    })
+    .await;
+    let claims = serde_json::json!({"iss": "https://as.test", "iat": 1, "exp": 4_102_444_800i64});
+    let token = format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(r#"{"alg":"ES256","typ":"at+jwt","kid":"k1"}"#),
+        b64(&claims.to_string())
+    );
+    for _ in 0..3 {
+        let r = get(&env.gate, &token).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_rejection(&r, 503, "temporarily_unavailable");
+    }
+    assert!(env.auth.received_requests().await.unwrap().is_empty());
+    assert_eq!(jwt_checks(&env.gate, "keys_unavailable").await, 3.0);
+}

@@ -26,7 +26,9 @@
 //!   keeps its state machine across a reload), `limits.max_header_bytes`,
 //!   `limits.idle_timeout` (both set on hyper's connection builder at start),
 //!   `limits.max_connections` (the connection semaphore is sized at start),
-//!   `[cache.shared]` (the Redis layer is built once at start).
+//!   `[cache.shared]` (the Redis layer is built once at start), `[jwt]` and
+//!   `introspection.response_format` (the JWKS store and the verifiers are built
+//!   once at start).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};

@@ -230,16 +230,14 @@ impl Jwks {
         let _guard = self.fetching.lock().await;
         // Someone else fetched while we waited: look again before fetching.
         if self.fetch_count() == seen {
-            let due = {
-                let s = self.state();
-                !s.ever_succeeded
-                    || s.last_attempt.is_none_or(|t| {
-                        self.clock
-                            .now()
-                            .duration_since(t)
-                            .is_ok_and(|d| d >= self.min_refetch)
-                    })
-            };
+            // Failed fetches count too: while the endpoint is down, tokens
+            // with keys we do not hold must not turn into one fetch each.
+            let due = self.state().last_attempt.is_none_or(|t| {
+                self.clock
+                    .now()
+                    .duration_since(t)
+                    .is_ok_and(|d| d >= self.min_refetch)
+            });
             if due {
                 let _ = self.fetch_now().await;
             }
