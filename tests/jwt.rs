@@ -475,3 +475,26 @@ async fn should_answer_503_not_401_while_the_issuers_keys_cannot_be_fetched() {
     assert!(env.auth.received_requests().await.unwrap().is_empty());
     assert_eq!(jwt_checks(&env.gate, "keys_unavailable").await, 3.0);
 }
+
+/// `[jwt]` and `introspection.response_format` are restart-only: the key
+/// store and the verifiers are built at start. A reload names them and keeps
+/// the running values.
+#[tokio::test]
+async fn a_reload_keeps_the_running_jwt_settings() {
+    let env = Env::start().await;
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    raw.jwt.enabled = true;
+    raw.jwt.issuer = "https://as.test".into();
+    raw.introspection.response_format = tokengate::config::ResponseFormat::Jwt;
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert_eq!(
+        report.restart_required,
+        vec!["introspection.response_format", "jwt"]
+    );
+    let current = env.gate.reload().current();
+    assert!(current.jwt.is_none());
+    assert_eq!(
+        current.introspection.response_format,
+        tokengate::config::ResponseFormat::Json
+    );
+}
