@@ -208,12 +208,82 @@ fn policy_decision(c: &mut Criterion) {
     });
 }
 
+/// A PEM file's DER bytes.
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("bench key is PEM")
+}
+
+/// One local check of a new JWT access token (signature, iss, times; the
+/// claims become the answer): what a token's first request costs with
+/// `[jwt] enabled`, instead of an introspection call. Keys are bench-only
+/// (`benches/keys/`).
+fn jwt_validation(c: &mut Criterion) {
+    use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
+    use tokengate::introspection::jwks::{parse_jwks, Jwks};
+    use tokengate::introspection::jwt::JwtVerifier;
+    const ISS: &str = "https://auth.example.com";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut raw = RawConfig::default();
+    raw.introspection.url = "http://as.example/introspect".into();
+    raw.introspection.client_id = "tokengate".into();
+    raw.introspection.client_secret = Secret::new("s");
+    raw.jwt.enabled = true;
+    raw.jwt.issuer = ISS.into();
+    raw.jwt.jwks_url = "http://127.0.0.1:9/jwks".into();
+    let s = raw.validate().expect("bench config is valid");
+    let j = s.jwt.clone().expect("[jwt] is on");
+    let clock = Arc::new(SystemClock);
+    let jwks = Arc::new(Jwks::new(
+        j.jwks.clone(),
+        j.jwks_refetch_min_interval,
+        std::time::Duration::from_secs(1),
+        &s.introspection.tls,
+        clock.clone(),
+    ));
+    let rsa = EncodingKey::from_rsa_der(&pem_der(include_str!("keys/rs256.pem")));
+    let ec = EncodingKey::from_ec_der(&pem_der(include_str!("keys/es256.pem")));
+    let jwk = |key: &EncodingKey, alg, kid: &str| {
+        let mut jwk = Jwk::from_encoding_key(key, alg).expect("public JWK of the bench key");
+        jwk.common.key_id = Some(kid.into());
+        jwk
+    };
+    let set = serde_json::json!({"keys": [jwk(&rsa, Algorithm::RS256, "rs"), jwk(&ec, Algorithm::ES256, "es")]});
+    jwks.set_keys(parse_jwks(set.to_string().as_bytes()).expect("bench JWKS"));
+    let verifier = JwtVerifier::new(j, jwks, clock);
+    let claims = serde_json::json!({"iss": ISS, "sub": "user-1234", "client_id": "bench-client",
+        "aud": "bench-api", "scope": "read write", "iat": 1_700_000_000, "exp": 4_102_444_800i64,
+        "jti": "6f1c2a8e-bench"});
+    let token = |key: &EncodingKey, alg, kid: &str| {
+        let mut h = Header::new(alg);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims, key).expect("bench token")
+    };
+    for (name, token) in [
+        ("jwt/verify RS256", token(&rsa, Algorithm::RS256, "rs")),
+        ("jwt/verify ES256", token(&ec, Algorithm::ES256, "es")),
+    ] {
+        assert!(rt.block_on(verifier.verify(&token)).is_ok(), "{name}");
+        c.bench_function(name, |b| {
+            b.iter(|| rt.block_on(verifier.verify(black_box(&token))))
+        });
+    }
+}
+
 criterion_group!(
     benches,
     token_parsing,
     hashing,
     cache_lookup,
     header_rewrite,
-    policy_decision
+    policy_decision,
+    jwt_validation
 );
 criterion_main!(benches);

@@ -25,6 +25,11 @@ pub struct App {
     pub(crate) settings: Arc<ArcSwap<Settings>>,
     pub(crate) cache: TokenCache,
     pub(crate) introspector: Introspector,
+    /// `[jwt] enabled`: the local check of JWT access tokens.
+    pub(crate) jwt: Option<Arc<crate::introspection::jwt::JwtVerifier>>,
+    /// The issuer's signing keys, when `[jwt]` or signed answers need them
+    /// (refreshed in the background by [`crate::run`]).
+    pub(crate) jwks: Option<Arc<crate::introspection::jwks::Jwks>>,
     pub(crate) forwarder: Forwarder,
     /// Fails AS calls fast after repeated failures; shared with the
     /// readiness check.
@@ -72,6 +77,7 @@ impl App {
                 move || ok.load(std::sync::atomic::Ordering::SeqCst),
             );
         }
+        let (introspector, jwt, jwks) = build_introspection(&settings, &clock);
         Self {
             cache: attach_fleet(
                 TokenCache::new(&settings.cache, clock.clone())
@@ -82,7 +88,9 @@ impl App {
             ),
             breaker,
             connections: ConnectionLimit::new(settings.limits.max_connections),
-            introspector: Introspector::new(&settings.introspection),
+            introspector,
+            jwt,
+            jwks,
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
                 settings.upstream_connect_timeout,
@@ -129,6 +137,11 @@ impl App {
         &self.introspector
     }
 
+    /// The issuer's key store (`[jwt]` or signed answers), e.g. to count fetches.
+    pub fn jwks(&self) -> Option<&Arc<crate::introspection::jwks::Jwks>> {
+        self.jwks.as_ref()
+    }
+
     /// A handle that swaps this app's configuration (SIGHUP in `main`).
     pub fn reload_handle(&self) -> ReloadHandle {
         ReloadHandle {
@@ -159,6 +172,47 @@ impl App {
     pub fn connections(&self) -> &ConnectionLimit {
         &self.connections
     }
+}
+
+/// The introspection client, the JWT verifier and the key store they share:
+/// one [`Jwks`](crate::introspection::jwks::Jwks) per issuer serves both the
+/// local check (`[jwt] enabled`) and signed answers (`response_format = "jwt"`).
+fn build_introspection(
+    settings: &Settings,
+    clock: &Arc<dyn Clock>,
+) -> (
+    Introspector,
+    Option<Arc<crate::introspection::jwt::JwtVerifier>>,
+    Option<Arc<crate::introspection::jwks::Jwks>>,
+) {
+    use crate::introspection::jwks::Jwks;
+    use crate::introspection::jwt::{JwtVerifier, SignedAnswers};
+    let introspector = Introspector::new(&settings.introspection);
+    let Some(j) = &settings.jwt else {
+        return (introspector, None, None);
+    };
+    let jwks = Arc::new(Jwks::new(
+        j.jwks.clone(),
+        j.jwks_refetch_min_interval,
+        settings.introspection.timeout,
+        &settings.introspection.tls,
+        clock.clone(),
+    ));
+    let introspector = match settings.introspection.response_format {
+        crate::config::ResponseFormat::Jwt => {
+            introspector.with_signed_answers(Arc::new(SignedAnswers::new(
+                j,
+                &settings.introspection.client_id,
+                jwks.clone(),
+                clock.clone(),
+            )))
+        }
+        crate::config::ResponseFormat::Json => introspector,
+    };
+    let verifier = j
+        .enabled
+        .then(|| Arc::new(JwtVerifier::new(j.clone(), jwks.clone(), clock.clone())));
+    (introspector, verifier, Some(jwks))
 }
 
 /// Puts the fleet layer behind `cache` when `[cache.shared]` is set. Here, in

@@ -22,8 +22,11 @@
 //!      `Principal`, re-run on every request. **The scope check lives here**
 //!      (`policy::evaluate`).
 //!    - [`introspection`]: `client` (RFC 7662 over `oauth2`, its settings, the lenient response
-//!      type), `answer` (the compact cached form the policy reads; a bounded interner),
-//!      `discovery` (RFC 8414 / OIDC discovery of the endpoint, with background refresh).
+//!      type; RFC 9701 signed answers), `answer` (the compact cached form the policy reads; a
+//!      bounded interner), `discovery` (RFC 8414 / OIDC discovery of the endpoint and the
+//!      `jwks_uri`, with background refresh), `jwt` (`[jwt]`: which token is checked locally,
+//!      the RFC 9068 check, the RFC 9701 answer check), `jwks` (the issuer's keys: cached,
+//!      refreshed, refetched on an unknown `kid` at most once per interval).
 //!    - [`cache`]: `TokenCache` (moka keyed by SHA-256(token); fresh for ≤ min(max_ttl, `exp`),
 //!      then revalidated; served stale (`stale_if_error`, never past `exp`) while the AS fails;
 //!      negative cache) in `cache/mod.rs`: **the cache lookup**; `l1` (the entry and its
@@ -77,8 +80,13 @@
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (cache::flight) →
 //!                                      (introspection::answer::Answer: the cached form the policy reads)
+//!         └─ introspection::jwt::JwtVerifier::classify  ([jwt] enabled) our at+jwt → local check
+//!              (introspection::jwks: kid → key; signature, iss, exp, nbf, iat) instead of the AS
+//!              call (hybrid, jwt.introspect: and then the AS call); refused (bad signature, wrong
+//!              typ, foreign at+jwt) → inactive, no AS call; JWKS unknowable → 503; other tokens ↓
 //!         └─ cache::fleet::Fleet::read_through  (with [cache.shared]) L2 GET (+ purge tombstone); miss → lock, then
 //!              └─ resilience::breaker::Breaker::call → introspection::client::Introspector; SET PX
+//!                                      (response_format = "jwt": RFC 9701 answer verified, else AS failure)
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503

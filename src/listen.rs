@@ -42,7 +42,7 @@ struct Background {
     admin: Option<tokio::task::JoinHandle<()>>,
     stop_admin: tokio::sync::watch::Sender<bool>,
     /// Discovery refresh, start-up probe, fleet purge subscriber, certificate
-    /// watch: aborted when the listener stops accepting.
+    /// watch, JWKS refresh: aborted when the listener stops accepting.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -67,10 +67,16 @@ impl Background {
         let tls_watch = app
             .tls_reloader()
             .map(|r| tokio::spawn(r.watch(crate::http::tls::WATCH_INTERVAL)));
+        // The issuer's keys: fetched now, then every `jwt.jwks_refresh_interval`.
+        let jwks = app
+            .jwks
+            .clone()
+            .zip(app.settings().jwt.clone())
+            .map(|(k, j)| tokio::spawn(k.refresh_loop(j.jwks_refresh_interval)));
         Self {
             admin,
             stop_admin,
-            tasks: [refresher, probe, subscriber, tls_watch]
+            tasks: [refresher, probe, subscriber, tls_watch, jwks]
                 .into_iter()
                 .flatten()
                 .collect(),
@@ -219,7 +225,8 @@ impl Listener {
                         Ok(Ok(stream)) => {
                             // Verified by rustls against `tls.client_ca_file`; one
                             // per connection, so every request on it (h1 or h2) has it.
-                            let cert = crate::policy::binding::mtls::peer_thumbprint(stream.get_ref().1);
+                            let cert =
+                                crate::policy::binding::mtls::peer_thumbprint(stream.get_ref().1);
                             let client = Peer::new(peer, "https").with_client_cert(cert);
                             let io = TokioIo::new(stream);
                             serve(&builder, watcher, app, io, client, slot.clone()).await;

@@ -191,8 +191,8 @@ async fn metrics_parse_and_move_with_traffic() {
         before
             .matching("tokengate_introspections_total", &[])
             .count(),
-        11,
-        "every outcome from the start (circuit_open, token_rejected and refused included)"
+        12,
+        "every outcome from the start (circuit_open, token_rejected, refused and keys_unavailable included)"
     );
     assert_eq!(
         before

@@ -24,7 +24,10 @@ pub use crate::cache::settings::{
     CacheSettings, RawCache, RawSharedCache, RedisUrl, SharedCacheSettings,
 };
 pub use crate::http::tls::ClientAuth;
-pub use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode};
+pub use crate::introspection::client::{
+    AuthMethod, IntrospectionSettings, ProbeMode, ResponseFormat,
+};
+pub use crate::introspection::jwt::{JwtSettings, RawJwt};
 pub use crate::secret::Secret;
 pub use crate::upstream::forward::{IdentitySettings, MethodOverride, Upstream};
 

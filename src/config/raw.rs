@@ -84,6 +84,9 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     pub forwarding: RawForwarding,
     pub mtls: RawMtls,
+    /// `[jwt]`: JWT access tokens checked locally (RFC 9068), and the issuer
+    /// whose keys verify signed introspection answers (RFC 9701).
+    pub jwt: crate::introspection::jwt::RawJwt,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -275,6 +278,8 @@ pub struct RawIntrospection {
     pub client_key_file: String,
     /// Start-up probe of the endpoint (restart-only).
     pub probe: ProbeMode,
+    /// `json` (RFC 7662) or `jwt` (RFC 9701 signed answers; restart-only).
+    pub response_format: crate::introspection::client::ResponseFormat,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -365,6 +370,7 @@ impl Default for RawConfig {
             forward_auth: RawForwardAuth::default(),
             forwarding: RawForwarding::default(),
             mtls: RawMtls::default(),
+            jwt: Default::default(),
             notices: Vec::new(),
         }
     }
@@ -391,6 +397,7 @@ impl Default for RawIntrospection {
             client_cert_file: String::new(),
             client_key_file: String::new(),
             probe: ProbeMode::Require,
+            response_format: Default::default(),
         }
     }
 }

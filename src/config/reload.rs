@@ -27,7 +27,9 @@
 //!   keeps its state machine across a reload), `limits.max_header_bytes`,
 //!   `limits.idle_timeout` (both set on hyper's connection builder at start),
 //!   `limits.max_connections` (the connection semaphore is sized at start),
-//!   `[cache.shared]` (the Redis layer is built once at start).
+//!   `[cache.shared]` (the Redis layer is built once at start), `[jwt]` and
+//!   `introspection.response_format` (the JWKS store and the verifiers are built
+//!   once at start).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -298,6 +300,13 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("introspection.timeout", introspection.timeout);
     // The probe runs (and its readiness gate is registered) at start-up.
     keep!("introspection.probe", introspection.probe);
+    // The JWKS store, the JWT verifier and the signed-answer check are built
+    // once in `App::with_clock`.
+    keep!(
+        "introspection.response_format",
+        introspection.response_format
+    );
+    keep!("jwt", jwt);
     new.introspection.url = old.introspection.url.clone();
     keep!("cache.max_entries", cache.max_entries);
     keep!("cache.negative_max_entries", cache.negative_max_entries);

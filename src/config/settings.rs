@@ -52,6 +52,9 @@ pub struct Settings {
     pub forwarding: ForwardingSettings,
     /// `[mtls]`: where a client certificate may come from besides our own TLS.
     pub mtls: crate::policy::binding::mtls::MtlsSettings,
+    /// `[jwt]`: `Some` when JWTs are checked locally or introspection answers
+    /// are signed (both need the issuer's keys).
+    pub jwt: Option<crate::introspection::jwt::JwtSettings>,
 }
 
 /// `[forwarding]`, validated.

@@ -816,7 +816,10 @@ fn mtls_keys_parse_and_the_binding_header_is_stripped() {
     assert!(s.identity.strip.iter().any(|h| h == "x-auth-token-binding"));
     // Defaults: nothing trusted, no header, no client certificates asked for.
     let s = base().validate().unwrap();
-    assert_eq!(s.mtls, crate::policy::binding::mtls::MtlsSettings::default());
+    assert_eq!(
+        s.mtls,
+        crate::policy::binding::mtls::MtlsSettings::default()
+    );
 }
 
 #[test]
@@ -832,4 +835,52 @@ fn mtls_keys_come_from_the_environment_too() {
         assert!(s.mtls.trusts("10.0.0.5".parse().unwrap()));
         Ok(())
     });
+}
+
+#[test]
+fn jwt_keys_load_from_the_environment_and_every_bad_one_is_reported() {
+    Jail::expect_with(|jail| {
+        minimal_env(jail);
+        let s = load(None)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())?;
+        assert!(s.jwt.is_none(), "off by default");
+        assert_eq!(s.introspection.response_format, ResponseFormat::Json);
+        jail.set_env("TOKENGATE_JWT__ENABLED", "true");
+        jail.set_env("TOKENGATE_JWT__ISSUER", "https://as.test");
+        jail.set_env("TOKENGATE_JWT__LEEWAY", "5s");
+        jail.set_env("TOKENGATE_INTROSPECTION__RESPONSE_FORMAT", "jwt");
+        let s = load(None)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())?;
+        let jwt = s.jwt.ok_or("jwt settings")?;
+        assert_eq!(jwt.leeway, Duration::from_secs(5));
+        assert_eq!(
+            jwt.jwks,
+            crate::introspection::jwks::JwksSource::Issuer("https://as.test".into())
+        );
+        assert_eq!(s.introspection.response_format, ResponseFormat::Jwt);
+        jail.set_env("TOKENGATE_JWT__ISSUR", "x");
+        let err = load(None).unwrap_err().to_string();
+        assert!(
+            err.contains("issur"),
+            "unknown [jwt] keys are errors: {err}"
+        );
+        Ok(())
+    });
+    let mut c = base();
+    c.introspection.response_format = ResponseFormat::Jwt;
+    c.jwt.algorithms = vec!["none".into(), "HS256".into()];
+    c.jwt.jwks_url = "file:///etc/jwks".into();
+    let text = c.validate().unwrap_err().to_string();
+    for key in [
+        "`jwt.algorithms`: \"none\"",
+        "`jwt.algorithms`: \"HS256\"",
+        "`jwt.jwks_url`",
+        "`jwt.issuer`: is required with introspection.response_format",
+    ] {
+        assert!(text.contains(key), "{key} missing from {text}");
+    }
 }

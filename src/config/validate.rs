@@ -132,6 +132,16 @@ impl RawConfig {
         };
         let forwarding = errors.take(self.forwarding_settings());
         let mtls = self.mtls_settings(&mut errors);
+        let signed_answers = i.response_format == crate::introspection::client::ResponseFormat::Jwt;
+        let jwt = match self.jwt.settings(&self.discovery.issuer, signed_answers) {
+            Ok(jwt) => jwt,
+            Err(problems) => {
+                for (key, message) in problems {
+                    errors.push(ConfigError::invalid(key, message));
+                }
+                None
+            }
+        };
 
         errors.into_result()?;
         // No error was reported, so every part above was built.
@@ -185,6 +195,7 @@ impl RawConfig {
                 timeout: i.timeout,
                 tls: as_tls,
                 probe: i.probe,
+                response_format: i.response_format,
             },
             cache: self.cache.settings(),
             identity,
@@ -217,6 +228,7 @@ impl RawConfig {
             admin,
             forwarding,
             mtls,
+            jwt,
         })
     }
 

@@ -27,7 +27,10 @@ impl Outcome {
                 | IntrospectError::Connect(_)
                 | IntrospectError::ClientUnauthorized
                 | IntrospectError::Status(_)
-                | IntrospectError::InvalidResponse(_),
+                | IntrospectError::InvalidResponse(_)
+                // The JWKS endpoint failing is the AS failing; a client cannot
+                // cause it (an unknown `kid` refetches at most once per interval).
+                | IntrospectError::KeysUnavailable(_),
             ) => Self::Failure,
             // No call was made, so nothing was learned about the AS.
             Err(IntrospectError::NoEndpoint | IntrospectError::CircuitOpen) => Self::Neutral,

@@ -39,6 +39,16 @@ pub enum ProbeMode {
     Off,
 }
 
+/// `introspection.response_format`: plain JSON (RFC 7662), or a signed JWT
+/// (RFC 9701) verified with the issuer's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    #[default]
+    Json,
+    Jwt,
+}
+
 /// `[introspection]`, validated: what the client needs to call the AS.
 #[derive(Debug, Clone)]
 pub struct IntrospectionSettings {
@@ -51,6 +61,9 @@ pub struct IntrospectionSettings {
     /// Roots and the optional client certificate for the AS call.
     pub tls: crate::http::tls::ClientTls,
     pub probe: ProbeMode,
+    /// `response_format = "jwt"`: the client gets its verifier from
+    /// [`Introspector::with_signed_answers`].
+    pub response_format: ResponseFormat,
 }
 
 /// Largest introspection response body we read. Real answers are < 2 KiB; an AS
@@ -96,6 +109,11 @@ pub enum IntrospectError {
     InvalidResponse(String),
     #[error("no introspection endpoint known yet (discovery has not succeeded)")]
     NoEndpoint,
+    /// The issuer's signing keys (JWKS) are needed and cannot be fetched:
+    /// for a JWT access token whose key we do not hold, or for an RFC 9701
+    /// answer. We cannot tell whether the token is good: 503.
+    #[error("the issuer's signing keys (JWKS) are unavailable: {0}")]
+    KeysUnavailable(String),
     /// The circuit breaker is open after repeated failures: the AS was not called.
     #[error("authorization server circuit is open after repeated failures; not calling it")]
     CircuitOpen,
@@ -113,6 +131,7 @@ impl IntrospectError {
             Self::Refused(_) => "refused",
             Self::InvalidResponse(_) => "invalid_response",
             Self::NoEndpoint => "no_endpoint",
+            Self::KeysUnavailable(_) => "keys_unavailable",
             Self::CircuitOpen => "circuit_open",
         }
     }
@@ -131,6 +150,9 @@ pub enum TransportError {
     BadRequest(Option<&'static str>),
     #[error("response body: {0}")]
     Body(String),
+    /// The keys to verify a signed answer are unavailable.
+    #[error("{0}")]
+    Keys(String),
 }
 
 /// The parsed introspection answer. Lenient where real servers disagree
@@ -417,7 +439,13 @@ type HttpsClient = hyper_util::client::legacy::Client<crate::http::client::Conne
 /// Non-200 statuses become a [`TransportError::Status`] here, because the crate
 /// would otherwise fold the status into an opaque parse error and we need to tell
 /// "our credentials are wrong" (401) from other failures.
-struct AsHttpClient<'a>(&'a HttpsClient);
+/// With `signed`, asks for an RFC 9701 answer and hands the oauth2 crate the
+/// verified `token_introspection` member as the JSON body (anything else
+/// that comes back with a 200 is a `Body` error: an AS failure, never an allow).
+struct AsHttpClient<'a> {
+    http: &'a HttpsClient,
+    signed: Option<&'a crate::introspection::jwt::SignedAnswers>,
+}
 
 impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
     type Error = TransportError;
@@ -431,10 +459,16 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
 
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(async move {
-            let (parts, body) = request.into_parts();
+            let (mut parts, body) = request.into_parts();
+            if self.signed.is_some() {
+                parts.headers.insert(
+                    http::header::ACCEPT,
+                    http::HeaderValue::from_static(crate::introspection::jwt::INTROSPECTION_JWT),
+                );
+            }
             let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
             let response = self
-                .0
+                .http
                 .request(request)
                 .await
                 .map_err(|e| TransportError::Connect(error_chain(&e)))?;
@@ -459,9 +493,46 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
                 .await
                 .map_err(|e| TransportError::Body(e.to_string()))?
                 .to_bytes();
-            Ok(http::Response::from_parts(parts, body.to_vec()))
+            match self.signed {
+                None => Ok(http::Response::from_parts(parts, body.to_vec())),
+                Some(signed) => {
+                    let json = signed_answer(signed, &parts.headers, &body).await?;
+                    let mut parts = parts;
+                    parts.headers.insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok(http::Response::from_parts(parts, json))
+                }
+            }
         })
     }
+}
+
+/// The JSON answer inside an RFC 9701 response: the content type must say
+/// `application/token-introspection+jwt` (an AS that ignored our `Accept`
+/// and sent plain JSON is not trusted: the answer is unsigned), and the JWS
+/// must verify ([`crate::introspection::jwt::SignedAnswers::verify`]).
+async fn signed_answer(
+    signed: &crate::introspection::jwt::SignedAnswers,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<Vec<u8>, TransportError> {
+    let media_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    if !media_type.eq_ignore_ascii_case(crate::introspection::jwt::INTROSPECTION_JWT) {
+        return Err(TransportError::Body(
+            "the answer is not a signed introspection answer (content type is not application/token-introspection+jwt)".into(),
+        ));
+    }
+    signed.verify(body).await.map_err(|e| match e {
+        crate::introspection::jwt::JwtError::KeysUnavailable(m) => TransportError::Keys(m),
+        e => TransportError::Body(format!("signed introspection answer refused: {e}")),
+    })
 }
 
 /// The `error` member of an OAuth error body, if it is a code we act on. Only
@@ -525,6 +596,8 @@ pub struct Introspector {
     http: HttpsClient,
     timeout: Duration,
     not_found_streak: AtomicU32,
+    /// `response_format = "jwt"`: the verifier of signed answers.
+    signed: Option<Arc<crate::introspection::jwt::SignedAnswers>>,
     /// Woken after repeated 404s; the discovery task listens.
     pub rediscover: Notify,
 }
@@ -561,8 +634,19 @@ impl Introspector {
             http: crate::http::client::build_with(settings.timeout, &settings.tls, false),
             timeout: settings.timeout,
             not_found_streak: AtomicU32::new(0),
+            signed: None,
             rediscover: Notify::new(),
         }
+    }
+
+    /// Asks for RFC 9701 signed answers and accepts only those that `signed`
+    /// verifies (`introspection.response_format = "jwt"`).
+    pub fn with_signed_answers(
+        mut self,
+        signed: Arc<crate::introspection::jwt::SignedAnswers>,
+    ) -> Self {
+        self.signed = Some(signed);
+        self
     }
 
     fn client(&self) -> Arc<OAuthClient> {
@@ -588,7 +672,10 @@ impl Introspector {
     /// (connect, TLS, request, and reading the body).
     pub async fn introspect(&self, token: &str) -> Result<Introspection, IntrospectError> {
         let token = AccessToken::new(token.to_owned());
-        let http = AsHttpClient(&self.http);
+        let http = AsHttpClient {
+            http: &self.http,
+            signed: self.signed.as_deref(),
+        };
         let oauth = self.client();
         let request = oauth
             .introspect(&token)
@@ -711,6 +798,7 @@ fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> 
         RequestTokenError::Request(TransportError::Status(s)) => IntrospectError::Status(s),
         RequestTokenError::Request(TransportError::Connect(m)) => IntrospectError::Connect(m),
         RequestTokenError::Request(TransportError::Body(m)) => IntrospectError::InvalidResponse(m),
+        RequestTokenError::Request(TransportError::Keys(m)) => IntrospectError::KeysUnavailable(m),
         // Only reached for non-200s, which `AsHttpClient` already turned into errors.
         RequestTokenError::ServerResponse(r) => {
             IntrospectError::InvalidResponse(format!("error response: {}", r.error()))

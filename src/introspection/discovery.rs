@@ -33,6 +33,8 @@ pub enum DiscoveryError {
     },
     #[error("{url} has no usable introspection_endpoint")]
     NoIntrospectionEndpoint { url: String },
+    #[error("{url} has no usable jwks_uri")]
+    NoJwksUri { url: String },
     #[error("discovery failed for issuer {issuer}: {errors}")]
     AllFailed { issuer: String, errors: String },
 }
@@ -41,6 +43,8 @@ pub enum DiscoveryError {
 struct Metadata {
     issuer: Option<String>,
     introspection_endpoint: Option<String>,
+    /// The issuer's signing keys (JWT access tokens, RFC 9701 answers).
+    jwks_uri: Option<String>,
 }
 
 /// RFC 8414 §3.1 (well-known segment inserted before the issuer's path), then
@@ -68,12 +72,39 @@ pub async fn discover(
     timeout: Duration,
     tls: &crate::http::tls::ClientTls,
 ) -> Result<oauth2::IntrospectionUrl, DiscoveryError> {
+    let (url, meta) = metadata(issuer, timeout, tls).await?;
+    meta.introspection_endpoint
+        .and_then(|e| oauth2::IntrospectionUrl::new(e).ok())
+        .filter(|e| matches!(e.url().scheme(), "http" | "https"))
+        .ok_or(DiscoveryError::NoIntrospectionEndpoint { url })
+}
+
+/// Finds the `jwks_uri` of `issuer` (JWT access tokens, RFC 9701 answers),
+/// from the same metadata document as [`discover`].
+pub async fn discover_jwks_uri(
+    issuer: &str,
+    timeout: Duration,
+    tls: &crate::http::tls::ClientTls,
+) -> Result<url::Url, DiscoveryError> {
+    let (url, meta) = metadata(issuer, timeout, tls).await?;
+    meta.jwks_uri
+        .and_then(|e| url::Url::parse(&e).ok())
+        .filter(|e| matches!(e.scheme(), "http" | "https"))
+        .ok_or(DiscoveryError::NoJwksUri { url })
+}
+
+/// The metadata document of `issuer` and where it was found.
+async fn metadata(
+    issuer: &str,
+    timeout: Duration,
+    tls: &crate::http::tls::ClientTls,
+) -> Result<(String, Metadata), DiscoveryError> {
     let client = crate::http::client::build_with::<Empty<Bytes>>(timeout, tls, false);
     let mut errors = Vec::new();
     for url in metadata_urls(issuer) {
         match fetch(&client, &url, timeout).await {
             Ok(meta) => {
-                let found = meta.issuer.unwrap_or_default();
+                let found = meta.issuer.clone().unwrap_or_default();
                 if found != issuer {
                     // A document that names another issuer is a red flag (a
                     // mix-up or a hostile redirect), not a reason to try the next URL.
@@ -83,11 +114,7 @@ pub async fn discover(
                         found,
                     });
                 }
-                return meta
-                    .introspection_endpoint
-                    .and_then(|e| oauth2::IntrospectionUrl::new(e).ok())
-                    .filter(|e| matches!(e.url().scheme(), "http" | "https"))
-                    .ok_or(DiscoveryError::NoIntrospectionEndpoint { url });
+                return Ok((url, meta));
             }
             Err(e) => errors.push(e.to_string()),
         }

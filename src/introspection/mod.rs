@@ -6,12 +6,19 @@
 //!   reads); repeating members shared through a bounded interner.
 //! - `breaker`: the AS's rules for the shared circuit breaker (what counts as a failure,
 //!   the canary).
-//! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint.
+//! - [`discovery`]: RFC 8414 / OIDC discovery of the introspection endpoint (and of
+//!   the issuer's `jwks_uri`).
+//! - [`jwt`]: JWT access tokens checked locally (RFC 9068): which token takes which
+//!   path, the local check, `[jwt]` settings; RFC 9701 signed answers.
+//! - [`jwks`]: the issuer's signing keys (cached, refreshed, refetched on an
+//!   unknown `kid` at most once per interval; kept while the endpoint is down).
 
 pub mod answer;
 mod breaker;
 pub mod client;
 pub mod discovery;
+pub mod jwks;
+pub mod jwt;
 
 pub use answer::{Answer, Interner};
 pub use client::{

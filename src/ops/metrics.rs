@@ -116,6 +116,7 @@ pub struct Metrics {
     shared_cache: Family<KindLabels, Counter>,
     purge_messages: Family<KindLabels, Counter>,
     binding_refusals: Family<ReasonLabels, Counter>,
+    jwt_checks: Family<KindLabels, Counter>,
     /// The fleet's own counters as last copied in, so a scrape adds only the
     /// difference (the fleet layer counts with plain atomics).
     fleet_seen: std::sync::Mutex<crate::cache::fleet::FleetStats>,
@@ -254,6 +255,12 @@ impl Metrics {
         for reason in crate::policy::binding::BindingError::REASONS {
             drop(binding_refusals.get_or_create(&ReasonLabels { reason }));
         }
+        let jwt_checks = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "jwt_checks",
+            "JWT access tokens checked locally ([jwt] enabled): kind=\"valid\", or why one was refused (no AS call; kind=\"keys_unavailable\" is a 503)",
+            jwt_checks.clone(),
+        );
         // Series that exist from the start, so that `rate()` and alerts see a 0
         // before the first event instead of no series at all.
         for outcome in [
@@ -268,6 +275,7 @@ impl Metrics {
             "invalid_response",
             "no_endpoint",
             "circuit_open",
+            "keys_unavailable",
         ] {
             drop(introspections.get_or_create(&OutcomeLabels { outcome }));
         }
@@ -294,6 +302,7 @@ impl Metrics {
             shared_cache,
             purge_messages,
             binding_refusals,
+            jwt_checks,
             fleet_seen: std::sync::Mutex::new(crate::cache::fleet::FleetStats::default()),
         }
     }
@@ -401,6 +410,12 @@ impl Metrics {
         self.binding_refusals
             .get_or_create(&ReasonLabels { reason })
             .inc();
+    }
+
+    /// One local JWT check: `"valid"` or the refusal's kind
+    /// (`introspection::jwt::JwtError::kind`).
+    pub fn jwt_checked(&self, kind: &'static str) {
+        self.jwt_checks.get_or_create(&KindLabels { kind }).inc();
     }
 
     pub fn stale_answer(&self) {

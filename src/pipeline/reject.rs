@@ -3,11 +3,11 @@
 //! [`ProxyError::rejection`] is exhaustive on purpose: a new variant does not
 //! compile until someone decides its status, and `mapping_table` pins them.
 
-use crate::policy::binding::mtls::ClientCertError;
-use crate::policy::binding::BindingError;
 use crate::http::Body;
 use crate::introspection::client::IntrospectError;
 use crate::pipeline::front_proxy::ForwardAuthError;
+use crate::policy::binding::mtls::ClientCertError;
+use crate::policy::binding::BindingError;
 use crate::policy::{Deny, RouteError};
 use crate::token::TokenError;
 use crate::upstream::forward;
@@ -165,6 +165,7 @@ impl ProxyError {
                 | IntrospectError::Refused(_)
                 | IntrospectError::InvalidResponse(_)
                 | IntrospectError::NoEndpoint
+                | IntrospectError::KeysUnavailable(_)
                 | IntrospectError::CircuitOpen => r(
                     S::SERVICE_UNAVAILABLE,
                     "temporarily_unavailable",
@@ -527,6 +528,13 @@ mod tests {
             ),
             (
                 IntrospectError::NoEndpoint.into(),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
+            (
+                IntrospectError::KeysUnavailable("jwks down".into()).into(),
                 503,
                 "temporarily_unavailable",
                 None,
