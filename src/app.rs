@@ -9,6 +9,7 @@ use crate::config::reload::ReloadHandle;
 use crate::config::{ProbeMode, Settings};
 use crate::http::limits::ConnectionLimit;
 use crate::introspection::client::Introspector;
+use crate::issuers::{Issuer, Issuers};
 use crate::ops::metrics::Metrics;
 use crate::ops::readiness::Readiness;
 use crate::resilience::breaker::{Breaker, BreakerState};
@@ -24,7 +25,11 @@ pub struct App {
     /// Swapped whole by a config reload; a request uses one snapshot throughout.
     pub(crate) settings: Arc<ArcSwap<Settings>>,
     pub(crate) cache: TokenCache,
-    pub(crate) introspector: Introspector,
+    /// The default issuer's client (also `issuers.default.introspector`).
+    pub(crate) introspector: Arc<Introspector>,
+    /// Every authorization server: the default one (sharing the
+    /// introspector, breaker and probe flag above) and `[issuers.<name>]`.
+    pub(crate) issuers: Arc<Issuers>,
     pub(crate) forwarder: Forwarder,
     /// Fails AS calls fast after repeated failures; shared with the
     /// readiness check.
@@ -72,17 +77,46 @@ impl App {
                 move || ok.load(std::sync::atomic::Ordering::SeqCst),
             );
         }
+        let introspector = Arc::new(Introspector::new(&settings.introspection));
+        let default_issuer = Issuer::default_issuer(
+            &settings.introspection,
+            introspector.clone(),
+            breaker.clone(),
+            probe_ok.clone(),
+            metrics.issuer(crate::issuers::DEFAULT_ISSUER.into()),
+        );
+        // Named issuers do not gate `/readyz`: one AS down must not take the
+        // routes of the others out of the load balancer with it
+        // (`tokengate_issuer_ready` shows each).
+        let named = settings
+            .issuers
+            .iter()
+            .map(|s| {
+                Arc::new(Issuer::named(
+                    s,
+                    settings.breaker_failures,
+                    settings.breaker_open_for,
+                    metrics.issuer(s.name.clone().into()),
+                ))
+            })
+            .collect();
+        let default_counters = default_issuer.metrics.cache.clone();
+        let issuers = Arc::new(Issuers {
+            default: Arc::new(default_issuer),
+            named,
+        });
         Self {
             cache: attach_fleet(
                 TokenCache::new(&settings.cache, clock.clone())
                     .with_stale_if_error(settings.stale_if_error)
-                    .with_counters(metrics.cache_counters()),
+                    .with_counters(default_counters),
                 &settings,
                 clock.clone(),
             ),
             breaker,
             connections: ConnectionLimit::new(settings.limits.max_connections),
-            introspector: Introspector::new(&settings.introspection),
+            introspector,
+            issuers,
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
                 settings.upstream_connect_timeout,
@@ -127,6 +161,11 @@ impl App {
 
     pub fn introspector(&self) -> &Introspector {
         &self.introspector
+    }
+
+    /// Every authorization server (the default one and `[issuers.<name>]`).
+    pub fn issuers(&self) -> &Issuers {
+        &self.issuers
     }
 
     /// A handle that swaps this app's configuration (SIGHUP in `main`).

@@ -24,6 +24,9 @@
 //!    - [`introspection`]: `client` (RFC 7662 over `oauth2`, its settings, the lenient response
 //!      type), `answer` (the compact cached form the policy reads; a bounded interner),
 //!      `discovery` (RFC 8414 / OIDC discovery of the endpoint, with background refresh).
+//!    - [`issuers`]: several authorization servers: an `Issuer` owns its introspection client,
+//!      breaker, probe/discovery, metrics and cache partition (`Issuer::cache_key`); the route
+//!      (`[[routes]] issuer`) or the default (`[introspection]`) picks it, never "try each AS".
 //!    - [`cache`]: `TokenCache` (moka keyed by SHA-256(token); fresh for ≤ min(max_ttl, `exp`),
 //!      then revalidated; served stale (`stale_if_error`, never past `exp`) while the AS fails;
 //!      negative cache) in `cache/mod.rs`: **the cache lookup**; `l1` (the entry and its
@@ -70,10 +73,12 @@
 //!                                      reading (decoding, `;`, case, NFKC, trailing dots),
 //!                                      or a lower-case standard method → 400
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
+//!    └─ issuers::Issuers::get          the route's issuer (or the default): its cache key, its AS
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (cache::flight) →
 //!                                      (introspection::answer::Answer: the cached form the policy reads)
 //!         └─ cache::fleet::Fleet::read_through  (with [cache.shared]) L2 GET (+ purge tombstone); miss → lock, then
-//!              └─ resilience::breaker::Breaker::call → introspection::client::Introspector; SET PX
+//!              └─ issuers::Issuer::load → its Breaker::call → its Introspector (answer naming
+//!                                      another iss → inactive); SET PX
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
@@ -106,6 +111,7 @@ pub mod token;
 // Layer 2, the stages' engines.
 pub mod cache;
 pub mod introspection;
+pub mod issuers;
 pub mod policy;
 pub mod upstream;
 // Layer 3, operating the gate.

@@ -67,13 +67,18 @@ impl Background {
         let tls_watch = app
             .tls_reloader()
             .map(|r| tokio::spawn(r.watch(crate::http::tls::WATCH_INTERVAL)));
+        let mut tasks: Vec<_> = [refresher, probe, subscriber, tls_watch]
+            .into_iter()
+            .flatten()
+            .collect();
+        // `[issuers.<name>]`: each one's discovery and probe.
+        for issuer in &app.issuers.named {
+            tasks.extend(issuer.spawn_background());
+        }
         Self {
             admin,
             stop_admin,
-            tasks: [refresher, probe, subscriber, tls_watch]
-                .into_iter()
-                .flatten()
-                .collect(),
+            tasks,
         }
     }
 }

@@ -128,6 +128,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             admin = %admin.as_ref().map_or_else(|| "off".to_owned(), bound),
             upstream = %format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.base_path),
             introspection = %settings.introspection.url.as_ref().map_or("-", |u| u.as_str()),
+            issuers = settings.issuers.len() + 1,
             runtime = if one_cpu { "current-thread" } else { "multi-thread" },
             "tokengate started"
         );
@@ -192,6 +193,47 @@ fn print_check_config(
     writeln!(out, "\n# route table (first match wins):")?;
     for line in settings.routes.to_string().lines() {
         writeln!(out, "#   {line}")?;
+    }
+    // Each authorization server: what a route's `issuer` picks. Never the
+    // secret; the client id and the method say which credentials are used.
+    writeln!(
+        out,
+        "\n# issuers (a route's `issuer` picks one; routes without it use \"default\"):"
+    )?;
+    let endpoint = |i: &tokengate::config::IntrospectionSettings,
+                    d: Option<&tokengate::config::DiscoverySettings>| {
+        match (&i.url, d) {
+            (Some(u), _) => u.as_str().to_owned(),
+            (None, Some(d)) => format!("(discovered from {})", d.issuer),
+            (None, None) => "-".to_owned(),
+        }
+    };
+    let auth = |i: &tokengate::config::IntrospectionSettings| {
+        let method = match i.auth_method {
+            tokengate::config::AuthMethod::ClientSecretBasic => "client_secret_basic",
+            tokengate::config::AuthMethod::ClientSecretPost => "client_secret_post",
+        };
+        format!("auth={method} client_id={}", i.client_id)
+    };
+    writeln!(
+        out,
+        "#   {:<12} iss={} endpoint={} {}",
+        tokengate::issuers::DEFAULT_ISSUER,
+        // The default issuer's answers are not checked against an iss of its
+        // own; `[policy] require_issuer` does that per route.
+        "(not checked)",
+        endpoint(&settings.introspection, settings.discovery.as_ref()),
+        auth(&settings.introspection),
+    )?;
+    for i in &settings.issuers {
+        writeln!(
+            out,
+            "#   {:<12} iss={} endpoint={} {}",
+            i.name,
+            i.iss,
+            endpoint(&i.introspection, i.discovery.as_ref()),
+            auth(&i.introspection),
+        )?;
     }
     out.flush()
 }

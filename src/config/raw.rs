@@ -83,6 +83,12 @@ pub struct RawConfig {
     pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
     pub forwarding: RawForwarding,
+    /// `[issuers.<name>]`: authorization servers besides the default one
+    /// (`[introspection]` / `[discovery]`), picked by `[[routes]] issuer`.
+    /// A table keyed by name, so that `TOKENGATE_ISSUERS__<NAME>__...`
+    /// reaches each key like any other (an array could not be addressed from
+    /// the environment).
+    pub issuers: std::collections::BTreeMap<String, crate::issuers::RawIssuer>,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -160,6 +166,8 @@ pub struct RawPolicy {
     pub require_audience: Vec<String>,
     pub require_issuer: String,
     pub require_scopes: Vec<String>,
+    /// At least one of these (besides all of `require_scopes`).
+    pub require_any_scope: Vec<String>,
     pub allow_clients: Vec<String>,
 }
 
@@ -182,7 +190,13 @@ pub struct RawRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_scopes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_any_scope: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_clients: Option<Vec<String>>,
+    /// The `[issuers.<name>]` that introspects this route's tokens; empty:
+    /// the default (`[introspection]`), also spelt `"default"`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
 }
 
 impl RawRoute {
@@ -197,7 +211,9 @@ impl RawRoute {
             require_audience: None,
             require_issuer: None,
             require_scopes: None,
+            require_any_scope: None,
             allow_clients: None,
+            issuer: String::new(),
         }
     }
 
@@ -338,6 +354,7 @@ impl Default for RawConfig {
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
             forwarding: RawForwarding::default(),
+            issuers: Default::default(),
             notices: Vec::new(),
         }
     }

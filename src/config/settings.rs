@@ -47,6 +47,9 @@ pub struct Settings {
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
     pub forwarding: ForwardingSettings,
+    /// `[issuers.<name>]`, in name order (the default issuer is
+    /// `introspection` + `discovery` above).
+    pub issuers: Vec<crate::issuers::IssuerSettings>,
 }
 
 /// `[forwarding]`, validated.

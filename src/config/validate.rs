@@ -102,6 +102,7 @@ impl RawConfig {
         );
 
         let identity = self.identity_settings(&mut errors);
+        let issuers = self.issuer_settings(&mut errors, ca_roots.as_deref());
         let routes = errors.take(self.route_table());
         // rediss:// trusts the same private CA as the upstream and the AS.
         let redis_roots = match &ca_roots {
@@ -133,6 +134,12 @@ impl RawConfig {
 
         errors.into_result()?;
         // No error was reported, so every part above was built.
+        let Some(issuers) = issuers else {
+            return Err(ConfigError::invalid(
+                "issuers",
+                "an issuer was left unbuilt without an error (a bug in validate)",
+            ));
+        };
         let (
             Some(listen),
             Some(upstream),
@@ -211,6 +218,7 @@ impl RawConfig {
             shared_cache,
             admin,
             forwarding,
+            issuers,
         })
     }
 
@@ -506,7 +514,9 @@ impl RawConfig {
             audience: p.require_audience.clone(),
             issuer: non_empty(&p.require_issuer),
             scopes: p.require_scopes.clone(),
+            any_scopes: p.require_any_scope.clone(),
             clients: p.allow_clients.clone(),
+            issuer_name: None,
         };
         let mut routes = Vec::with_capacity(self.routes.len());
         for (n, r) in self.routes.iter().enumerate() {
@@ -531,6 +541,7 @@ impl RawConfig {
             let overrides = r.require_audience.is_some()
                 || r.require_issuer.is_some()
                 || r.require_scopes.is_some()
+                || r.require_any_scope.is_some()
                 || r.allow_clients.is_some();
             let access = if r.public {
                 if overrides {
@@ -554,10 +565,18 @@ impl RawConfig {
                         .require_scopes
                         .clone()
                         .unwrap_or_else(|| defaults.scopes.clone()),
+                    any_scopes: r
+                        .require_any_scope
+                        .clone()
+                        .unwrap_or_else(|| defaults.any_scopes.clone()),
                     clients: r
                         .allow_clients
                         .clone()
                         .unwrap_or_else(|| defaults.clients.clone()),
+                    // Checked against `[issuers]` by `issuer_settings`;
+                    // "default" and empty both mean the default issuer.
+                    issuer_name: (!r.issuer.is_empty() && r.issuer != crate::issuers::DEFAULT_ISSUER)
+                        .then(|| r.issuer.clone()),
                 }))
             };
             if r.host.contains([':', '/']) {

@@ -35,43 +35,24 @@ pub(super) async fn authorize(
                 settings.max_token_bytes,
             )?;
             let (token, _source) = found.ok_or(ProxyError::NoCredentials)?;
-            let key = token.hash();
-            info.fingerprint = Some(token::fingerprint(&key));
+            let token_hash = token.hash();
+            // Logs name the token by its own hash, whatever the issuer, so
+            // that its lines correlate across routes.
+            info.fingerprint = Some(token::fingerprint(&token_hash));
+            // The route's issuer, or the default: never another AS.
+            let issuer = app
+                .issuers
+                .get(requirements.issuer_name.as_deref())
+                // `validate` and reload refuse a route naming an issuer that
+                // does not run; should one slip through, fail closed (503).
+                .ok_or(IntrospectError::NoEndpoint)?;
+            // The issuer's partition of the cache: its answer only.
+            let key = issuer.cache_key(&token_hash);
 
             let (answer, status) = app
                 .cache
-                .get_or_load(key, || {
-                    // The breaker goes outside the timing: a call it refuses
-                    // is not an introspection call (no duration to observe),
-                    // but it is counted as outcome "circuit_open".
-                    async {
-                        let result = app
-                            .breaker
-                            .call_confirmed(
-                                app.metrics.time_introspection(
-                                    app.introspector.introspect(token.secret()),
-                                ),
-                                || app.introspector.canary(),
-                            )
-                            .await;
-                        match result {
-                            Err(IntrospectError::CircuitOpen) => {
-                                app.metrics.introspection_refused();
-                                result
-                            }
-                            // The AS will not introspect this token (e.g. a
-                            // JWT-shaped token it did not issue): for the cache
-                            // and the policy it is an inactive token, so it is
-                            // answered 401 and negative-cached by its hash
-                            // like one. Counted as `token_rejected` above;
-                            // debug only, because any client can cause it.
-                            Err(IntrospectError::TokenRejected(code)) => {
-                                debug!(code, token = %token::fingerprint(&key), "authorization server refused to introspect the token; treating it as inactive");
-                                Ok(crate::introspection::client::Introspection::inactive())
-                            }
-                            other => other,
-                        }
-                    }
+                .get_or_load_counted(key, &issuer.metrics.cache, || {
+                    issuer.load(token.secret(), &token_hash)
                 })
                 .await;
             info.cache = Some(status);
@@ -91,7 +72,7 @@ pub(super) async fn authorize(
                 &settings.identity.claims,
             )
             .inspect_err(|deny| {
-                debug!(route = %route.name, requirement = %deny, token = %token::fingerprint(&key), "policy denied")
+                debug!(route = %route.name, issuer = %issuer.name, requirement = %deny, token = %token::fingerprint(&token_hash), "policy denied")
             })?;
             info.subject = principal.subject.clone();
             Some((principal, introspection.exp))
