@@ -1024,8 +1024,18 @@ mod tests {
             })
         };
         let cases: Vec<(&str, &str, &Requirements, Result<(), Deny>)> = vec![
-            ("one of two", r#"{"active":true,"scope":"x admin"}"#, &any, Ok(())),
-            ("the other", r#"{"active":true,"scope":"read"}"#, &any, Ok(())),
+            (
+                "one of two",
+                r#"{"active":true,"scope":"x admin"}"#,
+                &any,
+                Ok(()),
+            ),
+            (
+                "the other",
+                r#"{"active":true,"scope":"read"}"#,
+                &any,
+                Ok(()),
+            ),
             (
                 "should fail because none held: every alternative in the challenge",
                 r#"{"active":true,"scope":"write"}"#,

@@ -76,12 +76,19 @@ impl RawConfig {
                 ok = false;
                 errors.push(ConfigError::invalid(
                     "routes.issuer",
-                    format!("routes[{n}] is public but names an issuer; a public route checks no token"),
+                    format!(
+                        "routes[{n}] is public but names an issuer; a public route checks no token"
+                    ),
                 ));
             } else if r.issuer != DEFAULT_ISSUER && !self.issuers.contains_key(&r.issuer) {
                 ok = false;
                 let mut known: Vec<&str> = vec![DEFAULT_ISSUER];
-                known.extend(self.issuers.keys().map(String::as_str));
+                known.extend(
+                    self.issuers
+                        .keys()
+                        .map(String::as_str)
+                        .filter(|k| *k != DEFAULT_ISSUER),
+                );
                 errors.push(ConfigError::invalid(
                     "routes.issuer",
                     format!(
@@ -196,19 +203,20 @@ fn validate_issuer(
             None
         }
         (false, true) => Some(i.client_secret.clone()),
-        (true, false) => match read_secret_file("introspection.client_secret_file", &i.client_secret_file)
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                // Re-keyed: the shared reader names the single-AS key.
-                let why = match e {
-                    ConfigError::Invalid { message, .. } => message,
-                    other => other.to_string(),
-                };
-                err("introspection.client_secret_file", why);
-                None
+        (true, false) => {
+            match read_secret_file("introspection.client_secret_file", &i.client_secret_file) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // Re-keyed: the shared reader names the single-AS key.
+                    let why = match e {
+                        ConfigError::Invalid { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    err("introspection.client_secret_file", why);
+                    None
+                }
             }
-        },
+        }
     };
     let client_auth = match (i.client_cert_file.is_empty(), i.client_key_file.is_empty()) {
         (true, true) => None,

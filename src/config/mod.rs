@@ -106,9 +106,8 @@ fn issuer_raw_env_key(upper: &str) -> Option<String> {
 /// [`prefer_env_secret`] for each `[issuers.<name>]`: a secret given in the
 /// environment replaces the other form from the file.
 fn prefer_env_issuer_secrets(raw: &mut RawConfig) {
-    let in_env = |var: &str| {
-        std::env::var_os(format!("{ENV_PREFIX}{var}")).is_some_and(|v| !v.is_empty())
-    };
+    let in_env =
+        |var: &str| std::env::var_os(format!("{ENV_PREFIX}{var}")).is_some_and(|v| !v.is_empty());
     for (name, issuer) in raw.issuers.iter_mut() {
         let i = &mut issuer.introspection;
         if i.client_secret.is_empty() || i.client_secret_file.is_empty() {

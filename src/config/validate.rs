@@ -575,7 +575,8 @@ impl RawConfig {
                         .unwrap_or_else(|| defaults.clients.clone()),
                     // Checked against `[issuers]` by `issuer_settings`;
                     // "default" and empty both mean the default issuer.
-                    issuer_name: (!r.issuer.is_empty() && r.issuer != crate::issuers::DEFAULT_ISSUER)
+                    issuer_name: (!r.issuer.is_empty()
+                        && r.issuer != crate::issuers::DEFAULT_ISSUER)
                         .then(|| r.issuer.clone()),
                 }))
             };

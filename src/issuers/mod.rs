@@ -435,9 +435,15 @@ mod tests {
             iss: iss.map(str::to_owned),
             ..Introspection::inactive()
         };
-        assert!(a.checked_iss(answer(Some("https://a.example")), &key).active);
+        assert!(
+            a.checked_iss(answer(Some("https://a.example")), &key)
+                .active
+        );
         assert!(a.checked_iss(answer(None), &key).active, "iss is optional");
-        assert!(!a.checked_iss(answer(Some("https://b.example")), &key).active);
+        assert!(
+            !a.checked_iss(answer(Some("https://b.example")), &key)
+                .active
+        );
         assert!(
             all.default
                 .checked_iss(answer(Some("https://b.example")), &key)
