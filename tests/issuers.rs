@@ -596,3 +596,157 @@ require_any_scope = ["a", "b"]
     assert!(!stdout.contains("default-secret-value"), "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+// ---------------------------------------------------------------------------
+// One real authorization server (oidc-provider 9, tests/oidc/provider.mjs)
+// beside a wiremock one. The helper is the one of tests/as_errors.rs, cut down.
+
+const OIDC_SECRET: &str = "tokengate-test-secret-0123456789";
+
+/// `node tests/oidc/provider.mjs`; killed when dropped.
+struct OidcProvider {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl OidcProvider {
+    async fn start(test: &str) -> Option<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+        let install = "npm ci --prefix tests/oidc (Node 20+)";
+        if !dir.join("node_modules/oidc-provider/package.json").exists() {
+            skip_for_missing(test, &format!("the npm package oidc-provider ({install})"));
+            return None;
+        }
+        let Ok(mut child) = tokio::process::Command::new("node")
+            .arg(dir.join("provider.mjs"))
+            .arg(OIDC_SECRET)
+            .current_dir(&dir)
+            // Kept open: the script exits when its stdin closes.
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+        else {
+            skip_for_missing(test, &format!("node ({install})"));
+            return None;
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("oidc-provider did not print its port within 30s")
+            .expect("reading oidc-provider's stdout")
+            .expect("oidc-provider exited before printing its port");
+        let port = line
+            .strip_prefix("PORT ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from provider.mjs: {line}"));
+        // Keep reading: oidc-provider logs notices on stdout later (e.g. on
+        // the first discovery request), and a closed pipe kills it (EPIPE).
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Some(Self { child, port })
+    }
+
+    fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A real opaque access token (client_credentials grant).
+    async fn access_token(&self, client: &TestClient) -> String {
+        use base64::Engine as _;
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("tokengate:{OIDC_SECRET}"));
+        let req = request(http::Method::POST, &format!("{}/token", self.issuer()))
+            .header("authorization", format!("Basic {basic}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(full("grant_type=client_credentials&scope=read"))
+            .unwrap();
+        let r = send(client, req).await;
+        assert_eq!(r.status, 200, "token endpoint: {}", r.text());
+        r.json()["access_token"]
+            .as_str()
+            .expect("access_token in the token response")
+            .to_owned()
+    }
+}
+
+impl Drop for OidcProvider {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test]
+async fn a_real_oidc_provider_and_a_wiremock_as_never_vouch_for_each_others_tokens() {
+    let test = "a_real_oidc_provider_and_a_wiremock_as_never_vouch_for_each_others_tokens";
+    let Some(provider) = OidcProvider::start(test).await else {
+        return;
+    };
+    let env = Env::start_with(|raw| {
+        let mut oidc = RawIssuer {
+            issuer: provider.issuer(),
+            ..RawIssuer::default()
+        };
+        // Found by discovery, then proven by the start-up probe: both at
+        // the real AS, in the background.
+        oidc.discovery.issuer = provider.issuer();
+        oidc.introspection.client_id = "tokengate".into();
+        oidc.introspection.client_secret = Secret::new(OIDC_SECRET);
+        oidc.introspection.timeout = Duration::from_secs(5);
+        oidc.introspection.probe = tokengate::config::ProbeMode::Require;
+        raw.issuers.insert("oidc".into(), oidc);
+        raw.routes = vec![
+            RawRoute {
+                issuer: "oidc".into(),
+                ..RawRoute::new("/oidc/")
+            },
+            RawRoute::new("/a/"),
+        ];
+    })
+    .await;
+    let start = tokio::time::Instant::now();
+    while env
+        .scrape()
+        .await
+        .sum("tokengate_issuer_ready", &[("issuer", "oidc")])
+        != 1.0
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "discovery + probe at the real AS never succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let real = provider.access_token(&env.http1).await;
+    let r = env.get("/oidc/x", &real).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.echo().header("x-auth-client-id"), Some("tokengate"));
+    // The wiremock AS (the default) does not know the real token: its route
+    // refuses it, though the token is cached as active for the other issuer.
+    mount(&env.auth, &real, json!({"active": false}), 1).await;
+    assert_rejection(&env.get("/a/x", &real).await, 401, "invalid_token");
+    assert_eq!(env.get("/oidc/y", &real).await.status, 200);
+
+    // And a token the wiremock AS vouches for is nothing at the real AS (in
+    // the shape of its own opaque tokens: 43 base64url characters; it
+    // refuses other shapes with a 4xx, which is a 503).
+    let wm_only = "V2lyZW1vY2tPbmx5VG9rZW4tMDEyMzQ1Njc4OWFiY2Rl";
+    mount(&env.auth, wm_only, active(env.now(), None), 1).await;
+    assert_eq!(env.get("/a/x", wm_only).await.status, 200);
+    assert_rejection(&env.get("/oidc/x", wm_only).await, 401, "invalid_token");
+
+    let m = env.scrape().await;
+    let outcome = |issuer, outcome| {
+        m.sum(
+            "tokengate_introspections_total",
+            &[("issuer", issuer), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(outcome("oidc", "active"), 1.0);
+    assert_eq!(outcome("oidc", "inactive"), 1.0);
+    assert_eq!(outcome("default", "active"), 1.0);
+    assert_eq!(outcome("default", "inactive"), 1.0);
+}
