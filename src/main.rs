@@ -215,13 +215,12 @@ fn print_check_config(
         };
         format!("auth={method} client_id={}", i.client_id)
     };
+    // The default issuer's answers are not checked against an iss of its
+    // own; `[policy] require_issuer` does that per route.
     writeln!(
         out,
-        "#   {:<12} iss={} endpoint={} {}",
+        "#   {:<12} iss=(not checked) endpoint={} {}",
         tokengate::issuers::DEFAULT_ISSUER,
-        // The default issuer's answers are not checked against an iss of its
-        // own; `[policy] require_issuer` does that per route.
-        "(not checked)",
         endpoint(&settings.introspection, settings.discovery.as_ref()),
         auth(&settings.introspection),
     )?;
