@@ -40,7 +40,7 @@ struct Cli {
     check_config: bool,
     /// With --check-config: also call the introspection endpoint once (after
     /// discovery, if configured) with a throwaway token, to prove the URL and
-    /// the client credentials; exit 1 with the reason if it fails.
+    /// the client credentials (each issuer's); exit 1 with the reason if it fails.
     #[arg(long, requires = "check_config")]
     probe: bool,
 }
@@ -168,13 +168,46 @@ fn probe_once(mut settings: tokengate::config::Settings) -> anyhow::Result<()> {
                     "# probe: {} answered; URL and client credentials work",
                     url.as_deref().unwrap_or("-")
                 );
-                Ok(())
             }
-            Err(e) => Err(anyhow::anyhow!(
-                "introspection probe failed: {}",
-                tokengate::introspection::probe_advice(&e, url.as_deref())
-            )),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "introspection probe failed: {}",
+                    tokengate::introspection::probe_advice(&e, url.as_deref())
+                ))
+            }
         }
+        // Each `[issuers.<name>]` too, with its own credentials; the first
+        // failure is the answer, named by its issuer.
+        for issuer in &mut settings.issuers {
+            let i = &mut issuer.introspection;
+            if let (None, Some(d)) = (&i.url, &issuer.discovery) {
+                let url =
+                    tokengate::introspection::discovery::discover(&d.issuer, i.timeout, &i.tls)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "issuer {}: introspection endpoint discovery failed",
+                                issuer.name
+                            )
+                        })?;
+                i.url = Some(url);
+            }
+            let introspector = tokengate::introspection::Introspector::new(i);
+            let url = introspector.url();
+            if let Err(e) = introspector.probe().await {
+                return Err(anyhow::anyhow!(
+                    "introspection probe of issuer {} failed: {}",
+                    issuer.name,
+                    tokengate::introspection::probe_advice(&e, url.as_deref())
+                ));
+            }
+            println!(
+                "# probe: issuer {}: {} answered; URL and client credentials work",
+                issuer.name,
+                url.as_deref().unwrap_or("-")
+            );
+        }
+        Ok(())
     })
 }
 

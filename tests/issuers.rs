@@ -597,6 +597,84 @@ require_any_scope = ["a", "b"]
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// `--check-config --probe` proves every issuer's endpoint and credentials;
+/// an issuer's secret from its environment variable keeps its leading zeros.
+#[tokio::test]
+async fn check_config_probe_asks_each_issuer_with_its_own_secret_from_the_environment() {
+    let a = MockServer::start().await;
+    let b = MockServer::start().await;
+    let inactive = || ResponseTemplate::new(200).set_body_json(json!({"active": false}));
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(INTROSPECT_PATH))
+        .respond_with(inactive())
+        .mount(&a)
+        .await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path(INTROSPECT_PATH))
+        .and(|r: &wiremock::Request| {
+            form_value(&r.body, "client_id").as_deref() == Some("gate-p")
+                && form_value(&r.body, "client_secret").as_deref() == Some("000123")
+        })
+        .respond_with(inactive())
+        .expect(1)
+        .mount(&b)
+        .await;
+    let dir = temp_dir("issuers-probe");
+    let config = dir.join("tokengate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen = "127.0.0.1:0"
+[introspection]
+url = "{a}{INTROSPECT_PATH}"
+client_id = "gate"
+client_secret = "s"
+
+[issuers.partners]
+issuer = "{B_ISS}"
+[issuers.partners.introspection]
+url = "{b}{INTROSPECT_PATH}"
+client_id = "gate-p"
+client_secret_file = "/nonexistent/replaced-by-the-environment"
+auth_method = "client_secret_post"
+"#,
+            a = a.uri(),
+            b = b.uri()
+        ),
+    )
+    .unwrap();
+    let run = |secret: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args([
+                "--check-config",
+                "--probe",
+                "-c",
+                &config.display().to_string(),
+            ])
+            .env_clear()
+            .env(
+                "TOKENGATE_ISSUERS__PARTNERS__INTROSPECTION__CLIENT_SECRET",
+                secret,
+            )
+            .output()
+    };
+    let out = run("000123").await.expect("run the binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("# probe: issuer partners: "), "{stdout}");
+    // The wrong secret: the partners' AS refuses it (no mock matches), and
+    // the failure names the issuer.
+    let out = run("123").await.expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("introspection probe of issuer partners failed"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // ---------------------------------------------------------------------------
 // One real authorization server (oidc-provider 9, tests/oidc/provider.mjs)
 // beside a wiremock one. The helper is the one of tests/as_errors.rs, cut down.

@@ -266,3 +266,28 @@ fn validate_issuer(
         discovery,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn issuer_secrets_in_the_environment_are_read_as_text() {
+        let key = super::super::issuer_raw_env_key;
+        assert_eq!(
+            key("ISSUERS__PARTNERS__INTROSPECTION__CLIENT_SECRET").as_deref(),
+            Some("issuers.partners.introspection.client_secret")
+        );
+        assert_eq!(
+            key("ISSUERS__EU_WEST__INTROSPECTION__CLIENT_ID").as_deref(),
+            Some("issuers.eu_west.introspection.client_id")
+        );
+        for other in [
+            "ISSUERS__PARTNERS__INTROSPECTION__URL",
+            "ISSUERS__PARTNERS__INTROSPECTION__CLIENT_SECRET_FILE",
+            "ISSUERS____INTROSPECTION__CLIENT_SECRET",
+            "ISSUERS__A__B__INTROSPECTION__CLIENT_SECRET",
+            "INTROSPECTION__CLIENT_SECRET",
+        ] {
+            assert_eq!(key(other), None, "{other}");
+        }
+    }
+}
