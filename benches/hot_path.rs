@@ -184,6 +184,7 @@ fn policy_decision(c: &mut Criterion) {
         issuer: Some("https://auth.example.com".into()),
         scopes: vec!["read".into()],
         clients: vec!["bench-client".into()],
+        ..Requirements::default()
     };
     let claims = vec![(HeaderName::from_static("x-auth-iss"), "iss".to_owned())];
     c.bench_function("policy/evaluate no requirements", |b| {

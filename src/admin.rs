@@ -117,7 +117,10 @@ async fn metrics(app: &App, req: &Request<Incoming>) -> Response<AdminBody> {
     }
     // Read at scrape time: the breaker changes state inside request handling
     // and by the clock (open → half-open), and a scrape is what needs the value.
-    app.metrics().set_breaker_state(app.breaker().state());
+    for issuer in app.issuers().all() {
+        issuer.metrics.set_breaker_state(issuer.breaker.state());
+        issuer.metrics.set_ready(issuer.ready());
+    }
     let openmetrics = req
         .headers()
         .get_all(header::ACCEPT)
@@ -236,7 +239,10 @@ async fn purge_inner(app: &App, req: Request<Incoming>) -> Result<String, PurgeE
         ));
     }
     let key = token::hash(&token);
-    app.cache().invalidate(&key).await;
+    // The token may be cached under every issuer's partition.
+    for partition_key in app.issuers().purge_keys(&key) {
+        app.cache().invalidate(&partition_key).await;
+    }
     Ok(token::fingerprint(&key))
 }
 

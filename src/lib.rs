@@ -46,8 +46,11 @@
 //!    line's timestamp and field formatter).
 //! 4. [`config`]: figment (defaults → TOML → `TOKENGATE_*` env) → `RawConfig` → `validate()` →
 //!    `Settings`; [`reload`] (SIGHUP: `ArcSwap<Settings>` swap, cache TTLs, log format).
-//! 5. `app.rs`: [`App`], the composition root: builds every subsystem from `Settings` and wires
-//!    them (the fleet layer behind the cache, the breaker's readiness check, the reload handle).
+//! 5. `app/`: [`App`], the composition root: builds every subsystem from `Settings` and wires
+//!    them (the fleet layer behind the cache, the breaker's readiness check, the reload handle);
+//!    `issuers` (several authorization servers: an `Issuer` owns its introspection client,
+//!    breaker, probe/discovery, metrics and cache partition (`Issuer::cache_key`); the route
+//!    (`[[routes]] issuer`) or the default (`[introspection]`) picks it, never "try each AS").
 //! 6. `pipeline/`, one file per stage of the diagram below: `mod.rs` (`handle`: one request,
 //!    the mode switch, the access line), `access` (what the access line records), `proxy`
 //!    (proxy mode: request checks, then authorize, then the upstream call), `authorize` (route →
@@ -78,6 +81,7 @@
 //!                                      reading (decoding, `;`, case, NFKC, trailing dots),
 //!                                      or a lower-case standard method → 400
 //!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
+//!    └─ app::issuers::Issuers::get     the route's issuer (or the default): its cache key, its AS
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (cache::flight) →
 //!                                      (introspection::answer::Answer: the cached form the policy reads)
 //!         └─ introspection::jwt::JwtVerifier::classify  ([jwt] enabled) our at+jwt → local check
@@ -85,8 +89,9 @@
 //!              call (hybrid, jwt.introspect: and then the AS call); refused (bad signature, wrong
 //!              typ, foreign at+jwt) → inactive, no AS call; JWKS unknowable → 503; other tokens ↓
 //!         └─ cache::fleet::Fleet::read_through  (with [cache.shared]) L2 GET (+ purge tombstone); miss → lock, then
-//!              └─ resilience::breaker::Breaker::call → introspection::client::Introspector; SET PX
-//!                                      (response_format = "jwt": RFC 9701 answer verified, else AS failure)
+//!              └─ app::issuers::Issuer::load → its Breaker::call → its Introspector (answer naming
+//!                                      another iss → inactive; response_format = "jwt": RFC 9701
+//!                                      answer verified, else AS failure); SET PX
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503

@@ -73,13 +73,18 @@ impl Background {
             .clone()
             .zip(app.settings().jwt.clone())
             .map(|(k, j)| tokio::spawn(k.refresh_loop(j.jwks_refresh_interval)));
+        let mut tasks: Vec<_> = [refresher, probe, subscriber, tls_watch, jwks]
+            .into_iter()
+            .flatten()
+            .collect();
+        // `[issuers.<name>]`: each one's discovery and probe.
+        for issuer in &app.issuers.named {
+            tasks.extend(issuer.spawn_background());
+        }
         Self {
             admin,
             stop_admin,
-            tasks: [refresher, probe, subscriber, tls_watch, jwks]
-                .into_iter()
-                .flatten()
-                .collect(),
+            tasks,
         }
     }
 }

@@ -40,7 +40,7 @@ struct Cli {
     check_config: bool,
     /// With --check-config: also call the introspection endpoint once (after
     /// discovery, if configured) with a throwaway token, to prove the URL and
-    /// the client credentials; exit 1 with the reason if it fails.
+    /// the client credentials (each issuer's); exit 1 with the reason if it fails.
     #[arg(long, requires = "check_config")]
     probe: bool,
 }
@@ -131,6 +131,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             admin = %admin.as_ref().map_or_else(|| "off".to_owned(), bound),
             upstream = %format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.base_path),
             introspection = %settings.introspection.url.as_ref().map_or("-", |u| u.as_str()),
+            issuers = settings.issuers.len() + 1,
             runtime = if one_cpu { "current-thread" } else { "multi-thread" },
             "tokengate started"
         );
@@ -173,13 +174,46 @@ fn probe_once(mut settings: tokengate::config::Settings) -> anyhow::Result<()> {
                     "# probe: {} answered; URL and client credentials work",
                     url.as_deref().unwrap_or("-")
                 );
-                Ok(())
             }
-            Err(e) => Err(anyhow::anyhow!(
-                "introspection probe failed: {}",
-                tokengate::introspection::probe_advice(&e, url.as_deref())
-            )),
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "introspection probe failed: {}",
+                    tokengate::introspection::probe_advice(&e, url.as_deref())
+                ))
+            }
         }
+        // Each `[issuers.<name>]` too, with its own credentials; the first
+        // failure is the answer, named by its issuer.
+        for issuer in &mut settings.issuers {
+            let i = &mut issuer.introspection;
+            if let (None, Some(d)) = (&i.url, &issuer.discovery) {
+                let url =
+                    tokengate::introspection::discovery::discover(&d.issuer, i.timeout, &i.tls)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "issuer {}: introspection endpoint discovery failed",
+                                issuer.name
+                            )
+                        })?;
+                i.url = Some(url);
+            }
+            let introspector = tokengate::introspection::Introspector::new(i);
+            let url = introspector.url();
+            if let Err(e) = introspector.probe().await {
+                return Err(anyhow::anyhow!(
+                    "introspection probe of issuer {} failed: {}",
+                    issuer.name,
+                    tokengate::introspection::probe_advice(&e, url.as_deref())
+                ));
+            }
+            println!(
+                "# probe: issuer {}: {} answered; URL and client credentials work",
+                issuer.name,
+                url.as_deref().unwrap_or("-")
+            );
+        }
+        Ok(())
     })
 }
 
@@ -198,6 +232,46 @@ fn print_check_config(
     writeln!(out, "\n# route table (first match wins):")?;
     for line in settings.routes.to_string().lines() {
         writeln!(out, "#   {line}")?;
+    }
+    // Each authorization server: what a route's `issuer` picks. Never the
+    // secret; the client id and the method say which credentials are used.
+    writeln!(
+        out,
+        "\n# issuers (a route's `issuer` picks one; routes without it use \"default\"):"
+    )?;
+    let endpoint = |i: &tokengate::config::IntrospectionSettings,
+                    d: Option<&tokengate::config::DiscoverySettings>| {
+        match (&i.url, d) {
+            (Some(u), _) => u.as_str().to_owned(),
+            (None, Some(d)) => format!("(discovered from {})", d.issuer),
+            (None, None) => "-".to_owned(),
+        }
+    };
+    let auth = |i: &tokengate::config::IntrospectionSettings| {
+        let method = match i.auth_method {
+            tokengate::config::AuthMethod::ClientSecretBasic => "client_secret_basic",
+            tokengate::config::AuthMethod::ClientSecretPost => "client_secret_post",
+        };
+        format!("auth={method} client_id={}", i.client_id)
+    };
+    // The default issuer's answers are not checked against an iss of its
+    // own; `[policy] require_issuer` does that per route.
+    writeln!(
+        out,
+        "#   {:<12} iss=(not checked) endpoint={} {}",
+        tokengate::config::DEFAULT_ISSUER,
+        endpoint(&settings.introspection, settings.discovery.as_ref()),
+        auth(&settings.introspection),
+    )?;
+    for i in &settings.issuers {
+        writeln!(
+            out,
+            "#   {:<12} iss={} endpoint={} {}",
+            i.name,
+            i.iss,
+            endpoint(&i.introspection, i.discovery.as_ref()),
+            auth(&i.introspection),
+        )?;
     }
     out.flush()
 }

@@ -263,6 +263,22 @@ impl TokenCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Introspection, IntrospectError>>,
     {
+        self.get_or_load_counted(key, &self.counters, load).await
+    }
+
+    /// [`TokenCache::get_or_load`], counting into `counters` (one issuer's,
+    /// `tokengate_cache_*{issuer}`) instead of the cache's own. The issuer's
+    /// partition is in `key` (`crate::app::issuers::Issuer::cache_key`).
+    pub async fn get_or_load_counted<F, Fut>(
+        &self,
+        key: TokenHash,
+        counters: &CacheCounters,
+        load: F,
+    ) -> (Result<Arc<Answer>, LoadError>, CacheStatus)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Introspection, IntrospectError>>,
+    {
         // Positive first: it answers the common case, and a token is never in
         // both caches (an inactive answer invalidates the positive entry
         // before the negative one is written, a purge drops both, and an
@@ -272,16 +288,16 @@ impl TokenCache {
         let now = self.clock.now();
         if let Some(entry) = &cached {
             if entry.is_fresh(now) || entry.is_expired(now) {
-                self.counters.positive_hit.inc();
+                counters.positive_hit.inc();
                 return (Ok(entry.answer.clone()), CacheStatus::Hit);
             }
         }
         if let Some(neg) = self.negative() {
             if neg.contains_key(&key) {
-                self.counters.negative_hit.inc();
+                counters.negative_hit.inc();
                 return (Err(LoadError::Inactive), CacheStatus::Negative);
             }
-            self.counters.negative_miss.inc();
+            counters.negative_miss.inc();
         }
 
         let (loaded, led) = self
@@ -319,10 +335,10 @@ impl TokenCache {
             })
             .await;
         let status = if led {
-            self.counters.positive_miss.inc();
+            counters.positive_miss.inc();
             CacheStatus::Miss
         } else {
-            self.counters.coalesced.inc();
+            counters.coalesced.inc();
             CacheStatus::Coalesced
         };
         match loaded {

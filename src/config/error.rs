@@ -14,6 +14,12 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("`{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    /// A reload that cannot be applied without a restart.
+    #[error("{0}")]
+    RestartRequired(String),
+    /// A key whose path holds a name from the file (`issuers.<name>.…`).
+    #[error("`{key}`: {message}")]
+    InvalidAt { key: String, message: String },
     /// More than one invalid key: each on its own line.
     #[error("{} invalid settings:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ConfigError>),
@@ -99,6 +105,13 @@ pub(super) fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 impl ConfigError {
+    pub(super) fn invalid_at(key: String, message: impl Into<String>) -> Self {
+        Self::InvalidAt {
+            key,
+            message: message.into(),
+        }
+    }
+
     pub(super) fn invalid(key: &'static str, message: impl Into<String>) -> Self {
         Self::Invalid {
             key,

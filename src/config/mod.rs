@@ -8,6 +8,7 @@ use figment::Figment;
 use std::path::Path;
 
 mod error;
+mod issuers;
 mod raw;
 pub mod reload;
 mod settings;
@@ -62,6 +63,7 @@ pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
             && !k.starts_with("PORT")
             && !k.starts_with("SERVICE_")
             && !RAW_ENV_KEYS.iter().any(|(raw, _)| *raw == k)
+            && issuer_raw_env_key(&k).is_none()
     });
     fig = fig.merge(generic);
     for (suffix, key) in RAW_ENV_KEYS {
@@ -69,11 +71,76 @@ pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
             fig = fig.merge(Serialized::default(key, v));
         }
     }
+    // The same for each issuer's client id and secret
+    // (TOKENGATE_ISSUERS__<NAME>__INTROSPECTION__CLIENT_SECRET).
+    for (var, value) in std::env::vars() {
+        let Some(suffix) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if let Some(key) = issuer_raw_env_key(&suffix.to_ascii_uppercase()) {
+            fig = fig.merge(Serialized::default(&key, value));
+        }
+    }
     let mut raw = fig
         .extract::<RawConfig>()
         .map_err(|e| ConfigError::Load(Box::new(e)))?;
     prefer_env_secret(&mut raw);
+    prefer_env_issuer_secrets(&mut raw);
     Ok(raw)
+}
+
+/// `ISSUERS__<NAME>__INTROSPECTION__CLIENT_SECRET` (or `__CLIENT_ID`), upper
+/// case and without the prefix → its key `issuers.<name>.introspection.client_secret`.
+fn issuer_raw_env_key(upper: &str) -> Option<String> {
+    let rest = upper.strip_prefix("ISSUERS__")?;
+    let (name, field) = rest.split_once("__INTROSPECTION__")?;
+    let field = match field {
+        "CLIENT_SECRET" => "client_secret",
+        "CLIENT_ID" => "client_id",
+        _ => return None,
+    };
+    // A name with `__` would be a deeper key, not an issuer: leave it to
+    // figment, which reports it.
+    (!name.is_empty() && !name.contains("__")).then(|| {
+        format!(
+            "issuers.{}.introspection.{field}",
+            name.to_ascii_lowercase()
+        )
+    })
+}
+
+/// [`prefer_env_secret`] for each `[issuers.<name>]`: a secret given in the
+/// environment replaces the other form from the file.
+fn prefer_env_issuer_secrets(raw: &mut RawConfig) {
+    let in_env =
+        |var: &str| std::env::var_os(format!("{ENV_PREFIX}{var}")).is_some_and(|v| !v.is_empty());
+    for (name, issuer) in raw.issuers.iter_mut() {
+        let i = &mut issuer.introspection;
+        if i.client_secret.is_empty() || i.client_secret_file.is_empty() {
+            continue;
+        }
+        let var = format!(
+            "ISSUERS__{}__INTROSPECTION__CLIENT_SECRET",
+            name.to_ascii_uppercase()
+        );
+        match (in_env(&var), in_env(&format!("{var}_FILE"))) {
+            (true, false) => {
+                i.client_secret_file.clear();
+                raw.notices.push(format!(
+                    "issuers.{name}.introspection.client_secret: using {ENV_PREFIX}{var}; \
+                     the config file's client_secret_file is ignored"
+                ));
+            }
+            (false, true) => {
+                i.client_secret = Secret::default();
+                raw.notices.push(format!(
+                    "issuers.{name}.introspection.client_secret: using the file named by \
+                     {ENV_PREFIX}{var}_FILE; the config file's client_secret is ignored"
+                ));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The client secret given in the environment replaces the other form from the

@@ -87,6 +87,12 @@ pub struct RawConfig {
     /// `[jwt]`: JWT access tokens checked locally (RFC 9068), and the issuer
     /// whose keys verify signed introspection answers (RFC 9701).
     pub jwt: crate::introspection::jwt::RawJwt,
+    /// `[issuers.<name>]`: authorization servers besides the default one
+    /// (`[introspection]` / `[discovery]`), picked by `[[routes]] issuer`.
+    /// A table keyed by name, so that `TOKENGATE_ISSUERS__<NAME>__...`
+    /// reaches each key like any other (an array could not be addressed from
+    /// the environment).
+    pub issuers: std::collections::BTreeMap<String, RawIssuer>,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -184,6 +190,8 @@ pub struct RawPolicy {
     pub require_audience: Vec<String>,
     pub require_issuer: String,
     pub require_scopes: Vec<String>,
+    /// At least one of these (besides all of `require_scopes`).
+    pub require_any_scope: Vec<String>,
     pub allow_clients: Vec<String>,
 }
 
@@ -206,7 +214,13 @@ pub struct RawRoute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_scopes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_any_scope: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_clients: Option<Vec<String>>,
+    /// The `[issuers.<name>]` that introspects this route's tokens; empty:
+    /// the default (`[introspection]`), also spelt `"default"`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub issuer: String,
 }
 
 impl RawRoute {
@@ -221,7 +235,9 @@ impl RawRoute {
             require_audience: None,
             require_issuer: None,
             require_scopes: None,
+            require_any_scope: None,
             allow_clients: None,
+            issuer: String::new(),
         }
     }
 
@@ -371,6 +387,7 @@ impl Default for RawConfig {
             forwarding: RawForwarding::default(),
             mtls: RawMtls::default(),
             jwt: Default::default(),
+            issuers: Default::default(),
             notices: Vec::new(),
         }
     }
@@ -453,4 +470,20 @@ impl Default for RawResilience {
             breaker_open_for: Duration::from_secs(10),
         }
     }
+}
+
+/// One `[issuers.<name>]` table, as the file and environment spell it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawIssuer {
+    /// The `iss` this AS puts in its tokens and introspection answers
+    /// (exact string). An answer naming another issuer is refused.
+    pub issuer: String,
+    /// Same keys as `[introspection]`.
+    pub introspection: RawIntrospection,
+    /// Same keys as `[discovery]`: set `issuer` here instead of
+    /// `introspection.url` to find the endpoint from the AS metadata.
+    pub discovery: RawDiscovery,
+    // No `[issuers.<name>.jwt]`: local JWT validation and signed answers are
+    // the default issuer's (`[jwt]`).
 }

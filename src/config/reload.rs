@@ -29,7 +29,11 @@
 //!   `limits.max_connections` (the connection semaphore is sized at start),
 //!   `[cache.shared]` (the Redis layer is built once at start), `[jwt]` and
 //!   `introspection.response_format` (the JWKS store and the verifiers are built
-//!   once at start).
+//!   once at start), `[issuers.<name>]`
+//!   (the list and every key in it: each issuer's client, breaker, probe and
+//!   metrics are built once at start, as the default issuer's are; a reload
+//!   whose routes name an issuer that is not running is refused whole, since
+//!   its routes would have no AS to ask).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -198,6 +202,12 @@ impl ReloadHandle {
         if let Err(e) = new.admin.check_purge_secret() {
             return Err(self.rejected(ReloadError::Config(e)));
         }
+        // `keep_restart_only` put the running issuers back into `new`.
+        if let Some(name) = unknown_route_issuer(&new) {
+            return Err(self.rejected(ReloadError::Config(ConfigError::RestartRequired(
+                format!("routes name issuer {name:?}, which is not running: [issuers] changes need a restart"),
+            ))));
+        }
         for key in &restart_required {
             warn!(
                 key,
@@ -331,5 +341,38 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
                 && a.single_flight == b.single_flight,
         _ => false,
     });
+    keep!("issuers", issuers, |a, b| a.len() == b.len()
+        && a.iter().zip(b).all(|(a, b)| same_issuer(a, b)));
     changed
+}
+
+fn same_issuer(a: &crate::config::IssuerSettings, b: &crate::config::IssuerSettings) -> bool {
+    let (i, j) = (&a.introspection, &b.introspection);
+    a.name == b.name
+        && a.iss == b.iss
+        && i.url.as_ref().map(|u| u.as_str()) == j.url.as_ref().map(|u| u.as_str())
+        && i.client_id == j.client_id
+        && i.client_secret.expose() == j.client_secret.expose()
+        && i.auth_method == j.auth_method
+        && i.timeout == j.timeout
+        && i.probe == j.probe
+        && match (&a.discovery, &b.discovery) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.issuer == y.issuer && x.refresh_interval == y.refresh_interval,
+            _ => false,
+        }
+}
+
+/// A route (or the default) naming an issuer that `settings.issuers` lacks.
+fn unknown_route_issuer(settings: &Settings) -> Option<String> {
+    let table = &settings.routes;
+    table
+        .routes
+        .iter()
+        .chain(std::iter::once(&table.default))
+        .filter_map(|r| match &r.access {
+            crate::policy::Access::Token(q) => q.issuer_name.clone(),
+            crate::policy::Access::Public => None,
+        })
+        .find(|name| !settings.issuers.iter().any(|i| &i.name == name))
 }

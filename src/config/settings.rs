@@ -55,6 +55,9 @@ pub struct Settings {
     /// `[jwt]`: `Some` when JWTs are checked locally or introspection answers
     /// are signed (both need the issuer's keys).
     pub jwt: Option<crate::introspection::jwt::JwtSettings>,
+    /// `[issuers.<name>]`, in name order (the default issuer is
+    /// `introspection` + `discovery` above).
+    pub issuers: Vec<IssuerSettings>,
 }
 
 /// `[forwarding]`, validated.
@@ -94,4 +97,35 @@ impl AdminSettings {
             _ => Ok(()),
         }
     }
+}
+
+/// The name of the issuer that `[introspection]` / `[discovery]` configure:
+/// routes without `issuer` (and requests that match no route) use it.
+pub const DEFAULT_ISSUER: &str = "default";
+
+/// One named issuer, validated.
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// The `[issuers.<name>]` key: lower-case letters, digits and `_`.
+    pub name: String,
+    /// The expected `iss` (exact).
+    pub iss: String,
+    /// Its own client, credentials, timeout and TLS (client certificate).
+    pub introspection: IntrospectionSettings,
+    /// `Some` when its endpoint comes from discovery.
+    pub discovery: Option<DiscoverySettings>,
+}
+
+/// Whether `name` may name an issuer: what the environment can spell
+/// (`TOKENGATE_ISSUERS__<NAME>__...`: figment lower-cases the variable and
+/// splits it at `__`) and what a metric label and a log field show plainly.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !name.contains("__")
+        && !name.starts_with('_')
+        && !name.ends_with('_')
 }

@@ -103,6 +103,7 @@ impl RawConfig {
         );
 
         let identity = self.identity_settings(&mut errors);
+        let issuers = self.issuer_settings(&mut errors, ca_roots.as_deref());
         let routes = errors.take(self.route_table());
         // rediss:// trusts the same private CA as the upstream and the AS.
         let redis_roots = match &ca_roots {
@@ -145,6 +146,12 @@ impl RawConfig {
 
         errors.into_result()?;
         // No error was reported, so every part above was built.
+        let Some(issuers) = issuers else {
+            return Err(ConfigError::invalid(
+                "issuers",
+                "an issuer was left unbuilt without an error (a bug in validate)",
+            ));
+        };
         let (
             Some(listen),
             Some(upstream),
@@ -229,6 +236,7 @@ impl RawConfig {
             forwarding,
             mtls,
             jwt,
+            issuers,
         })
     }
 
@@ -619,7 +627,9 @@ impl RawConfig {
             audience: p.require_audience.clone(),
             issuer: non_empty(&p.require_issuer),
             scopes: p.require_scopes.clone(),
+            any_scopes: p.require_any_scope.clone(),
             clients: p.allow_clients.clone(),
+            issuer_name: None,
         };
         // Every route's every key is checked; a route with an error is
         // reported and left out, and the table is returned only without errors.
@@ -649,6 +659,7 @@ impl RawConfig {
             let overrides = r.require_audience.is_some()
                 || r.require_issuer.is_some()
                 || r.require_scopes.is_some()
+                || r.require_any_scope.is_some()
                 || r.allow_clients.is_some();
             let access = if r.public {
                 errors.check(
@@ -671,10 +682,19 @@ impl RawConfig {
                         .require_scopes
                         .clone()
                         .unwrap_or_else(|| defaults.scopes.clone()),
+                    any_scopes: r
+                        .require_any_scope
+                        .clone()
+                        .unwrap_or_else(|| defaults.any_scopes.clone()),
                     clients: r
                         .allow_clients
                         .clone()
                         .unwrap_or_else(|| defaults.clients.clone()),
+                    // Checked against `[issuers]` by `issuer_settings`;
+                    // "default" and empty both mean the default issuer.
+                    issuer_name: (!r.issuer.is_empty()
+                        && r.issuer != crate::config::DEFAULT_ISSUER)
+                        .then(|| r.issuer.clone()),
                 }))
             };
             // Compared with the request's host as `normalize_host` spells it

@@ -67,9 +67,25 @@ pub struct RequestLabels {
     pub status: StatusClass,
 }
 
+/// An issuer's name as a label value: `default` (`[introspection]`) or the
+/// `[issuers.<name>]` key. Built once per issuer, cloned into each series.
+pub type IssuerName = Cow<'static, str>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+    issuer: IssuerName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: IssuerName,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerCacheLabels {
+    cache: &'static str,
+    issuer: IssuerName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,17 +114,111 @@ fn request_histogram() -> Histogram {
     Histogram::new(REQUEST_BUCKETS)
 }
 
+fn introspection_histogram() -> Histogram {
+    Histogram::new(INTROSPECTION_BUCKETS)
+}
+
+/// Every outcome of `tokengate_introspections_total`, created at 0 per issuer.
+const INTROSPECTION_OUTCOMES: [&str; 12] = [
+    "active",
+    "inactive",
+    "timeout",
+    "connect",
+    "unauthorized",
+    "status",
+    "token_rejected",
+    "refused",
+    "invalid_response",
+    "no_endpoint",
+    "circuit_open",
+    "keys_unavailable",
+];
+
+/// One issuer's metric handles ([`Metrics::issuer`]): the hot path bumps
+/// these without building labels, except the outcome counter (one lookup
+/// per AS call, which costs far more).
+#[derive(Clone)]
+pub struct IssuerMetrics {
+    issuer: IssuerName,
+    introspections: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    /// For [`crate::cache::TokenCache::get_or_load_counted`].
+    pub cache: CacheCounters,
+    breaker_state: Gauge,
+    ready: Gauge,
+}
+
+impl std::fmt::Debug for IssuerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuerMetrics")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IssuerMetrics {
+    /// Times one introspection call and counts its outcome.
+    pub async fn time_introspection<F>(&self, call: F) -> Result<Introspection, IntrospectError>
+    where
+        F: Future<Output = Result<Introspection, IntrospectError>>,
+    {
+        let started = crate::resilience::clock::stopwatch();
+        let result = call.await;
+        self.duration.observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(i) if i.active => "active",
+            Ok(_) => "inactive",
+            Err(e) => e.kind(),
+        };
+        self.count(outcome);
+        result
+    }
+
+    fn count(&self, outcome: &'static str) {
+        self.introspections
+            .get_or_create(&OutcomeLabels {
+                outcome,
+                issuer: self.issuer.clone(),
+            })
+            .inc();
+    }
+
+    /// A lookup the open circuit breaker refused: no call was made, so it
+    /// is counted (outcome `circuit_open`) but not timed.
+    pub fn introspection_refused(&self) {
+        self.count(IntrospectError::CircuitOpen.kind());
+    }
+
+    /// The circuit breaker's state as `tokengate_breaker_state`: 0 closed,
+    /// 1 half-open, 2 open.
+    pub fn set_breaker_state(&self, state: BreakerState) {
+        self.breaker_state.set(match state {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        });
+    }
+
+    /// `tokengate_issuer_ready` (at scrape time).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+}
+
 /// All of tokengate's metrics and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: HistogramFamily<RequestLabels>,
     introspections: Family<OutcomeLabels, Counter>,
-    introspection_duration: Histogram,
-    cache: CacheCounters,
+    introspection_duration: HistogramFamily<IssuerLabels>,
+    cache_hits: Family<IssuerCacheLabels, Counter>,
+    cache_misses: Family<IssuerCacheLabels, Counter>,
+    cache_coalesced: Family<IssuerLabels, Counter>,
     cache_entries: Family<CacheLabels, Gauge>,
     stale_answers: Counter,
-    breaker_state: Gauge,
+    breaker_state: Family<IssuerLabels, Gauge>,
+    issuer_ready: Family<IssuerLabels, Gauge>,
     open_connections: Gauge,
     upstream_errors: Family<KindLabels, Counter>,
     purges: Counter,
@@ -153,44 +263,35 @@ impl Metrics {
         let introspections = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "introspections",
-            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; token_rejected: HTTP 400 about the token, answered 401 like inactive; refused: another 4xx that may depend on the token, 503 but not an AS failure; circuit_open: refused by the open circuit breaker without a call)",
+            "Introspection calls to the authorization server, by outcome (active, inactive, or the error kind; token_rejected: HTTP 400 about the token, answered 401 like inactive; refused: another 4xx that may depend on the token, 503 but not an AS failure; circuit_open: refused by the open circuit breaker without a call) and issuer",
             introspections.clone(),
         );
-        let introspection_duration = Histogram::new(INTROSPECTION_BUCKETS);
+        let introspection_duration: HistogramFamily<IssuerLabels> =
+            Family::new_with_constructor(introspection_histogram);
         registry.register(
             "introspection_duration_seconds",
-            "Duration of introspection calls, whatever their outcome",
+            "Duration of introspection calls, whatever their outcome, by issuer",
             introspection_duration.clone(),
         );
 
-        let hits = Family::<CacheLabels, Counter>::default();
+        let cache_hits = Family::<IssuerCacheLabels, Counter>::default();
         registry.register(
             "cache_hits",
-            "Lookups answered by the positive or negative cache",
-            hits.clone(),
+            "Lookups answered by the positive or negative cache, by issuer (each issuer has its own cache partition)",
+            cache_hits.clone(),
         );
-        let misses = Family::<CacheLabels, Counter>::default();
+        let cache_misses = Family::<IssuerCacheLabels, Counter>::default();
         registry.register(
             "cache_misses",
-            "Lookups the cache could not answer (positive: this request called the AS)",
-            misses.clone(),
+            "Lookups the cache could not answer (positive: this request called the AS), by issuer",
+            cache_misses.clone(),
         );
-        let coalesced = Counter::default();
+        let cache_coalesced = Family::<IssuerLabels, Counter>::default();
         registry.register(
             "cache_coalesced",
-            "Requests answered by another request's in-flight introspection call (single-flight)",
-            coalesced.clone(),
+            "Requests answered by another request's in-flight introspection call (single-flight), by issuer",
+            cache_coalesced.clone(),
         );
-        let counter_for = |f: &Family<CacheLabels, Counter>, cache| {
-            f.get_or_create(&CacheLabels { cache }).clone()
-        };
-        let cache = CacheCounters {
-            positive_hit: counter_for(&hits, "positive"),
-            positive_miss: counter_for(&misses, "positive"),
-            negative_hit: counter_for(&hits, "negative"),
-            negative_miss: counter_for(&misses, "negative"),
-            coalesced,
-        };
         let cache_entries = Family::<CacheLabels, Gauge>::default();
         registry.register(
             "cache_entries",
@@ -204,11 +305,17 @@ impl Metrics {
             "Requests allowed on a cached answer past its TTL because the AS failed (stale_if_error)",
             stale_answers.clone(),
         );
-        let breaker_state = Gauge::default();
+        let breaker_state = Family::<IssuerLabels, Gauge>::default();
         registry.register(
             "breaker_state",
-            "Introspection circuit breaker: 0 closed, 1 half-open, 2 open",
+            "Introspection circuit breaker, by issuer: 0 closed, 1 half-open, 2 open",
             breaker_state.clone(),
+        );
+        let issuer_ready = Family::<IssuerLabels, Gauge>::default();
+        registry.register(
+            "issuer_ready",
+            "Whether an issuer's authorization server can be asked (1) or its requests get 503 (0: endpoint not discovered, breaker open, or a required probe not passed yet); updated at scrape time. Only the default issuer's state is /readyz's",
+            issuer_ready.clone(),
         );
         let open_connections = Gauge::default();
         registry.register(
@@ -262,23 +369,8 @@ impl Metrics {
             jwt_checks.clone(),
         );
         // Series that exist from the start, so that `rate()` and alerts see a 0
-        // before the first event instead of no series at all.
-        for outcome in [
-            "active",
-            "inactive",
-            "timeout",
-            "connect",
-            "unauthorized",
-            "status",
-            "token_rejected",
-            "refused",
-            "invalid_response",
-            "no_endpoint",
-            "circuit_open",
-            "keys_unavailable",
-        ] {
-            drop(introspections.get_or_create(&OutcomeLabels { outcome }));
-        }
+        // before the first event instead of no series at all (the issuer
+        // series: `Metrics::issuer`).
         for kind in ["connect", "timeout", "failed", "bad_target", "client_body"] {
             drop(upstream_errors.get_or_create(&KindLabels { kind }));
         }
@@ -291,10 +383,13 @@ impl Metrics {
             request_duration,
             introspections,
             introspection_duration,
-            cache,
+            cache_hits,
+            cache_misses,
+            cache_coalesced,
             cache_entries,
             stale_answers,
             breaker_state,
+            issuer_ready,
             open_connections,
             upstream_errors,
             purges,
@@ -335,9 +430,40 @@ impl Metrics {
         *seen = now;
     }
 
-    /// Handles for [`crate::cache::TokenCache::with_counters`].
-    pub fn cache_counters(&self) -> CacheCounters {
-        self.cache.clone()
+    /// One issuer's prebuilt handles (introspection outcomes and latency,
+    /// cache counters, breaker state), its series created at 0. Called once
+    /// per issuer when the app is built.
+    pub fn issuer(&self, issuer: IssuerName) -> IssuerMetrics {
+        for outcome in INTROSPECTION_OUTCOMES {
+            drop(self.introspections.get_or_create(&OutcomeLabels {
+                outcome,
+                issuer: issuer.clone(),
+            }));
+        }
+        let cache = |f: &Family<IssuerCacheLabels, Counter>, cache| {
+            f.get_or_create(&IssuerCacheLabels {
+                cache,
+                issuer: issuer.clone(),
+            })
+            .clone()
+        };
+        let labels = IssuerLabels {
+            issuer: issuer.clone(),
+        };
+        IssuerMetrics {
+            cache: CacheCounters {
+                positive_hit: cache(&self.cache_hits, "positive"),
+                positive_miss: cache(&self.cache_misses, "positive"),
+                negative_hit: cache(&self.cache_hits, "negative"),
+                negative_miss: cache(&self.cache_misses, "negative"),
+                coalesced: self.cache_coalesced.get_or_create(&labels).clone(),
+            },
+            duration: self.introspection_duration.get_or_create(&labels).clone(),
+            breaker_state: self.breaker_state.get_or_create(&labels).clone(),
+            ready: self.issuer_ready.get_or_create(&labels).clone(),
+            introspections: self.introspections.clone(),
+            issuer,
+        }
     }
 
     /// One answered request. `route` is moved in, so the label costs nothing
@@ -356,36 +482,6 @@ impl Metrics {
         self.request_duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
-    }
-
-    /// Times one introspection call and counts its outcome.
-    pub async fn time_introspection<F>(&self, call: F) -> Result<Introspection, IntrospectError>
-    where
-        F: Future<Output = Result<Introspection, IntrospectError>>,
-    {
-        let started = crate::resilience::clock::stopwatch();
-        let result = call.await;
-        self.introspection_duration
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = match &result {
-            Ok(i) if i.active => "active",
-            Ok(_) => "inactive",
-            Err(e) => e.kind(),
-        };
-        self.introspections
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-        result
-    }
-
-    /// A lookup the open circuit breaker refused: no call was made, so it
-    /// is counted (outcome `circuit_open`) but not timed.
-    pub fn introspection_refused(&self) {
-        self.introspections
-            .get_or_create(&OutcomeLabels {
-                outcome: IntrospectError::CircuitOpen.kind(),
-            })
-            .inc();
     }
 
     pub fn upstream_error(&self, e: &ForwardError) {
@@ -420,16 +516,6 @@ impl Metrics {
 
     pub fn stale_answer(&self) {
         self.stale_answers.inc();
-    }
-
-    /// The circuit breaker's state as `tokengate_breaker_state`: 0 closed,
-    /// 1 half-open, 2 open.
-    pub fn set_breaker_state(&self, state: BreakerState) {
-        self.breaker_state.set(match state {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        });
     }
 
     pub fn purged(&self) {
@@ -482,17 +568,22 @@ mod tests {
             Duration::from_millis(3),
         );
         m.observe_request(None, http::StatusCode::BAD_REQUEST, Duration::ZERO);
-        m.cache_counters().positive_hit.inc();
-        m.set_breaker_state(BreakerState::Open);
+        let default = m.issuer(Cow::Borrowed("default"));
+        default.cache.positive_hit.inc();
+        default.set_breaker_state(BreakerState::Open);
+        m.issuer(Cow::Borrowed("partners"))
+            .set_breaker_state(BreakerState::Closed);
         let text = m.render(false);
         for want in [
             "# TYPE tokengate_requests_total counter",
             "tokengate_requests_total{route=\"routes[0]\",status=\"4xx\"} 1",
             "tokengate_requests_total{route=\"none\",status=\"4xx\"} 1",
             "tokengate_request_duration_seconds_bucket{route=\"routes[0]\",status=\"4xx\",le=\"0.005\"} 1",
-            "tokengate_cache_hits_total{cache=\"positive\"} 1",
-            "tokengate_cache_misses_total{cache=\"negative\"} 0",
-            "tokengate_breaker_state 2",
+            "tokengate_cache_hits_total{cache=\"positive\",issuer=\"default\"} 1",
+            "tokengate_cache_misses_total{cache=\"negative\",issuer=\"partners\"} 0",
+            "tokengate_introspections_total{outcome=\"circuit_open\",issuer=\"partners\"} 0",
+            "tokengate_breaker_state{issuer=\"default\"} 2",
+            "tokengate_breaker_state{issuer=\"partners\"} 0",
             "tokengate_stale_answers_total 0",
         ] {
             assert!(text.contains(want), "missing {want:?} in:\n{text}");

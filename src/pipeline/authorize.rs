@@ -6,6 +6,7 @@
 
 use super::access::AccessInfo;
 use super::reject::ProxyError;
+use crate::app::issuers::Issuer;
 use crate::app::App;
 use crate::cache::{CacheStatus, LoadError};
 use crate::config::Settings;
@@ -38,12 +39,25 @@ pub(super) async fn authorize(
                 settings.max_token_bytes,
             )?;
             let (token, _source) = found.ok_or(ProxyError::NoCredentials)?;
-            let key = token.hash();
-            info.fingerprint = Some(token::fingerprint(&key));
+            let token_hash = token.hash();
+            // Logs name the token by its own hash, whatever the issuer, so
+            // that its lines correlate across routes.
+            info.fingerprint = Some(token::fingerprint(&token_hash));
+            // The route's issuer, or the default: never another AS.
+            let issuer = app
+                .issuers
+                .get(requirements.issuer_name.as_deref())
+                // `validate` and reload refuse a route naming an issuer that
+                // does not run; should one slip through, fail closed (503).
+                .ok_or(IntrospectError::NoEndpoint)?;
+            // The issuer's partition of the cache: its answer only.
+            let key = issuer.cache_key(&token_hash);
 
             let (answer, status) = app
                 .cache
-                .get_or_load(key, || load(app, token.secret(), &key))
+                .get_or_load_counted(key, &issuer.metrics.cache, || {
+                    load(app, issuer, token.secret(), &token_hash)
+                })
                 .await;
             info.cache = Some(status);
             if status == CacheStatus::Stale {
@@ -62,7 +76,7 @@ pub(super) async fn authorize(
                 &settings.identity.claims,
             )
             .inspect_err(|deny| {
-                debug!(route = %route.name, requirement = %deny, token = %token::fingerprint(&key), "policy denied")
+                debug!(route = %route.name, issuer = %issuer.name, requirement = %deny, token = %token::fingerprint(&token_hash), "policy denied")
             })?;
             // A sender-constrained token passes only with its proof, on every
             // request (cache hits too: the cached answer keeps `cnf`).
@@ -81,19 +95,23 @@ pub(super) async fn authorize(
     })
 }
 
-/// A cache miss: where the answer comes from. Without `[jwt]`, or for a
-/// token that is not ours to check locally, the introspection call; for our
+/// A cache miss: where the answer comes from. Without `[jwt]`, on a named
+/// issuer's route (`[jwt]` is the default issuer's), or for a token that is
+/// not ours to check locally, the issuer's introspection call; for our
 /// `at+jwt` tokens, the local check (then also the introspection call in
 /// hybrid mode, `jwt.introspect`). A token the local check refuses, or
 /// refuses from its shape, is an inactive answer (401, negative-cached by
 /// its hash) and the AS never hears of it.
 async fn load(
     app: &App,
+    issuer: &Issuer,
     token: &str,
     key: &token::TokenHash,
 ) -> Result<Introspection, IntrospectError> {
-    let Some(jwt) = &app.jwt else {
-        return introspect(app, token, key).await;
+    let introspect = || issuer.load(token, key);
+    let jwt = match &app.jwt {
+        Some(jwt) if issuer.is_default() => jwt,
+        _ => return introspect().await,
     };
     let refused = |e: JwtError| {
         app.metrics.jwt_checked(e.kind());
@@ -101,14 +119,14 @@ async fn load(
         Ok(Introspection::inactive())
     };
     match jwt.classify(token) {
-        Shape::Introspect => introspect(app, token, key).await,
+        Shape::Introspect => introspect().await,
         Shape::Refuse(e) => refused(e),
         Shape::Local(peeked) => match jwt.verify_peeked(token, peeked).await {
             // Hybrid: the signature says who issued it; only the AS knows
             // whether it was revoked since. Its answer is the one cached.
             Ok(_) if jwt.hybrid() => {
                 app.metrics.jwt_checked("valid");
-                introspect(app, token, key).await
+                introspect().await
             }
             Ok(answer) => {
                 app.metrics.jwt_checked("valid");
@@ -120,40 +138,5 @@ async fn load(
             }
             Err(e) => refused(e),
         },
-    }
-}
-
-/// One introspection call through the breaker (the AS's answer, or why not).
-async fn introspect(
-    app: &App,
-    token: &str,
-    key: &token::TokenHash,
-) -> Result<Introspection, IntrospectError> {
-    // The breaker goes outside the timing: a call it refuses is not an
-    // introspection call (no duration to observe), but it is counted as
-    // outcome "circuit_open".
-    let result = app
-        .breaker
-        .call_confirmed(
-            app.metrics
-                .time_introspection(app.introspector.introspect(token)),
-            || app.introspector.canary(),
-        )
-        .await;
-    match result {
-        Err(IntrospectError::CircuitOpen) => {
-            app.metrics.introspection_refused();
-            result
-        }
-        // The AS will not introspect this token (e.g. a JWT-shaped token it
-        // did not issue): for the cache and the policy it is an inactive
-        // token, so it is answered 401 and negative-cached by its hash like
-        // one. Counted as `token_rejected` above; debug only, because any
-        // client can cause it.
-        Err(IntrospectError::TokenRejected(code)) => {
-            debug!(code, token = %token::fingerprint(key), "authorization server refused to introspect the token; treating it as inactive");
-            Ok(Introspection::inactive())
-        }
-        other => other,
     }
 }

@@ -53,9 +53,11 @@ pub enum Deny {
     /// read as `staff` and `admin`).
     #[error("the {0} claim starts or ends with whitespace, or is a list with an element holding whitespace")]
     UnsafeIdentity(&'static str),
-    #[error("missing scope(s) of require_scopes: {required}")]
+    #[error("missing scope(s) of require_scopes / require_any_scope: {required}")]
     InsufficientScope {
-        /// The route's required scopes, space-separated, for the challenge.
+        /// Scopes that would satisfy the route, space-separated, for the
+        /// challenge: every `require_scopes` entry, then the
+        /// `require_any_scope` alternatives when none of them is held.
         required: String,
     },
 }
@@ -69,8 +71,15 @@ pub struct Requirements {
     pub issuer: Option<String>,
     /// The token must carry all of these.
     pub scopes: Vec<String>,
+    /// The token must carry at least one of these (if non-empty), besides
+    /// all of `scopes` (`require_any_scope`).
+    pub any_scopes: Vec<String>,
     /// The token's `client_id` must be one of these (if non-empty).
     pub clients: Vec<String>,
+    /// The `[issuers.<name>]` whose authorization server introspects this
+    /// route's tokens; `None`: the default one (`[introspection]`). Not a
+    /// check on the answer (that is `issuer`): it picks where to ask.
+    pub issuer_name: Option<String>,
 }
 
 /// `token_type` values that name something other than an access token
@@ -121,15 +130,27 @@ pub fn evaluate(
     if !req.clients.is_empty() && !client_id.as_ref().is_some_and(|c| req.clients.contains(c)) {
         return Err(Deny::ClientNotAllowed);
     }
-    if !req.scopes.is_empty() {
+    if !req.scopes.is_empty() || !req.any_scopes.is_empty() {
         let have = i.scopes();
-        if !req
-            .scopes
-            .iter()
-            .all(|want| have.iter().any(|s| s.as_str() == want))
-        {
+        let held = |want: &String| have.iter().any(|s| s.as_str() == want);
+        let all_of = req.scopes.iter().all(held);
+        let one_of = req.any_scopes.is_empty() || req.any_scopes.iter().any(held);
+        if !all_of || !one_of {
+            // The challenge names a set of scopes that would pass (RFC 6750
+            // §3: the scope "necessary to access"): all of require_scopes,
+            // and the alternatives of require_any_scope when the token holds
+            // none of them (a client may ask its AS for any one).
+            let mut required = req.scopes.clone();
+            if !one_of {
+                required.extend(
+                    req.any_scopes
+                        .iter()
+                        .filter(|s| !req.scopes.contains(s))
+                        .cloned(),
+                );
+            }
             return Err(Deny::InsufficientScope {
-                required: req.scopes.join(" "),
+                required: required.join(" "),
             });
         }
     }
@@ -383,14 +404,24 @@ impl fmt::Display for RouteTable {
             )?;
             match &r.access {
                 Access::Public => writeln!(f, "public")?,
-                Access::Token(q) => writeln!(
-                    f,
-                    "token scopes=[{}] audience=[{}] issuer={} clients=[{}]",
-                    q.scopes.join(" "),
-                    q.audience.join(" "),
-                    q.issuer.as_deref().unwrap_or("*"),
-                    q.clients.join(" "),
-                )?,
+                Access::Token(q) => {
+                    write!(
+                        f,
+                        "token scopes=[{}] audience=[{}] issuer={} clients=[{}]",
+                        q.scopes.join(" "),
+                        q.audience.join(" "),
+                        q.issuer.as_deref().unwrap_or("*"),
+                        q.clients.join(" "),
+                    )?;
+                    if !q.any_scopes.is_empty() {
+                        write!(f, " any_scope=[{}]", q.any_scopes.join(" "))?;
+                    }
+                    // Only when one is named: a single-AS table prints as before.
+                    if let Some(name) = &q.issuer_name {
+                        write!(f, " as={name}")?;
+                    }
+                    writeln!(f)?
+                }
             }
         }
         Ok(())
@@ -815,6 +846,7 @@ mod tests {
             issuer: Some("https://as".into()),
             scopes: vec!["read".into(), "write".into()],
             clients: vec!["app".into()],
+            ..Requirements::default()
         };
         let good = r#"{"active":true,"exp":2000,"iss":"https://as","aud":["x","api2"],"scope":"write read extra","client_id":"app"}"#;
         let none = Requirements::default();
@@ -967,6 +999,82 @@ mod tests {
                 r#"{"active":true,"iss":"https://as","aud":"x","client_id":"app"}"#,
                 &strict,
                 Err(Deny::WrongAudience),
+            ),
+        ];
+        for (name, json, req, want) in cases {
+            assert_eq!(
+                evaluate(&tok(json), req, now, &[]).map(|_| ()),
+                want,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_scope_table() {
+        let now = 1_000;
+        let any = Requirements {
+            any_scopes: vec!["read".into(), "admin".into()],
+            ..Requirements::default()
+        };
+        let both = Requirements {
+            scopes: vec!["base".into()],
+            any_scopes: vec!["read".into(), "admin".into(), "base".into()],
+            ..Requirements::default()
+        };
+        let deny = |required: &str| {
+            Err(Deny::InsufficientScope {
+                required: required.into(),
+            })
+        };
+        let cases: Vec<(&str, &str, &Requirements, Result<(), Deny>)> = vec![
+            (
+                "one of two",
+                r#"{"active":true,"scope":"x admin"}"#,
+                &any,
+                Ok(()),
+            ),
+            (
+                "the other",
+                r#"{"active":true,"scope":"read"}"#,
+                &any,
+                Ok(()),
+            ),
+            (
+                "should fail because none held: every alternative in the challenge",
+                r#"{"active":true,"scope":"write"}"#,
+                &any,
+                deny("read admin"),
+            ),
+            (
+                "should fail because no scope at all",
+                r#"{"active":true}"#,
+                &any,
+                deny("read admin"),
+            ),
+            (
+                "should fail because a prefix is not the scope",
+                r#"{"active":true,"scope":"reader"}"#,
+                &any,
+                deny("read admin"),
+            ),
+            (
+                "all-of and one-of",
+                r#"{"active":true,"scope":"base admin"}"#,
+                &both,
+                Ok(()),
+            ),
+            (
+                "a scope in both lists counts for both",
+                r#"{"active":true,"scope":"base"}"#,
+                &both,
+                Ok(()),
+            ),
+            (
+                "should fail because all-of is missing though one-of is held",
+                r#"{"active":true,"scope":"read"}"#,
+                &both,
+                deny("base"),
             ),
         ];
         for (name, json, req, want) in cases {

@@ -95,7 +95,7 @@ pub struct Breaker {
     recovery: Recovery,
     /// `Some(what)`: the breaker logs its transitions itself, as "{what}
     /// circuit opened" etc. `None`: the caller logs ([`Transition`]).
-    label: Option<&'static str>,
+    label: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl std::fmt::Debug for Breaker {
@@ -154,8 +154,8 @@ impl Breaker {
     }
 
     /// Logs transitions as "{what} circuit opened: failing fast" and so on.
-    pub fn logged_as(mut self, what: &'static str) -> Self {
-        self.label = Some(what);
+    pub fn logged_as(mut self, what: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        self.label = Some(what.into());
         self
     }
 
@@ -196,7 +196,7 @@ impl Breaker {
             (_, Recovery::AllCalls) => Some(ticket(false)),
             (State::Open { .. } | State::HalfOpen { probing: false }, Recovery::OneProbe) => {
                 *state = State::HalfOpen { probing: true };
-                if let Some(what) = self.label {
+                if let Some(what) = &self.label {
                     info!("{what} circuit half-open: sending one probe");
                 }
                 Some(ticket(true))
@@ -230,7 +230,7 @@ impl Breaker {
             ) => {
                 *consecutive_failures += 1;
                 if *consecutive_failures >= self.failures_to_open {
-                    if let Some(what) = self.label {
+                    if let Some(what) = &self.label {
                         warn!(
                             failures = *consecutive_failures,
                             open_for = ?self.open_for,
@@ -255,7 +255,7 @@ impl Breaker {
             (State::Open { .. } | State::HalfOpen { .. }, Outcome::Success)
                 if probe || self.recovery == Recovery::AllCalls =>
             {
-                if let Some(what) = self.label {
+                if let Some(what) = &self.label {
                     info!("{what} circuit closed: probe succeeded");
                 }
                 *state = State::Closed {
@@ -266,7 +266,7 @@ impl Breaker {
             (State::Open { .. } | State::HalfOpen { .. }, Outcome::Failure)
                 if probe || self.recovery == Recovery::AllCalls =>
             {
-                if let Some(what) = self.label {
+                if let Some(what) = &self.label {
                     warn!(open_for = ?self.open_for, "{what} circuit re-opened: probe failed");
                 }
                 open(&mut state);

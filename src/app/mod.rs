@@ -3,6 +3,9 @@
 //! readiness check, the reload handle). [`crate::listen`] serves an [`App`];
 //! [`crate::pipeline`] answers each request with it.
 
+pub(crate) mod issuers;
+
+use crate::app::issuers::{Issuer, Issuers};
 use crate::cache::fleet::Fleet;
 use crate::cache::TokenCache;
 use crate::config::reload::ReloadHandle;
@@ -24,12 +27,16 @@ pub struct App {
     /// Swapped whole by a config reload; a request uses one snapshot throughout.
     pub(crate) settings: Arc<ArcSwap<Settings>>,
     pub(crate) cache: TokenCache,
-    pub(crate) introspector: Introspector,
-    /// `[jwt] enabled`: the local check of JWT access tokens.
+    /// The default issuer's client (also `issuers.default.introspector`).
+    pub(crate) introspector: Arc<Introspector>,
+    /// `[jwt] enabled`: the local check of the default issuer's JWT access tokens.
     pub(crate) jwt: Option<Arc<crate::introspection::jwt::JwtVerifier>>,
-    /// The issuer's signing keys, when `[jwt]` or signed answers need them
-    /// (refreshed in the background by [`crate::run`]).
+    /// The default issuer's signing keys, when `[jwt]` or signed answers need
+    /// them (refreshed in the background by [`crate::run`]).
     pub(crate) jwks: Option<Arc<crate::introspection::jwks::Jwks>>,
+    /// Every authorization server: the default one (sharing the
+    /// introspector, breaker and probe flag above) and `[issuers.<name>]`.
+    pub(crate) issuers: Arc<Issuers>,
     pub(crate) forwarder: Forwarder,
     /// Fails AS calls fast after repeated failures; shared with the
     /// readiness check.
@@ -78,11 +85,39 @@ impl App {
             );
         }
         let (introspector, jwt, jwks) = build_introspection(&settings, &clock);
+        let introspector = Arc::new(introspector);
+        let default_issuer = Issuer::default_issuer(
+            &settings.introspection,
+            introspector.clone(),
+            breaker.clone(),
+            probe_ok.clone(),
+            metrics.issuer(crate::config::DEFAULT_ISSUER.into()),
+        );
+        // Named issuers do not gate `/readyz`: one AS down must not take the
+        // routes of the others out of the load balancer with it
+        // (`tokengate_issuer_ready` shows each).
+        let named = settings
+            .issuers
+            .iter()
+            .map(|s| {
+                Arc::new(Issuer::named(
+                    s,
+                    settings.breaker_failures,
+                    settings.breaker_open_for,
+                    metrics.issuer(s.name.clone().into()),
+                ))
+            })
+            .collect();
+        let default_counters = default_issuer.metrics.cache.clone();
+        let issuers = Arc::new(Issuers {
+            default: Arc::new(default_issuer),
+            named,
+        });
         Self {
             cache: attach_fleet(
                 TokenCache::new(&settings.cache, clock.clone())
                     .with_stale_if_error(settings.stale_if_error)
-                    .with_counters(metrics.cache_counters()),
+                    .with_counters(default_counters),
                 &settings,
                 clock.clone(),
             ),
@@ -91,6 +126,7 @@ impl App {
             introspector,
             jwt,
             jwks,
+            issuers,
             forwarder: Forwarder::new(
                 settings.upstream.clone(),
                 settings.upstream_connect_timeout,
@@ -140,6 +176,11 @@ impl App {
     /// The issuer's key store (`[jwt]` or signed answers), e.g. to count fetches.
     pub fn jwks(&self) -> Option<&Arc<crate::introspection::jwks::Jwks>> {
         self.jwks.as_ref()
+    }
+
+    /// Every authorization server (the default one and `[issuers.<name>]`).
+    pub fn issuers(&self) -> &Issuers {
+        &self.issuers
     }
 
     /// A handle that swaps this app's configuration (SIGHUP in `main`).
