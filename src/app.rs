@@ -24,6 +24,8 @@ pub struct App {
     /// Swapped whole by a config reload; a request uses one snapshot throughout.
     pub(crate) settings: Arc<ArcSwap<Settings>>,
     pub(crate) cache: TokenCache,
+    /// The binding stage's state (DPoP replay cache, nonce key).
+    pub(crate) binder: crate::binding::Binder,
     pub(crate) introspector: Introspector,
     pub(crate) forwarder: Forwarder,
     /// Fails AS calls fast after repeated failures; shared with the
@@ -72,14 +74,19 @@ impl App {
                 move || ok.load(std::sync::atomic::Ordering::SeqCst),
             );
         }
+        let cache = attach_fleet(
+            TokenCache::new(&settings.cache, clock.clone())
+                .with_stale_if_error(settings.stale_if_error)
+                .with_counters(metrics.cache_counters()),
+            &settings,
+            clock.clone(),
+        );
+        // The fleet (if any) makes the replay check and the nonces fleet-wide.
+        let binder =
+            crate::binding::Binder::new(&settings.dpop, cache.fleet().cloned(), clock.clone());
         Self {
-            cache: attach_fleet(
-                TokenCache::new(&settings.cache, clock.clone())
-                    .with_stale_if_error(settings.stale_if_error)
-                    .with_counters(metrics.cache_counters()),
-                &settings,
-                clock.clone(),
-            ),
+            cache,
+            binder,
             breaker,
             connections: ConnectionLimit::new(settings.limits.max_connections),
             introspector: Introspector::new(&settings.introspection),

@@ -104,6 +104,7 @@ mod resilience;
 mod secret;
 pub mod token;
 // Layer 2, the stages' engines.
+pub mod binding;
 pub mod cache;
 pub mod introspection;
 pub mod policy;

@@ -83,6 +83,7 @@ pub struct RawConfig {
     pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
     pub forwarding: RawForwarding,
+    pub dpop: RawDpop,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -100,6 +101,41 @@ pub struct RawForwarding {
     pub trusted_proxies: Vec<String>,
     /// `X-HTTP-Method-Override` and friends: removed, or routed on.
     pub method_override: MethodOverride,
+}
+
+/// `[dpop]`: DPoP proofs (RFC 9449). Whatever `enabled` says, a token whose
+/// answer is bound to a key never passes without a valid proof for that key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDpop {
+    /// Accept `Authorization: DPoP <token>` with a `DPoP: <proof>` header.
+    pub enabled: bool,
+    /// JWS algorithms a proof may use (asymmetric only).
+    pub algorithms: Vec<String>,
+    /// How old a proof's `iat` may be (plus a few seconds of skew either way).
+    #[serde(with = "duration_str")]
+    pub max_age: Duration,
+    /// RFC 9449 §8 server nonces (`use_dpop_nonce` + `DPoP-Nonce`).
+    pub require_nonce: bool,
+    /// Pass the `DPoP` header on to the upstream (removed by default).
+    pub forward_proof: bool,
+    /// Proofs remembered for the replay check (restart-only).
+    pub replay_cache_entries: u64,
+}
+
+impl Default for RawDpop {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            algorithms: ["ES256", "ES384", "PS256", "RS256", "EdDSA"]
+                .map(String::from)
+                .to_vec(),
+            max_age: Duration::from_secs(60),
+            require_nonce: false,
+            forward_proof: false,
+            replay_cache_entries: 100_000,
+        }
+    }
 }
 
 /// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
@@ -264,6 +300,9 @@ pub struct RawIdentity {
     pub scope_header: String,
     pub strip_headers: Vec<String>,
     pub forward_authorization: bool,
+    /// How the token was bound to its sender (`dpop`, `mtls`, `none`); inbound
+    /// copies are removed.
+    pub binding_header: String,
     /// Header name → claim name (`a.b` for nested), e.g. "X-Auth-Email" = "email".
     pub claims: std::collections::BTreeMap<String, String>,
 }
@@ -338,6 +377,7 @@ impl Default for RawConfig {
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
             forwarding: RawForwarding::default(),
+            dpop: RawDpop::default(),
             notices: Vec::new(),
         }
     }
@@ -380,6 +420,7 @@ impl Default for RawIdentity {
                 "X-User".into(),
             ],
             forward_authorization: true,
+            binding_header: "X-Auth-Token-Binding".into(),
             claims: Default::default(),
         }
     }

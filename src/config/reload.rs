@@ -9,7 +9,8 @@
 //!   `[token_sources]`, `limits.max_token_bytes`, `limits.max_body_bytes`,
 //!   `upgrade_protocols`, `[forwarding]`, `resilience.retry_after_secs`, `shutdown_timeout`,
 //!   `admin.purge_secret_file` (re-read), `log.format`,
-//!   `[forward_auth]` (`convention`, `path_prefix`: read per request);
+//!   `[forward_auth]` (`convention`, `path_prefix`: read per request),
+//!   `[dpop]` (but `replay_cache_entries`);
 //! * `cache.max_ttl` / `cache.negative_ttl` / `resilience.stale_if_error`: for
 //!   entries cached from now on; entries already cached keep their lifetime
 //!   and stale window (purge one to drop it early);
@@ -26,7 +27,8 @@
 //!   keeps its state machine across a reload), `limits.max_header_bytes`,
 //!   `limits.idle_timeout` (both set on hyper's connection builder at start),
 //!   `limits.max_connections` (the connection semaphore is sized at start),
-//!   `[cache.shared]` (the Redis layer is built once at start).
+//!   `[cache.shared]` (the Redis layer is built once at start),
+//!   `dpop.replay_cache_entries` (the replay cache is sized at start).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -305,6 +307,8 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("limits.max_header_bytes", limits.max_header_bytes);
     keep!("limits.max_connections", limits.max_connections);
     keep!("limits.idle_timeout", limits.idle_timeout);
+    // Sizes the DPoP replay cache, built once in `App::with_clock`.
+    keep!("dpop.replay_cache_entries", dpop.replay_cache_entries);
     // The fleet layer (Redis connections, subscriber, HMAC key) is built once
     // in `App::with_clock`.
     keep!("cache.shared", shared_cache, |a, b| match (a, b) {

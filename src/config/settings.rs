@@ -47,6 +47,8 @@ pub struct Settings {
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
     pub forwarding: ForwardingSettings,
+    /// `[dpop]`.
+    pub dpop: crate::binding::dpop::DpopSettings,
 }
 
 /// `[forwarding]`, validated.

@@ -101,7 +101,14 @@ impl RawConfig {
             "must be greater than 0",
         );
 
-        let identity = self.identity_settings(&mut errors);
+        let mut identity = self.identity_settings(&mut errors);
+        let dpop = self.dpop_settings(&mut errors);
+        if let (Some(id), Some(d)) = (&mut identity, &dpop) {
+            // The proof is for us; the upstream sees it only when asked to.
+            if !d.forward_proof {
+                id.strip.push(crate::binding::dpop::DPOP.clone());
+            }
+        }
         let routes = errors.take(self.route_table());
         // rediss:// trusts the same private CA as the upstream and the AS.
         let redis_roots = match &ca_roots {
@@ -147,6 +154,7 @@ impl RawConfig {
             Some(shared_cache),
             Some(admin),
             Some(forwarding),
+            Some(dpop),
         ) = (
             listen,
             upstream,
@@ -161,6 +169,7 @@ impl RawConfig {
             shared_cache,
             admin,
             forwarding,
+            dpop,
         )
         else {
             return Err(ConfigError::invalid(
@@ -211,6 +220,7 @@ impl RawConfig {
             shared_cache,
             admin,
             forwarding,
+            dpop,
         })
     }
 
@@ -322,6 +332,7 @@ impl RawConfig {
         let client_id_header =
             errors.take(header("identity.client_id_header", &id.client_id_header));
         let scope_header = errors.take(header("identity.scope_header", &id.scope_header));
+        let binding_header = errors.take(header("identity.binding_header", &id.binding_header));
         let mut strip = Vec::new();
         for h in &id.strip_headers {
             strip.extend(errors.take(header("identity.strip_headers", h)));
@@ -341,12 +352,17 @@ impl RawConfig {
             strip.push(name.clone());
             claims.push((name, claim.clone()));
         }
-        let (subject_header, client_id_header, scope_header) =
-            (subject_header?, client_id_header?, scope_header?);
+        let (subject_header, client_id_header, scope_header, binding_header) = (
+            subject_header?,
+            client_id_header?,
+            scope_header?,
+            binding_header?,
+        );
         strip.extend([
             subject_header.clone(),
             client_id_header.clone(),
             scope_header.clone(),
+            binding_header.clone(),
         ]);
         strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         strip.dedup();
@@ -357,7 +373,54 @@ impl RawConfig {
             strip,
             forward_authorization: id.forward_authorization,
             claims,
+            binding_header,
         })
+    }
+
+    /// `[dpop]`: every algorithm checked (each bad one reported).
+    fn dpop_settings(&self, errors: &mut Errors) -> Option<crate::binding::dpop::DpopSettings> {
+        use crate::binding::dpop::{parse_algorithm, DpopSettings};
+        let d = &self.dpop;
+        let mut algorithms = Vec::new();
+        for name in &d.algorithms {
+            match parse_algorithm(name) {
+                Some(alg) => algorithms.push(alg),
+                None => errors.push(ConfigError::invalid(
+                    "dpop.algorithms",
+                    format!(
+                        "{name:?} is not an asymmetric JWS algorithm tokengate checks \
+                         (ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA; \
+                         never \"none\" or HS*)"
+                    ),
+                )),
+            }
+        }
+        errors.check(
+            !(d.enabled && d.algorithms.is_empty()),
+            "dpop.algorithms",
+            "must name at least one algorithm when dpop.enabled is true",
+        );
+        // Shorter than the skew the iat check allows anyway makes no sense, and
+        // the replay cache must remember a jti as long as its proof is accepted.
+        errors.check(
+            d.max_age >= Duration::from_secs(1) && d.max_age <= Duration::from_secs(3600),
+            "dpop.max_age",
+            "must be between 1s and 1h",
+        );
+        errors.check(
+            d.replay_cache_entries > 0,
+            "dpop.replay_cache_entries",
+            "must be at least 1",
+        );
+        algorithms.dedup();
+        Some(DpopSettings::new(
+            d.enabled,
+            algorithms,
+            d.max_age,
+            d.require_nonce,
+            d.forward_proof,
+            d.replay_cache_entries,
+        ))
     }
 
     pub(super) fn forwarding_settings(&self) -> Result<ForwardingSettings, ConfigError> {

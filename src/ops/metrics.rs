@@ -6,6 +6,8 @@
 //! or the route name the access log already owns (moved in, not copied), and
 //! the cache bumps prebuilt counter handles ([`CacheCounters`]).
 
+use crate::binding::dpop::ProofError;
+use crate::binding::{Binding, BindingError};
 use crate::cache::CacheCounters;
 use crate::introspection::client::{IntrospectError, Introspection};
 use crate::resilience::breaker::BreakerState;
@@ -83,6 +85,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -110,6 +117,9 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     shared_cache: Family<KindLabels, Counter>,
     purge_messages: Family<KindLabels, Counter>,
+    dpop_proofs: Family<OutcomeLabels, Counter>,
+    dpop_replays: Counter,
+    binding_refused: Family<ReasonLabels, Counter>,
     /// The fleet's own counters as last copied in, so a scrape adds only the
     /// difference (the fleet layer counts with plain atomics).
     fleet_seen: std::sync::Mutex<crate::cache::fleet::FleetStats>,
@@ -239,6 +249,24 @@ impl Metrics {
             "Fleet-wide purge messages on the Redis channel, sent and received",
             purge_messages.clone(),
         );
+        let dpop_proofs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "dpop_proofs",
+            "DPoP proofs checked, by outcome: accepted, or why refused (missing, multiple, malformed, typ, alg, jwk, signature, htm, htu, iat, jti, ath, key_mismatch, replay, nonce, replay_check_unavailable)",
+            dpop_proofs.clone(),
+        );
+        let dpop_replays = Counter::default();
+        registry.register(
+            "dpop_replays",
+            "DPoP proofs refused because they had been used before (here, or with [cache.shared] at any replica)",
+            dpop_replays.clone(),
+        );
+        let binding_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "token_binding_refused",
+            "Requests whose token was refused by the sender-binding check, by reason (dpop_required: a DPoP-bound token sent as Bearer; not_dpop_bound; unsupported_cnf; certificate_mismatch; invalid_dpop_proof; use_dpop_nonce; replay_check_unavailable)",
+            binding_refused.clone(),
+        );
         // Series that exist from the start, so that `rate()` and alerts see a 0
         // before the first event instead of no series at all.
         for outcome in [
@@ -262,6 +290,12 @@ impl Metrics {
         for result in ["ok", "error"] {
             drop(reloads.get_or_create(&ResultLabels { result }));
         }
+        drop(dpop_proofs.get_or_create(&OutcomeLabels {
+            outcome: "accepted",
+        }));
+        drop(binding_refused.get_or_create(&ReasonLabels {
+            reason: "dpop_required",
+        }));
         Self {
             registry,
             requests,
@@ -278,7 +312,42 @@ impl Metrics {
             reloads,
             shared_cache,
             purge_messages,
+            dpop_proofs,
+            dpop_replays,
+            binding_refused,
             fleet_seen: std::sync::Mutex::new(crate::cache::fleet::FleetStats::default()),
+        }
+    }
+
+    /// The binding stage's result: DPoP proofs by outcome, replays, and
+    /// refusals by reason.
+    pub fn observe_binding(&self, result: &Result<Binding, BindingError>) {
+        let proof = |outcome: &'static str| {
+            self.dpop_proofs
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc();
+        };
+        let e = match result {
+            Ok(Binding::Dpop) => return proof("accepted"),
+            Ok(Binding::Mtls | Binding::None) => return,
+            Err(e) => e,
+        };
+        self.binding_refused
+            .get_or_create(&ReasonLabels { reason: e.reason() })
+            .inc();
+        match e {
+            BindingError::Proof(p) => {
+                if *p == ProofError::Replayed {
+                    self.dpop_replays.inc();
+                }
+                proof(p.reason());
+            }
+            BindingError::UseNonce(_) => proof("nonce"),
+            BindingError::ReplayCheckUnavailable => proof("replay_check_unavailable"),
+            BindingError::DpopRequired
+            | BindingError::NotDpopBound
+            | BindingError::Unsupported
+            | BindingError::CertificateMismatch => {}
         }
     }
 

@@ -19,6 +19,7 @@ pub(super) async fn forward_auth_check(
     app: &App,
     settings: &Settings,
     req: Request<Incoming>,
+    peer: &forward::Peer,
     info: &mut AccessInfo,
 ) -> Result<Response<Body>, ProxyError> {
     // The sub-request's own Host may stand for the original's (Envoy): the
@@ -51,14 +52,33 @@ pub(super) async fn forward_auth_check(
         orig.target.path(),
     )?;
     info.route = Some(route.name.clone());
-    let (principal, _exp) = authorize(
+    // DPoP's htu is the original request's: the front proxy's host, and the
+    // scheme from a trusted proxy's X-Forwarded-Proto (crate::binding::request_uri).
+    let facts = crate::binding::RequestFacts {
+        method: &orig.method,
+        uri: crate::binding::request_uri(
+            req.headers(),
+            settings.forwarding.trusts(peer.addr),
+            peer.proto,
+            orig.host.as_ref().and_then(|h| h.to_str().ok()),
+            orig.target.path(),
+        ),
+        client_cert_sha256: None,
+    };
+    let (principal, _exp, binding) = authorize(
         app,
         settings,
         route,
         req.headers(),
         orig.target.query(),
+        &facts,
         info,
     )
     .await?;
-    Ok(front_proxy::allowed(principal.as_ref(), &settings.identity))
+    let mut resp = front_proxy::allowed(principal.as_ref(), &settings.identity);
+    if let Some(b) = binding {
+        resp.headers_mut()
+            .insert(settings.identity.binding_header.clone(), b.header_value());
+    }
+    Ok(resp)
 }

@@ -1,5 +1,5 @@
 //! The per-request pipeline: route → token → cache/introspect → policy →
-//! forward (or, in forward-auth mode, the 200 + identity answer), and the one
+//! binding (crate::binding) → forward (or, in forward-auth mode, the 200 + identity answer), and the one
 //! access log line. Each stage lives in its own file below.
 
 mod access;
@@ -46,7 +46,7 @@ pub async fn handle(
     let settings = app.settings.load_full();
     let result = match settings.mode {
         Mode::Proxy => authorize_and_forward(app, &settings, req, peer, slot, &mut info).await,
-        Mode::ForwardAuth => forward_auth_check(app, &settings, req, &mut info).await,
+        Mode::ForwardAuth => forward_auth_check(app, &settings, req, peer, &mut info).await,
     };
     let response = match result {
         Ok(resp) => resp,
@@ -104,6 +104,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::ForwardAuth(_)
         | ProxyError::BodyTooLarge
         | ProxyError::Route(_)
-        | ProxyError::MethodOverride(_) => debug!(reason = %err, token, "request rejected"),
+        | ProxyError::MethodOverride(_)
+        | ProxyError::Binding(..) => debug!(reason = %err, token, "request rejected"),
     }
 }

@@ -50,8 +50,27 @@ pub(super) async fn authorize_and_forward(
     )?;
     info.route = Some(route.name.clone());
 
-    let (principal, exp) =
-        authorize(app, settings, route, req.headers(), req.uri().query(), info).await?;
+    let facts = crate::binding::RequestFacts {
+        method: req.method(),
+        uri: crate::binding::request_uri(
+            req.headers(),
+            settings.forwarding.trusts(peer.addr),
+            peer.proto,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            req.uri().path(),
+        ),
+        client_cert_sha256: None,
+    };
+    let (principal, exp, binding) = authorize(
+        app,
+        settings,
+        route,
+        req.headers(),
+        req.uri().query(),
+        &facts,
+        info,
+    )
+    .await?;
     // Only an allowed protocol is offered to the upstream (never h2c: its
     // tunnel would carry requests no token check sees); any other Upgrade is
     // stripped below with the hop-by-hop fields and the request goes on as a
@@ -85,6 +104,10 @@ pub(super) async fn authorize_and_forward(
         method_override: settings.forwarding.method_override,
     };
     forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
+    if let Some(b) = binding {
+        req.headers_mut()
+            .insert(settings.identity.binding_header.clone(), b.header_value());
+    }
     if let Some(u) = upgrade {
         crate::upstream::upgrade::restore_headers(req.headers_mut(), u);
     }

@@ -52,6 +52,8 @@ pub struct IdentitySettings {
     pub forward_authorization: bool,
     /// `[identity.claims]`, parsed: header → claim name.
     pub claims: Vec<(HeaderName, String)>,
+    /// `identity.binding_header`: `dpop`, `mtls` or `none` (crate::binding).
+    pub binding_header: HeaderName,
 }
 
 #[derive(Debug, thiserror::Error)]
