@@ -50,6 +50,9 @@ impl OidcProvider {
             .strip_prefix("PORT ")
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| panic!("unexpected first line from provider.mjs: {line}"));
+        // Keep reading: the provider may write more (e.g. a warning on first
+        // use of a feature), and a closed pipe would kill it with EPIPE.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Some(Self { child, port })
     }
 
