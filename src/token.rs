@@ -398,6 +398,60 @@ mod tests {
     }
 
     #[test]
+    fn the_dpop_scheme_only_when_enabled() {
+        let dpop = |v: &str, on: bool| parse_authorization(v, 64, on);
+        assert_eq!(
+            dpop("DPoP abc", true).map(|o| o.map(|(t, s)| (t.secret().to_owned(), s))),
+            Ok(Some(("abc".into(), Scheme::Dpop)))
+        );
+        assert_eq!(
+            dpop("dpop abc", true).map(|o| o.map(|(_, s)| s)),
+            Ok(Some(Scheme::Dpop))
+        );
+        assert_eq!(
+            dpop("Bearer abc", true).map(|o| o.map(|(_, s)| s)),
+            Ok(Some(Scheme::Bearer))
+        );
+        assert_eq!(dpop("DPoP abc", false), Ok(None), "another scheme when off");
+        assert_eq!(parse_bearer("DPoP abc", 64), Ok(None));
+        assert_eq!(
+            dpop("DPoP  abc", true).map(|_| ()),
+            Err(TokenError::BadSeparator)
+        );
+        assert_eq!(
+            dpop("DPoP a b", true).map(|_| ()),
+            Err(TokenError::BadCharacters)
+        );
+        assert_eq!(dpop("DPoPx abc", true), Ok(None));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("DPoP tok"));
+        let sources = TokenSources {
+            query_param: Some("access_token".into()),
+            cookie: None,
+        };
+        let got = extract_with_scheme(&h, None, &sources, 64, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((got.1, got.2), (Source::Header, Scheme::Dpop));
+        assert_eq!(extract(&h, None, &sources, 64), Ok(None));
+        // A query token is Bearer, and one next to a DPoP header is two sources.
+        let q = extract_with_scheme(
+            &HeaderMap::new(),
+            Some("access_token=t"),
+            &sources,
+            64,
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(q.2, Scheme::Bearer);
+        assert_eq!(
+            extract_with_scheme(&h, Some("access_token=t"), &sources, 64, true).map(|_| ()),
+            Err(TokenError::MultipleSources)
+        );
+    }
+
+    #[test]
     fn sources_table() {
         use TokenError::*;
         let sources = TokenSources {

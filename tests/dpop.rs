@@ -70,11 +70,18 @@ async fn should_refuse_a_dpop_bound_token_sent_as_bearer_whatever_dpop_enabled_s
         let mut typed = bound_to(&env, &key);
         typed.as_object_mut().unwrap().remove("cnf");
         env.answer("typed-tok", typed, 1).await;
-        assert_rejection(&get(&env, "Bearer", "typed-tok", &[]).await, 401, "invalid_token");
+        assert_rejection(
+            &get(&env, "Bearer", "typed-tok", &[]).await,
+            401,
+            "invalid_token",
+        );
         assert_eq!(env.upstream.hits(), 0, "nothing reaches the upstream");
         let m = env.scrape().await;
         assert_eq!(
-            m.sum("tokengate_token_binding_refused_total", &[("reason", "dpop_required")]),
+            m.sum(
+                "tokengate_token_binding_refused_total",
+                &[("reason", "dpop_required")]
+            ),
             1.0
         );
     }
@@ -87,14 +94,26 @@ async fn should_pass_a_valid_proof_and_tell_the_upstream_how_the_token_was_bound
     env.answer("bound-tok", bound_to(&env, &key), 1).await;
     env.allow("plain-tok", 1).await;
 
-    let r = get(&env, "DPoP", "bound-tok", &[&key.proof(&spec(&env, "bound-tok"))]).await;
+    let r = get(
+        &env,
+        "DPoP",
+        "bound-tok",
+        &[&key.proof(&spec(&env, "bound-tok"))],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = r.echo();
     assert_eq!(seen.header_all("x-auth-token-binding"), vec!["dpop"]);
     assert!(!seen.has("dpop"), "the proof is not forwarded by default");
     assert_eq!(seen.header("x-auth-subject"), Some("alice"));
     // The scheme name is case-insensitive (RFC 9110 §11.1).
-    let r = get(&env, "dpop", "bound-tok", &[&key.proof(&spec(&env, "bound-tok"))]).await;
+    let r = get(
+        &env,
+        "dpop",
+        "bound-tok",
+        &[&key.proof(&spec(&env, "bound-tok"))],
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     // An unbound token as Bearer: binding none (the spoofed value is gone).
@@ -103,14 +122,26 @@ async fn should_pass_a_valid_proof_and_tell_the_upstream_how_the_token_was_bound
     assert_eq!(r.echo().header_all("x-auth-token-binding"), vec!["none"]);
 
     // ... and with the DPoP scheme: refused (RFC 9449 §7.1, no key to match).
-    let r = get(&env, "DPoP", "plain-tok", &[&key.proof(&spec(&env, "plain-tok"))]).await;
+    let r = get(
+        &env,
+        "DPoP",
+        "plain-tok",
+        &[&key.proof(&spec(&env, "plain-tok"))],
+    )
+    .await;
     assert_rejection(&r, 401, "invalid_token");
     assert!(challenge(&r).starts_with("DPoP "), "{}", challenge(&r));
 
     let m = env.scrape().await;
-    assert_eq!(m.sum("tokengate_dpop_proofs_total", &[("outcome", "accepted")]), 2.0);
     assert_eq!(
-        m.sum("tokengate_token_binding_refused_total", &[("reason", "not_dpop_bound")]),
+        m.sum("tokengate_dpop_proofs_total", &[("outcome", "accepted")]),
+        2.0
+    );
+    assert_eq!(
+        m.sum(
+            "tokengate_token_binding_refused_total",
+            &[("reason", "not_dpop_bound")]
+        ),
         1.0
     );
 }
@@ -168,7 +199,10 @@ async fn should_check_the_proof_on_every_request_cache_hits_included() {
         ("jwk", key.sign(&private_header, &DpopKey::claims(&s))),
         (
             "typ",
-            key.sign(&json!({"typ": "JWT", "alg": "ES256", "jwk": key.jwk}), &DpopKey::claims(&s)),
+            key.sign(
+                &json!({"typ": "JWT", "alg": "ES256", "jwk": key.jwk}),
+                &DpopKey::claims(&s),
+            ),
         ),
         ("signature", {
             let mut t = key.proof(&s);
@@ -189,26 +223,72 @@ async fn should_check_the_proof_on_every_request_cache_hits_included() {
         );
     }
     // No proof, and two proofs.
-    assert_rejection(&get(&env, "DPoP", "bound-tok", &[]).await, 401, "invalid_dpop_proof");
-    let (a, b) = (key.proof(&spec(&env, "bound-tok")), key.proof(&spec(&env, "bound-tok")));
-    assert_rejection(&get(&env, "DPoP", "bound-tok", &[&a, &b]).await, 401, "invalid_dpop_proof");
+    assert_rejection(
+        &get(&env, "DPoP", "bound-tok", &[]).await,
+        401,
+        "invalid_dpop_proof",
+    );
+    let (a, b) = (
+        key.proof(&spec(&env, "bound-tok")),
+        key.proof(&spec(&env, "bound-tok")),
+    );
+    assert_rejection(
+        &get(&env, "DPoP", "bound-tok", &[&a, &b]).await,
+        401,
+        "invalid_dpop_proof",
+    );
     // The refused proofs were not recorded: a fresh one still passes.
     assert_eq!(
-        get(&env, "DPoP", "bound-tok", &[&key.proof(&spec(&env, "bound-tok"))]).await.status,
+        get(
+            &env,
+            "DPoP",
+            "bound-tok",
+            &[&key.proof(&spec(&env, "bound-tok"))]
+        )
+        .await
+        .status,
         200
     );
     assert_eq!(env.upstream.hits(), 2);
 
     let m = env.scrape().await;
-    for reason in ["replay", "htm", "ath", "key_mismatch", "jwk", "typ", "signature", "malformed"] {
-        assert_eq!(m.sum("tokengate_dpop_proofs_total", &[("outcome", reason)]), 1.0, "{reason}");
+    for reason in [
+        "replay",
+        "htm",
+        "ath",
+        "key_mismatch",
+        "jwk",
+        "typ",
+        "signature",
+        "malformed",
+    ] {
+        assert_eq!(
+            m.sum("tokengate_dpop_proofs_total", &[("outcome", reason)]),
+            1.0,
+            "{reason}"
+        );
     }
-    assert_eq!(m.sum("tokengate_dpop_proofs_total", &[("outcome", "htu")]), 3.0);
-    assert_eq!(m.sum("tokengate_dpop_proofs_total", &[("outcome", "iat")]), 2.0);
-    assert_eq!(m.sum("tokengate_dpop_proofs_total", &[("outcome", "missing")]), 1.0);
-    assert_eq!(m.sum("tokengate_dpop_proofs_total", &[("outcome", "multiple")]), 1.0);
+    assert_eq!(
+        m.sum("tokengate_dpop_proofs_total", &[("outcome", "htu")]),
+        3.0
+    );
+    assert_eq!(
+        m.sum("tokengate_dpop_proofs_total", &[("outcome", "iat")]),
+        2.0
+    );
+    assert_eq!(
+        m.sum("tokengate_dpop_proofs_total", &[("outcome", "missing")]),
+        1.0
+    );
+    assert_eq!(
+        m.sum("tokengate_dpop_proofs_total", &[("outcome", "multiple")]),
+        1.0
+    );
     assert_eq!(m.sum("tokengate_dpop_replays_total", &[]), 1.0);
-    assert_eq!(m.sum("tokengate_cache_hits_total", &[("cache", "positive")]), 16.0);
+    assert_eq!(
+        m.sum("tokengate_cache_hits_total", &[("cache", "positive")]),
+        16.0
+    );
 }
 
 #[tokio::test]
@@ -248,13 +328,31 @@ async fn should_hand_out_a_nonce_and_accept_proofs_that_carry_it() {
     let env = Env::start_with(|raw| raw.dpop.require_nonce = true).await;
     let key = DpopKey::generate();
     env.answer("bound-tok", bound_to(&env, &key), 1).await;
-    let r = get(&env, "DPoP", "bound-tok", &[&key.proof(&spec(&env, "bound-tok"))]).await;
+    let r = get(
+        &env,
+        "DPoP",
+        "bound-tok",
+        &[&key.proof(&spec(&env, "bound-tok"))],
+    )
+    .await;
     assert_rejection(&r, 401, "use_dpop_nonce");
-    assert!(challenge(&r).contains(r#"error="use_dpop_nonce""#), "{}", challenge(&r));
-    let nonce = r.header("dpop-nonce").expect("DPoP-Nonce header").to_owned();
+    assert!(
+        challenge(&r).contains(r#"error="use_dpop_nonce""#),
+        "{}",
+        challenge(&r)
+    );
+    let nonce = r
+        .header("dpop-nonce")
+        .expect("DPoP-Nonce header")
+        .to_owned();
     let mut s = spec(&env, "bound-tok");
     s.nonce = Some(nonce.clone());
-    assert_eq!(get(&env, "DPoP", "bound-tok", &[&key.proof(&s)]).await.status, 200);
+    assert_eq!(
+        get(&env, "DPoP", "bound-tok", &[&key.proof(&s)])
+            .await
+            .status,
+        200
+    );
     // A forged nonce gets a fresh one instead.
     let mut s = spec(&env, "bound-tok");
     s.nonce = Some("forged".into());
@@ -291,7 +389,11 @@ async fn should_check_the_proof_against_the_original_request_in_forward_auth_mod
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-auth-token-binding"), Some("dpop"));
     // htm is the original method, not the sub-request's GET.
-    assert_rejection(&check(proof("GET"), "DELETE").await, 401, "invalid_dpop_proof");
+    assert_rejection(
+        &check(proof("GET"), "DELETE").await,
+        401,
+        "invalid_dpop_proof",
+    );
     // Bearer for the bound token: refused here as well.
     let req = request(Method::GET, &env.url("/_auth"))
         .header("x-original-uri", PATH)
@@ -306,7 +408,8 @@ async fn should_check_the_proof_against_the_original_request_in_forward_auth_mod
 #[tokio::test]
 async fn should_refuse_tokens_bound_in_ways_it_cannot_check() {
     let env = Env::start().await;
-    let mut cert_bound = json!({"active": true, "sub": "alice", "scope": "read", "exp": env.now() + 3600});
+    let mut cert_bound =
+        json!({"active": true, "sub": "alice", "scope": "read", "exp": env.now() + 3600});
     let thumbprint = {
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([7u8; 32])
@@ -324,7 +427,10 @@ async fn should_refuse_tokens_bound_in_ways_it_cannot_check() {
     assert_eq!(env.upstream.hits(), 0);
     let m = env.scrape().await;
     assert_eq!(
-        m.sum("tokengate_token_binding_refused_total", &[("reason", "certificate_mismatch")]),
+        m.sum(
+            "tokengate_token_binding_refused_total",
+            &[("reason", "certificate_mismatch")]
+        ),
         1.0
     );
 }
@@ -371,7 +477,11 @@ async fn should_enforce_the_binding_of_real_oidc_provider_dpop_tokens() {
     };
 
     // As Bearer: refused (the AS's answer has cnf.jkt).
-    assert_rejection(&call(format!("Bearer {token}"), None).await, 401, "invalid_token");
+    assert_rejection(
+        &call(format!("Bearer {token}"), None).await,
+        401,
+        "invalid_token",
+    );
     // With a valid proof: allowed, and the upstream is told so.
     let first = proof(&key, "GET", &url, &token);
     let r = call(format!("DPoP {token}"), Some(first.clone())).await;
@@ -383,15 +493,28 @@ async fn should_enforce_the_binding_of_real_oidc_provider_dpop_tokens() {
     let bad = [
         first,
         proof(&key, "POST", &url, &token),
-        proof(&key, "GET", &format!("http://{}/api/other", gate.addr), &token),
+        proof(
+            &key,
+            "GET",
+            &format!("http://{}/api/other", gate.addr),
+            &token,
+        ),
         proof(&key, "GET", &url, "some-other-token"),
         proof(&thief, "GET", &url, &token),
     ];
     for p in bad {
-        assert_rejection(&call(format!("DPoP {token}"), Some(p)).await, 401, "invalid_dpop_proof");
+        assert_rejection(
+            &call(format!("DPoP {token}"), Some(p)).await,
+            401,
+            "invalid_dpop_proof",
+        );
     }
     // Still good with a fresh proof.
-    let r = call(format!("DPoP {token}"), Some(proof(&key, "GET", &url, &token))).await;
+    let r = call(
+        format!("DPoP {token}"),
+        Some(proof(&key, "GET", &url, &token)),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     // An unbound token from the same AS: fine as Bearer, refused with the DPoP scheme.
@@ -401,7 +524,11 @@ async fn should_enforce_the_binding_of_real_oidc_provider_dpop_tokens() {
     let r = call(format!("Bearer {plain}"), None).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.echo().header("x-auth-token-binding"), Some("none"));
-    let r = call(format!("DPoP {plain}"), Some(proof(&key, "GET", &url, &plain))).await;
+    let r = call(
+        format!("DPoP {plain}"),
+        Some(proof(&key, "GET", &url, &plain)),
+    )
+    .await;
     assert_rejection(&r, 401, "invalid_token");
     drop(upstream);
 }
@@ -415,8 +542,11 @@ struct KeyFile(std::path::PathBuf);
 impl KeyFile {
     fn new() -> Self {
         let p = temp_dir("dpop-fleet-key").join("key");
-        std::fs::write(&p, "3f9c2a7b8d1e4f60a5b7c9d2e1f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1\n")
-            .unwrap();
+        std::fs::write(
+            &p,
+            "3f9c2a7b8d1e4f60a5b7c9d2e1f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1\n",
+        )
+        .unwrap();
         Self(p)
     }
 }

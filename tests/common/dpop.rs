@@ -36,7 +36,11 @@ impl ProofSpec {
             htm: htm.into(),
             htu: htu.into(),
             iat,
-            jti: format!("jti-{}-{}", std::process::id(), JTI.fetch_add(1, Ordering::SeqCst)),
+            jti: format!(
+                "jti-{}-{}",
+                std::process::id(),
+                JTI.fetch_add(1, Ordering::SeqCst)
+            ),
             token: token.map(str::to_owned),
             nonce: None,
         }
