@@ -31,6 +31,10 @@
 //!      `flight` (single-flight, cancellation-safe); `fleet` (`[cache.shared]`:
 //!      Redis/Valkey L2 behind the L1, HMAC keys, MAC'd values and expiry, timeout + breaker,
 //!      fleet-wide purge over pub/sub with tombstones).
+//!    - [`binding`]: the binding stage (`mod.rs`: is the token used by the sender its `cnf`
+//!      binds it to? DPoP key or client certificate; downgrade protection, always on; the
+//!      replay cache, local and fleet-wide), `dpop` (RFC 9449 proof checks, pure), `nonce`
+//!      (stateless server nonces).
 //!    - [`upstream`]: `forward` (hop-by-hop and identity header rewrite, streaming call to the
 //!      upstream over HTTP/1.1 or HTTP/2, TCP or a unix socket: **the upstream call**);
 //!      `upgrade` (WebSocket tunnels: only `upgrade_protocols`, never h2c; closed at `exp`,
@@ -69,7 +73,8 @@
 //!                                      skip to forward; path whose route depends on its
 //!                                      reading (decoding, `;`, case, NFKC, trailing dots),
 //!                                      or a lower-case standard method → 400
-//!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
+//!    └─ token::extract_with_scheme     header (Bearer; DPoP with dpop.enabled) / query / cookie;
+//!                                      none → 401, malformed or two → 400
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (cache::flight) →
 //!                                      (introspection::answer::Answer: the cached form the policy reads)
 //!         └─ cache::fleet::Fleet::read_through  (with [cache.shared]) L2 GET (+ purge tombstone); miss → lock, then
@@ -77,9 +82,14 @@
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
+//!    └─ binding::Binder::check         (cache hits too) cnf.jkt / token_type DPoP → DPoP scheme +
+//!                                      valid proof (binding::dpop::verify, jti replay cache,
+//!                                      fleet-wide SET NX) else 401; cnf x5t#S256 → matching
+//!                                      client certificate else 401 → binding dpop|mtls|none
 //!  pipeline::proxy, again:
 //!    └─ upstream::upgrade::requested   Upgrade → only allowed protocols (never h2c), else stripped
-//!    └─ upstream::forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
+//!    └─ upstream::forward::rewrite_request_headers (+ identity.binding_header) + Forwarder::send
+//!                                      → upstream, body streamed both ways
 //!                                      (request body counted by http::limits::LimitedBody → 413;
 //!                                      a 101 not naming an offered protocol → 502, dropped)
 //!       └─ upstream::upgrade::Tunnels::spawn  on 101: join the two connections (holding the
@@ -93,7 +103,7 @@
 //! reload (SIGHUP in main): ReloadHandle::reload_from → validate → ArcSwap<Settings> swap.
 //! forward-auth mode: pipeline::front_proxy::original (only `forward_auth.convention`'s headers;
 //! auto: two conventions → 400; an override naming another method → 400: it cannot be
-//! stripped) → the same route/token/cache/policy → 200 + identity
+//! stripped) → the same route/token/cache/policy/binding → 200 + identity
 //! (front_proxy::allowed) instead of forwarding; the access line logs the original method and path.
 //! ```
 #![forbid(unsafe_code)]
