@@ -407,7 +407,10 @@ fn iat_window(
     let issued = UNIX_EPOCH
         .checked_add(Duration::from_secs(iat))
         .ok_or(ProofError::IssuedAt)?;
-    let until = issued + max_age + SKEW;
+    // Checked: an `iat` near the end of time must be a refusal, not a panic.
+    let until = issued
+        .checked_add(max_age + SKEW)
+        .ok_or(ProofError::IssuedAt)?;
     if issued > now + SKEW || until <= now {
         return Err(ProofError::IssuedAt);
     }
@@ -600,6 +603,9 @@ pub(crate) mod tests {
                 ProofError::Malformed,
             ),
             (with_claim("iat", json!(-1)), ProofError::IssuedAt),
+            (with_claim("iat", json!(i64::MAX)), ProofError::IssuedAt),
+            (with_claim("iat", json!(u64::MAX)), ProofError::IssuedAt),
+            (with_claim("iat", json!(1e300)), ProofError::IssuedAt),
             (without_claim("iat"), ProofError::IssuedAt),
             (without_claim("jti"), ProofError::Jti),
             (with_claim("jti", json!("")), ProofError::Jti),
