@@ -115,6 +115,14 @@ async fn should_pass_a_valid_proof_and_tell_the_upstream_how_the_token_was_bound
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // HTTP/2 (h2c): the host of htu is the :authority.
+    let req = request(Method::GET, &env.url(PATH))
+        .header("authorization", "DPoP bound-tok")
+        .header("dpop", key.proof(&spec(&env, "bound-tok")))
+        .body(empty())
+        .unwrap();
+    let r = send(&env.h2c, req).await;
+    assert_eq!(r.status, 200, "{}", r.text());
 
     // An unbound token as Bearer: binding none (the spoofed value is gone).
     let r = get(&env, "Bearer", "plain-tok", &[]).await;
@@ -135,7 +143,7 @@ async fn should_pass_a_valid_proof_and_tell_the_upstream_how_the_token_was_bound
     let m = env.scrape().await;
     assert_eq!(
         m.sum("tokengate_dpop_proofs_total", &[("outcome", "accepted")]),
-        2.0
+        3.0
     );
     assert_eq!(
         m.sum(
