@@ -443,6 +443,49 @@ async fn should_refuse_tokens_bound_in_ways_it_cannot_check() {
     );
 }
 
+/// `[dpop]` is read per request: a reload applies at once, except
+/// `replay_cache_entries`, which warns that it needs a restart.
+#[tokio::test]
+async fn should_apply_reloaded_dpop_settings_at_once() {
+    let env = Env::start().await;
+    let key = DpopKey::generate();
+    env.answer("bound-tok", bound_to(&env, &key), 1).await;
+    let ok = key.proof(&spec(&env, "bound-tok"));
+    assert_eq!(get(&env, "DPoP", "bound-tok", &[&ok]).await.status, 200);
+
+    let mut raw = base_config(&env.auth, &env.upstream.url());
+    raw.dpop.require_nonce = true;
+    raw.dpop.algorithms = vec!["EdDSA".into()];
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert!(report.restart_required.is_empty(), "{report:?}");
+    let r = get(
+        &env,
+        "DPoP",
+        "bound-tok",
+        &[&key.proof(&spec(&env, "bound-tok"))],
+    )
+    .await;
+    assert_rejection(&r, 401, "invalid_dpop_proof");
+    assert!(
+        challenge(&r).contains(r#"algs="EdDSA""#),
+        "{}",
+        challenge(&r)
+    );
+
+    raw.dpop.algorithms = vec!["ES256".into()];
+    raw.dpop.replay_cache_entries = 10;
+    let report = env.gate.reload().reload(raw.validate().unwrap()).unwrap();
+    assert_eq!(report.restart_required, vec!["dpop.replay_cache_entries"]);
+    let r = get(
+        &env,
+        "DPoP",
+        "bound-tok",
+        &[&key.proof(&spec(&env, "bound-tok"))],
+    )
+    .await;
+    assert_rejection(&r, 401, "use_dpop_nonce");
+}
+
 // ---------------------------------------------------------------------------
 // The real AS: oidc-provider's DPoP feature
 // ---------------------------------------------------------------------------
