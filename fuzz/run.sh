@@ -19,7 +19,7 @@ else
     export RUSTC_BOOTSTRAP=1
     FUZZ=(cargo fuzz)
 fi
-for target in route_select token_extract introspection_answer; do
+for target in route_select token_extract introspection_answer dpop_proof; do
     mkdir -p "corpus/$target"
     echo "==> $target for ${SECONDS_EACH}s"
     "${FUZZ[@]}" run "$target" "corpus/$target" "seeds/$target" -- \

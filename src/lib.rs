@@ -34,9 +34,11 @@
 //!      `flight` (single-flight, cancellation-safe); `fleet` (`[cache.shared]`:
 //!      Redis/Valkey L2 behind the L1, HMAC keys, MAC'd values and expiry, timeout + breaker,
 //!      fleet-wide purge over pub/sub with tombstones).
-//!    - `binding/`: sender-constrained tokens, checked after the policy on every request
-//!      (always on: a bound token never passes as a plain bearer token); `mtls` (RFC 8705
-//!      `cnf["x5t#S256"]`: the client certificate from our TLS handshake, or from a trusted
+//!    - `policy/binding/`: the binding stage (`mod.rs`: is the token used by the sender its
+//!      `cnf` binds it to? DPoP key or client certificate; downgrade protection, always on: a
+//!      bound token never passes as a plain bearer token; the DPoP replay cache, local and
+//!      fleet-wide), `dpop` (RFC 9449 proof checks, pure), `nonce` (stateless server nonces),
+//!      `mtls` (RFC 8705: the client certificate from our TLS handshake, or from a trusted
 //!      proxy's header, nginx PEM or Envoy XFCC).
 //!    - [`upstream`]: `forward` (hop-by-hop and identity header rewrite, streaming call to the
 //!      upstream over HTTP/1.1 or HTTP/2, TCP or a unix socket: **the upstream call**);
@@ -80,7 +82,8 @@
 //!                                      skip to forward; path whose route depends on its
 //!                                      reading (decoding, `;`, case, NFKC, trailing dots),
 //!                                      or a lower-case standard method → 400
-//!    └─ token::extract                 header / query / cookie; none → 401, malformed or two → 400
+//!    └─ token::extract_with_scheme     header (Bearer; DPoP with dpop.enabled) / query / cookie;
+//!                                      none → 401, malformed or two → 400
 //!    └─ app::issuers::Issuers::get     the route's issuer (or the default): its cache key, its AS
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (cache::flight) →
 //!                                      (introspection::answer::Answer: the cached form the policy reads)
@@ -95,13 +98,16 @@
 //!                                      AS failure → stale answer if allowed, else 503
 //!    └─ policy::evaluate               not active, expired, wrong iss/aud/client → 401; scope → 403;
 //!                                      AS failure → 503
-//!    └─ binding::check                 cnf (cache hits too): x5t#S256 ≠ the client certificate
-//!                                      (TLS, or mtls.client_cert_header from mtls.trusted_proxies,
-//!                                      read by binding::mtls::client_certificate; unreadable → 400)
-//!                                      → 401; unknown cnf → 401
+//!    └─ policy::binding::Binder::check (cache hits too) cnf.jkt / token_type DPoP → DPoP scheme +
+//!                                      valid proof (binding::dpop::verify, jti replay cache,
+//!                                      fleet-wide SET NX) else 401; cnf x5t#S256 → matching client
+//!                                      certificate (TLS, or mtls.client_cert_header from
+//!                                      mtls.trusted_proxies: binding::mtls::client_certificate;
+//!                                      unreadable → 400) else 401 → binding dpop|mtls|none
 //!  pipeline::proxy, again:
 //!    └─ upstream::upgrade::requested   Upgrade → only allowed protocols (never h2c), else stripped
-//!    └─ upstream::forward::rewrite_request_headers + Forwarder::send   → upstream, body streamed both ways
+//!    └─ upstream::forward::rewrite_request_headers (+ identity.binding_header) + Forwarder::send
+//!                                      → upstream, body streamed both ways
 //!                                      (request body counted by http::limits::LimitedBody → 413;
 //!                                      a 101 not naming an offered protocol → 502, dropped)
 //!       └─ upstream::upgrade::Tunnels::spawn  on 101: join the two connections (holding the
@@ -115,7 +121,7 @@
 //! reload (SIGHUP in main): ReloadHandle::reload_from → validate → ArcSwap<Settings> swap.
 //! forward-auth mode: pipeline::front_proxy::original (only `forward_auth.convention`'s headers;
 //! auto: two conventions → 400; an override naming another method → 400: it cannot be
-//! stripped) → the same route/token/cache/policy → 200 + identity
+//! stripped) → the same route/token/cache/policy/binding → 200 + identity
 //! (front_proxy::allowed) instead of forwarding; the access line logs the original method and path.
 //! ```
 #![forbid(unsafe_code)]

@@ -59,11 +59,33 @@ pub fn extract(
     sources: &TokenSources,
     max_len: usize,
 ) -> Result<Option<(Token, Source)>, TokenError> {
-    let mut found = extract_bearer(headers, max_len)?.map(|t| (t, Source::Header));
+    Ok(extract_with_scheme(headers, query, sources, max_len, false)?.map(|(t, s, _)| (t, s)))
+}
+
+/// How the token was presented: the `Authorization` scheme. A token from the
+/// query or a cookie counts as Bearer (RFC 6750 §2.2, §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// `Authorization: DPoP <token>` (RFC 9449 §7.1), only with `dpop = true`.
+    Dpop,
+}
+
+/// [`extract`], also accepting the `DPoP` scheme when `dpop` is on, and
+/// saying which scheme the token came with.
+pub fn extract_with_scheme(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    sources: &TokenSources,
+    max_len: usize,
+    dpop: bool,
+) -> Result<Option<(Token, Source, Scheme)>, TokenError> {
+    let mut found =
+        extract_authorization(headers, max_len, dpop)?.map(|(t, s)| (t, Source::Header, s));
     let mut add = |t: Token, src: Source| match found {
         Some(_) => Err(TokenError::MultipleSources),
         None => {
-            found = Some((t, src));
+            found = Some((t, src, Scheme::Bearer));
             Ok(())
         }
     };
@@ -211,6 +233,15 @@ impl fmt::Debug for Token {
 ///   request carries no Bearer credentials, so the challenge has no error code.
 /// * `Err(_)`: Bearer credentials are present but malformed (400 invalid_request).
 pub fn extract_bearer(headers: &HeaderMap, max_len: usize) -> Result<Option<Token>, TokenError> {
+    Ok(extract_authorization(headers, max_len, false)?.map(|(t, _)| t))
+}
+
+/// The `Authorization` header's token: Bearer, or also DPoP when `dpop` is on.
+fn extract_authorization(
+    headers: &HeaderMap,
+    max_len: usize,
+    dpop: bool,
+) -> Result<Option<(Token, Scheme)>, TokenError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -219,21 +250,35 @@ pub fn extract_bearer(headers: &HeaderMap, max_len: usize) -> Result<Option<Toke
         return Err(TokenError::MultipleHeaders);
     }
     let value = value.to_str().map_err(|_| TokenError::NotAscii)?;
-    parse_bearer(value, max_len)
+    parse_authorization(value, max_len, dpop)
 }
 
 /// Parses one `Authorization` value. Split out so it can be table-tested.
 pub fn parse_bearer(value: &str, max_len: usize) -> Result<Option<Token>, TokenError> {
-    const SCHEME: &str = "bearer";
+    Ok(parse_authorization(value, max_len, false)?.map(|(t, _)| t))
+}
+
+/// [`parse_bearer`], also accepting the `DPoP` scheme (same token syntax,
+/// RFC 9449 §7.1) when `dpop` is on.
+pub fn parse_authorization(
+    value: &str,
+    max_len: usize,
+    dpop: bool,
+) -> Result<Option<(Token, Scheme)>, TokenError> {
     let bytes = value.as_bytes();
     // The scheme is a token68-style word; compare case-insensitively (RFC 9110 §11.1).
     let scheme_len = bytes
         .iter()
         .position(|b| *b == b' ' || *b == b'\t')
         .unwrap_or(bytes.len());
-    if !value[..scheme_len].eq_ignore_ascii_case(SCHEME) {
+    let word = &value[..scheme_len];
+    let scheme = if word.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if dpop && word.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Ok(None);
-    }
+    };
     let rest = &value[scheme_len..];
     if rest.trim().is_empty() {
         return Err(TokenError::Empty);
@@ -253,7 +298,7 @@ pub fn parse_bearer(value: &str, max_len: usize) -> Result<Option<Token>, TokenE
     if !is_b64token(token.as_bytes()) {
         return Err(TokenError::BadCharacters);
     }
-    Ok(Some(Token(token.to_owned())))
+    Ok(Some((Token(token.to_owned()), scheme)))
 }
 
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
@@ -350,6 +395,60 @@ mod tests {
             HeaderValue::from_bytes(b"Bearer \xff").unwrap(),
         );
         assert_eq!(extract_bearer(&h, 64), Err(TokenError::NotAscii));
+    }
+
+    #[test]
+    fn the_dpop_scheme_only_when_enabled() {
+        let dpop = |v: &str, on: bool| parse_authorization(v, 64, on);
+        assert_eq!(
+            dpop("DPoP abc", true).map(|o| o.map(|(t, s)| (t.secret().to_owned(), s))),
+            Ok(Some(("abc".into(), Scheme::Dpop)))
+        );
+        assert_eq!(
+            dpop("dpop abc", true).map(|o| o.map(|(_, s)| s)),
+            Ok(Some(Scheme::Dpop))
+        );
+        assert_eq!(
+            dpop("Bearer abc", true).map(|o| o.map(|(_, s)| s)),
+            Ok(Some(Scheme::Bearer))
+        );
+        assert_eq!(dpop("DPoP abc", false), Ok(None), "another scheme when off");
+        assert_eq!(parse_bearer("DPoP abc", 64), Ok(None));
+        assert_eq!(
+            dpop("DPoP  abc", true).map(|_| ()),
+            Err(TokenError::BadSeparator)
+        );
+        assert_eq!(
+            dpop("DPoP a b", true).map(|_| ()),
+            Err(TokenError::BadCharacters)
+        );
+        assert_eq!(dpop("DPoPx abc", true), Ok(None));
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("DPoP tok"));
+        let sources = TokenSources {
+            query_param: Some("access_token".into()),
+            cookie: None,
+        };
+        let got = extract_with_scheme(&h, None, &sources, 64, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!((got.1, got.2), (Source::Header, Scheme::Dpop));
+        assert_eq!(extract(&h, None, &sources, 64), Ok(None));
+        // A query token is Bearer, and one next to a DPoP header is two sources.
+        let q = extract_with_scheme(
+            &HeaderMap::new(),
+            Some("access_token=t"),
+            &sources,
+            64,
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(q.2, Scheme::Bearer);
+        assert_eq!(
+            extract_with_scheme(&h, Some("access_token=t"), &sources, 64, true).map(|_| ()),
+            Err(TokenError::MultipleSources)
+        );
     }
 
     #[test]

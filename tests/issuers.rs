@@ -209,7 +209,7 @@ async fn metrics_are_split_by_issuer() {
             before
                 .matching("tokengate_introspections_total", &[("issuer", issuer)])
                 .count(),
-            11,
+            12,
             "{issuer}"
         );
     }

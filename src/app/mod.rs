@@ -37,6 +37,8 @@ pub struct App {
     /// Every authorization server: the default one (sharing the
     /// introspector, breaker and probe flag above) and `[issuers.<name>]`.
     pub(crate) issuers: Arc<Issuers>,
+    /// The binding stage's state (DPoP replay cache, nonce key).
+    pub(crate) binder: crate::policy::binding::Binder,
     pub(crate) forwarder: Forwarder,
     /// Fails AS calls fast after repeated failures; shared with the
     /// readiness check.
@@ -113,14 +115,22 @@ impl App {
             default: Arc::new(default_issuer),
             named,
         });
+        let cache = attach_fleet(
+            TokenCache::new(&settings.cache, clock.clone())
+                .with_stale_if_error(settings.stale_if_error)
+                .with_counters(default_counters),
+            &settings,
+            clock.clone(),
+        );
+        // The fleet (if any) makes the replay check and the nonces fleet-wide.
+        let binder = crate::policy::binding::Binder::new(
+            &settings.dpop,
+            cache.fleet().cloned(),
+            clock.clone(),
+        );
         Self {
-            cache: attach_fleet(
-                TokenCache::new(&settings.cache, clock.clone())
-                    .with_stale_if_error(settings.stale_if_error)
-                    .with_counters(default_counters),
-                &settings,
-                clock.clone(),
-            ),
+            cache,
+            binder,
             breaker,
             connections: ConnectionLimit::new(settings.limits.max_connections),
             introspector,

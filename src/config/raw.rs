@@ -93,6 +93,7 @@ pub struct RawConfig {
     /// reaches each key like any other (an array could not be addressed from
     /// the environment).
     pub issuers: std::collections::BTreeMap<String, RawIssuer>,
+    pub dpop: RawDpop,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -124,6 +125,41 @@ pub struct RawMtls {
     /// CIDRs (or addresses) allowed to send `client_cert_header`; from any
     /// other peer it is removed and ignored.
     pub trusted_proxies: Vec<String>,
+}
+
+/// `[dpop]`: DPoP proofs (RFC 9449). Whatever `enabled` says, a token whose
+/// answer is bound to a key never passes without a valid proof for that key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDpop {
+    /// Accept `Authorization: DPoP <token>` with a `DPoP: <proof>` header.
+    pub enabled: bool,
+    /// JWS algorithms a proof may use (asymmetric only).
+    pub algorithms: Vec<String>,
+    /// How old a proof's `iat` may be (plus a few seconds of skew either way).
+    #[serde(with = "duration_str")]
+    pub max_age: Duration,
+    /// RFC 9449 §8 server nonces (`use_dpop_nonce` + `DPoP-Nonce`).
+    pub require_nonce: bool,
+    /// Pass the `DPoP` header on to the upstream (removed by default).
+    pub forward_proof: bool,
+    /// Proofs remembered for the replay check (restart-only).
+    pub replay_cache_entries: u64,
+}
+
+impl Default for RawDpop {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            algorithms: ["ES256", "ES384", "PS256", "RS256", "EdDSA"]
+                .map(String::from)
+                .to_vec(),
+            max_age: Duration::from_secs(60),
+            require_nonce: false,
+            forward_proof: false,
+            replay_cache_entries: 100_000,
+        }
+    }
 }
 
 /// `[admin]`: the operations listener (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
@@ -307,6 +343,8 @@ pub struct RawIdentity {
     pub strip_headers: Vec<String>,
     pub forward_authorization: bool,
     /// How the token was bound, for the upstream: `dpop`, `mtls` or `none`.
+    /// How the token was bound to its sender (`dpop`, `mtls`, `none`); inbound
+    /// copies are removed.
     pub binding_header: String,
     /// Header name → claim name (`a.b` for nested), e.g. "X-Auth-Email" = "email".
     pub claims: std::collections::BTreeMap<String, String>,
@@ -388,6 +426,7 @@ impl Default for RawConfig {
             mtls: RawMtls::default(),
             jwt: Default::default(),
             issuers: Default::default(),
+            dpop: RawDpop::default(),
             notices: Vec::new(),
         }
     }

@@ -9,7 +9,8 @@
 //!   `[token_sources]`, `limits.max_token_bytes`, `limits.max_body_bytes`,
 //!   `upgrade_protocols`, `[forwarding]`, `[mtls]`, `resilience.retry_after_secs`, `shutdown_timeout`,
 //!   `admin.purge_secret_file` (re-read), `log.format`, `log.access`,
-//!   `[forward_auth]` (`convention`, `path_prefix`: read per request);
+//!   `[forward_auth]` (`convention`, `path_prefix`: read per request),
+//!   `[dpop]` (but `replay_cache_entries`);
 //! * `cache.max_ttl` / `cache.negative_ttl` / `resilience.stale_if_error`: for
 //!   entries cached from now on; entries already cached keep their lifetime
 //!   and stale window (purge one to drop it early);
@@ -33,7 +34,8 @@
 //!   (the list and every key in it: each issuer's client, breaker, probe and
 //!   metrics are built once at start, as the default issuer's are; a reload
 //!   whose routes name an issuer that is not running is refused whole, since
-//!   its routes would have no AS to ask).
+//!   its routes would have no AS to ask),
+//!   `dpop.replay_cache_entries` (the replay cache is sized at start).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -330,6 +332,8 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("limits.max_header_bytes", limits.max_header_bytes);
     keep!("limits.max_connections", limits.max_connections);
     keep!("limits.idle_timeout", limits.idle_timeout);
+    // Sizes the DPoP replay cache, built once in `App::with_clock`.
+    keep!("dpop.replay_cache_entries", dpop.replay_cache_entries);
     // The fleet layer (Redis connections, subscriber, HMAC key) is built once
     // in `App::with_clock`.
     keep!("cache.shared", shared_cache, |a, b| match (a, b) {

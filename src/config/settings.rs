@@ -58,6 +58,8 @@ pub struct Settings {
     /// `[issuers.<name>]`, in name order (the default issuer is
     /// `introspection` + `discovery` above).
     pub issuers: Vec<IssuerSettings>,
+    /// `[dpop]`.
+    pub dpop: crate::policy::binding::dpop::DpopSettings,
 }
 
 /// `[forwarding]`, validated.

@@ -884,3 +884,71 @@ fn jwt_keys_load_from_the_environment_and_every_bad_one_is_reported() {
         assert!(text.contains(key), "{key} missing from {text}");
     }
 }
+
+#[test]
+fn dpop_keys_load_validate_every_bad_one_and_strip_the_proof() {
+    Jail::expect_with(|jail| {
+        minimal_env(jail);
+        jail.create_file(
+            "t.toml",
+            r#"
+            [dpop]
+            enabled = true
+            algorithms = ["ES256", "EdDSA"]
+            max_age = "30s"
+            require_nonce = true
+            forward_proof = true
+            replay_cache_entries = 500
+            [identity]
+            binding_header = "X-Binding"
+            "#,
+        )?;
+        let s = load(Some(Path::new("t.toml"))).unwrap().validate().unwrap();
+        assert_eq!(&*s.dpop.challenge_algs, "ES256 EdDSA");
+        assert_eq!(s.dpop.max_age, Duration::from_secs(30));
+        assert!(s.dpop.require_nonce && s.dpop.forward_proof);
+        assert_eq!(s.dpop.replay_cache_entries, 500);
+        assert_eq!(s.identity.binding_header, "x-binding");
+        assert!(s.identity.strip.iter().any(|h| h == "x-binding"));
+        assert!(
+            !s.identity.strip.iter().any(|h| h == "dpop"),
+            "forward_proof keeps the DPoP header"
+        );
+        jail.create_file("u.toml", "[dpop]\nmax_ag = \"30s\"\n")?;
+        assert!(load(Some(Path::new("u.toml"))).is_err(), "unknown key");
+        Ok(())
+    });
+    // Defaults: on, five algorithms, 60s, no nonce, proof stripped.
+    let s = base().validate().unwrap();
+    assert!(s.dpop.enabled && !s.dpop.require_nonce && !s.dpop.forward_proof);
+    assert_eq!(&*s.dpop.challenge_algs, "ES256 ES384 PS256 RS256 EdDSA");
+    assert_eq!(s.identity.binding_header, "x-auth-token-binding");
+    assert!(s.identity.strip.iter().any(|h| h == "dpop"));
+    assert!(s.identity.strip.iter().any(|h| h == "x-auth-token-binding"));
+
+    let mut c = base();
+    c.dpop.algorithms = vec!["none".into(), "HS256".into(), "ES256".into()];
+    c.dpop.max_age = Duration::ZERO;
+    c.dpop.replay_cache_entries = 0;
+    c.identity.binding_header = "bad header".into();
+    let text = c.validate().unwrap_err().to_string();
+    assert!(text.starts_with("5 invalid settings:\n"), "{text}");
+    for part in [
+        "`dpop.algorithms`: \"none\" is not an asymmetric JWS algorithm",
+        "`dpop.algorithms`: \"HS256\" is not an asymmetric JWS algorithm",
+        "`dpop.max_age`: must be between 1s and 1h",
+        "`dpop.replay_cache_entries`: must be at least 1",
+        "`identity.binding_header`: \"bad header\" is not a valid header name",
+    ] {
+        assert!(text.contains(part), "{part} missing from {text}");
+    }
+    let mut c = base();
+    c.dpop.algorithms.clear();
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("dpop.algorithms"));
+    c.dpop.enabled = false;
+    c.validate().unwrap();
+}

@@ -102,8 +102,15 @@ impl RawConfig {
             "must be greater than 0",
         );
 
-        let identity = self.identity_settings(&mut errors);
+        let mut identity = self.identity_settings(&mut errors);
         let issuers = self.issuer_settings(&mut errors, ca_roots.as_deref());
+        let dpop = self.dpop_settings(&mut errors);
+        if let (Some(id), Some(d)) = (&mut identity, &dpop) {
+            // The proof is for us; the upstream sees it only when asked to.
+            if !d.forward_proof {
+                id.strip.push(crate::policy::binding::dpop::DPOP.clone());
+            }
+        }
         let routes = errors.take(self.route_table());
         // rediss:// trusts the same private CA as the upstream and the AS.
         let redis_roots = match &ca_roots {
@@ -167,6 +174,7 @@ impl RawConfig {
             Some(admin),
             Some(forwarding),
             Some(mtls),
+            Some(dpop),
         ) = (
             listen,
             upstream,
@@ -182,6 +190,7 @@ impl RawConfig {
             admin,
             forwarding,
             mtls,
+            dpop,
         )
         else {
             return Err(ConfigError::invalid(
@@ -237,6 +246,7 @@ impl RawConfig {
             mtls,
             jwt,
             issuers,
+            dpop,
         })
     }
 
@@ -391,6 +401,55 @@ impl RawConfig {
             forward_authorization: id.forward_authorization,
             claims,
         })
+    }
+
+    /// `[dpop]`: every algorithm checked (each bad one reported).
+    fn dpop_settings(
+        &self,
+        errors: &mut Errors,
+    ) -> Option<crate::policy::binding::dpop::DpopSettings> {
+        use crate::policy::binding::dpop::{parse_algorithm, DpopSettings};
+        let d = &self.dpop;
+        let mut algorithms = Vec::new();
+        for name in &d.algorithms {
+            match parse_algorithm(name) {
+                Some(alg) => algorithms.push(alg),
+                None => errors.push(ConfigError::invalid(
+                    "dpop.algorithms",
+                    format!(
+                        "{name:?} is not an asymmetric JWS algorithm tokengate checks \
+                         (ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA; \
+                         never \"none\" or HS*)"
+                    ),
+                )),
+            }
+        }
+        errors.check(
+            !(d.enabled && d.algorithms.is_empty()),
+            "dpop.algorithms",
+            "must name at least one algorithm when dpop.enabled is true",
+        );
+        // Shorter than the skew the iat check allows anyway makes no sense, and
+        // the replay cache must remember a jti as long as its proof is accepted.
+        errors.check(
+            d.max_age >= Duration::from_secs(1) && d.max_age <= Duration::from_secs(3600),
+            "dpop.max_age",
+            "must be between 1s and 1h",
+        );
+        errors.check(
+            d.replay_cache_entries > 0,
+            "dpop.replay_cache_entries",
+            "must be at least 1",
+        );
+        algorithms.dedup();
+        Some(DpopSettings::new(
+            d.enabled,
+            algorithms,
+            d.max_age,
+            d.require_nonce,
+            d.forward_proof,
+            d.replay_cache_entries,
+        ))
     }
 
     pub(super) fn forwarding_settings(&self) -> Result<ForwardingSettings, ConfigError> {

@@ -8,6 +8,8 @@
 
 use crate::cache::CacheCounters;
 use crate::introspection::client::{IntrospectError, Introspection};
+use crate::policy::binding::dpop::ProofError;
+use crate::policy::binding::{Binding, BindingError};
 use crate::resilience::breaker::BreakerState;
 use crate::upstream::forward::ForwardError;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -91,6 +93,12 @@ struct IssuerCacheLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: &'static str,
+}
+
+/// `tokengate_dpop_proofs_total`: per proof, not per issuer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProofLabels {
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -227,6 +235,8 @@ pub struct Metrics {
     purge_messages: Family<KindLabels, Counter>,
     binding_refusals: Family<ReasonLabels, Counter>,
     jwt_checks: Family<KindLabels, Counter>,
+    dpop_proofs: Family<ProofLabels, Counter>,
+    dpop_replays: Counter,
     /// The fleet's own counters as last copied in, so a scrape adds only the
     /// difference (the fleet layer counts with plain atomics).
     fleet_seen: std::sync::Mutex<crate::cache::fleet::FleetStats>,
@@ -353,10 +363,22 @@ impl Metrics {
             "Fleet-wide purge messages on the Redis channel, sent and received",
             purge_messages.clone(),
         );
+        let dpop_proofs = Family::<ProofLabels, Counter>::default();
+        registry.register(
+            "dpop_proofs",
+            "DPoP proofs checked, by outcome: accepted, or why refused (missing, multiple, malformed, typ, alg, jwk, signature, htm, htu, iat, jti, ath, key_mismatch, replay, nonce, replay_check_unavailable)",
+            dpop_proofs.clone(),
+        );
+        let dpop_replays = Counter::default();
+        registry.register(
+            "dpop_replays",
+            "DPoP proofs refused because they had been used before (here, or with [cache.shared] at any replica)",
+            dpop_replays.clone(),
+        );
         let binding_refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "binding_refusals",
-            "Sender-constrained tokens refused for want of their proof, by reason: certificate_missing, certificate_mismatch (RFC 8705 cnf x5t#S256), cnf_unreadable, cnf_unsupported",
+            "Sender-constrained tokens refused by the binding check, by reason: dpop_required (a DPoP-bound token sent as Bearer), not_dpop_bound, unsupported_cnf, certificate_missing, certificate_mismatch (RFC 8705 cnf x5t#S256), invalid_dpop_proof, use_dpop_nonce, replay_check_unavailable",
             binding_refusals.clone(),
         );
         for reason in crate::policy::binding::BindingError::REASONS {
@@ -377,6 +399,9 @@ impl Metrics {
         for result in ["ok", "error"] {
             drop(reloads.get_or_create(&ResultLabels { result }));
         }
+        drop(dpop_proofs.get_or_create(&ProofLabels {
+            outcome: "accepted",
+        }));
         Self {
             registry,
             requests,
@@ -398,7 +423,42 @@ impl Metrics {
             purge_messages,
             binding_refusals,
             jwt_checks,
+            dpop_proofs,
+            dpop_replays,
             fleet_seen: std::sync::Mutex::new(crate::cache::fleet::FleetStats::default()),
+        }
+    }
+
+    /// The binding stage's result: DPoP proofs by outcome, replays, and
+    /// refusals by reason.
+    pub fn observe_binding(&self, result: &Result<Binding, BindingError>) {
+        let proof = |outcome: &'static str| {
+            self.dpop_proofs
+                .get_or_create(&ProofLabels { outcome })
+                .inc();
+        };
+        let e = match result {
+            Ok(Binding::Dpop) => return proof("accepted"),
+            Ok(Binding::Mtls | Binding::None) => return,
+            Err(e) => e,
+        };
+        self.binding_refusals
+            .get_or_create(&ReasonLabels { reason: e.reason() })
+            .inc();
+        match e {
+            BindingError::Proof(p) => {
+                if *p == ProofError::Replayed {
+                    self.dpop_replays.inc();
+                }
+                proof(p.reason());
+            }
+            BindingError::UseNonce(_) => proof("nonce"),
+            BindingError::ReplayCheckUnavailable => proof("replay_check_unavailable"),
+            BindingError::DpopRequired
+            | BindingError::NotDpopBound
+            | BindingError::Unsupported
+            | BindingError::CertificateMissing
+            | BindingError::CertificateMismatch => {}
         }
     }
 
@@ -497,14 +557,6 @@ impl Metrics {
         };
         self.upstream_errors
             .get_or_create(&KindLabels { kind })
-            .inc();
-    }
-
-    /// For the stale_if_error path: one request served on a stale answer.
-    /// A bound token refused by the binding check (`BindingError::reason`).
-    pub fn binding_refused(&self, reason: &'static str) {
-        self.binding_refusals
-            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 

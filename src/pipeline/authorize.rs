@@ -13,32 +13,35 @@ use crate::config::Settings;
 use crate::introspection::client::{IntrospectError, Introspection};
 use crate::introspection::jwt::{JwtError, Shape};
 use crate::policy;
+use crate::policy::binding;
 use crate::policy::Access;
 use crate::token;
 use tracing::debug;
 
-/// Route → token → cache/introspect → policy: may this request pass? Shared by
-/// proxy and forward-auth mode. `Ok((None, None))` for a public route; else the
-/// principal and the token's `exp`.
+/// Route → token → cache/introspect → policy → binding: may this request
+/// pass? Shared by proxy and forward-auth mode. `Ok((None, None, None))` for a
+/// public route; else the principal, the token's `exp` and how the token is
+/// bound to its sender.
 pub(super) async fn authorize(
     app: &App,
     settings: &Settings,
     route: &policy::Route,
     headers: &http::HeaderMap,
     query: Option<&str>,
-    binding: &crate::policy::binding::BindingInput,
+    request: &binding::RequestFacts<'_>,
     info: &mut AccessInfo,
-) -> Result<(Option<policy::Principal>, Option<i64>), ProxyError> {
+) -> Result<Authorized, ProxyError> {
     let principal = match &route.access {
         Access::Public => None,
         Access::Token(requirements) => {
-            let found = token::extract(
+            let found = token::extract_with_scheme(
                 headers,
                 query,
                 &settings.token_sources,
                 settings.max_token_bytes,
+                settings.dpop.enabled,
             )?;
-            let (token, _source) = found.ok_or(ProxyError::NoCredentials)?;
+            let (token, _source, scheme) = found.ok_or(ProxyError::NoCredentials)?;
             let token_hash = token.hash();
             // Logs name the token by its own hash, whatever the issuer, so
             // that its lines correlate across routes.
@@ -78,20 +81,34 @@ pub(super) async fn authorize(
             .inspect_err(|deny| {
                 debug!(route = %route.name, issuer = %issuer.name, requirement = %deny, token = %token::fingerprint(&token_hash), "policy denied")
             })?;
-            // A sender-constrained token passes only with its proof, on every
-            // request (cache hits too: the cached answer keeps `cnf`).
-            let bound = crate::policy::binding::check(&introspection, binding).inspect_err(|e| {
-                app.metrics.binding_refused(e.reason());
-                debug!(route = %route.name, refusal = %e, token = %token::fingerprint(&key), "binding check failed");
+            // The binding stage: on every request too, hits included.
+            let bound = app
+                .binder
+                .check(
+                    &settings.dpop,
+                    &introspection,
+                    &token,
+                    scheme,
+                    headers,
+                    request,
+                )
+                .await;
+            app.metrics.observe_binding(&bound);
+            let bound = bound.map_err(|e| {
+                let algs = settings
+                    .dpop
+                    .enabled
+                    .then(|| settings.dpop.challenge_algs.clone());
+                ProxyError::Binding(e, algs)
             })?;
             info.binding = Some(bound);
             info.subject = principal.subject.clone();
-            Some((principal, introspection.exp))
+            Some((principal, introspection.exp, bound))
         }
     };
     Ok(match principal {
-        Some((p, exp)) => (Some(p), exp),
-        None => (None, None),
+        Some((p, exp, bound)) => (Some(p), exp, Some(bound)),
+        None => (None, None, None),
     })
 }
 
@@ -140,3 +157,11 @@ async fn load(
         },
     }
 }
+
+/// What [`authorize`] found: the principal, the token's `exp`, the binding
+/// (all `None` on a public route).
+pub(super) type Authorized = (
+    Option<policy::Principal>,
+    Option<i64>,
+    Option<binding::Binding>,
+);

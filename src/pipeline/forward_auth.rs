@@ -54,30 +54,39 @@ pub(super) async fn forward_auth_check(
     info.route = Some(route.name.clone());
     // The front proxy terminated the client's TLS: the certificate comes in
     // its header (read only from `mtls.trusted_proxies`).
-    let binding = crate::policy::binding::BindingInput {
-        client_cert_sha256: crate::policy::binding::mtls::client_certificate(
-            &settings.mtls,
-            peer.addr,
-            peer.client_cert,
+    let client_cert_sha256 = crate::policy::binding::mtls::client_certificate(
+        &settings.mtls,
+        peer.addr,
+        peer.client_cert,
+        req.headers(),
+    )?;
+    // DPoP's htu is the original request's: the front proxy's host, and the
+    // scheme from a trusted proxy's X-Forwarded-Proto (crate::policy::binding::request_uri).
+    let facts = crate::policy::binding::RequestFacts {
+        method: &orig.method,
+        uri: crate::policy::binding::request_uri(
             req.headers(),
-        )?,
+            settings.forwarding.trusts(peer.addr),
+            peer.proto,
+            orig.host.as_ref().and_then(|h| h.to_str().ok()),
+            orig.target.path(),
+        ),
+        client_cert_sha256,
     };
-    let (principal, _exp) = authorize(
+    let (principal, _exp, binding) = authorize(
         app,
         settings,
         route,
         req.headers(),
         orig.target.query(),
-        &binding,
+        &facts,
         info,
     )
     .await?;
     let mut resp = front_proxy::allowed(principal.as_ref(), &settings.identity);
-    if let (Some(_), Some(bound)) = (&principal, info.binding) {
-        resp.headers_mut().insert(
-            settings.identity.binding_header.clone(),
-            http::HeaderValue::from_static(bound.as_str()),
-        );
+    if let Some(b) = binding {
+        resp.headers_mut()
+            .insert(settings.identity.binding_header.clone(), b.header_value());
     }
     Ok(resp)
 }

@@ -92,6 +92,7 @@ fn access_line(
         cache = info.cache.map(CacheStatus::as_str).unwrap_or("-"),
         subject = info.subject.as_deref().unwrap_or("-"),
         token = info.fingerprint.as_deref().unwrap_or("-"),
+        binding = info.binding.map(crate::policy::binding::Binding::as_str).unwrap_or("-"),
     );
 }
 
@@ -119,7 +120,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::BodyTooLarge
         | ProxyError::Route(_)
         | ProxyError::MethodOverride(_)
-        | ProxyError::Binding(_)
+        | ProxyError::Binding(..)
         | ProxyError::ClientCert(_) => debug!(reason = %err, token, "request rejected"),
     }
 }

@@ -53,22 +53,31 @@ pub(super) async fn authorize_and_forward(
 
     // The client certificate (our TLS, or a trusted proxy's header) for a
     // certificate-bound token; an untrusted peer's header never reaches the upstream.
-    let binding = crate::policy::binding::BindingInput {
-        client_cert_sha256: crate::policy::binding::mtls::client_certificate(
-            &settings.mtls,
-            peer.addr,
-            peer.client_cert,
-            req.headers(),
-        )?,
-    };
+    let client_cert_sha256 = crate::policy::binding::mtls::client_certificate(
+        &settings.mtls,
+        peer.addr,
+        peer.client_cert,
+        req.headers(),
+    )?;
     crate::policy::binding::mtls::strip_untrusted(&settings.mtls, peer.addr, req.headers_mut());
-    let (principal, exp) = authorize(
+    let facts = crate::policy::binding::RequestFacts {
+        method: req.method(),
+        uri: crate::policy::binding::request_uri(
+            req.headers(),
+            settings.forwarding.trusts(peer.addr),
+            peer.proto,
+            host.as_ref().and_then(|h| h.to_str().ok()),
+            req.uri().path(),
+        ),
+        client_cert_sha256,
+    };
+    let (principal, exp, binding) = authorize(
         app,
         settings,
         route,
         req.headers(),
         req.uri().query(),
-        &binding,
+        &facts,
         info,
     )
     .await?;
@@ -105,12 +114,9 @@ pub(super) async fn authorize_and_forward(
         method_override: settings.forwarding.method_override,
     };
     forward::rewrite_request_headers(req.headers_mut(), version, host, principal.as_ref(), &hop);
-    // Stripped above with the identity headers; ours only with a principal.
-    if let (Some(_), Some(bound)) = (&principal, info.binding) {
-        req.headers_mut().insert(
-            settings.identity.binding_header.clone(),
-            HeaderValue::from_static(bound.as_str()),
-        );
+    if let Some(b) = binding {
+        req.headers_mut()
+            .insert(settings.identity.binding_header.clone(), b.header_value());
     }
     if let Some(u) = upgrade {
         crate::upstream::upgrade::restore_headers(req.headers_mut(), u);

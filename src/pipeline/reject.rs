@@ -44,9 +44,11 @@ pub enum ProxyError {
     /// `forwarding.method_override = "route"`: the override cannot be routed on.
     #[error(transparent)]
     MethodOverride(#[from] OverrideError),
-    /// A sender-constrained token without its proof (RFC 8705 certificate).
-    #[error("binding check failed: {0}")]
-    Binding(#[from] BindingError),
+    /// The token is bound to a sender (DPoP key, client certificate) this
+    /// request did not prove to be. The second field is the challenge's
+    /// `algs` when DPoP is enabled (`None`: the challenge names Bearer only).
+    #[error("sender binding: {0}")]
+    Binding(BindingError, Option<std::sync::Arc<str>>),
     /// A trusted proxy's `mtls.client_cert_header` cannot be read.
     #[error("bad client certificate header: {0}")]
     ClientCert(#[from] ClientCertError),
@@ -61,6 +63,18 @@ pub enum Challenge {
     InvalidToken,
     /// 403 with `scope="…"` naming what the route requires (RFC 6750 §3.1).
     InsufficientScope,
+    /// RFC 9449 §7.1: the DPoP proof is missing or invalid.
+    InvalidDpopProof,
+    /// RFC 9449 §9: retry with the nonce in `DPoP-Nonce`.
+    UseDpopNonce,
+}
+
+/// The DPoP scheme's part of a challenge (RFC 9449 §7.1): `DPoP algs="…"`
+/// instead of `Bearer`, and the nonce to retry with (`DPoP-Nonce`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopChallenge {
+    pub algs: std::sync::Arc<str>,
+    pub nonce: Option<String>,
 }
 
 /// What the client gets back.
@@ -76,6 +90,8 @@ pub struct Rejection {
     pub retry: bool,
     /// The challenge's `scope` attribute (insufficient_scope only).
     pub scope: Option<String>,
+    /// `Some`: the challenge names the DPoP scheme (a binding failure).
+    pub dpop: Option<DpopChallenge>,
 }
 
 impl ProxyError {
@@ -88,6 +104,7 @@ impl ProxyError {
             challenge,
             retry,
             scope: None,
+            dpop: None,
         };
         match self {
             Self::NoCredentials => r(
@@ -240,27 +257,6 @@ impl ProxyError {
                     false,
                 ),
             },
-            // RFC 8705 §3: invalid_token; the description says which half is wrong.
-            Self::Binding(e) => r(
-                S::UNAUTHORIZED,
-                "invalid_token",
-                match e {
-                    BindingError::CertificateMissing => {
-                        "token is bound to a client certificate and the request presented none"
-                    }
-                    BindingError::CertificateMismatch => {
-                        "the client certificate does not match the one the token is bound to"
-                    }
-                    BindingError::UnreadableConfirmation => {
-                        "token's confirmation claim (cnf) cannot be read"
-                    }
-                    BindingError::UnsupportedConfirmation => {
-                        "token is bound by a confirmation method this service does not check"
-                    }
-                },
-                Some(Challenge::InvalidToken),
-                false,
-            ),
             // The front proxy's fault, not the client's credentials: no challenge.
             Self::ClientCert(e) => match e {
                 ClientCertError::Repeated
@@ -283,6 +279,54 @@ impl ProxyError {
                 None,
                 false,
             ),
+            Self::Binding(e, algs) => {
+                let (status, error, challenge, retry) = match e {
+                    BindingError::DpopRequired
+                    | BindingError::NotDpopBound
+                    | BindingError::Unsupported
+                    | BindingError::CertificateMissing
+                    | BindingError::CertificateMismatch => (
+                        S::UNAUTHORIZED,
+                        "invalid_token",
+                        Some(Challenge::InvalidToken),
+                        false,
+                    ),
+                    BindingError::Proof(_) => (
+                        S::UNAUTHORIZED,
+                        "invalid_dpop_proof",
+                        Some(Challenge::InvalidDpopProof),
+                        false,
+                    ),
+                    BindingError::UseNonce(_) => (
+                        S::UNAUTHORIZED,
+                        "use_dpop_nonce",
+                        Some(Challenge::UseDpopNonce),
+                        false,
+                    ),
+                    // Like an AS outage: never a 401 (the client would drop
+                    // a good token), never an allow.
+                    BindingError::ReplayCheckUnavailable => (
+                        S::SERVICE_UNAVAILABLE,
+                        "temporarily_unavailable",
+                        None,
+                        true,
+                    ),
+                };
+                let dpop = match (algs, e.is_dpop(), challenge) {
+                    (Some(algs), true, Some(_)) => Some(DpopChallenge {
+                        algs: algs.clone(),
+                        nonce: match e {
+                            BindingError::UseNonce(n) => Some(n.clone()),
+                            _ => None,
+                        },
+                    }),
+                    _ => None,
+                };
+                Rejection {
+                    dpop,
+                    ..r(status, error, &e.to_string(), challenge, retry)
+                }
+            }
             Self::Route(e) => r(
                 S::BAD_REQUEST,
                 "invalid_request",
@@ -314,6 +358,8 @@ impl Rejection {
             Challenge::InvalidRequest => "invalid_request",
             Challenge::InvalidToken => "invalid_token",
             Challenge::InsufficientScope => "insufficient_scope",
+            Challenge::InvalidDpopProof => "invalid_dpop_proof",
+            Challenge::UseDpopNonce => "use_dpop_nonce",
         };
         // error_description must not contain '"' or '\' (RFC 6750 §3); ours are
         // fixed strings, but keep the guarantee local.
@@ -322,8 +368,11 @@ impl Rejection {
             .chars()
             .filter(|c| *c != '"' && *c != '\\')
             .collect();
-        let mut v =
-            format!("Bearer realm=\"{realm}\", error=\"{code}\", error_description=\"{desc}\"");
+        let scheme = match &self.dpop {
+            Some(d) => format!("DPoP realm=\"{realm}\", algs=\"{}\"", d.algs),
+            None => format!("Bearer realm=\"{realm}\""),
+        };
+        let mut v = format!("{scheme}, error=\"{code}\", error_description=\"{desc}\"");
         if let Some(scope) = &self.scope {
             v.push_str(&format!(", scope=\"{scope}\""));
         }
@@ -399,7 +448,18 @@ pub fn grpc_rejection_response(err: &ProxyError) -> Response<Body> {
     if let Some(www) = r.www_authenticate(REALM) {
         h.insert(header::WWW_AUTHENTICATE, forward::header_safe(&www));
     }
+    insert_dpop_nonce(h, &r);
     resp
+}
+
+/// `DPoP-Nonce` with a `use_dpop_nonce` rejection (RFC 9449 §9).
+fn insert_dpop_nonce(h: &mut http::HeaderMap, r: &Rejection) {
+    if let Some(nonce) = r.dpop.as_ref().and_then(|d| d.nonce.as_deref()) {
+        h.insert(
+            crate::policy::binding::dpop::DPOP_NONCE.clone(),
+            forward::header_safe(nonce),
+        );
+    }
 }
 
 /// Builds 4xx/5xx answers: JSON body, `Cache-Control: no-store`, the RFC 6750
@@ -421,6 +481,7 @@ pub fn rejection_response(err: &ProxyError, retry_after_secs: u32) -> Response<B
     if let Some(www) = r.www_authenticate(REALM) {
         h.insert(header::WWW_AUTHENTICATE, forward::header_safe(&www));
     }
+    insert_dpop_nonce(h, &r);
     if r.retry {
         h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     }
@@ -430,6 +491,7 @@ pub fn rejection_response(err: &ProxyError, retry_after_secs: u32) -> Response<B
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::binding::dpop::ProofError;
     use std::time::Duration;
 
     #[test]
@@ -611,35 +673,12 @@ mod tests {
                 false,
             ),
             (
-                crate::policy::binding::BindingError::CertificateMissing.into(),
+                ProxyError::Binding(BindingError::CertificateMissing, Some("ES256".into())),
                 401,
                 "invalid_token",
                 Some(
-                    r#"error="invalid_token", error_description="token is bound to a client certificate and the request presented none""#,
+                    r#"error="invalid_token", error_description="the token is bound to a client certificate and the request presented none""#,
                 ),
-                false,
-            ),
-            (
-                crate::policy::binding::BindingError::CertificateMismatch.into(),
-                401,
-                "invalid_token",
-                Some(
-                    r#"error_description="the client certificate does not match the one the token is bound to""#,
-                ),
-                false,
-            ),
-            (
-                crate::policy::binding::BindingError::UnreadableConfirmation.into(),
-                401,
-                "invalid_token",
-                Some("error=\"invalid_token\""),
-                false,
-            ),
-            (
-                crate::policy::binding::BindingError::UnsupportedConfirmation.into(),
-                401,
-                "invalid_token",
-                Some("error=\"invalid_token\""),
                 false,
             ),
             (
@@ -801,6 +840,68 @@ mod tests {
                 None,
                 false,
             ),
+            (
+                ProxyError::Binding(BindingError::DpopRequired, Some("ES256".into())),
+                401,
+                "invalid_token",
+                Some(r#"DPoP realm="r", algs="ES256", error="invalid_token""#),
+                false,
+            ),
+            (
+                // DPoP off: a DPoP-bound token cannot be used here at all.
+                ProxyError::Binding(BindingError::DpopRequired, None),
+                401,
+                "invalid_token",
+                Some(r#"Bearer realm="r", error="invalid_token""#),
+                false,
+            ),
+            (
+                ProxyError::Binding(BindingError::NotDpopBound, Some("ES256".into())),
+                401,
+                "invalid_token",
+                Some(r#"DPoP realm="r", algs="ES256", error="invalid_token""#),
+                false,
+            ),
+            (
+                ProxyError::Binding(BindingError::Unsupported, Some("ES256".into())),
+                401,
+                "invalid_token",
+                Some(r#"Bearer realm="r", error="invalid_token""#),
+                false,
+            ),
+            (
+                ProxyError::Binding(BindingError::CertificateMismatch, Some("ES256".into())),
+                401,
+                "invalid_token",
+                Some(r#"Bearer realm="r", error="invalid_token""#),
+                false,
+            ),
+            (
+                ProxyError::Binding(
+                    BindingError::Proof(ProofError::Replayed),
+                    Some("ES256 EdDSA".into()),
+                ),
+                401,
+                "invalid_dpop_proof",
+                Some(
+                    r#"DPoP realm="r", algs="ES256 EdDSA", error="invalid_dpop_proof", error_description="the DPoP proof has been used before""#,
+                ),
+                false,
+            ),
+            (
+                ProxyError::Binding(BindingError::UseNonce("n1".into()), Some("ES256".into())),
+                401,
+                "use_dpop_nonce",
+                Some(r#"DPoP realm="r", algs="ES256", error="use_dpop_nonce""#),
+                false,
+            ),
+            (
+                ProxyError::Binding(BindingError::ReplayCheckUnavailable, Some("ES256".into())),
+                503,
+                "temporarily_unavailable",
+                None,
+                true,
+            ),
         ];
         for (err, status, code, challenge, retry) in cases {
             let r = err.rejection();
@@ -839,6 +940,16 @@ mod tests {
         for (err, code) in grpc {
             assert_eq!(err.rejection().grpc_status(), code, "{err:?}");
         }
+        let nonce = rejection_response(
+            &ProxyError::Binding(BindingError::UseNonce("n-1".into()), Some("ES256".into())),
+            5,
+        );
+        assert_eq!(nonce.headers()["dpop-nonce"], "n-1");
+        let proof = rejection_response(
+            &ProxyError::Binding(BindingError::Proof(ProofError::Uri), Some("ES256".into())),
+            5,
+        );
+        assert!(!proof.headers().contains_key("dpop-nonce"));
         let mut r = ProxyError::NoCredentials.rejection();
         r.description = "100% sure\n€".into();
         assert_eq!(r.grpc_message(), "100%25 sure%0A%E2%82%AC");

@@ -7,7 +7,7 @@
 
 /// Sender-constrained tokens: the binding stage, checked after the decision
 /// (who may present the token, where [`evaluate`] says whether it is good).
-pub(crate) mod binding;
+pub mod binding;
 
 use crate::introspection::answer::Answer;
 use http::{HeaderName, Method};

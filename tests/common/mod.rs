@@ -9,7 +9,8 @@
 //! `Env`, `base_config`, the fake AS's mocks), `upstream` (a real hyper
 //! upstream), `grpc` (an h2c upstream with trailers), `client` (hyper clients,
 //! `Resp`), `raw` (exact bytes over TCP), `tls` (a test CA), `redis_server` (a
-//! real redis-server), `binary` (the real `tokengate` binary), `logs` (a
+//! real redis-server), `dpop` (DPoP keys and proofs), `oidc` (the real
+//! oidc-provider AS), `binary` (the real `tokengate` binary), `logs` (a
 //! global captured subscriber), `metrics` (the Prometheus text parser),
 //! `memory` (RSS), `programs` (skipping when an external program is missing).
 // `allow`, not `expect`: every test binary compiles this module and uses a
@@ -46,11 +47,13 @@ use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
 
 mod binary;
 mod client;
+mod dpop;
 mod gate;
 mod grpc;
 mod logs;
 mod memory;
 mod metrics;
+mod oidc;
 mod programs;
 mod raw;
 mod redis_server;
@@ -62,6 +65,8 @@ pub use binary::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use client::*;
 #[allow(unused_imports)] // each test binary uses a different part
+pub use dpop::*;
+#[allow(unused_imports)] // each test binary uses a different part
 pub use gate::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use grpc::*;
@@ -71,6 +76,8 @@ pub use logs::*;
 pub use memory::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use metrics::*;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use oidc::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use programs::*;
 #[allow(unused_imports)] // each test binary uses a different part

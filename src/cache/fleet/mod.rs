@@ -82,6 +82,7 @@
 
 mod connect;
 mod purge;
+mod replay;
 mod stats;
 
 use super::l1::{entry_ttl, CacheTtls, L1};

@@ -14,7 +14,6 @@
 //!   TLS handshake (`[tls] client_ca_file`), verified by rustls; the header is
 //!   ignored, and removed before the upstream sees it ([`strip_untrusted`]).
 
-use super::BindingError;
 use http::header::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -122,30 +121,6 @@ pub fn strip_untrusted(settings: &MtlsSettings, peer: IpAddr, headers: &mut Head
         if !settings.trusts(peer) {
             headers.remove(name);
         }
-    }
-}
-
-/// Does `x5t` (the answer's `cnf["x5t#S256"]`) name the certificate `cert`?
-pub(super) fn check(x5t: &serde_json::Value, cert: Option<[u8; 32]>) -> Result<(), BindingError> {
-    use base64::Engine;
-    let want = x5t
-        .as_str()
-        // Padding is not base64url's (RFC 7515 §2), but tolerate an AS that adds it.
-        .map(|s| s.trim_end_matches('='))
-        .and_then(|s| {
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(s)
-                .ok()
-        })
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .ok_or(BindingError::UnreadableConfirmation)?;
-    let have = cert.ok_or(BindingError::CertificateMissing)?;
-    // Constant time: the thumbprint of the bound certificate is not a secret,
-    // but a timing oracle on the comparison is not worth reasoning about.
-    if bool::from(want.ct_eq(&have)) {
-        Ok(())
-    } else {
-        Err(BindingError::CertificateMismatch)
     }
 }
 
