@@ -115,6 +115,7 @@ pub mod config;
 // Layers 5-7: the composition root, the request pipeline, the listeners.
 mod admin;
 mod app;
+mod ext_authz;
 mod listen;
 mod pipeline;
 

@@ -83,6 +83,7 @@ pub struct RawConfig {
     pub forward_auth: RawForwardAuth,
     pub admin: RawAdmin,
     pub forwarding: RawForwarding,
+    pub ext_authz: RawExtAuthz,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -338,6 +339,7 @@ impl Default for RawConfig {
             upstream_tls: RawUpstreamTls::default(),
             forward_auth: RawForwardAuth::default(),
             forwarding: RawForwarding::default(),
+            ext_authz: RawExtAuthz::default(),
             notices: Vec::new(),
         }
     }
@@ -417,4 +419,15 @@ impl Default for RawResilience {
             breaker_open_for: Duration::from_secs(10),
         }
     }
+}
+
+/// `[ext_authz]`: Envoy's external authorization over gRPC
+/// (`envoy.service.auth.v3.Authorization/Check`), on its own listener.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawExtAuthz {
+    /// Empty: no gRPC listener. Otherwise an IP and a port (h2c, or TLS with `tls`).
+    pub listen: String,
+    /// Serve TLS on `listen` with the `[tls]` certificate and key (which must be set).
+    pub tls: bool,
 }

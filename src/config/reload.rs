@@ -26,7 +26,8 @@
 //!   keeps its state machine across a reload), `limits.max_header_bytes`,
 //!   `limits.idle_timeout` (both set on hyper's connection builder at start),
 //!   `limits.max_connections` (the connection semaphore is sized at start),
-//!   `[cache.shared]` (the Redis layer is built once at start).
+//!   `[cache.shared]` (the Redis layer is built once at start), `[ext_authz]`
+//!   (the gRPC listener is bound once).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -248,6 +249,8 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     }
     keep!("listen", listen);
     keep!("admin.listen", admin.listen);
+    // The gRPC listener is bound once, like the others.
+    keep!("ext_authz", ext_authz);
     keep!("upstream", upstream, |a, b| a.scheme == b.scheme
         && a.authority == b.authority
         && a.base_path == b.base_path

@@ -47,6 +47,8 @@ pub struct Settings {
     pub shared_cache: Option<SharedCacheSettings>,
     pub admin: AdminSettings,
     pub forwarding: ForwardingSettings,
+    /// `[ext_authz]`.
+    pub ext_authz: ExtAuthzSettings,
 }
 
 /// `[forwarding]`, validated.
@@ -98,4 +100,13 @@ pub struct DiscoverySettings {
     /// Must equal the metadata's `issuer` exactly (RFC 8414 §3.3).
     pub issuer: String,
     pub refresh_interval: Duration,
+}
+
+/// `[ext_authz]`, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtAuthzSettings {
+    /// `None`: no gRPC listener (`ext_authz.listen = ""`).
+    pub listen: Option<SocketAddr>,
+    /// TLS with the `[tls]` material (validate checked that it is there).
+    pub tls: bool,
 }

@@ -4,6 +4,7 @@
 
 mod access;
 mod authorize;
+pub(crate) mod ext_authz;
 mod forward_auth;
 pub mod front_proxy;
 mod proxy;
@@ -62,13 +63,26 @@ pub async fn handle(
             }
         }
     };
-    let elapsed = started.elapsed();
     let (method, path) = info.original.take().unwrap_or((method, path));
+    record(app, &method, &path, response.status(), info, started.elapsed());
+    response
+}
+
+/// The one access log line and the request metrics, for an HTTP request and
+/// for a gRPC ext_authz `Check` alike.
+fn record(
+    app: &App,
+    method: &http::Method,
+    path: &str,
+    status: http::StatusCode,
+    info: AccessInfo,
+    elapsed: std::time::Duration,
+) {
     info!(
         target: "tokengate::access",
         method = %method,
         path = %path,
-        status = response.status().as_u16(),
+        status = status.as_u16(),
         route = info.route.as_deref().unwrap_or("-"),
         // Whole microseconds, so the field prints as e.g. 4.234, not 4.233988999999999.
         latency_ms = elapsed.as_micros() as f64 / 1000.0,
@@ -76,9 +90,7 @@ pub async fn handle(
         subject = info.subject.as_deref().unwrap_or("-"),
         token = info.fingerprint.as_deref().unwrap_or("-"),
     );
-    app.metrics
-        .observe_request(info.route, response.status(), elapsed);
-    response
+    app.metrics.observe_request(info.route, status, elapsed);
 }
 
 fn log_error(err: &ProxyError, info: &AccessInfo) {
@@ -104,6 +116,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::ForwardAuth(_)
         | ProxyError::BodyTooLarge
         | ProxyError::Route(_)
-        | ProxyError::MethodOverride(_) => debug!(reason = %err, token, "request rejected"),
+        | ProxyError::MethodOverride(_)
+        | ProxyError::ExtAuthz(_) => debug!(reason = %err, token, "request rejected"),
     }
 }

@@ -5,6 +5,7 @@
 
 use crate::http::Body;
 use crate::introspection::client::IntrospectError;
+use crate::pipeline::ext_authz::CheckRequestError;
 use crate::pipeline::front_proxy::ForwardAuthError;
 use crate::policy::{Deny, RouteError};
 use crate::token::TokenError;
@@ -42,6 +43,9 @@ pub enum ProxyError {
     /// `forwarding.method_override = "route"`: the override cannot be routed on.
     #[error(transparent)]
     MethodOverride(#[from] OverrideError),
+    /// gRPC ext_authz: the `CheckRequest` does not describe an HTTP request.
+    #[error("bad ext_authz check request: {0}")]
+    ExtAuthz(#[from] CheckRequestError),
 }
 
 /// The RFC 6750 error code in the challenge, when there is one.
@@ -220,6 +224,18 @@ impl ProxyError {
                     false,
                 ),
             },
+            Self::ExtAuthz(e) => match e {
+                CheckRequestError::NoHttpRequest
+                | CheckRequestError::BadMethod
+                | CheckRequestError::BadPath
+                | CheckRequestError::BadHeader => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                    None,
+                    false,
+                ),
+            },
             Self::MethodOverride(e) => match e {
                 OverrideError::NotPost
                 | OverrideError::Unclear
@@ -324,7 +340,7 @@ impl Rejection {
 }
 
 /// The `realm` in every challenge.
-const REALM: &str = "tokengate";
+pub(crate) const REALM: &str = "tokengate";
 
 /// `content-type: application/grpc` (and `+proto`, `+json`, ...).
 pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
@@ -553,6 +569,34 @@ mod tests {
             ),
             (
                 OverrideError::NotStrippable.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                CheckRequestError::NoHttpRequest.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                CheckRequestError::BadMethod.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                CheckRequestError::BadPath.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                CheckRequestError::BadHeader.into(),
                 400,
                 "invalid_request",
                 None,
