@@ -37,6 +37,8 @@ struct ExtEnv {
     clock: Arc<ManualClock>,
     /// Set to false to make `/readyz` (and so gRPC health) fail.
     ready: Arc<AtomicBool>,
+    reload: tokengate::ReloadHandle,
+    raw: RawConfig,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -74,6 +76,7 @@ impl ExtEnv {
         let grpc = grpc_listener.local_addr().unwrap();
         let app = tokengate::App::with_clock(settings, clock.clone())
             .with_ext_authz_listener(grpc_listener);
+        let reload = app.reload_handle();
         let ready = Arc::new(AtomicBool::new(true));
         let r = ready.clone();
         app.readiness()
@@ -90,6 +93,8 @@ impl ExtEnv {
             http,
             clock,
             ready,
+            reload,
+            raw: raw.clone(),
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -551,4 +556,109 @@ async fn an_open_breaker_makes_health_not_serving() {
         .unwrap()
         .into_inner();
     assert_eq!(r.status, ServingStatus::NotServing as i32);
+}
+
+#[tokio::test]
+async fn reload_applies_routes_to_ext_authz_and_keeps_its_listener() {
+    let env = ExtEnv::start().await;
+    let before = env.check(check_request("GET", "/open/x", &[])).await;
+    denied(&before, 16, 401);
+
+    let mut raw = env.raw.clone();
+    raw.routes.push(RawRoute::public("/open/"));
+    raw.ext_authz.listen = "127.0.0.1:1".into();
+    let report = env.reload.reload(raw.validate().unwrap()).unwrap();
+    assert_eq!(report.restart_required, vec!["ext_authz"]);
+    // Routes are read per Check: the new public route applies at once, on
+    // the listener that is still the running one.
+    let after = env.check(check_request("GET", "/open/x", &[])).await;
+    ok(&after);
+}
+
+/// Connects to the ext_authz port over TLS (ALPN h2), trusting `config`'s roots.
+#[derive(Clone)]
+struct TlsConnect {
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl tower_service::Service<http::Uri> for TlsConnect {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(this.addr).await?;
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(this.config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+#[tokio::test]
+async fn ext_authz_over_tls_with_the_tls_certificate() {
+    let ca = TestCa::new("ext_authz CA");
+    let leaf = ca.issue(&["localhost", "127.0.0.1"]);
+    let dir = temp_dir("ext-authz-tls");
+    let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let env = ExtEnv::start_with(|raw| {
+        raw.tls.cert_file = cert.display().to_string();
+        raw.tls.key_file = key.display().to_string();
+        // `listen` is given to the App directly; the key still has to be set
+        // for `tls` to validate.
+        raw.ext_authz.listen = "127.0.0.1:0".into();
+        raw.ext_authz.tls = true;
+    })
+    .await;
+    env.allow("tok-tls", "read", 1).await;
+
+    let mut config = tls_client_config(&[ca.der()]);
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = TlsConnect {
+        addr: env.grpc,
+        config: Arc::new(config),
+    };
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(connector)
+        .await
+        .expect("TLS connection to ext_authz");
+    let resp = AuthorizationClient::new(channel.clone())
+        .check(check_request(
+            "GET",
+            "/api/items",
+            &[("authorization", "Bearer tok-tls")],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(header(&ok(&resp).headers, "x-auth-subject"), Some("alice"));
+
+    // Cleartext gRPC on the TLS port gets nowhere.
+    let plain = Channel::from_shared(format!("http://{}", env.grpc))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        assert!(AuthorizationClient::new(ch)
+            .check(check_request("GET", "/public/a", &[]))
+            .await
+            .is_err());
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
