@@ -801,13 +801,13 @@ fn authz_check(token: Option<&str>) -> envoy_types::ext_authz::v3::pb::CheckRequ
             }),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 
-type AuthzClient = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
-    tonic::transport::Channel,
->;
+type AuthzClient =
+    envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
+        tonic::transport::Channel,
+    >;
 
 async fn authz_client(addr: &str) -> Result<AuthzClient> {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
@@ -876,7 +876,13 @@ where
     Ok((calls as f64 / elapsed, failures, u64::from(p99)))
 }
 
-async fn authz_load(grpc: &str, fa_url: &str, secs: Duration, conns: usize, token: &str) -> Result<()> {
+async fn authz_load(
+    grpc: &str,
+    fa_url: &str,
+    secs: Duration,
+    conns: usize,
+    token: &str,
+) -> Result<()> {
     let (authority, path) = split_url(fa_url)?;
     let (authority, path) = (authority.to_owned(), path.to_owned());
     // The guard: a front door that allowed everything would be a cheap one.

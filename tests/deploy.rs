@@ -277,10 +277,14 @@ fn envoy_grpc_ext_authz_is_fail_closed_http2_and_health_checked() {
         cluster["health_checks"][0]["grpc_health_check"]["service_name"].as_str(),
         Some("envoy.service.auth.v3.Authorization")
     );
-    let port = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        ["address"]["socket_address"]["port_value"]
+    let port = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"]
         .as_i64();
-    assert_eq!(port, Some(9191), "the port the header's [ext_authz] listens on");
+    assert_eq!(
+        port,
+        Some(9191),
+        "the port the header's [ext_authz] listens on"
+    );
     assert!(text.contains("listen = \"0.0.0.0:9191\""));
 }
 

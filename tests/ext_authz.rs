@@ -180,7 +180,6 @@ fn check_request(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckReq
             }),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }
 
@@ -289,9 +288,7 @@ async fn public_route_allows_without_a_token_and_strips_every_identity_header() 
 #[tokio::test]
 async fn no_token_is_401_unauthenticated_with_the_bare_challenge() {
     let env = ExtEnv::start().await;
-    let resp = env
-        .check(check_request("GET", "/api/items", &[]))
-        .await;
+    let resp = env.check(check_request("GET", "/api/items", &[])).await;
     let d = denied(&resp, 16, 401);
     assert_eq!(
         header(&d.headers, "www-authenticate"),
@@ -470,11 +467,7 @@ async fn raw_header_map_keeps_a_repeated_authorization_and_refuses_it() {
 #[tokio::test]
 async fn a_host_field_that_disagrees_with_the_host_header_is_400() {
     let env = ExtEnv::start().await;
-    let req = check_request(
-        "GET",
-        "/public/a",
-        &[("host", "admin.internal")],
-    );
+    let req = check_request("GET", "/public/a", &[("host", "admin.internal")]);
     let resp = env.check(req).await;
     denied(&resp, 3, 400);
 }
@@ -491,7 +484,10 @@ async fn query_token_is_accepted_and_removed_and_authorization_can_be_dropped() 
         .check(check_request("GET", "/api/items?access_token=tok-q", &[]))
         .await;
     let ok = ok(&resp);
-    assert_eq!(ok.query_parameters_to_remove, vec!["access_token".to_owned()]);
+    assert_eq!(
+        ok.query_parameters_to_remove,
+        vec!["access_token".to_owned()]
+    );
     assert!(ok.headers_to_remove.iter().any(|h| h == "authorization"));
 }
 

@@ -720,7 +720,11 @@ fn one_invalid_key_is_reported_as_itself() {
 #[test]
 fn ext_authz_keys() {
     let mut c = base();
-    assert_eq!(c.validate().unwrap().ext_authz.listen, None, "off by default");
+    assert_eq!(
+        c.validate().unwrap().ext_authz.listen,
+        None,
+        "off by default"
+    );
     c.ext_authz.listen = "127.0.0.1:9191".into();
     let s = c.validate().unwrap();
     assert_eq!(s.ext_authz.listen, Some("127.0.0.1:9191".parse().unwrap()));
@@ -754,13 +758,19 @@ fn ext_authz_keys() {
     c.tls.cert_file = "/x".into();
     c.tls.key_file = "/y".into();
     let err = c.validate().unwrap_err().to_string();
-    assert!(err.contains("`ext_authz.tls`: needs ext_authz.listen"), "{err}");
+    assert!(
+        err.contains("`ext_authz.tls`: needs ext_authz.listen"),
+        "{err}"
+    );
 }
 
 #[test]
 fn ext_authz_unknown_key_is_an_error() {
     Jail::expect_with(|jail| {
-        jail.create_file("t.toml", "[ext_authz]\nlisten = \"127.0.0.1:9191\"\nlissen = \"x\"\n")?;
+        jail.create_file(
+            "t.toml",
+            "[ext_authz]\nlisten = \"127.0.0.1:9191\"\nlissen = \"x\"\n",
+        )?;
         let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
         assert!(err.contains("lissen"), "{err}");
         Ok(())

@@ -123,8 +123,10 @@ async fn accept_loop(
                 }
             }
             Some(acceptor) => {
-                let handshake =
-                    tokio::time::timeout(crate::http::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let handshake = tokio::time::timeout(
+                    crate::http::tls::HANDSHAKE_TIMEOUT,
+                    acceptor.accept(stream),
+                );
                 let tx = tx.clone();
                 tokio::spawn(async move {
                     match handshake.await {

@@ -99,7 +99,8 @@ async fn decide_http(
     if !http.path.starts_with('/') {
         return Err(CheckRequestError::BadPath.into());
     }
-    let target = PathAndQuery::try_from(http.path.as_str()).map_err(|_| CheckRequestError::BadPath)?;
+    let target =
+        PathAndQuery::try_from(http.path.as_str()).map_err(|_| CheckRequestError::BadPath)?;
     let headers = original_headers(http)?;
     // The host goes through the same one-Host check and normalisation as a
     // proxied request's: `host` (Envoy's `Host` / `:authority`) must agree
@@ -108,8 +109,7 @@ async fn decide_http(
     *probe.headers_mut() = headers;
     let host = http.host.as_str();
     if !host.is_empty() && !probe.headers().contains_key(header::HOST) {
-        let value =
-            http::HeaderValue::from_str(host).map_err(|_| CheckRequestError::BadHeader)?;
+        let value = http::HeaderValue::from_str(host).map_err(|_| CheckRequestError::BadHeader)?;
         probe.headers_mut().insert(header::HOST, value);
     } else if let Some(field) = probe.headers().get(header::HOST) {
         if !host.is_empty() && field.as_bytes() != host.as_bytes() {
@@ -142,7 +142,8 @@ fn original_headers(http: &HttpRequest) -> Result<HeaderMap, CheckRequestError> 
         if name.starts_with(':') {
             return Ok(());
         }
-        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| CheckRequestError::BadHeader)?;
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| CheckRequestError::BadHeader)?;
         let value =
             http::HeaderValue::from_bytes(value).map_err(|_| CheckRequestError::BadHeader)?;
         out.append(name, value);
@@ -171,7 +172,10 @@ fn original_headers(http: &HttpRequest) -> Result<HeaderMap, CheckRequestError> 
 fn header_option(key: &str, value: &str) -> HeaderValueOption {
     // `append` is deprecated in favour of `append_action`, but prost still
     // generates the field: it has to be named to build the message.
-    #[expect(deprecated, reason = "the field exists; append_action is what Envoy reads")]
+    #[expect(
+        deprecated,
+        reason = "the field exists; append_action is what Envoy reads"
+    )]
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),

@@ -9,8 +9,8 @@ use super::reject::ProxyError;
 use crate::app::App;
 use crate::config::Settings;
 use crate::http::Body;
-use crate::upstream::forward;
 use crate::policy::Principal;
+use crate::upstream::forward;
 use http::header::HeaderValue;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response};
@@ -77,11 +77,11 @@ pub(crate) async fn decide(
     if overridden != method {
         return Err(forward::OverrideError::NotStrippable.into());
     }
-    let route = settings
-        .routes
-        .select(method, host.and_then(|h| h.to_str().ok()), target.path())?;
+    let route =
+        settings
+            .routes
+            .select(method, host.and_then(|h| h.to_str().ok()), target.path())?;
     info.route = Some(route.name.clone());
-    let (principal, _exp) =
-        authorize(app, settings, route, headers, target.query(), info).await?;
+    let (principal, _exp) = authorize(app, settings, route, headers, target.query(), info).await?;
     Ok(principal)
 }

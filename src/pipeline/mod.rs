@@ -64,7 +64,14 @@ pub async fn handle(
         }
     };
     let (method, path) = info.original.take().unwrap_or((method, path));
-    record(app, &method, &path, response.status(), info, started.elapsed());
+    record(
+        app,
+        &method,
+        &path,
+        response.status(),
+        info,
+        started.elapsed(),
+    );
     response
 }
 
