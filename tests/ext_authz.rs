@@ -658,3 +658,33 @@ async fn ext_authz_over_tls_with_the_tls_certificate() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn each_check_writes_one_access_line_without_the_token_or_the_query() {
+    let logs = capture();
+    let env = ExtEnv::start_with(|raw| raw.token_sources.query_param = "access_token".into()).await;
+    let token = "tok-logged-secret-value";
+    env.allow(token, "read", 1).await;
+    let resp = env
+        .check(check_request(
+            "POST",
+            &format!("/api/orders?access_token={token}&x=1"),
+            &[],
+        ))
+        .await;
+    ok(&resp);
+    let fp = fingerprint(token);
+    let lines: Vec<Value> = logs
+        .json_lines()
+        .into_iter()
+        .filter(|l| l["target"] == "tokengate::access" && l["token"] == fp.as_str())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert_eq!(line["method"], "POST");
+    assert_eq!(line["path"], "/api/orders");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["subject"], "alice");
+    assert_eq!(line["cache"], "miss");
+    assert!(!logs.text().contains(token), "the token was logged");
+}
