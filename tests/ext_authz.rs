@@ -493,7 +493,9 @@ async fn query_token_is_accepted_and_removed_and_authorization_can_be_dropped() 
 
 #[tokio::test]
 async fn health_follows_readiness_and_shutdown() {
-    let mut env = ExtEnv::start().await;
+    // A drain deadline far beyond the test's patience: the drain must end
+    // because the calls and the Watch stream end, not because time ran out.
+    let mut env = ExtEnv::start_with(|raw| raw.shutdown_timeout = Duration::from_secs(120)).await;
     let mut health = env.health().await;
     let ask = |service: &str| HealthCheckRequest {
         service: service.into(),
@@ -518,8 +520,14 @@ async fn health_follows_readiness_and_shutdown() {
 
     // Shutdown: run() returns (the watch ends rather than holding the
     // drain), and the port is closed.
-    env.stop().await;
+    tokio::time::timeout(Duration::from_secs(10), env.stop())
+        .await
+        .expect("the drain waited for the open Watch stream");
     assert!(tokio::net::TcpStream::connect(env.grpc).await.is_err());
+    // The stream said NOT_SERVING, or simply ended, when shutdown began.
+    if let Ok(Some(m)) = watch.message().await {
+        assert_eq!(m.status, ServingStatus::NotServing as i32);
+    }
 }
 
 #[tokio::test]
