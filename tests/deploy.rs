@@ -316,7 +316,7 @@ fn istio_provider_points_at_tokengate_ext_authz() {
         .unwrap_or_else(|| panic!("no extension provider {provider_name}"));
     let grpc = &provider["envoyExtAuthzGrpc"];
     assert_eq!(grpc["failOpen"].as_bool(), Some(false));
-    assert!(grpc["includeRequestBody"].is_badvalue());
+    assert!(grpc["includeRequestBodyInCheck"].is_badvalue());
 
     let service = in_file("istio/tokengate.yaml", "Service");
     let host = format!(
