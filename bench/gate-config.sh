@@ -21,6 +21,29 @@ public = true
 CONFIG
 }
 
+# write_authz_config FILE HTTP_PORT GRPC_PORT AS_URL: tokengate as an
+# authorizer only (no upstream): HTTP forward-auth (Envoy convention) on
+# HTTP_PORT and gRPC ext_authz on GRPC_PORT, one decision behind both.
+write_authz_config() {
+    cat >"$1" <<CONFIG
+listen = "127.0.0.1:$2"
+mode = "forward_auth"
+[forward_auth]
+convention = "envoy"
+[ext_authz]
+listen = "127.0.0.1:$3"
+[introspection]
+url = "$4/introspect"
+client_id = "tokengate"
+client_secret = "bench-secret"
+[admin]
+listen = ""
+[[routes]]
+path_prefix = "/public"
+public = true
+CONFIG
+}
+
 # nginx_main DIR: nginx's top-level settings (one worker, in the foreground,
 # everything under DIR), for a config that then adds its http block.
 nginx_main() {

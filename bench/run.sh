@@ -45,6 +45,9 @@
 #                       ("nginx auth_request + njs"). Needs the njs module
 #                       (Debian libnginx-mod-http-js: a full run installs it
 #                       when missing, --smoke skips the row)
+#   authz-load          bench-tools -> tokengate as an authorizer: gRPC
+#                       ext_authz Check vs HTTP forward-auth, cache hit
+#                       (after the wrk rows; printed below the table)
 #   tokengate-miss      wrk -> tokengate (POST /introspect on the mock AS,
 #                       5 ms) -> upstream; a new token per request
 # The miss rows' "vs nginx" is against nginx-auth-request; a note under the
@@ -363,6 +366,20 @@ scenario tokengate-miss "$TG/" unique "$TG_PID"
 say "burst: $BURST concurrent requests, one new token"
 BURST_LINE=$("$TOOLS" burst "$TG/" "$AS" "$BURST") || { echo "$BURST_LINE"; FAILED=1; }
 
+# The authorizer alone (no upstream), at a cache hit: Envoy's gRPC Check
+# against the HTTP forward-auth sub-request, the same decision behind both,
+# driven by one client (bench-tools authz-load) so that the two protocols
+# are measured the same way.
+say "authorizer: gRPC ext_authz Check vs HTTP forward-auth, cache hit"
+AZ_PORT=$(port) AZ_GRPC=$(port)
+write_authz_config "$TMP/authz.toml" "$AZ_PORT" "$AZ_GRPC" "$AS"
+"${SV[@]}" "$GATE" --config "$TMP/authz.toml" >"$TMP/authz.log" 2>&1 &
+AZ_PID=$!; PIDS+=("$AZ_PID")
+wait_http "http://127.0.0.1:$AZ_PORT/public"
+AUTHZ_LINE=$("${LG[@]}" "$TOOLS" authz-load "127.0.0.1:$AZ_GRPC" "http://127.0.0.1:$AZ_PORT/api/items" \
+    "$DURATION" "$CONNS" "authz-$RUN_ID" 2>&1) || { echo "$AUTHZ_LINE"; FAILED=1; }
+kill "$AZ_PID" 2>/dev/null || true
+
 say "start-up: exec to first 200, idle RSS"
 SU_PORT=$(port)
 write_gate_config "$TMP/startup.toml" "$SU_PORT" "$UP" "$AS"
@@ -406,6 +423,7 @@ table() {
     fi
     echo "- miss bound: $CONNS connections ÷ ${LATENCY_MS} ms = $bound req/s for any proxy with zero overhead of its own; AS held = from the AS handler's start to its answer ($AS_SLEEP sleep)."
     echo "- burst: \`$BURST_LINE\`"
+    echo "- authorizer only, cache hit, $CONNS concurrent calls, ${DURATION}s each (gRPC ext_authz Check vs HTTP forward-auth, one decision behind both): \`$AUTHZ_LINE\`"
     local s
     for s in "${STARTUP_LINES[@]}"; do echo "- \`$s\`"; done
     for s in "${MEM_LINES[@]}"; do echo "- \`$s\`"; done

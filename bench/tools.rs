@@ -33,6 +33,15 @@
 //!   AS saw exactly one introspection (single-flight).
 //! * `startup BIN CONFIG URL`: execs `BIN --config CONFIG`, polls URL until it
 //!   answers 200, prints the time from exec to that answer, then the idle RSS.
+//! * `authz-load GRPC_ADDR FORWARD_AUTH_URL SECONDS CONNS TOKEN`: the decision
+//!   alone, at a cache hit, through both of tokengate's authorizer front doors:
+//!   first gRPC ext_authz (`Authorization/Check`, CONNS concurrent calls, each
+//!   task on its own HTTP/2 connection as Envoy workers would be), then HTTP
+//!   forward-auth (the Envoy convention: `GET` with the original path, Host
+//!   and `Authorization`, CONNS keep-alive HTTP/1.1 connections), SECONDS each,
+//!   after one call that caches TOKEN. Checks first that no token is refused
+//!   and TOKEN allowed on both; prints `AUTHZ grpc_rps=N grpc_p99_us=N
+//!   http_rps=N http_p99_us=N failures=N`.
 //! * `mem N1,N2,... [VARIANT]`: fills a real `TokenCache` through `get_or_load` with N
 //!   typical introspections and prints the RSS growth per entry at each N.
 //!   `minimal`: the same with `{"active":true,"exp":..}` answers (no strings):
@@ -110,6 +119,16 @@ fn main() {
                 Ok(())
             }
             ["burst", gate, as_url, n] => burst(gate, as_url, n.parse()?).await,
+            ["authz-load", grpc, fa_url, secs, conns, token] => {
+                authz_load(
+                    grpc,
+                    fa_url,
+                    Duration::from_secs(secs.parse()?),
+                    conns.parse()?,
+                    token,
+                )
+                .await
+            }
             ["startup", bin, config, url] => startup(bin, config, url).await,
             ["mem", counts] | ["mem", counts, _] => {
                 let counts = counts
@@ -126,6 +145,7 @@ fn main() {
             _ => Err(
                 "usage: bench-tools upstream ADDR | proxy ADDR UPSTREAM_URL | as ADDR LATENCY_MS [precise|tokio] | get URL | status URL [TOKEN] | freeport \
                  | burst GATE_URL AS_URL N | startup BIN CONFIG URL \
+                 | authz-load GRPC_ADDR FORWARD_AUTH_URL SECONDS CONNS TOKEN \
                  | mem N1,N2,... [typical|minimal|moka-unit]"
                     .into(),
             ),
@@ -749,6 +769,179 @@ async fn mem_moka_unit(counts: &[u64]) -> Result<()> {
         }
         cache.run_pending_tasks().await;
         print_mem("mem-moka-unit", n, base, rss_kib(pid)?);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// gRPC ext_authz against HTTP forward-auth
+// ---------------------------------------------------------------------------
+
+/// A `CheckRequest` as Envoy sends it for `GET /api/items` on `api.example`.
+fn authz_check(token: Option<&str>) -> envoy_types::ext_authz::v3::pb::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    let mut headers = std::collections::HashMap::new();
+    if let Some(t) = token {
+        headers.insert("authorization".to_owned(), format!("Bearer {t}"));
+    }
+    headers.insert(":authority".to_owned(), "api.example".to_owned());
+    envoy_types::ext_authz::v3::pb::CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api/items".into(),
+                    host: "api.example".into(),
+                    scheme: "http".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+type AuthzClient =
+    envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient<
+        tonic::transport::Channel,
+    >;
+
+async fn authz_client(addr: &str) -> Result<AuthzClient> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok(AuthzClient::new(channel))
+}
+
+/// The gRPC status code of one Check's answer.
+async fn grpc_check(client: &mut AuthzClient, token: Option<&str>) -> Result<i32> {
+    let resp = client.check(authz_check(token)).await?.into_inner();
+    Ok(resp.status.map_or(-1, |s| s.code))
+}
+
+/// One keep-alive HTTP/1.1 connection to the forward-auth port.
+type FaSender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>;
+
+async fn fa_connect(authority: &str) -> Result<FaSender> {
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// The HTTP status of one forward-auth sub-request (Envoy convention).
+async fn fa_check(sender: &mut FaSender, path: &str, token: Option<&str>) -> Result<u16> {
+    sender.ready().await?;
+    let mut req = Request::get(path).header("host", "api.example");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(req.body(http_body_util::Empty::new())?)
+        .await?;
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await?;
+    Ok(status)
+}
+
+/// Runs `conns` workers for `secs`; each returns (calls, failures, latencies in µs).
+async fn authz_phase<F, Fut>(conns: usize, secs: Duration, worker: F) -> Result<(f64, u64, u64)>
+where
+    F: Fn(Instant) -> Fut,
+    Fut: std::future::Future<Output = Result<(u64, u64, Vec<u32>)>> + 'static,
+{
+    let start = Instant::now();
+    let deadline = start + secs;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conns {
+        set.spawn_local(worker(deadline));
+    }
+    let (mut calls, mut failures, mut lat) = (0, 0, Vec::new());
+    while let Some(r) = set.join_next().await {
+        let (c, f, l) = r??;
+        calls += c;
+        failures += f;
+        lat.extend(l);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort_unstable();
+    let p99 = lat
+        .get((lat.len() * 99 / 100).min(lat.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0);
+    Ok((calls as f64 / elapsed, failures, u64::from(p99)))
+}
+
+async fn authz_load(
+    grpc: &str,
+    fa_url: &str,
+    secs: Duration,
+    conns: usize,
+    token: &str,
+) -> Result<()> {
+    let (authority, path) = split_url(fa_url)?;
+    let (authority, path) = (authority.to_owned(), path.to_owned());
+    // The guard: a front door that allowed everything would be a cheap one.
+    let mut client = authz_client(grpc).await?;
+    let mut fa = fa_connect(&authority).await?;
+    let unauthenticated = grpc_check(&mut client, None).await?;
+    let allowed = grpc_check(&mut client, Some(token)).await?;
+    let fa_none = fa_check(&mut fa, &path, None).await?;
+    let fa_ok = fa_check(&mut fa, &path, Some(token)).await?;
+    if (unauthenticated, allowed, fa_none, fa_ok) != (16, 0, 401, 200) {
+        return Err(format!(
+            "guard: gRPC no token {unauthenticated} (want 16), token {allowed} (want 0); HTTP no token {fa_none} (want 401), token {fa_ok} (want 200)"
+        )
+        .into());
+    }
+    let local = tokio::task::LocalSet::new();
+    let (grpc_rps, grpc_fail, grpc_p99) = local
+        .run_until(authz_phase(conns, secs, |deadline| {
+            let grpc = grpc.to_owned();
+            let token = token.to_owned();
+            async move {
+                let mut client = authz_client(&grpc).await?;
+                let (mut calls, mut failures, mut lat) = (0u64, 0u64, Vec::new());
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let code = grpc_check(&mut client, Some(&token)).await?;
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    calls += 1;
+                    failures += u64::from(code != 0);
+                }
+                Ok((calls, failures, lat))
+            }
+        }))
+        .await?;
+    let (http_rps, http_fail, http_p99) = local
+        .run_until(authz_phase(conns, secs, |deadline| {
+            let authority = authority.clone();
+            let path = path.clone();
+            let token = token.to_owned();
+            async move {
+                let mut sender = fa_connect(&authority).await?;
+                let (mut calls, mut failures, mut lat) = (0u64, 0u64, Vec::new());
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let status = fa_check(&mut sender, &path, Some(&token)).await?;
+                    lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+                    calls += 1;
+                    failures += u64::from(status != 200);
+                }
+                Ok((calls, failures, lat))
+            }
+        }))
+        .await?;
+    println!(
+        "AUTHZ grpc_rps={grpc_rps:.0} grpc_p99_us={grpc_p99} http_rps={http_rps:.0} http_p99_us={http_p99} failures={}",
+        grpc_fail + http_fail
+    );
+    if grpc_fail + http_fail > 0 {
+        return Err("some calls were not allowed".into());
     }
     Ok(())
 }

@@ -57,13 +57,17 @@
 //!    the mode switch, the access line), `access` (what the access line records), `proxy`
 //!    (proxy mode: request checks, then authorize, then the upstream call), `authorize` (route →
 //!    token → **cache lookup** → policy, shared by both modes), `forward_auth` (forward-auth
-//!    mode: authorize the original request, answer 200 + identity), `front_proxy` (the front
+//!    mode: authorize the original request, answer 200 + identity; its `decide` is the one
+//!    decision about a request another proxy describes), `ext_authz` (Envoy's gRPC
+//!    `CheckRequest` → `forward_auth::decide` → `CheckResponse`), `front_proxy` (the front
 //!    proxy's header conventions: nginx / Traefik / Envoy, `auto` refuses two), `reject` (one
 //!    enum for every failure; the one exhaustive status/challenge mapping; JSON and gRPC
 //!    rejections).
 //! 7. `listen.rs` ([`run`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN), graceful
-//!    drain, the start-up probe of the introspection endpoint) and `admin.rs` (`/healthz`,
-//!    `/readyz`, `/metrics`, `POST /purge`).
+//!    drain, the start-up probe of the introspection endpoint), `admin.rs` (`/healthz`,
+//!    `/readyz`, `/metrics`, `POST /purge`) and `ext_authz/` (`[ext_authz] listen`: the tonic
+//!    gRPC server for `envoy.service.auth.v3.Authorization/Check` and `grpc.health.v1`, h2c or
+//!    TLS, drained with the proxy port).
 //!
 //! # One request
 //! ```text
@@ -123,6 +127,13 @@
 //! auto: two conventions → 400; an override naming another method → 400: it cannot be
 //! stripped) → the same route/token/cache/policy/binding → 200 + identity
 //! (front_proxy::allowed) instead of forwarding; the access line logs the original method and path.
+//! ext_authz (gRPC, own listener): ext_authz::serve → pipeline::ext_authz::check
+//! (attributes.request.http → method, path with query, Host (forward::routing_host), headers;
+//! unusable → 400 INVALID_ARGUMENT) → pipeline::forward_auth::decide (the same
+//! override check, route, token, cache, policy as forward-auth mode) → OkHttpResponse (identity
+//! headers to set, spoofable ones to remove) or DeniedHttpResponse (reject's status, challenge,
+//! JSON body; gRPC status UNAUTHENTICATED / PERMISSION_DENIED / UNAVAILABLE / INVALID_ARGUMENT)
+//! + one access line; grpc.health.v1 answers from ops::readiness.
 //! ```
 #![forbid(unsafe_code)]
 

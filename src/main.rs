@@ -115,6 +115,14 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        let ext_authz = match settings.ext_authz.listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (set by `ext_authz.listen`)"))?,
+            ),
+            None => None,
+        };
         // Installed before "started" is logged: until a handler exists, SIGTERM
         // and SIGHUP kill the process outright (exit by signal, not 0).
         let shutdown = shutdown_signal()?;
@@ -129,6 +137,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(
             listen = %bound(&listener),
             admin = %admin.as_ref().map_or_else(|| "off".to_owned(), bound),
+            ext_authz = %ext_authz.as_ref().map_or_else(|| "off".to_owned(), bound),
             upstream = %format!("{}://{}{}", settings.upstream.scheme, settings.upstream.authority, settings.upstream.base_path),
             introspection = %settings.introspection.url.as_ref().map_or("-", |u| u.as_str()),
             issuers = settings.issuers.len() + 1,
@@ -138,6 +147,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         let mut app = tokengate::App::new(settings);
         if let Some(admin) = admin {
             app = app.with_admin_listener(admin);
+        }
+        if let Some(ext_authz) = ext_authz {
+            app = app.with_ext_authz_listener(ext_authz);
         }
         let reload = app.reload_handle().with_log(log);
         let tls = app.tls_reloader();

@@ -214,6 +214,139 @@ fn every_deploy_manifest_parses() {
     assert!(docs
         .iter()
         .any(|d| d.file.ends_with("envoy/ext_authz.yaml")));
+    for file in [
+        "envoy/ext_authz_grpc.yaml",
+        "istio/mesh-config.yaml",
+        "istio/authorization-policy.yaml",
+        "istio/tokengate.yaml",
+    ] {
+        assert!(docs.iter().any(|d| d.file.ends_with(file)), "{file}");
+    }
+}
+
+/// The ext_authz filter of a bootstrap, found by name in any filter chain.
+fn ext_authz_filter(bootstrap: &Yaml) -> &Yaml {
+    let listeners = bootstrap["static_resources"]["listeners"].as_vec().unwrap();
+    listeners
+        .iter()
+        .flat_map(|l| l["filter_chains"].as_vec().unwrap())
+        .flat_map(|c| c["filters"].as_vec().unwrap())
+        .flat_map(|f| {
+            f["typed_config"]["http_filters"]
+                .as_vec()
+                .map(|v| v.iter().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .find(|f| f["name"].as_str() == Some("envoy.filters.http.ext_authz"))
+        .map(|f| &f["typed_config"])
+        .expect("no envoy.filters.http.ext_authz filter")
+}
+
+/// The gRPC ext_authz bootstrap: V3 API, fail closed, no request body, the
+/// tokengate cluster spoken to over HTTP/2 and health-checked with gRPC health.
+#[test]
+fn envoy_grpc_ext_authz_is_fail_closed_http2_and_health_checked() {
+    let text = include_str!("../deploy/envoy/ext_authz_grpc.yaml");
+    let doc = &YamlLoader::load_from_str(text).unwrap()[0];
+    let filter = ext_authz_filter(doc);
+    assert_eq!(filter["transport_api_version"].as_str(), Some("V3"));
+    assert_eq!(filter["failure_mode_allow"].as_bool(), Some(false));
+    assert!(
+        filter["with_request_body"].is_badvalue(),
+        "tokengate needs no request body"
+    );
+    assert!(filter["http_service"].is_badvalue());
+    assert_eq!(
+        filter["grpc_service"]["envoy_grpc"]["cluster_name"].as_str(),
+        Some("tokengate")
+    );
+    assert!(filter["grpc_service"]["timeout"].as_str().is_some());
+    let cluster = doc["static_resources"]["clusters"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"].as_str() == Some("tokengate"))
+        .unwrap();
+    let http = &cluster["typed_extension_protocol_options"]
+        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+    assert!(
+        !http["explicit_http_config"]["http2_protocol_options"].is_badvalue(),
+        "gRPC needs HTTP/2 to tokengate"
+    );
+    assert_eq!(
+        cluster["health_checks"][0]["grpc_health_check"]["service_name"].as_str(),
+        Some("envoy.service.auth.v3.Authorization")
+    );
+    let port = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        ["socket_address"]["port_value"]
+        .as_i64();
+    assert_eq!(
+        port,
+        Some(9191),
+        "the port the header's [ext_authz] listens on"
+    );
+    assert!(text.contains("listen = \"0.0.0.0:9191\""));
+}
+
+/// Istio: the AuthorizationPolicy's CUSTOM provider is the mesh's
+/// envoyExtAuthzGrpc provider, which names tokengate's Service and the port
+/// its config serves ext_authz on, and fails closed.
+#[test]
+fn istio_provider_points_at_tokengate_ext_authz() {
+    let docs = deploy_docs();
+    let in_file = |file: &str, kind: &str| -> &Yaml {
+        &docs
+            .iter()
+            .find(|d| d.file.ends_with(file) && d.kind() == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {file}"))
+            .yaml
+    };
+    let policy = in_file("istio/authorization-policy.yaml", "AuthorizationPolicy");
+    assert_eq!(policy["action"].as_str(), None, "action sits under spec");
+    assert_eq!(policy["spec"]["action"].as_str(), Some("CUSTOM"));
+    let provider_name = policy["spec"]["provider"]["name"].as_str().unwrap();
+
+    let mesh = in_file("istio/mesh-config.yaml", "IstioOperator");
+    let providers = mesh["spec"]["meshConfig"]["extensionProviders"]
+        .as_vec()
+        .unwrap();
+    let provider = providers
+        .iter()
+        .find(|p| p["name"].as_str() == Some(provider_name))
+        .unwrap_or_else(|| panic!("no extension provider {provider_name}"));
+    let grpc = &provider["envoyExtAuthzGrpc"];
+    assert_eq!(grpc["failOpen"].as_bool(), Some(false));
+    assert!(grpc["includeRequestBodyInCheck"].is_badvalue());
+
+    let service = in_file("istio/tokengate.yaml", "Service");
+    let host = format!(
+        "{}.{}.svc.cluster.local",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["metadata"]["namespace"].as_str().unwrap()
+    );
+    assert_eq!(grpc["service"].as_str(), Some(host.as_str()));
+    let port = &service["spec"]["ports"][0];
+    assert_eq!(port["port"].as_i64(), grpc["port"].as_i64());
+    assert_eq!(port["appProtocol"].as_str(), Some("grpc"));
+
+    // tokengate's own config serves ext_authz on the port the Service targets.
+    let map = in_file("istio/tokengate.yaml", "ConfigMap");
+    let raw: RawConfig = toml::from_str(map["data"]["tokengate.toml"].as_str().unwrap()).unwrap();
+    let listen: std::net::SocketAddr = raw.ext_authz.listen.parse().unwrap();
+    let deployment = in_file("istio/tokengate.yaml", "Deployment");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let target = port["targetPort"].as_str().unwrap();
+    let container_port = container["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some(target))
+        .and_then(|p| p["containerPort"].as_i64());
+    assert_eq!(container_port, Some(i64::from(listen.port())));
+    assert_eq!(
+        container["readinessProbe"]["grpc"]["port"].as_i64(),
+        Some(i64::from(listen.port()))
+    );
 }
 
 /// fleet.yaml told the reader to create its Secrets with `kubectl create
@@ -512,7 +645,9 @@ fn every_envoy_cluster_is_defined() {
         match y {
             Yaml::Hash(h) => {
                 for (k, v) in h {
-                    if k.as_str() == Some("cluster") {
+                    // `cluster_name`: a gRPC service's `envoy_grpc` (and
+                    // load_assignment's own name, which is defined anyway).
+                    if matches!(k.as_str(), Some("cluster" | "cluster_name")) {
                         if let Some(name) = v.as_str() {
                             out.insert(name);
                         }

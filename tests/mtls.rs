@@ -149,7 +149,7 @@ fn assert_binding_refused(r: &Resp, why: &str) {
 }
 
 const MISSING: &str = "the request presented none";
-const MISMATCH: &str = "does not match";
+const MISMATCH: &str = "bound to another client certificate";
 
 #[tokio::test]
 async fn should_refuse_a_handshake_without_a_certificate_when_required() {
@@ -243,7 +243,7 @@ async fn should_refuse_a_bound_token_with_nothing_configured() {
     let r = get_via(&env.h2c, &env.url("/x"), "bound", &[]).await;
     assert_binding_refused(&r, MISSING);
     // A confirmation method nobody checks is not a plain bearer token either.
-    assert_binding_refused(&env.get("/x", "odd").await, "does not check");
+    assert_binding_refused(&env.get("/x", "odd").await, "cannot check");
     assert_eq!(env.upstream.hits(), 0);
 }
 

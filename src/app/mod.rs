@@ -51,6 +51,8 @@ pub struct App {
     pub(crate) readiness: Arc<Readiness>,
     /// Taken by [`crate::run`], which serves the admin endpoints on it.
     pub(crate) admin_listener: Option<TcpListener>,
+    /// Taken by [`crate::run`], which serves gRPC ext_authz on it (`[ext_authz]`).
+    pub(crate) ext_authz_listener: Option<TcpListener>,
     pub(crate) reload_lock: Arc<std::sync::Mutex<()>>,
     /// Upgraded (WebSocket) connections: shutdown must close them itself.
     pub(crate) tunnels: crate::upstream::upgrade::Tunnels,
@@ -148,6 +150,7 @@ impl App {
             metrics,
             readiness,
             admin_listener: None,
+            ext_authz_listener: None,
             reload_lock: Default::default(),
             tunnels: crate::upstream::upgrade::Tunnels::default(),
             probe_ok,
@@ -158,6 +161,13 @@ impl App {
     /// while [`crate::run`] runs (see [`crate::admin`]).
     pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
         self.admin_listener = Some(listener);
+        self
+    }
+
+    /// Serves Envoy's gRPC `Authorization/Check` and `grpc.health.v1` on
+    /// `listener` while [`crate::run`] runs (see `crate::listen::ext_authz`).
+    pub fn with_ext_authz_listener(mut self, listener: TcpListener) -> Self {
+        self.ext_authz_listener = Some(listener);
         self
     }
 

@@ -94,6 +94,7 @@ pub struct RawConfig {
     /// the environment).
     pub issuers: std::collections::BTreeMap<String, RawIssuer>,
     pub dpop: RawDpop,
+    pub ext_authz: RawExtAuthz,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -427,6 +428,7 @@ impl Default for RawConfig {
             jwt: Default::default(),
             issuers: Default::default(),
             dpop: RawDpop::default(),
+            ext_authz: RawExtAuthz::default(),
             notices: Vec::new(),
         }
     }
@@ -525,4 +527,15 @@ pub struct RawIssuer {
     pub discovery: RawDiscovery,
     // No `[issuers.<name>.jwt]`: local JWT validation and signed answers are
     // the default issuer's (`[jwt]`).
+}
+
+/// `[ext_authz]`: Envoy's external authorization over gRPC
+/// (`envoy.service.auth.v3.Authorization/Check`), on its own listener.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawExtAuthz {
+    /// Empty: no gRPC listener. Otherwise an IP and a port (h2c, or TLS with `tls`).
+    pub listen: String,
+    /// Serve TLS on `listen` with the `[tls]` certificate and key (which must be set).
+    pub tls: bool,
 }

@@ -35,7 +35,8 @@
 //!   metrics are built once at start, as the default issuer's are; a reload
 //!   whose routes name an issuer that is not running is refused whole, since
 //!   its routes would have no AS to ask),
-//!   `dpop.replay_cache_entries` (the replay cache is sized at start).
+//!   `dpop.replay_cache_entries` (the replay cache is sized at start),
+//!   `[ext_authz]` (the gRPC listener is bound once).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -263,6 +264,8 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     }
     keep!("listen", listen);
     keep!("admin.listen", admin.listen);
+    // The gRPC listener is bound once, like the others.
+    keep!("ext_authz", ext_authz);
     keep!("upstream", upstream, |a, b| a.scheme == b.scheme
         && a.authority == b.authority
         && a.base_path == b.base_path

@@ -60,6 +60,8 @@ pub struct Settings {
     pub issuers: Vec<IssuerSettings>,
     /// `[dpop]`.
     pub dpop: crate::policy::binding::dpop::DpopSettings,
+    /// `[ext_authz]`.
+    pub ext_authz: ExtAuthzSettings,
 }
 
 /// `[forwarding]`, validated.
@@ -130,4 +132,13 @@ pub fn valid_name(name: &str) -> bool {
         && !name.contains("__")
         && !name.starts_with('_')
         && !name.ends_with('_')
+}
+
+/// `[ext_authz]`, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtAuthzSettings {
+    /// `None`: no gRPC listener (`ext_authz.listen = ""`).
+    pub listen: Option<SocketAddr>,
+    /// TLS with the `[tls]` material (validate checked that it is there).
+    pub tls: bool,
 }

@@ -952,3 +952,63 @@ fn dpop_keys_load_validate_every_bad_one_and_strip_the_proof() {
     c.dpop.enabled = false;
     c.validate().unwrap();
 }
+
+#[test]
+fn ext_authz_keys() {
+    let mut c = base();
+    assert_eq!(
+        c.validate().unwrap().ext_authz.listen,
+        None,
+        "off by default"
+    );
+    c.ext_authz.listen = "127.0.0.1:9191".into();
+    let s = c.validate().unwrap();
+    assert_eq!(s.ext_authz.listen, Some("127.0.0.1:9191".parse().unwrap()));
+    assert!(!s.ext_authz.tls);
+
+    // Every bad key of the section at once, each named.
+    let mut c = base();
+    c.listen = "127.0.0.1:8080".into();
+    c.ext_authz.listen = "127.0.0.1:8080".into();
+    c.ext_authz.tls = true;
+    let text = c.validate().unwrap_err().to_string();
+    assert!(text.starts_with("2 invalid settings:\n"), "{text}");
+    assert!(
+        text.contains("`ext_authz.listen`: must differ from listen"),
+        "{text}"
+    );
+    assert!(
+        text.contains("`ext_authz.tls`: uses the [tls] certificate"),
+        "{text}"
+    );
+
+    let mut c = base();
+    c.ext_authz.listen = "127.0.0.1:9090".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.contains("must differ from admin.listen"), "{err}");
+    c.ext_authz.listen = "localhost:9191".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(err.starts_with("`ext_authz.listen`"), "{err}");
+    let mut c = base();
+    c.ext_authz.tls = true;
+    c.tls.cert_file = "/x".into();
+    c.tls.key_file = "/y".into();
+    let err = c.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("`ext_authz.tls`: needs ext_authz.listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ext_authz_unknown_key_is_an_error() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "t.toml",
+            "[ext_authz]\nlisten = \"127.0.0.1:9191\"\nlissen = \"x\"\n",
+        )?;
+        let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
+        assert!(err.contains("lissen"), "{err}");
+        Ok(())
+    });
+}

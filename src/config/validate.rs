@@ -150,6 +150,7 @@ impl RawConfig {
                 None
             }
         };
+        let ext_authz = self.ext_authz_settings(listen, admin.as_ref(), &mut errors);
 
         errors.into_result()?;
         // No error was reported, so every part above was built.
@@ -247,6 +248,7 @@ impl RawConfig {
             jwt,
             issuers,
             dpop,
+            ext_authz,
         })
     }
 
@@ -569,6 +571,50 @@ impl RawConfig {
             errors.take(admin.check_purge_secret());
         }
         errors.finish(|| admin)
+    }
+
+    /// `[ext_authz]`: every problem is pushed into `errors`; the value returned
+    /// is only used when there were none.
+    pub(super) fn ext_authz_settings(
+        &self,
+        listen: Option<SocketAddr>,
+        admin: Option<&AdminSettings>,
+        errors: &mut Errors,
+    ) -> ExtAuthzSettings {
+        let e = &self.ext_authz;
+        let addr = if e.listen.trim().is_empty() {
+            None
+        } else {
+            errors.take(parse_listen("ext_authz.listen", &e.listen))
+        };
+        if let Some(addr) = addr.filter(|a| a.port() != 0) {
+            errors.check(
+                listen != Some(addr),
+                "ext_authz.listen",
+                "must differ from listen: gRPC ext_authz has a port of its own",
+            );
+            errors.check(
+                admin.and_then(|a| a.listen) != Some(addr),
+                "ext_authz.listen",
+                "must differ from admin.listen",
+            );
+        }
+        if e.tls {
+            errors.check(
+                !e.listen.trim().is_empty(),
+                "ext_authz.tls",
+                "needs ext_authz.listen",
+            );
+            errors.check(
+                !self.tls.cert_file.is_empty() && !self.tls.key_file.is_empty(),
+                "ext_authz.tls",
+                "uses the [tls] certificate: set tls.cert_file and tls.key_file",
+            );
+        }
+        ExtAuthzSettings {
+            listen: addr,
+            tls: e.tls,
+        }
     }
 
     /// `[upstream_tls] ca_file`, read (empty when unset).

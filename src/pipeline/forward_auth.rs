@@ -9,8 +9,12 @@ use super::reject::ProxyError;
 use crate::app::App;
 use crate::config::Settings;
 use crate::http::Body;
+use crate::policy::binding::Binding;
+use crate::policy::Principal;
 use crate::upstream::forward;
-use http::{Request, Response};
+use http::header::HeaderValue;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 
 /// `mode = "forward_auth"`: decide about the original request the front proxy
@@ -30,28 +34,6 @@ pub(super) async fn forward_auth_check(
         settings.forward_auth_convention,
         &settings.forward_auth_prefix,
     )?;
-    // The path only, as in proxy mode: the original query may carry a token.
-    info.original = Some((orig.method.clone(), orig.target.path().to_owned()));
-    // A method override we can see (`?_method=`, or a header the proxy
-    // passed on) reaches the app with the original request: we can neither
-    // remove it nor know whether the app runs it, so one that names another
-    // method is refused rather than routed either way.
-    let overridden = forward::routing_method(
-        &orig.method,
-        req.headers(),
-        orig.target.query(),
-        crate::config::MethodOverride::Route,
-    )
-    .map_err(|_| forward::OverrideError::NotStrippable)?;
-    if overridden != orig.method {
-        return Err(forward::OverrideError::NotStrippable.into());
-    }
-    let route = settings.routes.select(
-        &orig.method,
-        orig.host.as_ref().and_then(|h| h.to_str().ok()),
-        orig.target.path(),
-    )?;
-    info.route = Some(route.name.clone());
     // The front proxy terminated the client's TLS: the certificate comes in
     // its header (read only from `mtls.trusted_proxies`).
     let client_cert_sha256 = crate::policy::binding::mtls::client_certificate(
@@ -61,25 +43,20 @@ pub(super) async fn forward_auth_check(
         req.headers(),
     )?;
     // DPoP's htu is the original request's: the front proxy's host, and the
-    // scheme from a trusted proxy's X-Forwarded-Proto (crate::policy::binding::request_uri).
-    let facts = crate::policy::binding::RequestFacts {
-        method: &orig.method,
-        uri: crate::policy::binding::request_uri(
-            req.headers(),
-            settings.forwarding.trusts(peer.addr),
-            peer.proto,
-            orig.host.as_ref().and_then(|h| h.to_str().ok()),
-            orig.target.path(),
-        ),
+    // scheme from a trusted proxy's X-Forwarded-Proto.
+    let sender = Sender {
         client_cert_sha256,
+        forwarded_trusted: settings.forwarding.trusts(peer.addr),
+        scheme: peer.proto,
     };
-    let (principal, _exp, binding) = authorize(
+    let (principal, binding) = decide(
         app,
         settings,
-        route,
+        &orig.method,
+        &orig.target,
+        orig.host.as_ref(),
         req.headers(),
-        orig.target.query(),
-        &facts,
+        &sender,
         info,
     )
     .await?;
@@ -89,4 +66,75 @@ pub(super) async fn forward_auth_check(
             .insert(settings.identity.binding_header.clone(), b.header_value());
     }
     Ok(resp)
+}
+
+/// The decision about an original request that another proxy describes (the
+/// HTTP forward-auth sub-request, or an Envoy gRPC `CheckRequest`): method
+/// override check, route selection, then [`authorize`]. One function for both
+/// callers, so that they cannot drift apart; a stage added here (or in
+/// `authorize`) applies to both. `headers` are the original request's (the
+/// token and any override header are read from them); `host` is already
+/// normalised by [`forward::routing_host`]. `Ok((None, None))`: a public
+/// route; else the principal and how its token was bound.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the original request's parts, each from a different place in each caller"
+)]
+pub(crate) async fn decide(
+    app: &App,
+    settings: &Settings,
+    method: &Method,
+    target: &PathAndQuery,
+    host: Option<&HeaderValue>,
+    headers: &HeaderMap,
+    sender: &Sender<'_>,
+    info: &mut AccessInfo,
+) -> Result<(Option<Principal>, Option<Binding>), ProxyError> {
+    // The path only, as in proxy mode: the original query may carry a token.
+    info.original = Some((method.clone(), target.path().to_owned()));
+    // A method override we can see (`?_method=`, or a header the proxy
+    // passed on) reaches the app with the original request: we can neither
+    // remove it nor know whether the app runs it, so one that names another
+    // method is refused rather than routed either way.
+    let overridden = forward::routing_method(
+        method,
+        headers,
+        target.query(),
+        crate::config::MethodOverride::Route,
+    )
+    .map_err(|_| forward::OverrideError::NotStrippable)?;
+    if overridden != method {
+        return Err(forward::OverrideError::NotStrippable.into());
+    }
+    let route =
+        settings
+            .routes
+            .select(method, host.and_then(|h| h.to_str().ok()), target.path())?;
+    info.route = Some(route.name.clone());
+    let facts = crate::policy::binding::RequestFacts {
+        method,
+        uri: crate::policy::binding::request_uri(
+            headers,
+            sender.forwarded_trusted,
+            sender.scheme,
+            host.and_then(|h| h.to_str().ok()),
+            target.path(),
+        ),
+        client_cert_sha256: sender.client_cert_sha256,
+    };
+    let (principal, _exp, binding) =
+        authorize(app, settings, route, headers, target.query(), &facts, info).await?;
+    Ok((principal, binding))
+}
+
+/// Who sent the original request, as far as the binding stage needs to know:
+/// its client certificate, and where DPoP's `htu` scheme and host come from.
+pub(crate) struct Sender<'a> {
+    /// SHA-256 of the client certificate the front proxy vouches for.
+    pub client_cert_sha256: Option<[u8; 32]>,
+    /// Whether `X-Forwarded-Proto` / `-Host` in the original headers may be
+    /// believed (the peer is one of `forwarding.trusted_proxies`).
+    pub forwarded_trusted: bool,
+    /// The scheme the client used, when no trusted header says otherwise.
+    pub scheme: &'a str,
 }

@@ -4,6 +4,7 @@
 
 mod access;
 mod authorize;
+pub(crate) mod ext_authz;
 mod forward_auth;
 pub mod front_proxy;
 mod proxy;
@@ -62,30 +63,48 @@ pub async fn handle(
             }
         }
     };
-    let elapsed = started.elapsed();
-    if settings.log_access {
-        access_line(&mut info, method, path, &response, elapsed);
-    }
-    app.metrics
-        .observe_request(info.route, response.status(), elapsed);
+    let (method, path) = info.original.take().unwrap_or((method, path));
+    record(
+        app,
+        &method,
+        &path,
+        response.status(),
+        info,
+        started.elapsed(),
+    );
     response
 }
 
-/// The one access line of a request (`log.access`). The original method and
-/// path in forward-auth mode; the token only as its fingerprint.
-fn access_line(
-    info: &mut AccessInfo,
-    method: http::Method,
-    path: String,
-    response: &Response<Body>,
+/// The one access log line (unless `log.access = false`) and the request
+/// metrics, for an HTTP request and for a gRPC ext_authz `Check` alike. The
+/// original method and path in forward-auth mode; the token only as its
+/// fingerprint.
+fn record(
+    app: &App,
+    method: &http::Method,
+    path: &str,
+    status: http::StatusCode,
+    info: AccessInfo,
     elapsed: std::time::Duration,
 ) {
-    let (method, path) = info.original.take().unwrap_or((method, path));
+    if app.settings.load().log_access {
+        access_line(method, path, status, &info, elapsed);
+    }
+    app.metrics.observe_request(info.route, status, elapsed);
+}
+
+fn access_line(
+    method: &http::Method,
+    path: &str,
+    status: http::StatusCode,
+    info: &AccessInfo,
+    elapsed: std::time::Duration,
+) {
     info!(
         target: "tokengate::access",
         method = %method,
         path = %path,
-        status = response.status().as_u16(),
+        status = status.as_u16(),
         route = info.route.as_deref().unwrap_or("-"),
         // Whole microseconds, so the field prints as e.g. 4.234, not 4.233988999999999.
         latency_ms = elapsed.as_micros() as f64 / 1000.0,
@@ -121,6 +140,7 @@ fn log_error(err: &ProxyError, info: &AccessInfo) {
         | ProxyError::Route(_)
         | ProxyError::MethodOverride(_)
         | ProxyError::Binding(..)
-        | ProxyError::ClientCert(_) => debug!(reason = %err, token, "request rejected"),
+        | ProxyError::ClientCert(_)
+        | ProxyError::ExtAuthz(_) => debug!(reason = %err, token, "request rejected"),
     }
 }

@@ -52,6 +52,9 @@ pub enum ProxyError {
     /// A trusted proxy's `mtls.client_cert_header` cannot be read.
     #[error("bad client certificate header: {0}")]
     ClientCert(#[from] ClientCertError),
+    /// gRPC ext_authz: the `CheckRequest` does not describe an HTTP request.
+    #[error("bad ext_authz check request: {0}")]
+    ExtAuthz(#[from] CheckRequestError),
 }
 
 /// The RFC 6750 error code in the challenge, when there is one.
@@ -246,6 +249,18 @@ impl ProxyError {
                     false,
                 ),
             },
+            Self::ExtAuthz(e) => match e {
+                CheckRequestError::NoHttpRequest
+                | CheckRequestError::BadMethod
+                | CheckRequestError::BadPath
+                | CheckRequestError::BadHeader => r(
+                    S::BAD_REQUEST,
+                    "invalid_request",
+                    &e.to_string(),
+                    None,
+                    false,
+                ),
+            },
             Self::MethodOverride(e) => match e {
                 OverrideError::NotPost
                 | OverrideError::Unclear
@@ -418,7 +433,7 @@ impl Rejection {
 }
 
 /// The `realm` in every challenge.
-const REALM: &str = "tokengate";
+pub(crate) const REALM: &str = "tokengate";
 
 /// `content-type: application/grpc` (and `+proto`, `+json`, ...).
 pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
@@ -486,6 +501,20 @@ pub fn rejection_response(err: &ProxyError, retry_after_secs: u32) -> Response<B
         h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
     }
     resp
+}
+
+/// gRPC ext_authz (`pipeline::ext_authz`): what makes a `CheckRequest` unusable (400, INVALID_ARGUMENT). Envoy always
+/// fills these in; anything else talking to the port is refused, never allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckRequestError {
+    #[error("the check request has no attributes.request.http")]
+    NoHttpRequest,
+    #[error("attributes.request.http.method is not an HTTP method")]
+    BadMethod,
+    #[error("attributes.request.http.path is not an origin-form request target (it must start with '/')")]
+    BadPath,
+    #[error("attributes.request.http has a header that is not valid HTTP")]
+    BadHeader,
 }
 
 #[cfg(test)]
@@ -689,7 +718,35 @@ mod tests {
                 false,
             ),
             (
+                CheckRequestError::NoHttpRequest.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
                 crate::policy::binding::mtls::ClientCertError::HashMismatch.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                CheckRequestError::BadMethod.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                CheckRequestError::BadPath.into(),
+                400,
+                "invalid_request",
+                None,
+                false,
+            ),
+            (
+                CheckRequestError::BadHeader.into(),
                 400,
                 "invalid_request",
                 None,

@@ -5,6 +5,9 @@
 //! [`run`] → [`Background::start`] → [`Listener::run`] (→ [`Listener::accept`]
 //! → [`Listener::spawn`] → [`serve`] → `pipeline::handle`) → [`Listener::drain`].
 
+mod ext_authz;
+mod grpc_health;
+
 use crate::app::App;
 use crate::config::ProbeMode;
 use crate::http::limits::{self, ConnectionSlot};
@@ -28,8 +31,10 @@ use tracing::{debug, info, warn};
 /// `main` and the integration tests both call this.
 pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let admin_listener = app.admin_listener.take();
+    let ext_authz_listener = app.ext_authz_listener.take();
     let app = Arc::new(app);
-    let background = Background::start(&app, admin_listener);
+    let mut background = Background::start(&app, admin_listener);
+    background.start_ext_authz(&app, ext_authz_listener);
     crate::pipeline::front_proxy::warn_if_auto(&app.settings());
     let mut listener = Listener::new(app, listener);
     listener.run(shutdown).await;
@@ -44,6 +49,9 @@ struct Background {
     /// Discovery refresh, start-up probe, fleet purge subscriber, certificate
     /// watch, JWKS refresh: aborted when the listener stops accepting.
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The gRPC ext_authz server (`[ext_authz]`), drained beside the proxy port.
+    ext_authz: Option<tokio::task::JoinHandle<()>>,
+    stop_ext_authz: tokio::sync::watch::Sender<bool>,
 }
 
 impl Background {
@@ -85,7 +93,22 @@ impl Background {
             admin,
             stop_admin,
             tasks,
+            ext_authz: None,
+            stop_ext_authz: tokio::sync::watch::channel(false).0,
         }
+    }
+}
+
+impl Background {
+    /// Spawns the gRPC ext_authz server on `listener`, if there is one.
+    fn start_ext_authz(&mut self, app: &Arc<App>, listener: Option<TcpListener>) {
+        self.ext_authz = listener.map(|l| {
+            tokio::spawn(ext_authz::serve(
+                app.clone(),
+                l,
+                self.stop_ext_authz.subscribe(),
+            ))
+        });
     }
 }
 
@@ -252,6 +275,8 @@ impl Listener {
         // Load balancers that probe /readyz stop sending before we stop answering.
         self.app.readiness.begin_shutdown();
         drop(self.listener);
+        // ext_authz drains at the same time, with the same deadline.
+        let _ = background.stop_ext_authz.send(true);
         for task in background.tasks {
             task.abort();
         }
@@ -275,6 +300,9 @@ impl Listener {
         self.connections.abort_all();
         app.tunnels.close_all();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), app.tunnels.wait()).await;
+        if let Some(task) = background.ext_authz {
+            let _ = task.await;
+        }
         let _ = background.stop_admin.send(true);
         if let Some(task) = background.admin {
             let _ = task.await;
