@@ -98,10 +98,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
     }
     .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
-        tokengate::introspection::discovery::resolve(
-            &mut settings.introspection,
-            settings.discovery.as_ref(),
-        )
+        settings
+            .introspection
+            .resolve_endpoint(settings.discovery.as_ref())
             .await
             .context("introspection endpoint discovery failed")?;
         let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -172,12 +171,11 @@ fn probe_once(mut settings: tokengate::config::Settings) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async move {
-        tokengate::introspection::discovery::resolve(
-            &mut settings.introspection,
-            settings.discovery.as_ref(),
-        )
-        .await
-        .context("introspection endpoint discovery failed")?;
+        settings
+            .introspection
+            .resolve_endpoint(settings.discovery.as_ref())
+            .await
+            .context("introspection endpoint discovery failed")?;
         let introspector = tokengate::introspection::Introspector::new(&settings.introspection);
         let url = introspector.url();
         match introspector.probe().await {

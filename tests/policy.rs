@@ -318,12 +318,11 @@ async fn start_discovering(auth: &MockServer, upstream: &Upstream) -> Result<Gat
     raw.introspection.url.clear();
     raw.discovery.issuer = auth.uri();
     let mut settings = raw.validate().map_err(|e| e.to_string())?;
-    tokengate::introspection::discovery::resolve(
-        &mut settings.introspection,
-        settings.discovery.as_ref(),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    settings
+        .introspection
+        .resolve_endpoint(settings.discovery.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
     let clock = Arc::new(ManualClock::default());
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

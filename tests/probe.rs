@@ -263,12 +263,11 @@ async fn probe_runs_after_discovery_against_the_discovered_endpoint() {
     let mut settings = raw.validate().unwrap();
     // As `main` does: discovery first, then `run` (which probes).
     tokengate::install_crypto_provider();
-    tokengate::introspection::discovery::resolve(
-        &mut settings.introspection,
-        settings.discovery.as_ref(),
-    )
-    .await
-    .unwrap();
+    settings
+        .introspection
+        .resolve_endpoint(settings.discovery.as_ref())
+        .await
+        .unwrap();
     let env = Env {
         gate: Gate::start_settings(settings).await,
         auth,

@@ -11,10 +11,12 @@ mod error;
 mod issuers;
 mod raw;
 pub mod reload;
+mod routes;
 mod settings;
 #[cfg(test)]
 #[expect(clippy::result_large_err, reason = "figment::Jail's error type")]
 mod tests;
+mod tls;
 mod validate;
 
 pub use error::ConfigError;

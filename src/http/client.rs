@@ -105,3 +105,16 @@ where
 {
     pool(http2).build(UnixConnector::new(path))
 }
+
+/// Renders an error with its sources, since hyper's top-level messages
+/// ("client error (Connect)") hide the useful part.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}

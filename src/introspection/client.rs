@@ -444,7 +444,7 @@ type HttpsClient = hyper_util::client::legacy::Client<crate::http::client::Conne
 /// that comes back with a 200 is a `Body` error: an AS failure, never an allow).
 struct AsHttpClient<'a> {
     http: &'a HttpsClient,
-    signed: Option<&'a crate::introspection::jwt::SignedAnswers>,
+    signed: Option<&'a dyn AnswerVerifier>,
 }
 
 impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
@@ -463,7 +463,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
             if self.signed.is_some() {
                 parts.headers.insert(
                     http::header::ACCEPT,
-                    http::HeaderValue::from_static(crate::introspection::jwt::INTROSPECTION_JWT),
+                    http::HeaderValue::from_static(INTROSPECTION_JWT),
                 );
             }
             let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
@@ -471,7 +471,7 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| TransportError::Connect(error_chain(&e)))?;
+                .map_err(|e| TransportError::Connect(crate::http::client::error_chain(&e)))?;
             let status = response.status();
             if status == http::StatusCode::BAD_REQUEST {
                 // A 400's `error` code tells "this token is not acceptable"
@@ -512,9 +512,9 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
 /// The JSON answer inside an RFC 9701 response: the content type must say
 /// `application/token-introspection+jwt` (an AS that ignored our `Accept`
 /// and sent plain JSON is not trusted: the answer is unsigned), and the JWS
-/// must verify ([`crate::introspection::jwt::SignedAnswers::verify`]).
+/// must verify ([`AnswerVerifier`]).
 async fn signed_answer(
-    signed: &crate::introspection::jwt::SignedAnswers,
+    signed: &dyn AnswerVerifier,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Result<Vec<u8>, TransportError> {
@@ -524,15 +524,42 @@ async fn signed_answer(
         .and_then(|v| v.split(';').next())
         .map(str::trim)
         .unwrap_or_default();
-    if !media_type.eq_ignore_ascii_case(crate::introspection::jwt::INTROSPECTION_JWT) {
+    if !media_type.eq_ignore_ascii_case(INTROSPECTION_JWT) {
         return Err(TransportError::Body(
             "the answer is not a signed introspection answer (content type is not application/token-introspection+jwt)".into(),
         ));
     }
-    signed.verify(body).await.map_err(|e| match e {
-        crate::introspection::jwt::JwtError::KeysUnavailable(m) => TransportError::Keys(m),
-        e => TransportError::Body(format!("signed introspection answer refused: {e}")),
+    signed.verify_answer(body).await.map_err(|e| match e {
+        AnswerRefused::KeysUnavailable(m) => TransportError::Keys(m),
+        AnswerRefused::Invalid(why) => {
+            TransportError::Body(format!("signed introspection answer refused: {why}"))
+        }
     })
+}
+
+/// The media type of an RFC 9701 signed introspection answer.
+pub const INTROSPECTION_JWT: &str = "application/token-introspection+jwt";
+
+/// The check of an RFC 9701 signed answer (`introspection::jwt::SignedAnswers`
+/// implements it). A trait here, so that the RFC 7662 client does not depend
+/// on the JOSE code that depends on it.
+pub trait AnswerVerifier: Send + Sync {
+    /// The `token_introspection` member of a verified answer, as JSON.
+    fn verify_answer<'a>(
+        &'a self,
+        jws: &'a [u8],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<u8>, AnswerRefused>> + Send + 'a>,
+    >;
+}
+
+/// Why a signed answer was not accepted (both are AS failures: 503).
+#[derive(Debug)]
+pub enum AnswerRefused {
+    /// The issuer's keys cannot be fetched.
+    KeysUnavailable(String),
+    /// Anything else: a bad signature, `iss`, `aud`, `typ`, ...
+    Invalid(String),
 }
 
 /// The `error` member of an OAuth error body, if it is a code we act on. Only
@@ -557,19 +584,6 @@ fn known_error_code(code: &str) -> Option<&'static str> {
     ]
     .into_iter()
     .find(|known| *known == code)
-}
-
-/// Renders an error with its sources, since hyper's top-level messages
-/// ("client error (Connect)") hide the useful part.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }
 
 type OAuthClient = oauth2::Client<
@@ -597,7 +611,7 @@ pub struct Introspector {
     timeout: Duration,
     not_found_streak: AtomicU32,
     /// `response_format = "jwt"`: the verifier of signed answers.
-    signed: Option<Arc<crate::introspection::jwt::SignedAnswers>>,
+    signed: Option<Arc<dyn AnswerVerifier>>,
     /// Woken after repeated 404s; the discovery task listens.
     pub rediscover: Notify,
 }
@@ -641,10 +655,7 @@ impl Introspector {
 
     /// Asks for RFC 9701 signed answers and accepts only those that `signed`
     /// verifies (`introspection.response_format = "jwt"`).
-    pub fn with_signed_answers(
-        mut self,
-        signed: Arc<crate::introspection::jwt::SignedAnswers>,
-    ) -> Self {
+    pub fn with_signed_answers(mut self, signed: Arc<dyn AnswerVerifier>) -> Self {
         self.signed = Some(signed);
         self
     }
@@ -821,6 +832,26 @@ fn map_oauth_error(e: RequestTokenError<TransportError, BasicErrorResponse>) -> 
             ))
         }
         RequestTokenError::Other(m) => IntrospectError::InvalidResponse(m),
+    }
+}
+
+impl IntrospectionSettings {
+    /// Start-up step: fills `url` from `[discovery]` when it is empty. `main`
+    /// and tests call this before `App::new`; an error must stop start-up.
+    pub async fn resolve_endpoint(
+        &mut self,
+        discovery: Option<&crate::introspection::discovery::DiscoverySettings>,
+    ) -> Result<(), crate::introspection::discovery::DiscoveryError> {
+        if self.url.is_some() {
+            return Ok(());
+        }
+        if let Some(d) = discovery {
+            let url = crate::introspection::discovery::discover(&d.issuer, self.timeout, &self.tls)
+                .await?;
+            tracing::info!(issuer = %d.issuer, endpoint = %url.as_str(), "discovered introspection endpoint");
+            self.url = Some(url);
+        }
+        Ok(())
     }
 }
 

@@ -4,7 +4,6 @@
 //! `refresh_interval`, and when the introspector sees repeated 404s. A failed
 //! refresh keeps the last good endpoint.
 
-use crate::introspection::client::IntrospectionSettings;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use serde::Deserialize;
@@ -142,7 +141,7 @@ async fn fetch(
         let resp = client
             .request(req)
             .await
-            .map_err(|e| fail(crate::introspection::client::error_chain(&e)))?;
+            .map_err(|e| fail(crate::http::client::error_chain(&e)))?;
         if resp.status() != http::StatusCode::OK {
             return Err(fail(format!("HTTP {}", resp.status().as_u16())));
         }
@@ -157,23 +156,6 @@ async fn fetch(
     tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| fail(format!("timed out after {timeout:?}")))?
-}
-
-/// Start-up step: fills `introspection.url` from discovery when it is empty.
-/// `main` and tests call this before `App::new`; an error must stop start-up.
-pub async fn resolve(
-    introspection: &mut IntrospectionSettings,
-    discovery: Option<&DiscoverySettings>,
-) -> Result<(), DiscoveryError> {
-    if introspection.url.is_some() {
-        return Ok(());
-    }
-    if let Some(d) = discovery {
-        let url = discover(&d.issuer, introspection.timeout, &introspection.tls).await?;
-        tracing::info!(issuer = %d.issuer, endpoint = %url.as_str(), "discovered introspection endpoint");
-        introspection.url = Some(url);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -316,10 +316,11 @@ impl Jwks {
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let call = async {
-            let resp =
-                self.http.request(req).await.map_err(|e| {
-                    format!("{url}: {}", crate::introspection::client::error_chain(&e))
-                })?;
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| format!("{url}: {}", crate::http::client::error_chain(&e)))?;
             if resp.status() != http::StatusCode::OK {
                 return Err(format!("{url}: HTTP {}", resp.status().as_u16()));
             }

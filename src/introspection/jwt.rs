@@ -457,7 +457,7 @@ fn verify_signature(
 }
 
 /// The media type of an RFC 9701 answer.
-pub const INTROSPECTION_JWT: &str = "application/token-introspection+jwt";
+pub use crate::introspection::client::INTROSPECTION_JWT;
 
 /// Verifies RFC 9701 signed introspection answers of one issuer.
 pub struct SignedAnswers {
@@ -474,6 +474,28 @@ impl std::fmt::Debug for SignedAnswers {
         f.debug_struct("SignedAnswers")
             .field("issuer", &self.issuer)
             .finish_non_exhaustive()
+    }
+}
+
+impl crate::introspection::client::AnswerVerifier for SignedAnswers {
+    fn verify_answer<'a>(
+        &'a self,
+        jws: &'a [u8],
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Vec<u8>, crate::introspection::client::AnswerRefused>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        use crate::introspection::client::AnswerRefused;
+        Box::pin(async move {
+            self.verify(jws).await.map_err(|e| match e {
+                JwtError::KeysUnavailable(m) => AnswerRefused::KeysUnavailable(m),
+                e => AnswerRefused::Invalid(e.to_string()),
+            })
+        })
     }
 }
 

@@ -623,20 +623,12 @@ impl Forwarder {
         let mut resp = match tokio::time::timeout(self.timeout, call).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
             Ok(Err(e)) if inbound_body_failed(&e) => {
-                return Err(ForwardError::BadBody(
-                    crate::introspection::client::error_chain(&e),
-                ))
+                return Err(ForwardError::BadBody(crate::http::client::error_chain(&e)))
             }
             Ok(Err(e)) if e.is_connect() => {
-                return Err(ForwardError::Connect(
-                    crate::introspection::client::error_chain(&e),
-                ))
+                return Err(ForwardError::Connect(crate::http::client::error_chain(&e)))
             }
-            Ok(Err(e)) => {
-                return Err(ForwardError::Failed(
-                    crate::introspection::client::error_chain(&e),
-                ))
-            }
+            Ok(Err(e)) => return Err(ForwardError::Failed(crate::http::client::error_chain(&e))),
             Ok(Ok(resp)) => resp,
         };
         // A 101 is relayed only for an upgrade we forwarded, to a protocol we
