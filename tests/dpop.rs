@@ -665,3 +665,121 @@ async fn via_bearer(env: &Env, token: &str) -> Resp {
         .unwrap();
     send(&env.http1, req).await
 }
+
+/// A JWT access token bound to a DPoP key (`cnf.jkt` in the JWT) stays bound
+/// in hybrid mode (`jwt.introspect`) when the AS's RFC 7662 answer does not
+/// repeat `cnf`: sent as Bearer it is refused, locally checked or hybrid.
+#[tokio::test]
+async fn should_keep_a_jwts_binding_when_the_introspection_answer_omits_cnf() {
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    const EC_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgJmLHPnKKvKHYDrzJ\n/6Nk4BdFOJdRgwY4PKQ4y0egfoWhRANCAATQ6eEE/4DvR8VDVLPX96m4ziTezmEC\nGjiWgM97g505by45c8xPLMr6sMw4EfDiuUjwz+HjsJLovD+SlPtU9fEI\n-----END PRIVATE KEY-----\n";
+    const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"k1","x":"0OnhBP-A70fFQ1Sz1_epuM4k3s5hAho4loDPe4OdOW8","y":"LjlzzE8syvqwzDgR8OK5SPDP4eOwkui8P5KU-1T18Qg"}"#;
+    const ISS: &str = "https://as.example";
+    for hybrid in [false, true] {
+        let env = Env::start_with(|raw| {
+            let base = raw.introspection.url.rsplit_once('/').unwrap().0.to_owned();
+            raw.jwt.enabled = true;
+            raw.jwt.issuer = ISS.into();
+            raw.jwt.jwks_url = format!("{base}/jwks");
+            raw.jwt.introspect = hybrid;
+        })
+        .await;
+        wiremock::Mock::given(wiremock::matchers::path_regex("jwks$"))
+            .respond_with(
+                wiremock::ResponseTemplate::new(200)
+                    .set_body_raw(format!(r#"{{"keys":[{EC_JWK}]}}"#), "application/json"),
+            )
+            .mount(&env.auth)
+            .await;
+        let key = DpopKey::generate();
+        let now = env.now();
+        let claims = json!({"iss": ISS, "sub": "alice", "client_id": "app", "scope": "read",
+            "iat": now, "exp": now + 600, "jti": "j1", "cnf": {"jkt": key.jkt}});
+        let mut h = Header::new(Algorithm::ES256);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some("k1".into());
+        let der: String = EC_PRIVATE
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(der)
+            .unwrap();
+        let token = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_ec_der(&der)).unwrap();
+        // The AS's RFC 7662 answer: active, no cnf.
+        env.answer(
+            &token,
+            json!({"active": true, "sub": "alice", "client_id": "app", "scope": "read",
+                   "exp": now + 600, "iss": ISS, "token_type": "Bearer"}),
+            if hybrid { 1 } else { 0 },
+        )
+        .await;
+        let r = via_bearer(&env, &token).await;
+        assert_eq!(r.status, 401, "hybrid={hybrid}: {}", r.text());
+        assert_rejection(&r, 401, "invalid_token");
+        assert_eq!(env.upstream.hits(), 0, "hybrid={hybrid}");
+        // With its proof it passes, and the upstream learns it was DPoP.
+        let proof = key.proof(&spec(&env, &token));
+        let r = get(&env, "DPoP", &token, &[&proof]).await;
+        assert_eq!(r.status, 200, "hybrid={hybrid}: {}", r.text());
+    }
+}
+
+/// A trusted proxy's X-Forwarded-Host that is not a plain host (with `#`, `?`
+/// or `@`) cannot make a proof for another URI match: it is ignored, and the
+/// proofs below (for the root, or for another host) are refused.
+#[tokio::test]
+async fn should_not_let_a_forwarded_host_cut_or_move_the_htu() {
+    let env = Env::start_with(|raw| {
+        raw.forwarding.trusted_proxies = vec!["127.0.0.1".into()];
+    })
+    .await;
+    let key = DpopKey::generate();
+    env.answer("bound-tok", bound_to(&env, &key), 1).await;
+    for (xfh, htu) in [
+        ("api.example.com#", "https://api.example.com/"),
+        ("api.example.com?", "https://api.example.com/"),
+        (
+            "api.example.com@evil.example",
+            "https://evil.example/api/things",
+        ),
+    ] {
+        let proof = key.proof(&ProofSpec::new("GET", htu, env.now(), Some("bound-tok")));
+        let req = request(Method::GET, &env.url(PATH))
+            .header("authorization", "DPoP bound-tok")
+            .header("dpop", proof)
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", xfh)
+            .body(empty())
+            .unwrap();
+        let r = send(&env.http1, req).await;
+        assert_rejection(&r, 401, "invalid_dpop_proof");
+    }
+}
+
+/// Without [cache.shared], a flood of an attacker's own valid proofs cannot
+/// push a victim's replay record out: a full replay cache refuses new proofs
+/// (503) rather than forget a live one, so the victim's proof stays spent.
+#[tokio::test]
+async fn should_not_forget_a_spent_proof_when_flooded() {
+    let env = Env::start_with(|raw| raw.dpop.replay_cache_entries = 4).await;
+    let key = DpopKey::generate();
+    env.answer("bound-tok", bound_to(&env, &key), 1).await;
+    let victim = key.proof(&spec(&env, "bound-tok"));
+    assert_eq!(get(&env, "DPoP", "bound-tok", &[&victim]).await.status, 200);
+    assert_eq!(get(&env, "DPoP", "bound-tok", &[&victim]).await.status, 401);
+    let attacker = DpopKey::generate();
+    env.answer("att-tok", bound_to(&env, &attacker), 1).await;
+    let mut refused = 0;
+    for _ in 0..50 {
+        let p = attacker.proof(&spec(&env, "att-tok"));
+        if get(&env, "DPoP", "att-tok", &[&p]).await.status == 503 {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a full replay cache must refuse new proofs");
+    let r = get(&env, "DPoP", "bound-tok", &[&victim]).await;
+    assert_ne!(r.status, 200, "the spent proof was replayed");
+    assert_eq!(env.upstream.hits(), 1 + 50 - refused);
+}

@@ -696,3 +696,55 @@ async fn each_check_writes_one_access_line_without_the_token_or_the_query() {
     assert_eq!(line["cache"], "miss");
     assert!(!logs.text().contains(token), "the token was logged");
 }
+
+/// A subject with a non-ASCII character is still set (overwriting the
+/// client's copy): dropping it would leave the client's `X-Auth-Subject` in place.
+#[tokio::test]
+async fn a_non_ascii_subject_overwrites_the_clients_copy() {
+    let env = ExtEnv::start().await;
+    let body = json!({
+        "active": true, "sub": "jos\u{e9}", "client_id": "app",
+        "scope": "read", "exp": env.clock.unix_secs() + 3600, "token_type": "Bearer",
+    });
+    introspection_of("tok-u")
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(body))
+        .mount(&env.auth)
+        .await;
+    let resp = env
+        .check(check_request(
+            "GET",
+            "/api/items",
+            &[
+                ("authorization", "Bearer tok-u"),
+                ("x-auth-subject", "admin"),
+            ],
+        ))
+        .await;
+    let ok = ok(&resp);
+    assert_eq!(header(&ok.headers, "x-auth-subject"), Some("jos\u{e9}"));
+}
+
+/// URL and method overrides are removed on allow, as in proxy mode: the route
+/// was chosen from the path Envoy reported, so the app must serve that one.
+#[tokio::test]
+async fn url_and_method_overrides_are_removed_on_allow() {
+    let env = ExtEnv::start().await;
+    let resp = env
+        .check(check_request(
+            "GET",
+            "/public/x",
+            &[
+                ("x-original-url", "/admin/users"),
+                ("x-rewrite-url", "/admin/users"),
+            ],
+        ))
+        .await;
+    let ok1 = ok(&resp);
+    for h in ["x-original-url", "x-rewrite-url", "x-http-method-override"] {
+        assert!(
+            ok1.headers_to_remove.iter().any(|r| r == h),
+            "{h} not removed: {:?}",
+            ok1.headers_to_remove
+        );
+    }
+}

@@ -1021,3 +1021,15 @@ async fn should_apply_a_reloaded_convention_at_once() {
     let r = ask(&env, Method::GET, "/_tokengate", &spoofed).await;
     assert_rejection(&r, 401, "unauthorized");
 }
+
+/// An original host that is not text (obs-text bytes in `X-Forwarded-Host`)
+/// is refused with 400, as in proxy mode: read as "no host" it would skip the
+/// host-scoped routes and let a later, host-less route decide.
+#[tokio::test]
+async fn should_refuse_an_original_host_that_is_not_text() {
+    let env = Env::start_with(forward_auth_as(ConventionSetting::Nginx)).await;
+    let mut req = b"GET /auth HTTP/1.1\r\nHost: auth.local\r\nX-Original-Method: GET\r\nX-Original-URI: /admin/users\r\nX-Forwarded-Host: api.".to_vec();
+    req.extend_from_slice(b"\xe9xample\r\nAuthorization: Bearer tok\r\nConnection: close\r\n\r\n");
+    let answer = String::from_utf8_lossy(&raw_exchange(env.gate.addr, &req).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}

@@ -264,6 +264,7 @@ fn build_introspection(
             introspector.with_signed_answers(Arc::new(SignedAnswers::new(
                 j,
                 &settings.introspection.client_id,
+                settings.introspection.timeout,
                 jwks.clone(),
                 clock.clone(),
             )))

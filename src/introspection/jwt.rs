@@ -466,6 +466,9 @@ pub struct SignedAnswers {
     client_id: String,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
+    /// The introspection call's deadline: an answer signed longer ago than
+    /// that (plus the leeway) was not made for this call.
+    call_timeout: Duration,
     clock: Arc<dyn Clock>,
 }
 
@@ -503,6 +506,7 @@ impl SignedAnswers {
     pub fn new(
         settings: &JwtSettings,
         client_id: &str,
+        call_timeout: Duration,
         jwks: Arc<Jwks>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -512,6 +516,7 @@ impl SignedAnswers {
             client_id: client_id.to_owned(),
             algorithms: settings.algorithms.clone(),
             leeway: settings.leeway,
+            call_timeout,
             clock,
         }
     }
@@ -551,7 +556,16 @@ impl SignedAnswers {
             .and_then(|v| v.as_i64())
             .ok_or(JwtError::Claim("iat"))?;
         let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
-        if iat > self.clock.unix_secs().saturating_add(leeway) {
+        let now = self.clock.unix_secs();
+        // Fresh: signed for this call. An older signed answer (captured and
+        // replayed by whoever sits between us and the AS) is refused.
+        let max_age = i64::try_from(self.call_timeout.as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_add(leeway);
+        if iat < now.saturating_sub(max_age) {
+            return Err(JwtError::Claim("iat"));
+        }
+        if iat > now.saturating_add(leeway) {
             return Err(JwtError::NotYetValid);
         }
         match peeked.claims.get("token_introspection") {
@@ -617,6 +631,55 @@ mod tests {
         serde_json::json!({"iss": ISS, "sub": "u1", "client_id": "app", "aud": "api",
             "scope": "read write", "iat": now, "exp": now + 600, "jti": "j1",
             "cnf": {"jkt": "abc"}})
+    }
+
+    /// RFC 9701: a signed answer must be fresh (signed within the call's
+    /// timeout plus the leeway), so a captured one cannot be replayed later.
+    #[tokio::test]
+    async fn a_signed_answer_is_accepted_only_while_fresh() {
+        let clock = Arc::new(ManualClock::default());
+        let settings = RawJwt {
+            issuer: ISS.into(),
+            jwks_url: "http://127.0.0.1:9/jwks".into(),
+            ..RawJwt::default()
+        }
+        .settings("", true)
+        .unwrap()
+        .unwrap();
+        let jwks = Arc::new(Jwks::new(
+            settings.jwks.clone(),
+            settings.jwks_refetch_min_interval,
+            Duration::from_secs(1),
+            &crate::http::tls::ClientTls::new(&[], None).unwrap(),
+            clock.clone(),
+        ));
+        jwks.set_keys(
+            crate::introspection::jwks::parse_jwks(format!(r#"{{"keys":[{EC_JWK}]}}"#).as_bytes())
+                .unwrap(),
+        );
+        let signed = SignedAnswers::new(
+            &settings,
+            "tokengate",
+            Duration::from_secs(2),
+            jwks,
+            clock.clone(),
+        );
+        let now = clock.unix_secs();
+        let answer = |iat: i64| {
+            sign(
+                "token-introspection+jwt",
+                serde_json::json!({"iss": ISS, "aud": "tokengate", "iat": iat,
+                    "token_introspection": {"active": true, "sub": "u1"}}),
+            )
+        };
+        assert!(signed.verify(answer(now).as_bytes()).await.is_ok());
+        // 30 s leeway + 2 s timeout: 32 s old is the limit.
+        assert!(signed.verify(answer(now - 32).as_bytes()).await.is_ok());
+        assert!(matches!(
+            signed.verify(answer(now - 33).as_bytes()).await,
+            Err(JwtError::Claim("iat"))
+        ));
+        assert!(signed.verify(answer(now - 3600).as_bytes()).await.is_err());
     }
 
     #[tokio::test]

@@ -140,10 +140,11 @@ async fn load(
         Shape::Refuse(e) => refused(e),
         Shape::Local(peeked) => match jwt.verify_peeked(token, peeked).await {
             // Hybrid: the signature says who issued it; only the AS knows
-            // whether it was revoked since. Its answer is the one cached.
-            Ok(_) if jwt.hybrid() => {
+            // whether it was revoked since. Its answer is the one cached,
+            // with the JWT's sender binding kept (below).
+            Ok(local) if jwt.hybrid() => {
                 app.metrics.jwt_checked("valid");
-                introspect().await
+                Ok(keep_binding(local, introspect().await?, key))
             }
             Ok(answer) => {
                 app.metrics.jwt_checked("valid");
@@ -156,6 +157,40 @@ async fn load(
             Err(e) => refused(e),
         },
     }
+}
+
+/// Hybrid mode: the AS's answer, with the verified JWT's sender binding.
+/// An AS need not repeat `cnf` (or a DPoP `token_type`) in its RFC 7662
+/// answer, and dropping it would let a bound token pass as a plain bearer
+/// token. A `cnf` in both that differs is a contradiction: refused (401).
+fn keep_binding(
+    local: Introspection,
+    mut answer: Introspection,
+    key: &token::TokenHash,
+) -> Introspection {
+    if !answer.active {
+        return answer;
+    }
+    if let Some(cnf) = local.extra.get("cnf") {
+        match answer.extra.get("cnf") {
+            None => {
+                answer.extra.insert("cnf".into(), cnf.clone());
+            }
+            Some(theirs) if theirs != cnf => {
+                tracing::warn!(token = %token::fingerprint(key), "the introspection answer's cnf differs from the JWT's; refusing the token (401)");
+                return Introspection::inactive();
+            }
+            Some(_) => {}
+        }
+    }
+    let dpop = |t: &Option<oauth2::basic::BasicTokenType>| {
+        t.as_ref()
+            .is_some_and(|t| AsRef::<str>::as_ref(t).eq_ignore_ascii_case("dpop"))
+    };
+    if dpop(&local.token_type) && !dpop(&answer.token_type) {
+        answer.token_type = local.token_type;
+    }
+    answer
 }
 
 /// What [`authorize`] found: the principal, the token's `exp`, the binding

@@ -175,6 +175,17 @@ fn original_headers(http: &HttpRequest) -> Result<HeaderMap, CheckRequestError> 
 }
 
 fn header_option(key: &str, value: &str) -> HeaderValueOption {
+    header_option_bytes(key, value.as_bytes())
+}
+
+/// A header to set, whatever its bytes: a value that is not UTF-8 (an identity
+/// claim with obs-text, which HTTP allows) goes in `raw_value`. Dropping it
+/// instead would leave the client's own copy of the header in place.
+fn header_option_bytes(key: &str, value: &[u8]) -> HeaderValueOption {
+    let (value, raw_value) = match std::str::from_utf8(value) {
+        Ok(v) => (v.to_owned(), Vec::new()),
+        Err(_) => (String::new(), value.to_vec()),
+    };
     // `append` is deprecated in favour of `append_action`, but prost still
     // generates the field: it has to be named to build the message.
     #[expect(
@@ -184,8 +195,8 @@ fn header_option(key: &str, value: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),
-            value: value.to_owned(),
-            raw_value: Vec::new(),
+            value,
+            raw_value,
         }),
         append: None,
         // A client's copy of the header is replaced, never appended to.
@@ -210,7 +221,7 @@ fn allowed(
     }
     let headers = identity
         .iter()
-        .filter_map(|(k, v)| Some(header_option(k.as_str(), v.to_str().ok()?)))
+        .map(|(k, v)| header_option_bytes(k.as_str(), v.as_bytes()))
         .collect();
     // Every identity header we do not set is removed: removing one we also set
     // would depend on the order in which Envoy applies the two lists, so those
@@ -224,6 +235,15 @@ fn allowed(
     if !id.forward_authorization {
         headers_to_remove.push(header::AUTHORIZATION.as_str().to_owned());
     }
+    // As in proxy mode: the route was chosen from the request line, so the
+    // app must not serve another URL or run another method than that one
+    // (`decide` already refused an override naming another method).
+    headers_to_remove.extend(
+        forward::URL_OVERRIDES
+            .iter()
+            .chain(forward::METHOD_OVERRIDES.iter())
+            .map(|h| h.as_str().to_owned()),
+    );
     // As in proxy mode, the token's query parameter never reaches the upstream.
     let query_parameters_to_remove = settings.token_sources.query_param.iter().cloned().collect();
     CheckResponse {
@@ -256,6 +276,10 @@ fn denied(err: &ProxyError, retry_after_secs: u32) -> CheckResponse {
     }
     if r.retry {
         headers.push(header_option("retry-after", &retry_after_secs.to_string()));
+    }
+    // RFC 9449 §9: the nonce a `use_dpop_nonce` client must retry with.
+    if let Some(nonce) = r.dpop.as_ref().and_then(|d| d.nonce.as_deref()) {
+        headers.push(header_option("dpop-nonce", nonce));
     }
     CheckResponse {
         status: Some(rpc::Status {

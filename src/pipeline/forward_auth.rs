@@ -106,10 +106,15 @@ pub(crate) async fn decide(
     if overridden != method {
         return Err(forward::OverrideError::NotStrippable.into());
     }
-    let route =
-        settings
-            .routes
-            .select(method, host.and_then(|h| h.to_str().ok()), target.path())?;
+    // A host that is not text cannot be matched against host-scoped routes:
+    // refused (as in proxy mode), never read as "no host".
+    let host = host
+        .map(|h| {
+            h.to_str()
+                .map_err(|_| crate::policy::RouteError::InvalidHost)
+        })
+        .transpose()?;
+    let route = settings.routes.select(method, host, target.path())?;
     info.route = Some(route.name.clone());
     let facts = crate::policy::binding::RequestFacts {
         method,
@@ -117,7 +122,7 @@ pub(crate) async fn decide(
             headers,
             sender.forwarded_trusted,
             sender.scheme,
-            host.and_then(|h| h.to_str().ok()),
+            host,
             target.path(),
         ),
         client_cert_sha256: sender.client_cert_sha256,

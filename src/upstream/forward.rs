@@ -101,7 +101,7 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Fields that make IIS, Symfony, Zend and similar stacks serve another URL than
 /// the request line's, after tokengate chose the route from the request line.
 /// Removed from every request, whoever sent them.
-static URL_OVERRIDES: [HeaderName; 2] = [
+pub static URL_OVERRIDES: [HeaderName; 2] = [
     HeaderName::from_static("x-original-url"),
     HeaderName::from_static("x-rewrite-url"),
 ];

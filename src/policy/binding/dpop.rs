@@ -382,6 +382,16 @@ fn htu_matches(htu: &str, uri: &RequestUri<'_>) -> bool {
     let Ok(expected) = url::Url::parse(&format!("{}://{}{}", uri.scheme, host, uri.path)) else {
         return false;
     };
+    // Our side must be exactly scheme://host/path: a host with `@`, `?` or
+    // `#` in it (a forwarded header) would move the real host into userinfo
+    // or cut the path off, and let a proof for another URI match.
+    if !expected.username().is_empty()
+        || expected.password().is_some()
+        || expected.query().is_some()
+        || expected.fragment().is_some()
+    {
+        return false;
+    }
     let Ok(got) = url::Url::parse(htu) else {
         return false;
     };

@@ -187,9 +187,13 @@ pub fn request_uri<'a>(
         Some(p) if p.eq_ignore_ascii_case("http") => "http",
         _ => own_scheme,
     };
+    // A forwarded host that is not a host[:port] (`api.example.com@evil`,
+    // `api.example.com#`) is ignored like an untrusted one.
+    let forwarded_host =
+        one("x-forwarded-host").filter(|h| matches!(crate::policy::normalize_host(h), Ok(Some(_))));
     RequestUri {
         scheme,
-        host: one("x-forwarded-host").or(host),
+        host: forwarded_host.or(host),
         path,
     }
 }
@@ -216,6 +220,11 @@ impl moka::Expiry<[u8; 32], Duration> for ReplayExpiry {
 /// for the fleet-wide replay check.
 pub struct Binder {
     replay: moka::future::Cache<[u8; 32], Duration>,
+    /// `dpop.replay_cache_entries`: live records allowed at once.
+    replay_capacity: u64,
+    /// Live records now: +1 per record, −1 when moka drops one (expiry).
+    /// moka's own count lags; this one is what the full check reads.
+    replay_live: Arc<std::sync::atomic::AtomicU64>,
     nonces: nonce::Nonces,
     fleet: Option<Arc<Fleet>>,
     clock: Arc<dyn Clock>,
@@ -235,11 +244,21 @@ impl Binder {
             Some(f) => nonce::Nonces::with_key(f.derive_key(b"dpop nonce")),
             None => nonce::Nonces::random(),
         };
+        let replay_live = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let live = replay_live.clone();
         Self {
+            replay_capacity: settings.replay_cache_entries,
+            replay_live,
+            // Room for twice the records the full check allows, so that moka
+            // never evicts a live record to make space (it would let that
+            // proof be replayed); records leave when they expire.
             replay: moka::future::Cache::builder()
-                .max_capacity(settings.replay_cache_entries)
+                .max_capacity(settings.replay_cache_entries.saturating_mul(2))
                 .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .expire_after(ReplayExpiry)
+                .eviction_listener(move |_, _, _| {
+                    live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                })
                 .build(),
             nonces,
             fleet,
@@ -347,13 +366,35 @@ impl Binder {
         // Last, so that only proofs that are good in every other way (and
         // signed by the token's key) are recorded: nobody can fill the cache
         // with another client's jti values.
+        //
+        // Without the fleet, this cache is the only record of a proof: a full
+        // one would evict a record that is still live, and a captured proof
+        // could then be replayed (anyone with a bound token of their own can
+        // fill it). So a full cache refuses new proofs (503) until records
+        // expire, instead of forgetting one. With the fleet, Redis keeps
+        // every record for its whole window.
+        let live = || self.replay_live.load(std::sync::atomic::Ordering::Relaxed);
+        if self.fleet.is_none() && live() >= self.replay_capacity {
+            // Expired records are dropped (and counted out) here.
+            self.replay.run_pending_tasks().await;
+            if live() >= self.replay_capacity {
+                warn!(
+                    capacity = self.replay_capacity,
+                    "DPoP replay cache full of live proofs; refusing new proofs (503) until some expire (raise dpop.replay_cache_entries, or use [cache.shared])"
+                );
+                return Err(BindingError::ReplayCheckUnavailable);
+            }
+        }
         let first_here = self
             .replay
             .entry(verified.replay_id)
             .or_insert(verified.remaining)
             .await
             .is_fresh();
-        if !first_here {
+        if first_here {
+            self.replay_live
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        } else {
             return Err(refused(ProofError::Replayed));
         }
         if let Some(fleet) = &self.fleet {
