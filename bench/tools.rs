@@ -645,7 +645,7 @@ fn unix_now() -> u64 {
 
 /// `N FILE [N FILE]...` → [(N, FILE)].
 fn count_files<'a>(rest: &[&'a str]) -> Result<Vec<(usize, &'a str)>> {
-    if rest.is_empty() || rest.len() % 2 != 0 {
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
         return Err("want N FILE pairs".into());
     }
     rest.chunks(2).map(|p| Ok((p[0].parse()?, p[1]))).collect()
