@@ -21,6 +21,24 @@ public = true
 CONFIG
 }
 
+# write_jose_config FILE PORT UPSTREAM_URL AS_URL: write_gate_config's gate,
+# plus local checks of JWT access tokens (the mock AS's /jwks, bench keys) and
+# a DPoP proof window of an hour, so run.sh can sign the proofs before the run
+# (a client signs each just before its request). The replay cache is sized
+# for the proofs of a full run (each proof's jti is remembered).
+write_jose_config() {
+    write_gate_config "$@"
+    cat >>"$1" <<CONFIG
+[jwt]
+enabled = true
+issuer = "https://auth.example.com"
+jwks_url = "$4/jwks"
+[dpop]
+max_age = "1h"
+replay_cache_entries = 2000000
+CONFIG
+}
+
 # write_authz_config FILE HTTP_PORT GRPC_PORT AS_URL: tokengate as an
 # authorizer only (no upstream): HTTP forward-auth (Envoy convention) on
 # HTTP_PORT and gRPC ext_authz on GRPC_PORT, one decision behind both.

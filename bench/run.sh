@@ -31,6 +31,18 @@
 #                       pooled client, no auth, no header work, no log) ->
 #                       upstream: the floor of tokengate's own HTTP stack
 #   tokengate-hit       wrk -> tokengate -> upstream; one token, cached
+#   tokengate-jwt-new   wrk -> a second tokengate with [jwt] on -> upstream; a
+#                       new ES256 JWT access token (RFC 9068) per request,
+#                       checked locally with the mock AS's /jwks: no AS call
+#                       (checked: 0 introspections)
+#   tokengate-dpop      wrk -> the same second tokengate -> upstream; one
+#                       DPoP-bound token (cnf.jkt), cached, and a new DPoP
+#                       proof (RFC 9449) per request: a cache hit plus the
+#                       proof check. Tokens and proofs are signed before the
+#                       row by bench-tools (jwt-tokens, dpop-proofs), sized
+#                       to twice the tokengate-hit rate, and read one a
+#                       request by wrk.lua (BENCH_TOKEN_MODE=file); a line
+#                       short is a 401 and fails the run
 #   nginx-auth-request-lite  wrk -> nginx auth_request (GET /auth on the mock
 #                       AS, keep-alive, no introspection: the AS just answers
 #                       200 after 5 ms, no body, no client auth, no JSON) ->
@@ -183,8 +195,9 @@ rss_kib() { # PID...: summed VmRSS
 }
 kv() { sed -n "s/.*\b$1=\([0-9.]*\).*/\1/p" <<<"$2" | head -1; }
 
-UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port) HP_PORT=$(port)
+UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port) HP_PORT=$(port) JO_PORT=$(port)
 UP=http://127.0.0.1:$UP_PORT AS=http://127.0.0.1:$AS_PORT TG=http://127.0.0.1:$TG_PORT
+JO=http://127.0.0.1:$JO_PORT
 
 say "starting upstream, mock AS (${LATENCY_MS} ms, $AS_SLEEP sleep), tokengate"
 "${UPS[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
@@ -203,6 +216,12 @@ write_gate_config "$TMP/tokengate.toml" "$TG_PORT" "$UP" "$AS"
 TG_PID=$!; PIDS+=("$TG_PID")
 wait_http "$UP/"
 wait_http "$AS/stats"
+# The JWT and DPoP rows' gate: the same config plus [jwt] and [dpop]. Started
+# after the AS, so its first JWKS fetch finds the keys.
+write_jose_config "$TMP/jose.toml" "$JO_PORT" "$UP" "$AS"
+"${SV[@]}" "$GATE" --config "$TMP/jose.toml" >"$TMP/jose.log" 2>&1 &
+JO_PID=$!; PIDS+=("$JO_PID")
+wait_http "$JO/public"
 wait_http "http://127.0.0.1:$HP_PORT/"
 wait_http "$TG/public"
 
@@ -299,6 +318,7 @@ check_guard() { # NAME URL
     done
 }
 check_guard tokengate "$TG/"
+check_guard tokengate-jose "$JO/"
 if [[ -n $NGINX_BIN ]]; then check_guard nginx-auth-request-lite "http://127.0.0.1:$NGX_LITE_PORT/"; fi
 if ((NJS)); then check_guard nginx-auth-request "http://127.0.0.1:$NGX_NJS_PORT/"; fi
 
@@ -314,14 +334,23 @@ scenario() {
     shift 3
     say "$name: warm-up ${WARMUP}s, measure ${DURATION}s"
     # fixed: the warm-up caches the one token the measured run sends;
-    # unique: the measured run's tokens share no prefix with the warm-up's.
+    # unique: the measured run's tokens share no prefix with the warm-up's;
+    # file: the lines of $TMP/$name.warm, then of $TMP/$name.run (one each
+    # request; the caller writes them).
     local warm_token=$name-$RUN_ID-w run_token=$name-$RUN_ID-m
     [[ $mode == unique ]] || run_token=$warm_token
-    BENCH_TOKEN_MODE=$mode BENCH_TOKEN=$warm_token \
-        "${LG[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s bench/wrk.lua "$url" >/dev/null
+    local warm
+    warm=$(BENCH_TOKEN_MODE=$mode BENCH_TOKEN=$warm_token BENCH_FILE=$TMP/$name.warm BENCH_THREADS=1 \
+        "${LG[@]}" wrk -t1 -c"$CONNS" -d"${WARMUP}s" -s bench/wrk.lua "$url")
+    if [[ $mode == file ]]; then
+        # A warm-up that was refused would leave the measured run cold.
+        local wl
+        wl=$(grep '^BENCH ' <<<"$warm") || die "$name: wrk printed no summary: $warm"
+        (($(kv non2xx "$wl") == 0)) || die "$name: warm-up got $(kv non2xx "$wl") non-2xx answers ($(kv exhausted "$wl") for want of lines); logs in $TMP"
+    fi
     local before after out
     before=$("$TOOLS" get "$AS/stats")
-    out=$(BENCH_TOKEN_MODE=$mode BENCH_TOKEN=$run_token \
+    out=$(BENCH_TOKEN_MODE=$mode BENCH_TOKEN=$run_token BENCH_FILE=$TMP/$name.run BENCH_THREADS=1 \
         "${LG[@]}" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s bench/wrk.lua "$url")
     after=$("$TOOLS" get "$AS/stats")
     local line
@@ -346,7 +375,11 @@ scenario() {
         'BEGIN { if (m != "") printf "%.2f / %.2f", m / 1000, p / 1000; else print "-" }')
     ROWS+=("$name")
     if ((non2xx + errs > 0)); then
-        say "$name: $non2xx non-2xx answers, $errs socket errors"
+        say "$name: $non2xx non-2xx answers, $errs socket errors$([[ $mode != file ]] || echo ", $(kv exhausted "$line") requests found no line left in $TMP/$name.run")"
+        FAILED=1
+    fi
+    if [[ $mode == file && $di -ne 0 ]]; then
+        say "$name: $di introspections (want 0: local JWT checks / cache hits only)"
         FAILED=1
     fi
     if [[ $mode == unique && $di -ne $dd ]]; then
@@ -359,6 +392,24 @@ scenario direct "$UP/" fixed "$UP_PID"
 [[ -z $NGINX_BIN ]] || scenario nginx-proxy "http://127.0.0.1:$NGX_PLAIN_PORT/" fixed "${NGINX_PIDS[@]}"
 scenario hyper-proxy "http://127.0.0.1:$HP_PORT/" fixed "$HP_PID"
 scenario tokengate-hit "$TG/" fixed "$TG_PID"
+
+# Signed inputs for the JWT and DPoP rows, one per request: twice the
+# tokengate-hit rate just measured (neither row can be cheaper than a cache
+# hit), plus slack, for the warm-up and the measured run each.
+lines_for() { # SECS
+    awk -v r="${RPS[tokengate-hit]}" -v s="$1" -v c="$CONNS" 'BEGIN { printf "%d", 2 * r * s + 10 * c + 1000 }'
+}
+say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") JWTs (ES256)"
+"$TOOLS" jwt-tokens ES256 "jwt-$RUN_ID" "$(lines_for "$WARMUP")" "$TMP/tokengate-jwt-new.warm" \
+    "$(lines_for "$DURATION")" "$TMP/tokengate-jwt-new.run"
+scenario tokengate-jwt-new "$JO/" file "$JO_PID"
+rm -f "$TMP"/tokengate-jwt-new.*
+say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") DPoP proofs (ES256)"
+# htu: exactly the URL wrk requests (tokengate builds it from Host and path).
+"$TOOLS" dpop-proofs "$JO/" "dpop-$RUN_ID" "$(lines_for "$WARMUP")" "$TMP/tokengate-dpop.warm" \
+    "$(lines_for "$DURATION")" "$TMP/tokengate-dpop.run"
+scenario tokengate-dpop "$JO/" file "$JO_PID"
+rm -f "$TMP"/tokengate-dpop.*
 [[ -z $NGINX_BIN ]] || scenario nginx-auth-request-lite "http://127.0.0.1:$NGX_LITE_PORT/" unique "${NGINX_PIDS[@]}"
 ((NJS == 0)) || scenario nginx-auth-request "http://127.0.0.1:$NGX_NJS_PORT/" unique "${NGINX_PIDS[@]}"
 scenario tokengate-miss "$TG/" unique "$TG_PID"
@@ -405,7 +456,7 @@ table() {
     for n in "${ROWS[@]}"; do
         base=""
         case $n in
-        nginx-proxy | hyper-proxy | tokengate-hit) base=${RPS[nginx-proxy]:-} ;;
+        nginx-proxy | hyper-proxy | tokengate-hit | tokengate-jwt-new | tokengate-dpop) base=${RPS[nginx-proxy]:-} ;;
         tokengate-miss | nginx-auth-request*) base=${RPS[nginx-auth-request]:-} ;;
         esac
         echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $(ratio "${RPS[$n]}" "${RPS[direct]}") |" \
@@ -417,6 +468,8 @@ table() {
     if [[ -n ${RPS[hyper-proxy]:-} ]]; then
         echo "- tokengate-hit vs hyper-proxy (the same HTTP stack with no auth, no header work, no log): $(ratio "${RPS[tokengate-hit]}" "${RPS[hyper-proxy]}")×."
     fi
+    echo "- tokengate-jwt-new vs tokengate-hit (a new ES256 JWT access token per request, checked locally, 0 AS calls; target ≥ 0.8×): $(ratio "${RPS[tokengate-jwt-new]}" "${RPS[tokengate-hit]}")×."
+    echo "- tokengate-dpop vs tokengate-hit (cache hit + a new ES256 DPoP proof per request: signature, htm/htu/iat/ath, cnf.jkt, replay cache): $(ratio "${RPS[tokengate-dpop]}" "${RPS[tokengate-hit]}")×."
     echo "- miss rows: \"vs nginx\" is against nginx-auth-request (auth_request + njs introspection with $NJS_CALL, no cache)$( ((NJS)) || echo ": not run, $NJS_WHY")."
     if [[ -n ${RPS[nginx-auth-request-lite]:-} ]]; then
         echo "- tokengate-miss vs nginx-auth-request-lite (GET /auth, keep-alive, no introspection): $(ratio "${RPS[tokengate-miss]}" "${RPS[nginx-auth-request-lite]}")×."

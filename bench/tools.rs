@@ -20,6 +20,12 @@
 //!   (from the handler's start to the answer handed to hyper).
 //!   A token that starts with `inactive` gets `{"active":false}` (`/auth`: 401),
 //!   so `run.sh` can check that every baseline really reads the answer.
+//!   A token `dpop~JKT~…` gets an active answer bound to the DPoP key whose
+//!   RFC 7638 thumbprint is JKT (`token_type` `DPoP`, `cnf.jkt`), so the AS
+//!   needs no state to bind the tokens `dpop-proofs` makes.
+//!   `GET /jwks`: the public half of the bench signing keys
+//!   (`benches/keys/es256.pem` as kid `es`, `rs256.pem` as kid `rs`), the
+//!   key set of issuer [`JWT_ISSUER`]; not counted as an introspection.
 //! * `proxy ADDR UPSTREAM_URL`: the stack's floor: hyper's HTTP/1.1 server and
 //!   hyper-util's pooled client (tokengate's own building blocks), forwarding
 //!   every request to the upstream with no auth, no header work, no log. What
@@ -48,6 +54,17 @@
 //!   the floor of the cache's own per-entry cost. `moka-unit`: a bare moka
 //!   `Cache<[u8; 32], ()>` with a per-entry expiry, as `TokenCache` builds it:
 //!   moka's own floor.
+//!
+//! * `jwt-tokens ES256|RS256 PREFIX N FILE [N FILE]...`: N RFC 9068 JWT
+//!   access tokens per FILE, one a line, each new (`jti` PREFIX-file-i),
+//!   signed with the bench key of that algorithm, issuer [`JWT_ISSUER`], valid
+//!   for an hour: what the `tokengate-jwt-new` row sends, one per request.
+//! * `dpop-proofs HTU PREFIX N FILE [N FILE]...`: one new P-256 DPoP key, one
+//!   token bound to it (`dpop~JKT~PREFIX`, see the AS), and N lines
+//!   `token<TAB>proof` per FILE: each proof single-use (its own `jti`), for
+//!   `GET HTU`, with `ath` of the token and `iat` now (so the gate's
+//!   `dpop.max_age` must cover the run). The `tokengate-dpop` row's input.
+//!   Both sign on every CPU, then concatenate the parts.
 //!
 //! Every server is single-threaded (current-thread runtime): `run.sh` pins it to
 //! a core, and one thread per core is the cheapest way to serve from there.
@@ -129,6 +146,8 @@ fn main() {
                 )
                 .await
             }
+            ["jwt-tokens", alg, prefix, rest @ ..] => jwt_tokens(alg, prefix, rest),
+            ["dpop-proofs", htu, prefix, rest @ ..] => dpop_proofs(htu, prefix, rest),
             ["startup", bin, config, url] => startup(bin, config, url).await,
             ["mem", counts] | ["mem", counts, _] => {
                 let counts = counts
@@ -146,6 +165,7 @@ fn main() {
                 "usage: bench-tools upstream ADDR | proxy ADDR UPSTREAM_URL | as ADDR LATENCY_MS [precise|tokio] | get URL | status URL [TOKEN] | freeport \
                  | burst GATE_URL AS_URL N | startup BIN CONFIG URL \
                  | authz-load GRPC_ADDR FORWARD_AUTH_URL SECONDS CONNS TOKEN \
+                 | jwt-tokens ES256|RS256 PREFIX N FILE [N FILE]... | dpop-proofs HTU PREFIX N FILE [N FILE]... \
                  | mem N1,N2,... [typical|minimal|moka-unit]"
                     .into(),
             ),
@@ -500,6 +520,8 @@ async fn as_handle(
             state.record(token.as_bytes());
             let answer = if token.starts_with("inactive") {
                 json(StatusCode::OK, r#"{"active":false}"#.into())
+            } else if let Some(jkt) = dpop_bound(&token) {
+                json(StatusCode::OK, dpop_answer(jkt))
             } else {
                 json(StatusCode::OK, active_answer("bench-user"))
             };
@@ -530,8 +552,192 @@ async fn as_handle(
             *r.status_mut() = status;
             r
         }
+        (Method::GET, "/jwks") => match bench_jwks() {
+            Ok(jwks) => json(StatusCode::OK, jwks.to_owned()),
+            Err(e) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{{\"error\":\"{e}\"}}"),
+            ),
+        },
         _ => json(StatusCode::NOT_FOUND, "{}".into()),
     }
+}
+
+// ---------------------------------------------------------------------------
+// JWT access tokens and DPoP proofs (pre-generated: wrk cannot sign)
+// ---------------------------------------------------------------------------
+
+/// The `iss` of the bench JWTs (`[jwt] issuer` of the gate that checks them).
+const JWT_ISSUER: &str = "https://auth.example.com";
+/// Bench-only signing keys, shared with `benches/hot_path.rs`: not secrets.
+const ES256_PEM: &str = include_str!("../benches/keys/es256.pem");
+const RS256_PEM: &str = include_str!("../benches/keys/rs256.pem");
+
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}
+
+/// The bench key for `alg` and its `kid` in [`bench_jwks`].
+fn bench_key(
+    alg: &str,
+) -> Result<(
+    jsonwebtoken::EncodingKey,
+    jsonwebtoken::Algorithm,
+    &'static str,
+)> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    Ok(match alg {
+        "ES256" => (
+            EncodingKey::from_ec_der(&pem_der(ES256_PEM)?),
+            Algorithm::ES256,
+            "es",
+        ),
+        "RS256" => (
+            EncodingKey::from_rsa_der(&pem_der(RS256_PEM)?),
+            Algorithm::RS256,
+            "rs",
+        ),
+        other => return Err(format!("no bench key for {other}").into()),
+    })
+}
+
+/// The JWKS the mock AS serves, built once from the bench keys' public halves.
+fn bench_jwks() -> std::result::Result<&'static str, String> {
+    static JWKS: std::sync::OnceLock<std::result::Result<String, String>> =
+        std::sync::OnceLock::new();
+    JWKS.get_or_init(|| {
+        let mut keys = Vec::new();
+        for alg in ["ES256", "RS256"] {
+            let (key, a, kid) = bench_key(alg).map_err(|e| e.to_string())?;
+            let mut jwk =
+                jsonwebtoken::jwk::Jwk::from_encoding_key(&key, a).map_err(|e| e.to_string())?;
+            jwk.common.key_id = Some(kid.into());
+            keys.push(jwk);
+        }
+        Ok(serde_json::json!({ "keys": keys }).to_string())
+    })
+    .as_deref()
+    .map_err(Clone::clone)
+}
+
+/// `dpop~JKT~…` → JKT: the token says which key it is bound to.
+fn dpop_bound(token: &str) -> Option<&str> {
+    token.strip_prefix("dpop~")?.split('~').next()
+}
+
+/// [`active_answer`], bound to the DPoP key with thumbprint `jkt` (RFC 9449 §6.2).
+fn dpop_answer(jkt: &str) -> String {
+    let now = unix_now();
+    format!(
+        r#"{{"active":true,"client_id":"bench-client","sub":"bench-user","scope":"read write","token_type":"DPoP","cnf":{{"jkt":"{jkt}"}},"iss":"{JWT_ISSUER}","aud":"bench-api","iat":{now},"exp":{}}}"#,
+        now + 3600
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// `N FILE [N FILE]...` → [(N, FILE)].
+fn count_files<'a>(rest: &[&'a str]) -> Result<Vec<(usize, &'a str)>> {
+    if rest.is_empty() || !rest.len().is_multiple_of(2) {
+        return Err("want N FILE pairs".into());
+    }
+    rest.chunks(2).map(|p| Ok((p[0].parse()?, p[1]))).collect()
+}
+
+/// Writes `n` lines `line(i)` to `file`, signing on every CPU: each worker
+/// writes its own part, then the parts are concatenated (the order of the
+/// lines does not matter to wrk.lua).
+fn write_lines<F>(file: &str, n: usize, line: F) -> Result<()>
+where
+    F: Fn(usize) -> Result<String> + Sync,
+{
+    use std::io::Write as _;
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let parts: Vec<String> = (0..workers).map(|w| format!("{file}.part{w}")).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .enumerate()
+            .map(|(w, part)| {
+                let line = &line;
+                s.spawn(move || -> Result<()> {
+                    let mut out = std::io::BufWriter::new(std::fs::File::create(part)?);
+                    for i in (w..n).step_by(workers) {
+                        writeln!(out, "{}", line(i)?)?;
+                    }
+                    out.flush()?;
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .try_for_each(|h| h.join().map_err(|_| "a signing thread panicked")?)
+    })?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    for part in &parts {
+        std::io::copy(&mut std::fs::File::open(part)?, &mut out)?;
+        std::fs::remove_file(part)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn jwt_tokens(alg: &str, prefix: &str, rest: &[&str]) -> Result<()> {
+    let (key, alg, kid) = bench_key(alg)?;
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.typ = Some("at+jwt".into());
+    header.kid = Some(kid.into());
+    let iat = unix_now();
+    for (f, (n, file)) in count_files(rest)?.into_iter().enumerate() {
+        write_lines(file, n, |i| {
+            let claims = serde_json::json!({
+                "iss": JWT_ISSUER, "sub": "bench-user", "client_id": "bench-client",
+                "aud": "bench-api", "scope": "read write", "iat": iat, "exp": iat + 3600,
+                "jti": format!("{prefix}-{f}-{i}"),
+            });
+            Ok(jsonwebtoken::encode(&header, &claims, &key)?)
+        })?;
+    }
+    Ok(())
+}
+
+fn dpop_proofs(htu: &str, prefix: &str, rest: &[&str]) -> Result<()> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let key = EncodingKey::from_ec_der(&kp.serialize_der());
+    let jwk = Jwk::from_encoding_key(&key, Algorithm::ES256)?;
+    let token = format!("dpop~{}~{prefix}", jwk.thumbprint(ThumbprintHash::SHA256)?);
+    // The proof's jwk: the public members only, as a client sends it.
+    let mut public = serde_json::to_value(&jwk)?;
+    if let Some(o) = public.as_object_mut() {
+        o.retain(|k, _| ["kty", "crv", "x", "y"].contains(&k.as_str()));
+    }
+    let header = URL_SAFE_NO_PAD
+        .encode(serde_json::json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": public}).to_string());
+    let ath = tokengate::policy::binding::dpop::token_hash(&token);
+    let iat = unix_now();
+    for (f, (n, file)) in count_files(rest)?.into_iter().enumerate() {
+        write_lines(file, n, |i| {
+            let claims = serde_json::json!({
+                "jti": format!("{prefix}-{f}-{i}"), "htm": "GET", "htu": htu, "iat": iat, "ath": ath,
+            });
+            let msg = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+            let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::ES256)?;
+            Ok(format!("{token}\t{msg}.{sig}"))
+        })?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
