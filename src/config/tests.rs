@@ -874,8 +874,10 @@ fn jwt_keys_load_from_the_environment_and_every_bad_one_is_reported() {
     c.introspection.response_format = ResponseFormat::Jwt;
     c.jwt.algorithms = vec!["none".into(), "HS256".into()];
     c.jwt.jwks_url = "file:///etc/jwks".into();
+    c.jwt.jwks_refetch_min_interval = Duration::ZERO;
     let text = c.validate().unwrap_err().to_string();
     for key in [
+        "`jwt.jwks_refetch_min_interval`: must be greater than 0",
         "`jwt.algorithms`: \"none\"",
         "`jwt.algorithms`: \"HS256\"",
         "`jwt.jwks_url`",

@@ -127,6 +127,14 @@ impl RawJwt {
         if self.jwks_refresh_interval.is_zero() {
             errors.push(("jwt.jwks_refresh_interval", "must be greater than 0".into()));
         }
+        // 0 would let every made-up `kid` fetch the JWKS again.
+        if self.jwks_refetch_min_interval.is_zero() {
+            errors.push((
+                "jwt.jwks_refetch_min_interval",
+                "must be greater than 0 (it bounds the JWKS fetches that unknown kids cause)"
+                    .into(),
+            ));
+        }
         let jwks_url = if self.jwks_url.is_empty() {
             None
         } else {
