@@ -229,86 +229,6 @@ async fn should_not_open_the_breaker_for_tokens_that_make_the_as_fail_while_it_a
 // A real oidc-provider
 // ---------------------------------------------------------------------------
 
-const OIDC_SECRET: &str = "tokengate-test-secret-0123456789";
-
-/// `node tests/oidc/provider.mjs` (oidc-provider 9 from tests/oidc/node_modules);
-/// killed when dropped.
-struct OidcProvider {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl OidcProvider {
-    /// `None` (after the skip line, or a CI failure) when node or the npm
-    /// package is missing.
-    async fn start(test: &str) -> Option<Self> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        let install = "npm ci --prefix tests/oidc (Node 20+)";
-        if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            skip_for_missing(test, &format!("the npm package oidc-provider ({install})"));
-            return None;
-        }
-        use tokio::io::AsyncBufReadExt;
-        let mut child = match tokio::process::Command::new("node")
-            .arg(dir.join("provider.mjs"))
-            .arg(OIDC_SECRET)
-            .current_dir(&dir)
-            // Kept open: the script exits when its stdin closes.
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(_) => {
-                skip_for_missing(test, &format!("node ({install})"));
-                return None;
-            }
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("oidc-provider did not print its port within 30s")
-            .expect("reading oidc-provider's stdout")
-            .expect("oidc-provider exited before printing its port");
-        let port = line
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from provider.mjs: {line}"));
-        Some(Self { child, port })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// A real access token (client_credentials grant).
-    async fn access_token(&self, client: &TestClient) -> String {
-        use base64::Engine as _;
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("tokengate:{OIDC_SECRET}"));
-        let req = request(Method::POST, &self.url("/token"))
-            .header("authorization", format!("Basic {basic}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(full("grant_type=client_credentials&scope=read"))
-            .unwrap();
-        let r = send(client, req).await;
-        assert_eq!(r.status, 200, "token endpoint: {}", r.text());
-        r.json()["access_token"]
-            .as_str()
-            .expect("access_token in the token response")
-            .to_owned()
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 #[tokio::test]
 async fn should_keep_real_tokens_working_after_jwt_shaped_garbage_at_a_real_oidc_provider() {
     let test = "should_keep_real_tokens_working_after_jwt_shaped_garbage_at_a_real_oidc_provider";
@@ -338,7 +258,7 @@ async fn should_keep_real_tokens_working_after_jwt_shaped_garbage_at_a_real_oidc
         send(&client, req)
     };
 
-    let real = provider.access_token(&client).await;
+    let real = provider.bearer_token(&client).await;
     for i in 0..10 {
         let r = get(jwt_shaped(i)).await;
         assert_rejection(&r, 401, "invalid_token");

@@ -679,83 +679,6 @@ auth_method = "client_secret_post"
 // One real authorization server (oidc-provider 9, tests/oidc/provider.mjs)
 // beside a wiremock one. The helper is the one of tests/as_errors.rs, cut down.
 
-const OIDC_SECRET: &str = "tokengate-test-secret-0123456789";
-
-/// `node tests/oidc/provider.mjs`; killed when dropped.
-struct OidcProvider {
-    child: tokio::process::Child,
-    port: u16,
-}
-
-impl OidcProvider {
-    async fn start(test: &str) -> Option<Self> {
-        use tokio::io::AsyncBufReadExt;
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        let install = "npm ci --prefix tests/oidc (Node 20+)";
-        if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            skip_for_missing(test, &format!("the npm package oidc-provider ({install})"));
-            return None;
-        }
-        let Ok(mut child) = tokio::process::Command::new("node")
-            .arg(dir.join("provider.mjs"))
-            .arg(OIDC_SECRET)
-            .current_dir(&dir)
-            // Kept open: the script exits when its stdin closes.
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-        else {
-            skip_for_missing(test, &format!("node ({install})"));
-            return None;
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("oidc-provider did not print its port within 30s")
-            .expect("reading oidc-provider's stdout")
-            .expect("oidc-provider exited before printing its port");
-        let port = line
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from provider.mjs: {line}"));
-        // Keep reading: oidc-provider logs notices on stdout later (e.g. on
-        // the first discovery request), and a closed pipe kills it (EPIPE).
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Some(Self { child, port })
-    }
-
-    fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// A real opaque access token (client_credentials grant).
-    async fn access_token(&self, client: &TestClient) -> String {
-        use base64::Engine as _;
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("tokengate:{OIDC_SECRET}"));
-        let req = request(http::Method::POST, &format!("{}/token", self.issuer()))
-            .header("authorization", format!("Basic {basic}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(full("grant_type=client_credentials&scope=read"))
-            .unwrap();
-        let r = send(client, req).await;
-        assert_eq!(r.status, 200, "token endpoint: {}", r.text());
-        r.json()["access_token"]
-            .as_str()
-            .expect("access_token in the token response")
-            .to_owned()
-    }
-}
-
-impl Drop for OidcProvider {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
-}
-
 #[tokio::test]
 async fn a_real_oidc_provider_and_a_wiremock_as_never_vouch_for_each_others_tokens() {
     let test = "a_real_oidc_provider_and_a_wiremock_as_never_vouch_for_each_others_tokens";
@@ -798,7 +721,7 @@ async fn a_real_oidc_provider_and_a_wiremock_as_never_vouch_for_each_others_toke
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let real = provider.access_token(&env.http1).await;
+    let real = provider.bearer_token(&env.http1).await;
     let r = env.get("/oidc/x", &real).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.echo().header("x-auth-client-id"), Some("tokengate"));

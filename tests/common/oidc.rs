@@ -60,6 +60,19 @@ impl OidcProvider {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Its issuer identifier (the base URL, as in its metadata).
+    pub fn issuer(&self) -> String {
+        self.url("")
+    }
+
+    /// A real, unbound access token (client_credentials grant).
+    pub async fn bearer_token(&self, client: &TestClient) -> String {
+        self.access_token(client, None).await["access_token"]
+            .as_str()
+            .expect("access_token in the token response")
+            .to_owned()
+    }
+
     /// A real access token (client_credentials grant); with `dpop`, the
     /// token request carries a proof by that key and the token is bound to it.
     pub async fn access_token(&self, client: &TestClient, dpop: Option<&DpopKey>) -> Value {
