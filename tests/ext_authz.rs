@@ -748,3 +748,64 @@ async fn url_and_method_overrides_are_removed_on_allow() {
         );
     }
 }
+
+/// A certificate-bound token (RFC 8705) on the gRPC port: the client
+/// certificate is the one Envoy reports in `attributes.source.certificate`
+/// (`include_peer_certificate: true`, URL-encoded PEM). The right certificate
+/// passes and the upstream learns `mtls`; another one, none, or one Envoy
+/// could not have sent (not PEM) are refused.
+#[tokio::test]
+async fn a_certificate_bound_token_needs_the_certificate_envoy_reports() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let ca = TestCa::new("client ca");
+    let (alice, bob) = (ca.issue(&["alice"]), ca.issue(&["bob"]));
+    let escaped = |pem: &str| {
+        pem.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                    char::from(b).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect::<String>()
+    };
+    let env = ExtEnv::start().await;
+    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(&alice.cert_der));
+    introspection_of("tok-bound")
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({
+            "active": true, "sub": "alice", "client_id": "app", "scope": "read",
+            "exp": env.clock.unix_secs() + 3600, "cnf": {"x5t#S256": x5t},
+        })))
+        .mount(&env.auth)
+        .await;
+    let with_cert = |cert: Option<&str>| {
+        let mut req = check_request(
+            "GET",
+            "/api/items",
+            &[("authorization", "Bearer tok-bound")],
+        );
+        if let (Some(cert), Some(a)) = (cert, req.attributes.as_mut()) {
+            a.source = Some(
+                envoy_types::pb::envoy::service::auth::v3::attribute_context::Peer {
+                    certificate: cert.to_owned(),
+                    ..Default::default()
+                },
+            );
+        }
+        req
+    };
+    let resp = env.check(with_cert(Some(&escaped(&alice.cert_pem)))).await;
+    assert_eq!(
+        header(&ok(&resp).headers, "x-auth-token-binding"),
+        Some("mtls")
+    );
+    for cert in [Some(escaped(&bob.cert_pem)), None] {
+        let resp = env.check(with_cert(cert.as_deref())).await;
+        denied(&resp, 16, 401);
+    }
+    let resp = env.check(with_cert(Some("not a certificate"))).await;
+    denied(&resp, 3, 400);
+}

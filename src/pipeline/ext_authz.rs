@@ -43,10 +43,22 @@ pub(crate) async fn check(app: &App, req: CheckRequest) -> CheckResponse {
     let started = crate::resilience::clock::stopwatch();
     let mut info = AccessInfo::default();
     let settings = app.settings.load_full();
-    let http = req.attributes.and_then(|a| a.request).and_then(|r| r.http);
-    let result = match &http {
-        Some(http) => decide_http(app, &settings, http, &mut info).await,
-        None => Err(CheckRequestError::NoHttpRequest.into()),
+    let attributes = req.attributes.unwrap_or_default();
+    // The client certificate Envoy saw (`include_peer_certificate: true`):
+    // URL-encoded PEM of the downstream connection's certificate. Envoy is
+    // the peer of this port, so what it reports is what the client presented.
+    let certificate = attributes
+        .source
+        .as_ref()
+        .map(|s| s.certificate.as_str())
+        .filter(|c| !c.is_empty())
+        .map(crate::policy::binding::mtls::pem_thumbprint)
+        .transpose();
+    let http = attributes.request.and_then(|r| r.http);
+    let result = match (&http, certificate) {
+        (_, Err(e)) => Err(e.into()),
+        (Some(http), Ok(cert)) => decide_http(app, &settings, http, cert, &mut info).await,
+        (None, Ok(_)) => Err(CheckRequestError::NoHttpRequest.into()),
     };
     let (status, response) = match result {
         Ok((principal, binding)) => (
@@ -79,6 +91,7 @@ async fn decide_http(
     app: &App,
     settings: &Settings,
     http: &HttpRequest,
+    client_cert_sha256: Option<[u8; 32]>,
     info: &mut AccessInfo,
 ) -> Result<(Option<Principal>, Option<Binding>), ProxyError> {
     if http.method.is_empty() {
@@ -111,10 +124,10 @@ async fn decide_http(
     let host = forward::routing_host(&probe)?;
     // DPoP's htu: Envoy's own view of the scheme and host. The original
     // headers are the client's, so their X-Forwarded-* are never believed.
-    // No client certificate is read here yet (`attributes.source.certificate`):
-    // a certificate-bound token is refused on this path.
+    // The client certificate comes from `attributes.source.certificate`
+    // (none: a certificate-bound token is refused).
     let sender = Sender {
-        client_cert_sha256: None,
+        client_cert_sha256,
         forwarded_trusted: false,
         scheme: match http.scheme.as_str() {
             "https" => "https",

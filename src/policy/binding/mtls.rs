@@ -130,7 +130,7 @@ fn is_pem(value: &str) -> bool {
 }
 
 /// URL-encoded (or plain) PEM → the thumbprint of its first certificate.
-fn pem_thumbprint(value: &str) -> Result<[u8; 32], ClientCertError> {
+pub fn pem_thumbprint(value: &str) -> Result<[u8; 32], ClientCertError> {
     use rustls_pki_types::pem::PemObject;
     let pem = percent_decode(value)?;
     let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem)
