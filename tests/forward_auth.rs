@@ -1033,3 +1033,48 @@ async fn should_refuse_an_original_host_that_is_not_text() {
     let answer = String::from_utf8_lossy(&raw_exchange(env.gate.addr, &req).await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
 }
+
+/// Envoy's HTTP ext_authz removes nothing by itself: the 200 names every
+/// identity header tokengate did not set (`x-envoy-auth-headers-to-remove`),
+/// so a client's own `X-Auth-Subject` cannot reach the app on a public route.
+#[tokio::test]
+async fn should_ask_envoy_to_remove_the_identity_headers_it_did_not_set() {
+    let env = Env::start_with(forward_auth_as(ConventionSetting::Envoy)).await;
+    let r = ask(
+        &env,
+        Method::GET,
+        "/ext_authz/public/x",
+        &[("x-auth-subject", "admin")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let remove = r
+        .header("x-envoy-auth-headers-to-remove")
+        .unwrap_or_default()
+        .to_owned();
+    for h in [
+        "x-auth-subject",
+        "x-auth-client-id",
+        "x-auth-scope",
+        "x-auth-token-binding",
+    ] {
+        assert!(remove.split(',').any(|n| n == h), "{h} not in {remove:?}");
+    }
+    // With a token, the headers tokengate sets are overwritten, not removed.
+    env.allow("tok", 1).await;
+    let r = ask(
+        &env,
+        Method::GET,
+        "/ext_authz/items",
+        &[("authorization", "Bearer tok")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let remove = r
+        .header("x-envoy-auth-headers-to-remove")
+        .unwrap_or_default();
+    assert!(
+        !remove.split(',').any(|n| n == "x-auth-subject"),
+        "{remove:?}"
+    );
+}

@@ -17,6 +17,10 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response};
 use hyper::body::Incoming;
 
+/// Envoy's HTTP ext_authz: the request headers the authorization service
+/// asks it to remove before the request goes upstream.
+const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
+
 /// `mode = "forward_auth"`: decide about the original request the front proxy
 /// describes, and answer 200 with identity headers (or a rejection).
 pub(super) async fn forward_auth_check(
@@ -64,6 +68,23 @@ pub(super) async fn forward_auth_check(
     if let Some(b) = binding {
         resp.headers_mut()
             .insert(settings.identity.binding_header.clone(), b.header_value());
+    }
+    // Envoy's HTTP ext_authz copies the headers we set but removes nothing by
+    // itself: every identity header we do not set (a public route, a token
+    // without `sub`) is named here for it to remove, so that a client's own
+    // copy never reaches the app. nginx and Traefik ignore this header.
+    let remove: Vec<&str> = settings
+        .identity
+        .strip
+        .iter()
+        .filter(|name| !resp.headers().contains_key(*name))
+        .map(http::HeaderName::as_str)
+        .collect();
+    if let Ok(v) = HeaderValue::from_str(&remove.join(",")) {
+        if !remove.is_empty() {
+            resp.headers_mut()
+                .insert(http::HeaderName::from_static(ENVOY_HEADERS_TO_REMOVE), v);
+        }
     }
     Ok(resp)
 }
