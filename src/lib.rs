@@ -18,9 +18,9 @@
 //!    - [`token`]: Bearer extraction (pure; the token is redacted in `Debug`).
 //! 2. The stages' engines
 //!    - [`policy`]: pure route table (first match, every reading of the path, normalised host)
-//!      and decision (active, `exp`, `nbf`, token kind, issuer, audience, client, scopes) →
-//!      `Principal`, re-run on every request. **The scope check lives here**
-//!      (`policy::evaluate`).
+//!      and decision (active, `exp`, `nbf`, token kind, issuer, audience, client, all-of and
+//!      any-of scopes) → `Principal`, re-run on every request. **The scope check lives here**
+//!      (`policy::evaluate`); the binding stage below is its second half.
 //!    - [`introspection`]: `client` (RFC 7662 over `oauth2`, its settings, the lenient response
 //!      type; RFC 9701 signed answers), `answer` (the compact cached form the policy reads; a
 //!      bounded interner), `discovery` (RFC 8414 / OIDC discovery of the endpoint and the
@@ -56,18 +56,19 @@
 //! 6. `pipeline/`, one file per stage of the diagram below: `mod.rs` (`handle`: one request,
 //!    the mode switch, the access line), `access` (what the access line records), `proxy`
 //!    (proxy mode: request checks, then authorize, then the upstream call), `authorize` (route →
-//!    token → **cache lookup** → policy, shared by both modes), `forward_auth` (forward-auth
+//!    token → **cache lookup** (local JWT check or the route's issuer) → policy → binding,
+//!    shared by both modes), `forward_auth` (forward-auth
 //!    mode: authorize the original request, answer 200 + identity; its `decide` is the one
 //!    decision about a request another proxy describes), `ext_authz` (Envoy's gRPC
 //!    `CheckRequest` → `forward_auth::decide` → `CheckResponse`), `front_proxy` (the front
 //!    proxy's header conventions: nginx / Traefik / Envoy, `auto` refuses two), `reject` (one
 //!    enum for every failure; the one exhaustive status/challenge mapping; JSON and gRPC
 //!    rejections).
-//! 7. `listen.rs` ([`run`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN), graceful
-//!    drain, the start-up probe of the introspection endpoint), `admin.rs` (`/healthz`,
-//!    `/readyz`, `/metrics`, `POST /purge`) and `ext_authz/` (`[ext_authz] listen`: the tonic
-//!    gRPC server for `envoy.service.auth.v3.Authorization/Check` and `grpc.health.v1`, h2c or
-//!    TLS, drained with the proxy port).
+//! 7. `listen/` (`mod.rs`: [`run`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN),
+//!    graceful drain, the start-up probe of the introspection endpoint; `ext_authz`
+//!    (`[ext_authz] listen`: the tonic gRPC server for `envoy.service.auth.v3.Authorization/Check`,
+//!    h2c or TLS, drained with the proxy port) and `grpc_health` (`grpc.health.v1`, following
+//!    readiness)) and `admin.rs` (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
 //!
 //! # One request
 //! ```text
