@@ -29,46 +29,9 @@ impl JwtAs {
     /// rotation: same issuer, new keys `es-<gen>` / `rs-<gen>`). `None` when
     /// node or the npm package is missing (after the skip line).
     async fn start(test: &str, port: u16, gen: u32) -> Option<Self> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        let install = "npm ci --prefix tests/oidc (Node 20+)";
-        if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            skip_for_missing(test, &format!("the npm package oidc-provider ({install})"));
-            return None;
-        }
-        use tokio::io::AsyncBufReadExt;
-        let mut child = match tokio::process::Command::new("node")
-            .arg(dir.join("jwt.mjs"))
-            .args([
-                SECRET,
-                "--port",
-                &port.to_string(),
-                "--gen",
-                &gen.to_string(),
-            ])
-            .current_dir(&dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(_) => {
-                skip_for_missing(test, &format!("node ({install})"));
-                return None;
-            }
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("jwt.mjs did not print its port within 30s")
-            .expect("reading jwt.mjs's stdout")
-            .expect("jwt.mjs exited before printing its port");
-        let port = line
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from jwt.mjs: {line}"));
+        let (port, gen) = (port.to_string(), gen.to_string());
+        let args = [SECRET, "--port", &port, "--gen", &gen];
+        let (child, port) = start_node_script(test, "jwt.mjs", &args).await?;
         Some(Self {
             child,
             port,

@@ -416,42 +416,7 @@ impl BoundTokenAs {
     /// `None` (after the skip line, or a CI failure) when node or the npm
     /// package is missing.
     async fn start() -> Option<Self> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        let install = "npm ci --prefix tests/oidc (Node 20+)";
-        let test = current_test();
-        if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            skip_for_missing(&test, &format!("the npm package oidc-provider ({install})"));
-            return None;
-        }
-        use tokio::io::AsyncBufReadExt;
-        let Ok(mut child) = tokio::process::Command::new("node")
-            .arg(dir.join("mtls.mjs"))
-            .arg(OIDC_SECRET)
-            .current_dir(&dir)
-            // Kept open: the script exits when its stdin closes.
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-        else {
-            skip_for_missing(&test, &format!("node ({install})"));
-            return None;
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("mtls.mjs did not print its port within 30s")
-            .expect("reading mtls.mjs's stdout")
-            .expect("mtls.mjs exited before printing its port");
-        let port = line
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from mtls.mjs: {line}"));
-        // Keep reading: oidc-provider prints notices on stdout later, and a
-        // closed pipe would kill it (EPIPE) in the middle of the test.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, port) = start_node_script(&current_test(), "mtls.mjs", &[OIDC_SECRET]).await?;
         Some(Self { child, port })
     }
 

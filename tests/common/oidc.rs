@@ -4,6 +4,53 @@ use super::*;
 
 pub const OIDC_SECRET: &str = "tokengate-test-secret-0123456789";
 
+/// `node tests/oidc/<script> <args>` (a script of tests/oidc, with oidc-provider 9
+/// from tests/oidc/node_modules): the child (killed when dropped; it also exits
+/// when its stdin closes) and the port it printed first (`PORT <n>`). `None`
+/// (after the skip line, or a CI failure) when node or the npm package is
+/// missing. Its stdout is read to the end in the background: oidc-provider
+/// prints notices later, and a closed pipe would kill it (EPIPE) mid-test.
+pub async fn start_node_script(
+    test: &str,
+    script: &str,
+    args: &[&str],
+) -> Option<(tokio::process::Child, u16)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
+    let install = "npm ci --prefix tests/oidc (Node 20+)";
+    if !dir.join("node_modules/oidc-provider/package.json").exists() {
+        skip_for_missing(test, &format!("the npm package oidc-provider ({install})"));
+        return None;
+    }
+    use tokio::io::AsyncBufReadExt;
+    let Ok(mut child) = tokio::process::Command::new("node")
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        // Kept open: the script exits when its stdin closes.
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    else {
+        skip_for_missing(test, &format!("node ({install})"));
+        return None;
+    };
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not print its port within 30s"))
+        .unwrap_or_else(|e| panic!("reading {script}'s stdout: {e}"))
+        .unwrap_or_else(|| panic!("{script} exited before printing its port"));
+    let port = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line from {script}: {line}"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Some((child, port))
+}
+
 /// `node tests/oidc/provider.mjs` (oidc-provider 9 from tests/oidc/node_modules);
 /// killed when dropped.
 pub struct OidcProvider {
@@ -15,44 +62,7 @@ impl OidcProvider {
     /// `None` (after the skip line, or a CI failure) when node or the npm
     /// package is missing.
     pub async fn start(test: &str) -> Option<Self> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc");
-        let install = "npm ci --prefix tests/oidc (Node 20+)";
-        if !dir.join("node_modules/oidc-provider/package.json").exists() {
-            skip_for_missing(test, &format!("the npm package oidc-provider ({install})"));
-            return None;
-        }
-        use tokio::io::AsyncBufReadExt;
-        let mut child = match tokio::process::Command::new("node")
-            .arg(dir.join("provider.mjs"))
-            .arg(OIDC_SECRET)
-            .current_dir(&dir)
-            // Kept open: the script exits when its stdin closes.
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(_) => {
-                skip_for_missing(test, &format!("node ({install})"));
-                return None;
-            }
-        };
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut lines = tokio::io::BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("oidc-provider did not print its port within 30s")
-            .expect("reading oidc-provider's stdout")
-            .expect("oidc-provider exited before printing its port");
-        let port = line
-            .strip_prefix("PORT ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from provider.mjs: {line}"));
-        // Keep reading: the provider may write more (e.g. a warning on first
-        // use of a feature), and a closed pipe would kill it with EPIPE.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, port) = start_node_script(test, "provider.mjs", &[OIDC_SECRET]).await?;
         Some(Self { child, port })
     }
 
