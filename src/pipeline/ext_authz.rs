@@ -82,7 +82,15 @@ pub(crate) async fn check(app: &App, req: CheckRequest) -> CheckResponse {
             .unwrap_or_default();
         (method, path)
     });
-    super::record(app, &method, &path, status, info, started.elapsed());
+    super::record(
+        app,
+        &settings,
+        &method,
+        &path,
+        status,
+        info,
+        started.elapsed(),
+    );
     response
 }
 
