@@ -247,10 +247,7 @@ fn allowed(
     // Every identity header we do not set is removed: removing one we also set
     // would depend on the order in which Envoy applies the two lists, so those
     // are overwritten instead (`OverwriteIfExistsOrAdd`).
-    let mut headers_to_remove: Vec<String> = id
-        .strip
-        .iter()
-        .filter(|name| !identity.contains_key(*name))
+    let mut headers_to_remove: Vec<String> = forward::unset_identity_headers(id, &identity)
         .map(|name| name.as_str().to_owned())
         .collect();
     if !id.forward_authorization {

@@ -73,11 +73,7 @@ pub(super) async fn forward_auth_check(
     // itself: every identity header we do not set (a public route, a token
     // without `sub`) is named here for it to remove, so that a client's own
     // copy never reaches the app. nginx and Traefik ignore this header.
-    let remove: Vec<&str> = settings
-        .identity
-        .strip
-        .iter()
-        .filter(|name| !resp.headers().contains_key(*name))
+    let remove: Vec<&str> = forward::unset_identity_headers(&settings.identity, resp.headers())
         .map(http::HeaderName::as_str)
         .collect();
     if let Ok(v) = HeaderValue::from_str(&remove.join(",")) {

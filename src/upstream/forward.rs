@@ -189,6 +189,18 @@ pub fn header_safe(value: &str) -> HeaderValue {
     })
 }
 
+/// The headers of `id.strip` (identity headers, the binding header,
+/// `strip_headers`, ...) that `set` does not carry: what a front proxy that
+/// forwards the request itself (Envoy's ext_authz) must remove, since it
+/// overwrites only the headers we set and would pass a client's copies of
+/// the others on.
+pub fn unset_identity_headers<'a>(
+    id: &'a IdentitySettings,
+    set: &'a HeaderMap,
+) -> impl Iterator<Item = &'a HeaderName> + 'a {
+    id.strip.iter().filter(move |name| !set.contains_key(*name))
+}
+
 /// Writes the principal's identity headers (subject, client id, scopes,
 /// `[identity.claims]`), each made header-safe. The one place that decides
 /// what the upstream (or, in forward-auth mode, the front proxy) is told.
