@@ -183,11 +183,8 @@ fn keep_binding(
             Some(_) => {}
         }
     }
-    let dpop = |t: &Option<oauth2::basic::BasicTokenType>| {
-        t.as_ref()
-            .is_some_and(|t| AsRef::<str>::as_ref(t).eq_ignore_ascii_case("dpop"))
-    };
-    if dpop(&local.token_type) && !dpop(&answer.token_type) {
+    use crate::policy::binding::is_dpop_type;
+    if is_dpop_type(local.token_type.as_ref()) && !is_dpop_type(answer.token_type.as_ref()) {
         answer.token_type = local.token_type;
     }
     answer

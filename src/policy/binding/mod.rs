@@ -431,11 +431,15 @@ struct Cnf {
     x5t_s256: Option<[u8; 32]>,
 }
 
+/// Whether a `token_type` says DPoP (RFC 9449 §6.2: case-insensitive): such
+/// a token is bound to a key even when its answer carries no `cnf.jkt`.
+pub fn is_dpop_type(token_type: Option<&oauth2::basic::BasicTokenType>) -> bool {
+    token_type.is_some_and(|t| AsRef::<str>::as_ref(t).eq_ignore_ascii_case("dpop"))
+}
+
 impl Cnf {
     fn of(answer: &Answer) -> Result<Self, BindingError> {
-        let dpop_type = answer
-            .token_type()
-            .is_some_and(|t| AsRef::<str>::as_ref(t).eq_ignore_ascii_case("dpop"));
+        let dpop_type = is_dpop_type(answer.token_type());
         let Some(cnf) = answer.extra("cnf").filter(|v| !v.is_null()) else {
             return Ok(Self {
                 dpop: if dpop_type {
