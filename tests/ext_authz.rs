@@ -756,24 +756,10 @@ async fn url_and_method_overrides_are_removed_on_allow() {
 /// could not have sent (not PEM) are refused.
 #[tokio::test]
 async fn a_certificate_bound_token_needs_the_certificate_envoy_reports() {
-    use base64::Engine as _;
-    use sha2::Digest as _;
     let ca = TestCa::new("client ca");
     let (alice, bob) = (ca.issue(&["alice"]), ca.issue(&["bob"]));
-    let escaped = |pem: &str| {
-        pem.bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                    char::from(b).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect::<String>()
-    };
     let env = ExtEnv::start().await;
-    let x5t = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(sha2::Sha256::digest(&alice.cert_der));
+    let x5t = x5t_s256(&alice.cert_der);
     introspection_of("tok-bound")
         .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({
             "active": true, "sub": "alice", "client_id": "app", "scope": "read",
@@ -797,12 +783,14 @@ async fn a_certificate_bound_token_needs_the_certificate_envoy_reports() {
         }
         req
     };
-    let resp = env.check(with_cert(Some(&escaped(&alice.cert_pem)))).await;
+    let resp = env
+        .check(with_cert(Some(&escaped_pem(&alice.cert_pem))))
+        .await;
     assert_eq!(
         header(&ok(&resp).headers, "x-auth-token-binding"),
         Some("mtls")
     );
-    for cert in [Some(escaped(&bob.cert_pem)), None] {
+    for cert in [Some(escaped_pem(&bob.cert_pem)), None] {
         let resp = env.check(with_cert(cert.as_deref())).await;
         denied(&resp, 16, 401);
     }

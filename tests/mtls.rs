@@ -17,24 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokengate::config::{ClientAuth, ConventionSetting, Mode, RawConfig};
 
-/// `cnf["x5t#S256"]` for a certificate: base64url(SHA-256(DER)).
-fn x5t(der: &CertificateDer<'_>) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(der))
-}
-
-/// nginx's `$ssl_client_escaped_cert`: the PEM, URI-component escaped.
-fn escaped(pem: &str) -> String {
-    let mut out = String::new();
-    for b in pem.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// An active answer for a token bound to `der` (none: an unbound token).
 fn answer(env: &Env, bound_to: Option<&CertificateDer<'_>>) -> serde_json::Value {
     let mut a = json!({
@@ -42,7 +24,7 @@ fn answer(env: &Env, bound_to: Option<&CertificateDer<'_>>) -> serde_json::Value
         "exp": env.now() + 3600, "token_type": "Bearer",
     });
     if let Some(der) = bound_to {
-        a["cnf"] = json!({ "x5t#S256": x5t(der) });
+        a["cnf"] = json!({ "x5t#S256": x5t_s256(der) });
     }
     a
 }
@@ -266,7 +248,7 @@ async fn should_read_nginx_escaped_pem_from_a_trusted_proxy() {
     env.answer("bound", answer(&env, Some(&alice.cert_der)), 1)
         .await;
     let url = env.url("/x");
-    let pem = escaped(&alice.cert_pem);
+    let pem = escaped_pem(&alice.cert_pem);
     let r = get_via(&env.http1, &url, "bound", &[("x-ssl-client-cert", &pem)]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let echo = r.echo();
@@ -277,7 +259,7 @@ async fn should_read_nginx_escaped_pem_from_a_trusted_proxy() {
     let r = get_via(&env.h2c, &url, "bound", &[("x-ssl-client-cert", &pem)]).await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    let bob_pem = escaped(&bob.cert_pem);
+    let bob_pem = escaped_pem(&bob.cert_pem);
     let r = get_via(
         &env.http1,
         &url,
@@ -325,12 +307,12 @@ async fn should_read_envoy_xfcc_from_a_trusted_proxy_taking_the_last_element() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.echo().header("x-auth-token-binding"), Some("mtls"));
     // Cert= (URL-encoded PEM) works alone, and must agree with Hash= when both are sent.
-    let r = xfcc(format!("Cert=\"{}\"", escaped(&alice.cert_pem))).await;
+    let r = xfcc(format!("Cert=\"{}\"", escaped_pem(&alice.cert_pem))).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = xfcc(format!(
         "Hash={};Cert={}",
         hash(&bob),
-        escaped(&alice.cert_pem)
+        escaped_pem(&alice.cert_pem)
     ))
     .await;
     assert_eq!(r.status, 400, "{}", r.text());
@@ -353,7 +335,7 @@ async fn should_strip_and_ignore_the_header_from_an_untrusted_peer() {
         .await;
     env.answer("plain", answer(&env, None), 1).await;
     let url = env.url("/x");
-    let pem = escaped(&alice.cert_pem);
+    let pem = escaped_pem(&alice.cert_pem);
     let r = get_via(&env.http1, &url, "bound", &[("x-ssl-client-cert", &pem)]).await;
     assert_binding_refused(&r, MISSING);
     // An unbound token passes, and the upstream never sees the forged header
@@ -392,11 +374,11 @@ async fn should_check_the_binding_in_forward_auth_mode_with_the_header() {
         }
         send(&env.http1, b.body(empty()).unwrap()).await
     };
-    let r = ask(Some(escaped(&alice.cert_pem))).await;
+    let r = ask(Some(escaped_pem(&alice.cert_pem))).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-auth-token-binding"), Some("mtls"));
     assert_eq!(r.header("x-auth-subject"), Some("alice"));
-    assert_binding_refused(&ask(Some(escaped(&bob.cert_pem))).await, MISMATCH);
+    assert_binding_refused(&ask(Some(escaped_pem(&bob.cert_pem))).await, MISMATCH);
     assert_binding_refused(&ask(None).await, MISSING);
 }
 
@@ -432,7 +414,7 @@ impl BoundTokenAs {
         let req = request(Method::POST, &self.url("/token"))
             .header("authorization", format!("Basic {basic}"))
             .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-test-client-cert", escaped(&cert.cert_pem))
+            .header("x-test-client-cert", escaped_pem(&cert.cert_pem))
             .body(full("grant_type=client_credentials&scope=read"))
             .unwrap();
         let r = send(&http1_client(), req).await;
@@ -473,7 +455,11 @@ async fn should_enforce_a_real_oidc_provider_certificate_bound_token() {
     // The AS bound it: its introspection answer names alice's certificate.
     let answer = issuer.introspect(&token).await;
     assert_eq!(answer["active"], true, "{answer}");
-    assert_eq!(answer["cnf"]["x5t#S256"], x5t(&alice.cert_der), "{answer}");
+    assert_eq!(
+        answer["cnf"]["x5t#S256"],
+        x5t_s256(&alice.cert_der),
+        "{answer}"
+    );
 
     let upstream = Upstream::start().await;
     let mut raw = RawConfig {
@@ -639,7 +625,7 @@ async fn should_enforce_the_binding_behind_a_real_nginx_terminating_tls() {
     );
     // No certificate: a forged header is replaced by nginx's (empty, so none).
     let anon = pki.client(None, false);
-    let forged = escaped(&alice.cert_pem);
+    let forged = escaped_pem(&alice.cert_pem);
     let r = get_via(&anon, &url, "bound", &[("x-ssl-client-cert", &forged)]).await;
     assert_binding_refused(&r, MISSING);
     let r = get_via(&anon, &url, "plain", &[("x-ssl-client-cert", &forged)]).await;

@@ -54,3 +54,24 @@ impl TestCa {
         }
     }
 }
+
+/// `cnf["x5t#S256"]` for a certificate: base64url(SHA-256(DER)) (RFC 8705).
+pub fn x5t_s256(der: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(der))
+}
+
+/// nginx's `$ssl_client_escaped_cert` (and Envoy's `source.certificate`):
+/// the PEM, URI-component escaped.
+pub fn escaped_pem(pem: &str) -> String {
+    let mut out = String::new();
+    for b in pem.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
