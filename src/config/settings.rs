@@ -74,7 +74,7 @@ pub struct ForwardingSettings {
 impl ForwardingSettings {
     /// Whether `peer` is a proxy whose forwarding headers we keep.
     pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
-        crate::upstream::forward::peer_in(&self.trusted_proxies, peer)
+        crate::http::peer_in(&self.trusted_proxies, peer)
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`client`]: the pooled hyper-util + rustls clients for the AS and the upstream; the
 //!   unix connector.
 //! - [`Body`]: the response body every stage answers with.
+//! - [`peer_in`]: whether a peer address is in a `trusted_proxies` list.
 
 pub mod client;
 pub mod headers;
@@ -19,3 +20,14 @@ use http_body_util::combinators::BoxBody;
 /// The response body type of every answer tokengate gives: the upstream's
 /// streamed body or a small rendered one.
 pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Whether `peer` is in one of `nets` (`trusted_proxies` lists). An IPv4
+/// client on a dual-stack socket arrives as ::ffff:a.b.c.d and matches its
+/// IPv4 network.
+pub fn peer_in(nets: &[ipnet::IpNet], peer: std::net::IpAddr) -> bool {
+    let peer = match peer {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|net| net.contains(&peer))
+}

@@ -259,17 +259,6 @@ impl Peer {
     }
 }
 
-/// Whether `peer` is in one of `nets` (`trusted_proxies` lists). An IPv4
-/// client on a dual-stack socket arrives as ::ffff:a.b.c.d and matches its
-/// IPv4 network.
-pub fn peer_in(nets: &[ipnet::IpNet], peer: std::net::IpAddr) -> bool {
-    let peer = match peer {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
-        v4 => v4,
-    };
-    nets.iter().any(|net| net.contains(&peer))
-}
-
 /// Everything the request-side rewrite needs to know about the connection.
 pub struct Hop<'a> {
     pub peer: &'a Peer,

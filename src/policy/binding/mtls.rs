@@ -34,8 +34,7 @@ pub struct MtlsSettings {
 impl MtlsSettings {
     /// Whether `peer` may tell us the client's certificate in the header.
     pub fn trusts(&self, peer: IpAddr) -> bool {
-        self.client_cert_header.is_some()
-            && crate::upstream::forward::peer_in(&self.trusted_proxies, peer)
+        self.client_cert_header.is_some() && crate::http::peer_in(&self.trusted_proxies, peer)
     }
 }
 
