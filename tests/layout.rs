@@ -206,6 +206,28 @@ fn src_is_layered_without_import_cycles() {
         walk(f, &edges, &mut Vec::new(), &mut done, &mut cycles);
     }
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+
+    // And between top-level modules: two folders that import each other are
+    // one layer in disguise, even when no two of their files do.
+    let mut tops: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
+    for (from, tos) in &edges {
+        for to in tos {
+            if from[0] != to[0] {
+                tops.entry(vec![from[0].clone()])
+                    .or_default()
+                    .insert(vec![to[0].clone()]);
+            }
+        }
+    }
+    let (mut done, mut cycles) = (BTreeSet::new(), Vec::new());
+    for top in tops.keys() {
+        walk(top, &tops, &mut Vec::new(), &mut done, &mut cycles);
+    }
+    assert!(
+        cycles.is_empty(),
+        "import cycles between top-level modules:\n{}",
+        cycles.join("\n")
+    );
 }
 
 #[test]
