@@ -273,6 +273,9 @@ fn print_check_config(
         endpoint(&settings.introspection, settings.discovery.as_ref()),
         auth(&settings.introspection),
     )?;
+    if let Some(j) = &settings.jwt {
+        writeln!(out, "#   {:<12} {}", "", j.summary())?;
+    }
     for i in &settings.issuers {
         writeln!(
             out,
@@ -282,6 +285,9 @@ fn print_check_config(
             endpoint(&i.introspection, i.discovery.as_ref()),
             auth(&i.introspection),
         )?;
+        if let Some(j) = &i.jwt {
+            writeln!(out, "#   {:<12} {}", "", j.summary())?;
+        }
     }
     out.flush()
 }

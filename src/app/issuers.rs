@@ -7,8 +7,10 @@
 //! `[issuers.<name>]`.
 //!
 //! Which AS is asked about a token is decided by the route
-//! (`[[routes]] issuer`, else the default), never by trying each AS in turn:
+//! (`[[routes]] issuers`, else the default), never by trying each AS in turn:
 //! that would send every token to every AS (a leak) and multiply AS load.
+//! On a route that admits several, a JWT picks one of them by its `iss`
+//! ([`Issuers::pick`]); everything else goes to the route's first.
 
 pub use crate::config::{IssuerSettings, DEFAULT_ISSUER};
 
@@ -16,8 +18,11 @@ use crate::introspection::client::{
     IntrospectError, Introspection, IntrospectionSettings, Introspector, ProbeMode,
 };
 use crate::introspection::discovery::DiscoverySettings;
+use crate::introspection::jwks::Jwks;
+use crate::introspection::jwt::{JwtSettings, JwtVerifier, SignedAnswers};
 use crate::ops::metrics::{IssuerMetrics, IssuerName};
 use crate::resilience::breaker::{Breaker, BreakerState};
+use crate::resilience::clock::Clock;
 use crate::token::{self, TokenHash};
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,9 +57,16 @@ pub struct Issuer {
     /// token, as before several issuers existed (so a rolling upgrade keeps
     /// its L2 entries and purges).
     partition: Option<Vec<u8>>,
-    // Local JWT validation (`[jwt]`) is the default issuer's only, held by
-    // `App` (`pipeline::authorize::load` applies it on the default issuer's
-    // routes); a named issuer's tokens, JWTs included, are introspected.
+    /// Local checks of this issuer's JWT access tokens (`[jwt]` for the
+    /// default issuer, `[issuers.<name>.jwt]` for the others), when enabled.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// The `iss` a JWT of this issuer carries, which [`Issuers::pick`]
+    /// compares with a token's: its `jwt.issuer` when it has JWT settings,
+    /// else the named issuer's `issuer` or the default's `discovery.issuer`.
+    pub jwt_iss: Option<String>,
+    /// A named issuer's key store and its refresh interval, refreshed by its
+    /// own background task (the default issuer's is refreshed by `listen`).
+    jwks_refresh: Option<(Arc<Jwks>, Duration)>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -81,6 +93,8 @@ impl Issuer {
         breaker: Arc<Breaker>,
         probe_ok: Arc<AtomicBool>,
         metrics: IssuerMetrics,
+        jwt: Option<Arc<JwtVerifier>>,
+        jwt_iss: Option<String>,
     ) -> Self {
         Self {
             name: IssuerName::Borrowed(DEFAULT_ISSUER),
@@ -93,6 +107,9 @@ impl Issuer {
             discovery: None,
             settings: settings.clone(),
             partition: None,
+            jwt,
+            jwt_iss,
+            jwks_refresh: None,
         }
     }
 
@@ -102,7 +119,11 @@ impl Issuer {
         breaker_failures: u32,
         breaker_open_for: Duration,
         metrics: IssuerMetrics,
+        clock: &Arc<dyn Clock>,
     ) -> Self {
+        let (introspector, jwt, jwks) = local_checks(&s.introspection, s.jwt.as_ref(), clock);
+        let jwt_iss = Some(s.jwt.as_ref().map_or(&s.iss, |j| &j.issuer).clone());
+        let jwks_refresh = jwks.zip(s.jwt.as_ref().map(|j| j.jwks_refresh_interval));
         let mut partition = PARTITION_LABEL.to_vec();
         partition.extend_from_slice(s.name.as_bytes());
         // Names cannot hold a NUL (`valid_name`): the separator is unambiguous.
@@ -110,7 +131,7 @@ impl Issuer {
         Self {
             name: IssuerName::Owned(s.name.clone()),
             iss: Some(s.iss.clone()),
-            introspector: Arc::new(Introspector::new(&s.introspection)),
+            introspector: Arc::new(introspector),
             breaker: Arc::new(
                 Breaker::new(breaker_failures, breaker_open_for)
                     .logged_as(format!("authorization server of issuer {}", s.name)),
@@ -121,6 +142,9 @@ impl Issuer {
             discovery: s.discovery.clone(),
             settings: s.introspection.clone(),
             partition: Some(partition),
+            jwt,
+            jwt_iss,
+            jwks_refresh,
         }
     }
 
@@ -299,7 +323,7 @@ impl Issuer {
         }
     }
 
-    /// The background tasks this issuer needs (discovery, probe).
+    /// The background tasks this issuer needs (discovery, probe, JWKS).
     pub fn spawn_background(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
         let mut tasks = Vec::new();
         if self.discovery.is_some() {
@@ -308,8 +332,60 @@ impl Issuer {
         if self.probe != ProbeMode::Off {
             tasks.push(tokio::spawn(self.clone().run_probe()));
         }
+        // Its keys: fetched now, then every `jwt.jwks_refresh_interval`.
+        if let Some((jwks, every)) = &self.jwks_refresh {
+            tasks.push(tokio::spawn(jwks.clone().refresh_loop(*every)));
+        }
         tasks
     }
+}
+
+/// Why [`Issuers::pick`] found no issuer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Picked {
+    /// An `at+jwt` whose `iss` is none of the route's issuers: 401.
+    UnknownIssuer,
+    /// The route names an issuer that does not run (`validate` and reload
+    /// refuse that; should one slip through, fail closed: 503).
+    NotRunning,
+}
+
+/// The introspection client of one issuer, with what its JWT settings add:
+/// the key store (one per issuer, shared by the local check and the signed
+/// answers), the verifier of signed answers (`response_format = "jwt"`) and
+/// the local check of its JWTs (`jwt.enabled`).
+pub(crate) fn local_checks(
+    introspection: &IntrospectionSettings,
+    jwt: Option<&JwtSettings>,
+    clock: &Arc<dyn Clock>,
+) -> (Introspector, Option<Arc<JwtVerifier>>, Option<Arc<Jwks>>) {
+    let introspector = Introspector::new(introspection);
+    let Some(j) = jwt else {
+        return (introspector, None, None);
+    };
+    let jwks = Arc::new(Jwks::new(
+        j.jwks.clone(),
+        j.jwks_refetch_min_interval,
+        introspection.timeout,
+        &introspection.tls,
+        clock.clone(),
+    ));
+    let introspector = match introspection.response_format {
+        crate::config::ResponseFormat::Jwt => {
+            introspector.with_signed_answers(Arc::new(SignedAnswers::new(
+                j,
+                &introspection.client_id,
+                introspection.timeout,
+                jwks.clone(),
+                clock.clone(),
+            )))
+        }
+        crate::config::ResponseFormat::Json => introspector,
+    };
+    let verifier = j
+        .enabled
+        .then(|| Arc::new(JwtVerifier::new(j.clone(), jwks.clone(), clock.clone())));
+    (introspector, verifier, Some(jwks))
 }
 
 /// Every issuer of a running gate. Fixed for the life of the process: the
@@ -335,6 +411,40 @@ impl Issuers {
     /// its issuer this way); the default issuer has no configured `iss`.
     pub fn by_iss(&self, iss: &str) -> Option<&Arc<Issuer>> {
         self.named.iter().find(|i| i.iss.as_deref() == Some(iss))
+    }
+
+    /// The issuer a request's token goes to, among those its route admits
+    /// (`names`; empty: the default only). One admitted: that one, whatever
+    /// the token (as before routes could admit several; no peek). Several:
+    /// a compact JWS whose unverified `iss` is exactly an admitted issuer's
+    /// picks that issuer, whose keys then verify it (so the signature pins
+    /// the peeked `iss`) or whose AS introspects it; an `at+jwt` naming no
+    /// admitted issuer is refused (401, no AS call); anything else (an opaque
+    /// token, a JWT of another `typ` or without `iss`) goes to the first.
+    /// Never more than one AS per token.
+    pub fn pick(&self, names: &[String], token: &str) -> Result<&Arc<Issuer>, Picked> {
+        let first = names.first().map(String::as_str);
+        if names.len() <= 1 {
+            return self.get(first).ok_or(Picked::NotRunning);
+        }
+        let Some(peek) = crate::introspection::jwt::peek_iss(token) else {
+            return self.get(first).ok_or(Picked::NotRunning);
+        };
+        let mut admitted = Vec::with_capacity(names.len());
+        for name in names {
+            admitted.push(self.get(Some(name)).ok_or(Picked::NotRunning)?);
+        }
+        if let Some(i) = peek
+            .iss
+            .as_deref()
+            .and_then(|iss| admitted.iter().find(|i| i.jwt_iss.as_deref() == Some(iss)))
+        {
+            return Ok(i);
+        }
+        if peek.at_jwt {
+            return Err(Picked::UnknownIssuer);
+        }
+        Ok(admitted[0])
     }
 
     /// The default issuer first, then the named ones.
@@ -369,12 +479,14 @@ mod tests {
                 response_format: Default::default(),
             },
             discovery: None,
+            jwt: None,
         }
     }
 
     fn issuers() -> Issuers {
         crate::install_crypto_provider();
         let m = Metrics::new();
+        let clock: Arc<dyn Clock> = Arc::new(crate::resilience::clock::SystemClock);
         let s = settings("default_like");
         let default = Issuer::default_issuer(
             &s.introspection,
@@ -382,6 +494,8 @@ mod tests {
             Arc::new(Breaker::new(5, Duration::from_secs(1))),
             Arc::new(AtomicBool::new(false)),
             m.issuer(IssuerName::Borrowed(DEFAULT_ISSUER)),
+            None,
+            Some("https://default.example".into()),
         );
         let named = ["a", "b"]
             .into_iter()
@@ -391,6 +505,7 @@ mod tests {
                     5,
                     Duration::from_secs(1),
                     m.issuer(IssuerName::Owned(n.into())),
+                    &clock,
                 ))
             })
             .collect();
@@ -426,6 +541,63 @@ mod tests {
         assert!(all.get(Some("c")).is_none());
         assert_eq!(all.by_iss("https://a.example").unwrap().name, "a");
         assert!(all.by_iss("https://a.example/").is_none(), "exact match");
+    }
+
+    /// A JWT picks its issuer by `iss` among the route's, only when the
+    /// route admits several; nothing else ever reaches a second AS.
+    #[test]
+    fn a_jwt_picks_its_issuer_by_iss_among_the_routes() {
+        use base64::Engine as _;
+        let all = issuers();
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = |typ: &str, iss: &str| {
+            format!(
+                "{}.{}.sig",
+                b64(&format!(r#"{{"alg":"ES256","typ":"{typ}"}}"#)),
+                b64(&format!(r#"{{"iss":"{iss}","sub":"u"}}"#))
+            )
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pick = |route: &[&str], token: &str| {
+            all.pick(&names(route), token).map(|i| i.name.to_string())
+        };
+        let a = jwt("at+jwt", "https://a.example");
+        let b = jwt("at+jwt", "https://b.example");
+        let d = jwt("at+jwt", "https://default.example");
+        // One admitted issuer: that one, whatever the token says.
+        assert_eq!(pick(&[], &b).unwrap(), "default");
+        assert_eq!(pick(&["a"], &b).unwrap(), "a");
+        // Several: by exact iss.
+        assert_eq!(pick(&["a", "b"], &a).unwrap(), "a");
+        assert_eq!(pick(&["a", "b"], &b).unwrap(), "b");
+        assert_eq!(pick(&["b", "default"], &d).unwrap(), "default");
+        assert_eq!(
+            pick(&["a", "b"], &jwt("at+jwt", "https://b.example/")),
+            Err(Picked::UnknownIssuer)
+        );
+        assert_eq!(
+            pick(&["a", "default"], &b),
+            Err(Picked::UnknownIssuer),
+            "b is not admitted"
+        );
+        // Opaque, or a JWT of another typ naming no admitted issuer: the first.
+        assert_eq!(pick(&["b", "a"], "opaque-token").unwrap(), "b");
+        assert_eq!(
+            pick(&["b", "a"], &jwt("JWT", "https://x.example")).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            pick(&["b", "a"], "e30.!!.x").unwrap(),
+            "b",
+            "no typ, no iss"
+        );
+        let no_iss = format!(
+            "{}.{}.sig",
+            b64(r#"{"alg":"ES256","typ":"at+jwt"}"#),
+            b64("{}")
+        );
+        assert_eq!(pick(&["b", "a"], &no_iss), Err(Picked::UnknownIssuer));
+        assert_eq!(pick(&["a", "nope"], &a), Err(Picked::NotRunning));
     }
 
     #[test]

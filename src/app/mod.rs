@@ -29,8 +29,6 @@ pub struct App {
     pub(crate) cache: TokenCache,
     /// The default issuer's client (also `issuers.default.introspector`).
     pub(crate) introspector: Arc<Introspector>,
-    /// `[jwt] enabled`: the local check of the default issuer's JWT access tokens.
-    pub(crate) jwt: Option<Arc<crate::introspection::jwt::JwtVerifier>>,
     /// The default issuer's signing keys, when `[jwt]` or signed answers need
     /// them (refreshed in the background by [`crate::run`]).
     pub(crate) jwks: Option<Arc<crate::introspection::jwks::Jwks>>,
@@ -96,6 +94,12 @@ impl App {
             breaker.clone(),
             probe_ok.clone(),
             metrics.issuer(crate::config::DEFAULT_ISSUER.into()),
+            jwt,
+            settings
+                .jwt
+                .as_ref()
+                .map(|j| j.issuer.clone())
+                .or_else(|| settings.discovery.as_ref().map(|d| d.issuer.clone())),
         );
         // Named issuers do not gate `/readyz`: one AS down must not take the
         // routes of the others out of the load balancer with it
@@ -109,6 +113,7 @@ impl App {
                     settings.breaker_failures,
                     settings.breaker_open_for,
                     metrics.issuer(s.name.clone().into()),
+                    &clock,
                 ))
             })
             .collect();
@@ -136,7 +141,6 @@ impl App {
             breaker,
             connections: ConnectionLimit::new(settings.limits.max_connections),
             introspector,
-            jwt,
             jwks,
             issuers,
             forwarder: Forwarder::new(
@@ -246,35 +250,7 @@ fn build_introspection(
     Option<Arc<crate::introspection::jwt::JwtVerifier>>,
     Option<Arc<crate::introspection::jwks::Jwks>>,
 ) {
-    use crate::introspection::jwks::Jwks;
-    use crate::introspection::jwt::{JwtVerifier, SignedAnswers};
-    let introspector = Introspector::new(&settings.introspection);
-    let Some(j) = &settings.jwt else {
-        return (introspector, None, None);
-    };
-    let jwks = Arc::new(Jwks::new(
-        j.jwks.clone(),
-        j.jwks_refetch_min_interval,
-        settings.introspection.timeout,
-        &settings.introspection.tls,
-        clock.clone(),
-    ));
-    let introspector = match settings.introspection.response_format {
-        crate::config::ResponseFormat::Jwt => {
-            introspector.with_signed_answers(Arc::new(SignedAnswers::new(
-                j,
-                &settings.introspection.client_id,
-                settings.introspection.timeout,
-                jwks.clone(),
-                clock.clone(),
-            )))
-        }
-        crate::config::ResponseFormat::Json => introspector,
-    };
-    let verifier = j
-        .enabled
-        .then(|| Arc::new(JwtVerifier::new(j.clone(), jwks.clone(), clock.clone())));
-    (introspector, verifier, Some(jwks))
+    issuers::local_checks(&settings.introspection, settings.jwt.as_ref(), clock)
 }
 
 /// Puts the fleet layer behind `cache` when `[cache.shared]` is set. Here, in

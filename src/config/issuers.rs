@@ -43,7 +43,8 @@ impl RawConfig {
         }
         // Two issuers with one `iss`: a JWT could not pick its issuer, and an
         // answer's `iss` would not say which AS vouched for it.
-        let default_iss = (!self.discovery.issuer.is_empty()).then_some(&self.discovery.issuer);
+        // The default issuer's `iss` is `discovery.issuer`, or `[jwt] issuer`.
+        let default_iss = [&self.discovery.issuer, &self.jwt.issuer];
         for (n, (name, raw)) in self.issuers.iter().enumerate() {
             if raw.issuer.is_empty() {
                 continue;
@@ -63,46 +64,73 @@ impl RawConfig {
                     ),
                 ));
             }
-            if default_iss == Some(&raw.issuer) {
+            if default_iss.contains(&&raw.issuer) {
                 ok = false;
                 errors.push(ConfigError::invalid_at(
                     format!("issuers.{name}.issuer"),
                     format!(
-                        "{:?} is the default issuer's (discovery.issuer): routes use it without `issuer`",
+                        "{:?} is the default issuer's (discovery.issuer or jwt.issuer): routes use it without `issuer`",
                         raw.issuer
                     ),
                 ));
             }
         }
+        let mut known: Vec<&str> = vec![DEFAULT_ISSUER];
+        known.extend(
+            self.issuers
+                .keys()
+                .map(String::as_str)
+                .filter(|k| *k != DEFAULT_ISSUER),
+        );
         for (n, r) in self.routes.iter().enumerate() {
-            if r.issuer.is_empty() {
+            if r.issuer.is_empty() && r.issuers.is_empty() {
                 continue;
             }
+            let key = if r.issuers.is_empty() {
+                "routes.issuer"
+            } else {
+                "routes.issuers"
+            };
             if r.public {
                 ok = false;
                 errors.push(ConfigError::invalid(
-                    "routes.issuer",
+                    key,
                     format!(
                         "routes[{n}] is public but names an issuer; a public route checks no token"
                     ),
                 ));
-            } else if r.issuer != DEFAULT_ISSUER && !self.issuers.contains_key(&r.issuer) {
+                continue;
+            }
+            if !r.issuer.is_empty() && !r.issuers.is_empty() {
                 ok = false;
-                let mut known: Vec<&str> = vec![DEFAULT_ISSUER];
-                known.extend(
-                    self.issuers
-                        .keys()
-                        .map(String::as_str)
-                        .filter(|k| *k != DEFAULT_ISSUER),
-                );
                 errors.push(ConfigError::invalid(
-                    "routes.issuer",
-                    format!(
-                        "routes[{n}]: no issuer named {:?} (known: {})",
-                        r.issuer,
-                        known.join(", ")
-                    ),
+                    "routes.issuers",
+                    format!("routes[{n}]: set either issuer or issuers, not both (issuer = \"x\" is issuers = [\"x\"])"),
                 ));
+                continue;
+            }
+            let names = if r.issuers.is_empty() {
+                std::slice::from_ref(&r.issuer)
+            } else {
+                r.issuers.as_slice()
+            };
+            for (m, name) in names.iter().enumerate() {
+                if name != DEFAULT_ISSUER && !self.issuers.contains_key(name) {
+                    ok = false;
+                    errors.push(ConfigError::invalid(
+                        key,
+                        format!(
+                            "routes[{n}]: no issuer named {name:?} (known: {})",
+                            known.join(", ")
+                        ),
+                    ));
+                } else if names[..m].contains(name) {
+                    ok = false;
+                    errors.push(ConfigError::invalid(
+                        key,
+                        format!("routes[{n}]: issuer {name:?} is named twice"),
+                    ));
+                }
             }
         }
         ok.then_some(out)
@@ -189,14 +217,36 @@ fn validate_issuer(
     if i.timeout.is_zero() {
         err("introspection.timeout", "must be greater than 0".into());
     }
-    // Signed answers are verified with the issuer's JWKS, which only the
-    // default issuer's `[jwt]` section configures.
-    if i.response_format == crate::introspection::client::ResponseFormat::Jwt {
+    // `[issuers.<name>.jwt]`: the keys of `[jwt]`, for this issuer. Its
+    // `issuer` is this table's `issuer` (a different one would make a JWT's
+    // `iss` pick one issuer and verify against another's name); its JWKS is
+    // `jwt.jwks_url`, else the `jwks_uri` of this issuer's metadata.
+    let signed_answers = i.response_format == crate::introspection::client::ResponseFormat::Jwt;
+    if !raw.jwt.issuer.is_empty() && raw.jwt.issuer != raw.issuer {
         err(
-            "introspection.response_format",
-            "\"jwt\" (RFC 9701) is supported for the default issuer only ([introspection] with [jwt])".into(),
+            "jwt.issuer",
+            format!(
+                "{:?} differs from issuers.{name}.issuer ({:?}): leave it empty (it defaults to that)",
+                raw.jwt.issuer, raw.issuer
+            ),
         );
     }
+    let jwt = match raw.jwt.settings(&raw.issuer, signed_answers) {
+        Ok(jwt) => jwt.map(|mut j| {
+            if let (crate::introspection::jwks::JwksSource::Issuer(_), Some(d)) =
+                (&j.jwks, &discovery)
+            {
+                j.jwks = crate::introspection::jwks::JwksSource::Issuer(d.issuer.clone());
+            }
+            j
+        }),
+        Err(problems) => {
+            for (k, m) in problems {
+                err(k, m);
+            }
+            None
+        }
+    };
     let client_secret = match (i.client_secret.is_empty(), i.client_secret_file.is_empty()) {
         (false, false) => {
             err(
@@ -276,9 +326,10 @@ fn validate_issuer(
             timeout: i.timeout,
             tls,
             probe: i.probe,
-            response_format: crate::introspection::client::ResponseFormat::Json,
+            response_format: i.response_format,
         },
         discovery,
+        jwt,
     }))
 }
 

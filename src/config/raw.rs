@@ -258,6 +258,10 @@ pub struct RawRoute {
     /// the default (`[introspection]`), also spelt `"default"`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub issuer: String,
+    /// The issuers this route admits (the first one introspects opaque
+    /// tokens; a JWT picks among them by `iss`). Empty: `issuer` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub issuers: Vec<String>,
 }
 
 impl RawRoute {
@@ -275,6 +279,7 @@ impl RawRoute {
             require_any_scope: None,
             allow_clients: None,
             issuer: String::new(),
+            issuers: Vec::new(),
         }
     }
 
@@ -525,8 +530,9 @@ pub struct RawIssuer {
     /// Same keys as `[discovery]`: set `issuer` here instead of
     /// `introspection.url` to find the endpoint from the AS metadata.
     pub discovery: RawDiscovery,
-    // No `[issuers.<name>.jwt]`: local JWT validation and signed answers are
-    // the default issuer's (`[jwt]`).
+    /// Same keys as `[jwt]`; `issuer` defaults to this table's `issuer`,
+    /// `jwks_url` to the `jwks_uri` of this issuer's metadata.
+    pub jwt: crate::introspection::jwt::RawJwt,
 }
 
 /// `[ext_authz]`: Envoy's external authorization over gRPC

@@ -363,6 +363,8 @@ fn same_issuer(a: &crate::config::IssuerSettings, b: &crate::config::IssuerSetti
         && i.auth_method == j.auth_method
         && i.timeout == j.timeout
         && i.probe == j.probe
+        && i.response_format == j.response_format
+        && a.jwt == b.jwt
         && match (&a.discovery, &b.discovery) {
             (None, None) => true,
             (Some(x), Some(y)) => x.issuer == y.issuer && x.refresh_interval == y.refresh_interval,
@@ -378,8 +380,13 @@ fn unknown_route_issuer(settings: &Settings) -> Option<String> {
         .iter()
         .chain(std::iter::once(&table.default))
         .filter_map(|r| match &r.access {
-            crate::policy::Access::Token(q) => q.issuer_name.clone(),
+            crate::policy::Access::Token(q) => Some(q.issuer_names.iter()),
             crate::policy::Access::Public => None,
         })
-        .find(|name| !settings.issuers.iter().any(|i| &i.name == name))
+        .flatten()
+        .find(|name| {
+            *name != crate::config::DEFAULT_ISSUER
+                && !settings.issuers.iter().any(|i| &i.name == *name)
+        })
+        .cloned()
 }

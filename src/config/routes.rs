@@ -17,7 +17,7 @@ impl RawConfig {
             scopes: p.require_scopes.clone(),
             any_scopes: p.require_any_scope.clone(),
             clients: p.allow_clients.clone(),
-            issuer_name: None,
+            issuer_names: Vec::new(),
         };
         // Every route's every key is checked; a route with an error is
         // reported and left out, and the table is returned only without errors.
@@ -79,10 +79,19 @@ impl RawConfig {
                         .clone()
                         .unwrap_or_else(|| defaults.clients.clone()),
                     // Checked against `[issuers]` by `issuer_settings`;
-                    // "default" and empty both mean the default issuer.
-                    issuer_name: (!r.issuer.is_empty()
-                        && r.issuer != crate::config::DEFAULT_ISSUER)
-                        .then(|| r.issuer.clone()),
+                    // none, and `["default"]`, both mean the default issuer.
+                    issuer_names: {
+                        let names = match (&r.issuers[..], r.issuer.as_str()) {
+                            ([], "") => Vec::new(),
+                            ([], one) => vec![one.to_owned()],
+                            (many, _) => many.to_vec(),
+                        };
+                        if names == [crate::config::DEFAULT_ISSUER] {
+                            Vec::new()
+                        } else {
+                            names
+                        }
+                    },
                 }))
             };
             // Compared with the request's host as `normalize_host` spells it

@@ -118,6 +118,9 @@ pub struct IssuerSettings {
     pub introspection: IntrospectionSettings,
     /// `Some` when its endpoint comes from discovery.
     pub discovery: Option<DiscoverySettings>,
+    /// `[issuers.<name>.jwt]`: `Some` when its JWTs are checked locally or
+    /// its introspection answers are signed (both need its keys).
+    pub jwt: Option<crate::introspection::jwt::JwtSettings>,
 }
 
 /// Whether `name` may name an issuer: what the environment can spell

@@ -18,10 +18,12 @@
 
 use crate::resilience::clock::Clock;
 use arc_swap::ArcSwap;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::Algorithm;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -60,7 +62,22 @@ pub struct Key {
     alg: Option<Algorithm>,
     /// The algorithms this key's type can verify (family and curve).
     fits: &'static [Algorithm],
-    pub decoding: DecodingKey,
+    /// The public key parsed once, per algorithm it may verify (an RSA key
+    /// serves six). jsonwebtoken's `DecodingKey` keeps the raw bytes and
+    /// parses them again on every verification (`UnparsedPublicKey`): for an
+    /// RSA key that is a modulus to load, for a P-256 key a point to
+    /// decompress and check, each time. Parsed here, at fetch time, a
+    /// verification is the signature arithmetic alone.
+    parsed: Vec<(Algorithm, ParsedPublicKey)>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Key {
@@ -68,6 +85,18 @@ impl Key {
     /// an RSA key never verifies an ES or HS signature, a P-384 key never ES256).
     pub fn accepts(&self, alg: Algorithm) -> bool {
         self.fits.contains(&alg) && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Whether `signature` (the JWS's, base64url-decoded) signs `message`
+    /// (the JWS signing input) under `alg` with this key. `false` for an
+    /// algorithm this key does not accept.
+    pub fn verify(&self, alg: Algorithm, message: &[u8], signature: &[u8]) -> bool {
+        self.accepts(alg)
+            && self
+                .parsed
+                .iter()
+                .find(|(a, _)| *a == alg)
+                .is_some_and(|(_, k)| k.verify_sig(message, signature).is_ok())
     }
 
     fn from_jwk(jwk: &Jwk) -> Option<Self> {
@@ -100,13 +129,73 @@ impl Key {
             None => None,
             Some(a) => Some(key_algorithm(a)?),
         };
+        let parsed = parse_public(&jwk.algorithm, fits)?;
         Some(Self {
             kid: jwk.common.key_id.clone(),
             alg,
             fits,
-            decoding: DecodingKey::from_jwk(jwk).ok()?,
+            parsed,
         })
     }
+}
+
+/// The JWK's public key, parsed by aws-lc-rs once for each of `fits` (the
+/// same verification algorithms jsonwebtoken's aws-lc-rs backend uses).
+/// `None` for a malformed key (bad base64, a point not on the curve, a
+/// coordinate of the wrong length, an RSA key aws-lc-rs refuses).
+fn parse_public(
+    params: &AlgorithmParameters,
+    fits: &[Algorithm],
+) -> Option<Vec<(Algorithm, ParsedPublicKey)>> {
+    let b64 = |s: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(s.trim_end_matches('='))
+            .ok()
+    };
+    let mut out = Vec::with_capacity(fits.len());
+    for &alg in fits {
+        let key = match (params, alg) {
+            (AlgorithmParameters::RSA(p), _) => {
+                let (n, e) = (b64(&p.n)?, b64(&p.e)?);
+                let v: &'static sig::RsaParameters = match alg {
+                    Algorithm::RS256 => &sig::RSA_PKCS1_2048_8192_SHA256,
+                    Algorithm::RS384 => &sig::RSA_PKCS1_2048_8192_SHA384,
+                    Algorithm::RS512 => &sig::RSA_PKCS1_2048_8192_SHA512,
+                    Algorithm::PS256 => &sig::RSA_PSS_2048_8192_SHA256,
+                    Algorithm::PS384 => &sig::RSA_PSS_2048_8192_SHA384,
+                    Algorithm::PS512 => &sig::RSA_PSS_2048_8192_SHA512,
+                    _ => return None,
+                };
+                RsaPublicKeyComponents { n: &n, e: &e }
+                    .to_parsed_public_key(v)
+                    .ok()?
+            }
+            (AlgorithmParameters::EllipticCurve(p), Algorithm::ES256 | Algorithm::ES384) => {
+                let (v, len): (&'static sig::EcdsaVerificationAlgorithm, usize) =
+                    if alg == Algorithm::ES256 {
+                        (&sig::ECDSA_P256_SHA256_FIXED, 32)
+                    } else {
+                        (&sig::ECDSA_P384_SHA384_FIXED, 48)
+                    };
+                let (x, y) = (b64(&p.x)?, b64(&p.y)?);
+                if x.len() != len || y.len() != len {
+                    return None;
+                }
+                // SEC 1 uncompressed point: 0x04 ‖ x ‖ y.
+                let mut point = Vec::with_capacity(1 + 2 * len);
+                point.push(4);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                ParsedPublicKey::new(v, point).ok()?
+            }
+            (AlgorithmParameters::OctetKeyPair(p), Algorithm::EdDSA) => {
+                ParsedPublicKey::new(&sig::ED25519, b64(&p.x)?).ok()?
+            }
+            _ => return None,
+        };
+        out.push((alg, key));
+    }
+    Some(out)
 }
 
 /// A JWK `alg` as a JWS algorithm; `None` for one no JWS can use (e.g. an

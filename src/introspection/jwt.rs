@@ -25,7 +25,7 @@ use crate::introspection::client::Introspection;
 use crate::introspection::jwks::{Jwks, JwksSource, KeyError};
 use crate::resilience::clock::{duration_str, Clock};
 use base64::Engine as _;
-use jsonwebtoken::{Algorithm, Validation};
+use jsonwebtoken::Algorithm;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,6 +87,30 @@ pub struct JwtSettings {
     pub leeway: Duration,
     pub jwks_refresh_interval: Duration,
     pub jwks_refetch_min_interval: Duration,
+}
+
+impl JwtSettings {
+    /// One line for `--check-config`: what is checked locally and with
+    /// which keys (no secret is involved).
+    pub fn summary(&self) -> String {
+        let algs: Vec<_> = self.algorithms.iter().map(|a| format!("{a:?}")).collect();
+        format!(
+            "jwt: local={} hybrid={} iss={} jwks={} algorithms={} leeway={}",
+            if self.enabled {
+                "on"
+            } else {
+                "off (keys for signed answers)"
+            },
+            if self.introspect { "on" } else { "off" },
+            self.issuer,
+            match &self.jwks {
+                JwksSource::Url(u) => u.to_string(),
+                JwksSource::Issuer(i) => format!("(jwks_uri of {i})"),
+            },
+            algs.join(","),
+            humantime::format_duration(self.leeway),
+        )
+    }
 }
 
 impl RawJwt {
@@ -298,14 +322,65 @@ impl Peeked {
     /// `typ` is `want` or `application/want` (RFC 7515 §4.1.9: the prefix
     /// may be left out; media types compare case-insensitively).
     fn typ_is(&self, want: &str) -> bool {
-        self.typ.as_deref().is_some_and(|t| {
-            let t = t
-                .get(..12)
-                .filter(|p| p.eq_ignore_ascii_case("application/"))
-                .map_or(t, |_| &t[12..]);
-            t.eq_ignore_ascii_case(want)
-        })
+        self.typ.as_deref().is_some_and(|t| typ_is(t, want))
     }
+}
+
+/// A `typ` names the media type `want` (the `application/` prefix may be
+/// left out; compared case-insensitively).
+fn typ_is(typ: &str, want: &str) -> bool {
+    let t = typ
+        .get(..12)
+        .filter(|p| p.eq_ignore_ascii_case("application/"))
+        .map_or(typ, |_| &typ[12..]);
+    t.eq_ignore_ascii_case(want)
+}
+
+/// What [`peek_iss`] reads of a compact JWS, unverified: enough to pick the
+/// issuer whose keys will verify it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeekedIss {
+    /// Its header's `typ` is `at+jwt` (or `application/at+jwt`).
+    pub at_jwt: bool,
+    /// Its payload's `iss`, when that is a string.
+    pub iss: Option<String>,
+}
+
+/// The header's `typ` and the payload's `iss` of a compact JWS, unverified;
+/// `None` when `token` is not one (an opaque token). Runs on every request
+/// of a route that admits several issuers, cache hits included (the issuer
+/// must be known before the lookup: the cache is partitioned by issuer), so
+/// it reads only those two members: two base64 decodes and two small JSON
+/// reads that skip everything else, no map of the claims. Whatever it says
+/// is checked again after the signature ([`JwtVerifier::verify_peeked`]).
+pub fn peek_iss(token: &str) -> Option<PeekedIss> {
+    #[derive(Deserialize)]
+    struct Typ<'a> {
+        #[serde(default, borrow)]
+        typ: Option<std::borrow::Cow<'a, str>>,
+    }
+    #[derive(Deserialize)]
+    struct Iss {
+        #[serde(default)]
+        iss: Option<String>,
+    }
+    let mut parts = token.split('.');
+    let (h, p, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.decode(h).ok()?;
+    let typ: Typ = serde_json::from_slice(&header).ok()?;
+    let at_jwt = typ.typ.as_deref().is_some_and(|t| typ_is(t, "at+jwt"));
+    // A payload that is no JSON object, or whose `iss` is no string: no
+    // `iss` (an `at+jwt` without one is refused by the caller).
+    let iss = b64
+        .decode(p)
+        .ok()
+        .and_then(|p| serde_json::from_slice::<Iss>(&p).ok())
+        .and_then(|c| c.iss);
+    Some(PeekedIss { at_jwt, iss })
 }
 
 /// Which path a token takes (see the module's table).
@@ -394,7 +469,7 @@ impl JwtVerifier {
     ) -> Result<Introspection, JwtError> {
         let alg = check_alg(&peeked, &self.settings.algorithms)?;
         let key = self.jwks.key_for(peeked.kid.as_deref(), alg).await?;
-        verify_signature(token, &key.decoding, alg)?;
+        verify_signature(token, &key, alg)?;
         if peeked.iss() != Some(self.settings.issuer.as_str()) {
             return Err(JwtError::UnknownIssuer);
         }
@@ -442,26 +517,25 @@ fn check_alg(peeked: &Peeked, allowed: &[Algorithm]) -> Result<Algorithm, JwtErr
     Ok(alg)
 }
 
-/// The signature check alone (jsonwebtoken); claims are checked by the caller
-/// against the injected clock.
+/// The signature check alone, with the key parsed at fetch time; claims are
+/// checked by the caller against the injected clock. The header and payload
+/// were decoded once already ([`Peeked::of`], which also made sure there are
+/// exactly three parts): only the signature is decoded here, and the
+/// signing input is the token's bytes up to the last dot (RFC 7515 §5.2).
 fn verify_signature(
     token: &str,
-    key: &jsonwebtoken::DecodingKey,
+    key: &crate::introspection::jwks::Key,
     alg: Algorithm,
 ) -> Result<(), JwtError> {
-    let mut v = Validation::new(alg);
-    v.algorithms = vec![alg];
-    v.required_spec_claims.clear();
-    v.validate_exp = false;
-    v.validate_nbf = false;
-    v.validate_aud = false;
-    v.leeway = 0;
-    jsonwebtoken::decode::<serde::de::IgnoredAny>(token, key, &v)
-        .map(|_| ())
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => JwtError::Algorithm,
-            _ => JwtError::Signature,
-        })
+    let (signing_input, signature) = token.rsplit_once('.').ok_or(JwtError::Malformed)?;
+    let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| JwtError::Signature)?;
+    if key.verify(alg, signing_input.as_bytes(), &signature) {
+        Ok(())
+    } else {
+        Err(JwtError::Signature)
+    }
 }
 
 /// The media type of an RFC 9701 answer.
@@ -544,7 +618,7 @@ impl SignedAnswers {
         }
         let alg = check_alg(&peeked, &self.algorithms)?;
         let key = self.jwks.key_for(peeked.kid.as_deref(), alg).await?;
-        verify_signature(token, &key.decoding, alg)?;
+        verify_signature(token, &key, alg)?;
         if peeked.iss() != Some(self.issuer.as_str()) {
             return Err(JwtError::UnknownIssuer);
         }

@@ -6,7 +6,7 @@
 
 use super::access::AccessInfo;
 use super::reject::ProxyError;
-use crate::app::issuers::Issuer;
+use crate::app::issuers::{Issuer, Picked};
 use crate::app::App;
 use crate::cache::{CacheStatus, LoadError};
 use crate::config::Settings;
@@ -46,13 +46,19 @@ pub(super) async fn authorize(
             // Logs name the token by its own hash, whatever the issuer, so
             // that its lines correlate across routes.
             info.fingerprint = Some(token::fingerprint(&token_hash));
-            // The route's issuer, or the default: never another AS.
-            let issuer = app
-                .issuers
-                .get(requirements.issuer_name.as_deref())
+            // One of the route's issuers (a JWT's `iss` picks among several;
+            // else the first), or the default: never another AS, never two.
+            let issuer = match app.issuers.pick(&requirements.issuer_names, token.secret()) {
+                Ok(issuer) => issuer,
+                Err(Picked::UnknownIssuer) => {
+                    app.metrics.jwt_checked(JwtError::UnknownIssuer.kind());
+                    debug!(route = %route.name, token = %token::fingerprint(&token_hash), "JWT access token of an issuer this route does not admit; refused without an AS call");
+                    return Err(policy::Deny::Inactive.into());
+                }
                 // `validate` and reload refuse a route naming an issuer that
                 // does not run; should one slip through, fail closed (503).
-                .ok_or(IntrospectError::NoEndpoint)?;
+                Err(Picked::NotRunning) => return Err(IntrospectError::NoEndpoint.into()),
+            };
             // The issuer's partition of the cache: its answer only.
             let key = issuer.cache_key(&token_hash);
 
@@ -112,11 +118,11 @@ pub(super) async fn authorize(
     })
 }
 
-/// A cache miss: where the answer comes from. Without `[jwt]`, on a named
-/// issuer's route (`[jwt]` is the default issuer's), or for a token that is
-/// not ours to check locally, the issuer's introspection call; for our
-/// `at+jwt` tokens, the local check (then also the introspection call in
-/// hybrid mode, `jwt.introspect`). A token the local check refuses, or
+/// A cache miss: where the answer comes from. Without JWT checks for this
+/// issuer (`[jwt]` for the default one, `[issuers.<name>.jwt]`), or for a
+/// token that is not ours to check locally, the issuer's introspection call;
+/// for its `at+jwt` tokens, the local check with its keys (then also the
+/// introspection call in hybrid mode, `jwt.introspect`). A token the local check refuses, or
 /// refuses from its shape, is an inactive answer (401, negative-cached by
 /// its hash) and the AS never hears of it.
 async fn load(
@@ -126,13 +132,12 @@ async fn load(
     key: &token::TokenHash,
 ) -> Result<Introspection, IntrospectError> {
     let introspect = || issuer.load(token, key);
-    let jwt = match &app.jwt {
-        Some(jwt) if issuer.is_default() => jwt,
-        _ => return introspect().await,
+    let Some(jwt) = &issuer.jwt else {
+        return introspect().await;
     };
     let refused = |e: JwtError| {
         app.metrics.jwt_checked(e.kind());
-        debug!(reason = %e, kind = e.kind(), token = %token::fingerprint(key), "JWT access token refused locally");
+        debug!(reason = %e, kind = e.kind(), issuer = %issuer.name, token = %token::fingerprint(key), "JWT access token refused locally");
         Ok(Introspection::inactive())
     };
     match jwt.classify(token) {

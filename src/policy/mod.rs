@@ -76,10 +76,12 @@ pub struct Requirements {
     pub any_scopes: Vec<String>,
     /// The token's `client_id` must be one of these (if non-empty).
     pub clients: Vec<String>,
-    /// The `[issuers.<name>]` whose authorization server introspects this
-    /// route's tokens; `None`: the default one (`[introspection]`). Not a
-    /// check on the answer (that is `issuer`): it picks where to ask.
-    pub issuer_name: Option<String>,
+    /// The issuers this route admits (`[[routes]] issuers`, or `issuer`),
+    /// by name (`"default"` for `[introspection]`); empty: the default one
+    /// only. The first introspects opaque tokens; a JWT picks among them by
+    /// its `iss`. Not a check on the answer (that is `issuer`): it picks
+    /// where to ask.
+    pub issuer_names: Vec<String>,
 }
 
 /// `token_type` values that name something other than an access token
@@ -417,8 +419,8 @@ impl fmt::Display for RouteTable {
                         write!(f, " any_scope=[{}]", q.any_scopes.join(" "))?;
                     }
                     // Only when one is named: a single-AS table prints as before.
-                    if let Some(name) = &q.issuer_name {
-                        write!(f, " as={name}")?;
+                    if !q.issuer_names.is_empty() {
+                        write!(f, " as={}", q.issuer_names.join(","))?;
                     }
                     writeln!(f)?
                 }
