@@ -257,7 +257,7 @@ fn jwt_validation(c: &mut Criterion) {
     };
     let set = serde_json::json!({"keys": [jwk(&rsa, Algorithm::RS256, "rs"), jwk(&ec, Algorithm::ES256, "es")]});
     jwks.set_keys(parse_jwks(set.to_string().as_bytes()).expect("bench JWKS"));
-    let verifier = JwtVerifier::new(j, jwks, clock);
+    let verifier = JwtVerifier::new(j, jwks.clone(), clock);
     let claims = serde_json::json!({"iss": ISS, "sub": "user-1234", "client_id": "bench-client",
         "aud": "bench-api", "scope": "read write", "iat": 1_700_000_000, "exp": 4_102_444_800i64,
         "jti": "6f1c2a8e-bench"});
@@ -267,13 +267,55 @@ fn jwt_validation(c: &mut Criterion) {
         h.kid = Some(kid.into());
         jsonwebtoken::encode(&h, &claims, key).expect("bench token")
     };
-    for (name, token) in [
-        ("jwt/verify RS256", token(&rsa, Algorithm::RS256, "rs")),
-        ("jwt/verify ES256", token(&ec, Algorithm::ES256, "es")),
+    for (alg, token, kid, public) in [
+        (
+            "RS256",
+            token(&rsa, Algorithm::RS256, "rs"),
+            "rs",
+            jwk(&rsa, Algorithm::RS256, "rs"),
+        ),
+        (
+            "ES256",
+            token(&ec, Algorithm::ES256, "es"),
+            "es",
+            jwk(&ec, Algorithm::ES256, "es"),
+        ),
     ] {
-        assert!(rt.block_on(verifier.verify(&token)).is_ok(), "{name}");
-        c.bench_function(name, |b| {
+        let a: Algorithm = alg.parse().expect("bench alg");
+        // The whole local check: peek, key lookup, signature, claims.
+        assert!(rt.block_on(verifier.verify(&token)).is_ok(), "{alg}");
+        c.bench_function(&format!("jwt/verify {alg}"), |b| {
             b.iter(|| rt.block_on(verifier.verify(black_box(&token))))
+        });
+        // The signature alone, with the key parsed at JWKS fetch time
+        // (`jwks::Key`, aws-lc-rs `ParsedPublicKey`)...
+        let key = rt.block_on(jwks.key_for(Some(kid), a)).expect("bench key");
+        let (input, sig) = token.rsplit_once('.').expect("three parts");
+        let sig = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, sig)
+            .expect("bench signature");
+        assert!(key.verify(a, input.as_bytes(), &sig));
+        c.bench_function(&format!("jwt/signature {alg} parsed key"), |b| {
+            b.iter(|| key.verify(a, black_box(input.as_bytes()), black_box(&sig)))
+        });
+        // ...and as jsonwebtoken's `decode` does it (what tokengate did
+        // before): the header and claims decoded again, and the key parsed
+        // from its bytes on every call (`DecodingKey` → `UnparsedPublicKey`).
+        let decoding = jsonwebtoken::DecodingKey::from_jwk(&public).expect("bench key");
+        let mut v = jsonwebtoken::Validation::new(a);
+        v.required_spec_claims.clear();
+        v.validate_exp = false;
+        v.validate_aud = false;
+        assert!(jsonwebtoken::decode::<serde::de::IgnoredAny>(&token, &decoding, &v).is_ok());
+        c.bench_function(&format!("jwt/signature {alg} jsonwebtoken decode"), |b| {
+            b.iter(|| {
+                jsonwebtoken::decode::<serde::de::IgnoredAny>(black_box(&token), &decoding, &v)
+                    .is_ok()
+            })
+        });
+        // What a route admitting several issuers adds to every request,
+        // cache hits included: the unverified `typ` and `iss`.
+        c.bench_function(&format!("jwt/peek iss {alg}"), |b| {
+            b.iter(|| tokengate::introspection::jwt::peek_iss(black_box(&token)))
         });
     }
 }

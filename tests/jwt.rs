@@ -7,87 +7,13 @@
 mod common;
 use common::*;
 
-use base64::Engine as _;
 use http::Method;
 use std::time::Duration;
 use tokengate::config::{RawConfig, Secret};
 
-const SECRET: &str = "tokengate-jwt-test-secret-0123456789";
 const API: &str = "urn:tokengate:api";
 const RS: &str = "urn:tokengate:rs";
 const OTHER: &str = "urn:tokengate:other";
-
-/// `node tests/oidc/jwt.mjs`; killed when dropped.
-struct JwtAs {
-    child: tokio::process::Child,
-    port: u16,
-    client: TestClient,
-}
-
-impl JwtAs {
-    /// `port`: 0 for a free one, or the port of a stopped instance (key
-    /// rotation: same issuer, new keys `es-<gen>` / `rs-<gen>`). `None` when
-    /// node or the npm package is missing (after the skip line).
-    async fn start(test: &str, port: u16, gen: u32) -> Option<Self> {
-        let (port, gen) = (port.to_string(), gen.to_string());
-        let args = [SECRET, "--port", &port, "--gen", &gen];
-        let (child, port) = start_node_script(test, "jwt.mjs", &args).await?;
-        Some(Self {
-            child,
-            port,
-            client: http1_client(),
-        })
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-        let _ = self.child.wait().await;
-    }
-
-    fn issuer(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.issuer())
-    }
-
-    /// A token from the client_credentials grant: a JWT for `resource`, an
-    /// opaque token without one.
-    async fn token(&self, resource: Option<&str>) -> String {
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("tokengate:{SECRET}"));
-        let mut form = "grant_type=client_credentials&scope=read".to_owned();
-        if let Some(r) = resource {
-            form.push_str(&format!("&resource={r}"));
-        }
-        let req = request(Method::POST, &self.url("/token"))
-            .header("authorization", format!("Basic {basic}"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(full(form))
-            .unwrap();
-        let r = send(&self.client, req).await;
-        assert_eq!(r.status, 200, "token endpoint: {}", r.text());
-        r.json()["access_token"].as_str().unwrap().to_owned()
-    }
-
-    /// Requests the AS has received on `path` so far.
-    async fn count(&self, path: &str) -> u64 {
-        let req = request(Method::GET, &self.url("/_counts"))
-            .body(empty())
-            .unwrap();
-        send(&self.client, req).await.json()[path]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
-    async fn post(&self, path_and_query: &str, form: String) {
-        let req = request(Method::POST, &self.url(path_and_query))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(full(form))
-            .unwrap();
-        assert_eq!(send(&self.client, req).await.status, 200);
-    }
-}
 
 /// tokengate in front of `asrv` with `[jwt]` on (keys from `jwks_url`),
 /// routes requiring our two JWT audiences.
@@ -100,7 +26,7 @@ fn config(asrv: &JwtAs, upstream: &Upstream) -> RawConfig {
     };
     raw.introspection.url = asrv.url("/token/introspection");
     raw.introspection.client_id = "tokengate".into();
-    raw.introspection.client_secret = Secret::new(SECRET);
+    raw.introspection.client_secret = Secret::new(JWT_AS_SECRET);
     raw.introspection.timeout = Duration::from_secs(5);
     raw.introspection.probe = tokengate::config::ProbeMode::Off;
     raw.jwt.enabled = true;
@@ -126,30 +52,6 @@ async fn get(gate: &Gate, token: &str) -> Resp {
         .body(empty())
         .unwrap();
     send(&http1_client(), req).await
-}
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
-}
-
-fn part(token: &str, i: usize) -> serde_json::Value {
-    let p = token.split('.').nth(i).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(p)
-            .unwrap(),
-    )
-    .unwrap()
-}
-
-/// `token` with its header and payload replaced (the signature kept).
-fn forge(token: &str, header: &serde_json::Value, claims: &serde_json::Value) -> String {
-    let sig = token.rsplit('.').next().unwrap();
-    format!(
-        "{}.{}.{sig}",
-        b64(&header.to_string()),
-        b64(&claims.to_string())
-    )
 }
 
 #[tokio::test]

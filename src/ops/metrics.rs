@@ -90,6 +90,13 @@ struct IssuerCacheLabels {
     issuer: IssuerName,
 }
 
+/// `tokengate_jwt_checks_total`: per kind and issuer (whose keys checked it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JwtCheckLabels {
+    kind: &'static str,
+    issuer: IssuerName,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     cache: &'static str,
@@ -234,7 +241,7 @@ pub struct Metrics {
     shared_cache: Family<KindLabels, Counter>,
     purge_messages: Family<KindLabels, Counter>,
     binding_refusals: Family<ReasonLabels, Counter>,
-    jwt_checks: Family<KindLabels, Counter>,
+    jwt_checks: Family<JwtCheckLabels, Counter>,
     dpop_proofs: Family<ProofLabels, Counter>,
     dpop_replays: Counter,
     /// The fleet's own counters as last copied in, so a scrape adds only the
@@ -384,10 +391,10 @@ impl Metrics {
         for reason in crate::policy::binding::BindingError::REASONS {
             drop(binding_refusals.get_or_create(&ReasonLabels { reason }));
         }
-        let jwt_checks = Family::<KindLabels, Counter>::default();
+        let jwt_checks = Family::<JwtCheckLabels, Counter>::default();
         registry.register(
             "jwt_checks",
-            "JWT access tokens checked locally ([jwt] enabled): kind=\"valid\", or why one was refused (no AS call; kind=\"keys_unavailable\" is a 503)",
+            "JWT access tokens checked locally ([jwt] or [issuers.<name>.jwt] enabled), by issuer: kind=\"valid\", or why one was refused (no AS call; kind=\"keys_unavailable\" is a 503; kind=\"unknown_issuer\" on a route admitting several issuers is counted under its first)",
             jwt_checks.clone(),
         );
         // Series that exist from the start, so that `rate()` and alerts see a 0
@@ -562,8 +569,13 @@ impl Metrics {
 
     /// One local JWT check: `"valid"` or the refusal's kind
     /// (`introspection::jwt::JwtError::kind`).
-    pub fn jwt_checked(&self, kind: &'static str) {
-        self.jwt_checks.get_or_create(&KindLabels { kind }).inc();
+    pub fn jwt_checked(&self, issuer: &IssuerName, kind: &'static str) {
+        self.jwt_checks
+            .get_or_create(&JwtCheckLabels {
+                kind,
+                issuer: issuer.clone(),
+            })
+            .inc();
     }
 
     pub fn stale_answer(&self) {

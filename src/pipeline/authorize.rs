@@ -51,7 +51,15 @@ pub(super) async fn authorize(
             let issuer = match app.issuers.pick(&requirements.issuer_names, token.secret()) {
                 Ok(issuer) => issuer,
                 Err(Picked::UnknownIssuer) => {
-                    app.metrics.jwt_checked(JwtError::UnknownIssuer.kind());
+                    // Counted under the route's first issuer: no issuer's
+                    // keys were involved, and every route has a first.
+                    let first = requirements
+                        .issuer_names
+                        .first()
+                        .cloned()
+                        .unwrap_or_default();
+                    app.metrics
+                        .jwt_checked(&first.into(), JwtError::UnknownIssuer.kind());
                     debug!(route = %route.name, token = %token::fingerprint(&token_hash), "JWT access token of an issuer this route does not admit; refused without an AS call");
                     return Err(policy::Deny::Inactive.into());
                 }
@@ -136,7 +144,7 @@ async fn load(
         return introspect().await;
     };
     let refused = |e: JwtError| {
-        app.metrics.jwt_checked(e.kind());
+        app.metrics.jwt_checked(&issuer.name, e.kind());
         debug!(reason = %e, kind = e.kind(), issuer = %issuer.name, token = %token::fingerprint(key), "JWT access token refused locally");
         Ok(Introspection::inactive())
     };
@@ -148,15 +156,15 @@ async fn load(
             // whether it was revoked since. Its answer is the one cached,
             // with the JWT's sender binding kept (below).
             Ok(local) if jwt.hybrid() => {
-                app.metrics.jwt_checked("valid");
+                app.metrics.jwt_checked(&issuer.name, "valid");
                 Ok(keep_binding(local, introspect().await?, key))
             }
             Ok(answer) => {
-                app.metrics.jwt_checked("valid");
+                app.metrics.jwt_checked(&issuer.name, "valid");
                 Ok(answer)
             }
             Err(JwtError::KeysUnavailable(m)) => {
-                app.metrics.jwt_checked("keys_unavailable");
+                app.metrics.jwt_checked(&issuer.name, "keys_unavailable");
                 Err(IntrospectError::KeysUnavailable(m))
             }
             Err(e) => refused(e),

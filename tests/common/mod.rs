@@ -10,9 +10,10 @@
 //! upstream), `grpc` (an h2c upstream with trailers), `client` (hyper clients,
 //! `Resp`), `raw` (exact bytes over TCP), `tls` (a test CA), `redis_server` (a
 //! real redis-server), `dpop` (DPoP keys and proofs), `oidc` (the real
-//! oidc-provider AS), `binary` (the real `tokengate` binary), `logs` (a
-//! global captured subscriber), `metrics` (the Prometheus text parser),
-//! `memory` (RSS), `programs` (skipping when an external program is missing).
+//! oidc-provider AS), `jwt_as` (the same, issuing JWT access tokens),
+//! `binary` (the real `tokengate` binary), `logs` (a global captured
+//! subscriber), `metrics` (the Prometheus text parser), `memory` (RSS),
+//! `programs` (skipping when an external program is missing).
 // `allow`, not `expect`: every test binary compiles this module and uses a
 // different part of it, so the lint fires in some binaries and not in others.
 #![allow(dead_code)]
@@ -50,6 +51,7 @@ mod client;
 mod dpop;
 mod gate;
 mod grpc;
+mod jwt_as;
 mod logs;
 mod memory;
 mod metrics;
@@ -70,6 +72,8 @@ pub use dpop::*;
 pub use gate::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use grpc::*;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use jwt_as::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use logs::*;
 #[allow(unused_imports)] // each test binary uses a different part

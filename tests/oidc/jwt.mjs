@@ -16,6 +16,9 @@
 //                              that knows about revocation): verifies with our
 //                              keys and answers active unless revoked
 //   POST /_revoke_jwt          token=<jwt>: revoked for /_jwt_introspect
+//   POST /_sign                claims=<json>: an at+jwt over those claims signed
+//                              with our ES256 key (`kid` in the JSON: the header's;
+//                              default ours), for forgeries in tests
 //   POST /_answers?mode=M      how /token/introspection answers from now on:
 //                              `normal`, `tamper` (a byte of the JWS signature
 //                              flipped), `plain` (our Accept is dropped, so the
@@ -130,6 +133,17 @@ server.listen(wantPort, '127.0.0.1', () => {
         const { jti } = jose.decodeJwt((await readBody(req)).get('token'));
         revoked.add(jti);
         return json(res, 200, {});
+      }
+      if (path === '/_sign') {
+        // A JWS over any claims with our ES256 key: forgeries that only a
+        // signature can tell apart (another issuer's `iss`, another `kid`).
+        const body = JSON.parse((await readBody(req)).get('claims'));
+        const header = { alg: 'ES256', typ: 'at+jwt', kid: body.kid || `es-${gen}` };
+        delete body.kid;
+        const key = await jose.importJWK(jwk(ec.privateKey, `es-${gen}`, 'ES256'), 'ES256');
+        const jws = await new jose.SignJWT(body).setProtectedHeader(header).sign(key);
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        return res.end(jws);
       }
       if (path === '/_jwt_introspect') {
         const basic = Buffer.from(`tokengate:${secret}`).toString('base64');
