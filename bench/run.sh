@@ -35,6 +35,9 @@
 #                       new ES256 JWT access token (RFC 9068) per request,
 #                       checked locally with the mock AS's /jwks: no AS call
 #                       (checked: 0 introspections)
+#   tokengate-jwt-new-rs256  the same with RS256 tokens; a shorter row (as
+#                       long as ~90 s of RSA signing covers, at most the
+#                       duration): RSA signing is ~30x slower than ES256
 #   tokengate-dpop      wrk -> the same second tokengate -> upstream; one
 #                       DPoP-bound token (cnf.jkt), cached, and a new DPoP
 #                       proof (RFC 9449) per request: a cache hit plus the
@@ -404,6 +407,22 @@ say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") JWTs (ES256)"
     "$(lines_for "$DURATION")" "$TMP/tokengate-jwt-new.run"
 scenario tokengate-jwt-new "$JO/" file "$JO_PID"
 rm -f "$TMP"/tokengate-jwt-new.*
+# The same with RS256. Signing RSA costs ~1 ms a token on one CPU (ES256: tens
+# of µs), so tokens for twice the hit rate over a full row would take many
+# minutes: measure the signing rate here, and run the row (1 s warm-up) for as
+# long as ~90 s of signing on every CPU covers, at most DURATION. req/s is a
+# rate: a shorter row is comparable with the others.
+t0=$(date +%s%N)
+"$TOOLS" jwt-tokens RS256 "rs-probe-$RUN_ID" 400 "$TMP/rs-probe"
+RS_NS=$(($(date +%s%N) - t0)); rm -f "$TMP/rs-probe"
+RS_SECS=$(awk -v n=400 -v ns="$RS_NS" -v r="${RPS[tokengate-hit]}" -v c="$CONNS" -v d="$DURATION" 'BEGIN {
+    rate = n / (ns / 1e9); s = int((rate * 90 - 2 * (10 * c + 1000)) / (2 * r)) - 1
+    if (s > d) s = d; if (s < 1) s = 1; print s }')
+say "signing $(lines_for 1) + $(lines_for "$RS_SECS") JWTs (RS256; row ${RS_SECS}s)"
+"$TOOLS" jwt-tokens RS256 "jwt-rs-$RUN_ID" "$(lines_for 1)" "$TMP/tokengate-jwt-new-rs256.warm" \
+    "$(lines_for "$RS_SECS")" "$TMP/tokengate-jwt-new-rs256.run"
+WARMUP=1 DURATION=$RS_SECS scenario tokengate-jwt-new-rs256 "$JO/" file "$JO_PID"
+rm -f "$TMP"/tokengate-jwt-new-rs256.*
 say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") DPoP proofs (ES256)"
 # htu: exactly the URL wrk requests (tokengate builds it from Host and path).
 "$TOOLS" dpop-proofs "$JO/" "dpop-$RUN_ID" "$(lines_for "$WARMUP")" "$TMP/tokengate-dpop.warm" \
@@ -456,7 +475,7 @@ table() {
     for n in "${ROWS[@]}"; do
         base=""
         case $n in
-        nginx-proxy | hyper-proxy | tokengate-hit | tokengate-jwt-new | tokengate-dpop) base=${RPS[nginx-proxy]:-} ;;
+        nginx-proxy | hyper-proxy | tokengate-hit | tokengate-jwt-new* | tokengate-dpop) base=${RPS[nginx-proxy]:-} ;;
         tokengate-miss | nginx-auth-request*) base=${RPS[nginx-auth-request]:-} ;;
         esac
         echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $(ratio "${RPS[$n]}" "${RPS[direct]}") |" \
@@ -469,6 +488,7 @@ table() {
         echo "- tokengate-hit vs hyper-proxy (the same HTTP stack with no auth, no header work, no log): $(ratio "${RPS[tokengate-hit]}" "${RPS[hyper-proxy]}")×."
     fi
     echo "- tokengate-jwt-new vs tokengate-hit (a new ES256 JWT access token per request, checked locally, 0 AS calls; target ≥ 0.8×): $(ratio "${RPS[tokengate-jwt-new]}" "${RPS[tokengate-hit]}")×."
+    echo "- tokengate-jwt-new-rs256 vs tokengate-hit (the same with RS256, a ${RS_SECS}s row: RSA signing sizes it; target ≥ 0.8×): $(ratio "${RPS[tokengate-jwt-new-rs256]}" "${RPS[tokengate-hit]}")×."
     echo "- tokengate-dpop vs tokengate-hit (cache hit + a new ES256 DPoP proof per request: signature, htm/htu/iat/ath, cnf.jkt, replay cache): $(ratio "${RPS[tokengate-dpop]}" "${RPS[tokengate-hit]}")×."
     echo "- miss rows: \"vs nginx\" is against nginx-auth-request (auth_request + njs introspection with $NJS_CALL, no cache)$( ((NJS)) || echo ": not run, $NJS_WHY")."
     if [[ -n ${RPS[nginx-auth-request-lite]:-} ]]; then
