@@ -25,8 +25,9 @@
 //!      type; RFC 9701 signed answers), `answer` (the compact cached form the policy reads; a
 //!      bounded interner), `discovery` (RFC 8414 / OIDC discovery of the endpoint and the
 //!      `jwks_uri`, with background refresh), `jwt` (`[jwt]`: which token is checked locally,
-//!      the RFC 9068 check, the RFC 9701 answer check), `jwks` (the issuer's keys: cached,
-//!      refreshed, refetched on an unknown `kid` at most once per interval).
+//!      the RFC 9068 check, the RFC 9701 answer check, the cheap `iss` peek), `jwks` (the
+//!      issuer's keys, parsed once per fetch: cached, refreshed, refetched on an unknown `kid`
+//!      at most once per interval).
 //!    - [`cache`]: `TokenCache` (moka keyed by SHA-256(token); fresh for ≤ min(max_ttl, `exp`),
 //!      then revalidated; served stale (`stale_if_error`, never past `exp`) while the AS fails;
 //!      negative cache) in `cache/mod.rs`: **the cache lookup**; `l1` (the entry and its
@@ -51,8 +52,9 @@
 //! 5. `app/`: [`App`], the composition root: builds every subsystem from `Settings` and wires
 //!    them (the fleet layer behind the cache, the breaker's readiness check, the reload handle);
 //!    `issuers` (several authorization servers: an `Issuer` owns its introspection client,
-//!    breaker, probe/discovery, metrics and cache partition (`Issuer::cache_key`); the route
-//!    (`[[routes]] issuer`) or the default (`[introspection]`) picks it, never "try each AS").
+//!    breaker, probe/discovery, metrics, JWT verifier and keys, and cache partition
+//!    (`Issuer::cache_key`); the route (`[[routes]] issuer(s)`) or the default
+//!    (`[introspection]`) admits it, a JWT picks among several by `iss`, never "try each AS").
 //! 6. `pipeline/`, one file per stage of the diagram below: `mod.rs` (`handle`: one request,
 //!    the mode switch, the access line), `access` (what the access line records), `proxy`
 //!    (proxy mode: request checks, then authorize, then the upstream call), `authorize` (route →
@@ -89,10 +91,12 @@
 //!                                      or a lower-case standard method → 400
 //!    └─ token::extract_with_scheme     header (Bearer; DPoP with dpop.enabled) / query / cookie;
 //!                                      none → 401, malformed or two → 400
-//!    └─ app::issuers::Issuers::get     the route's issuer (or the default): its cache key, its AS
+//!    └─ app::issuers::Issuers::pick    the route's issuer (or the default); several: a JWT's
+//!                                      unverified iss picks one (at+jwt naming none → 401, no AS
+//!                                      call), else the first: its cache key, its keys, its AS
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (cache::flight) →
 //!                                      (introspection::answer::Answer: the cached form the policy reads)
-//!         └─ introspection::jwt::JwtVerifier::classify  ([jwt] enabled) our at+jwt → local check
+//!         └─ introspection::jwt::JwtVerifier::classify  (the issuer's jwt enabled) its at+jwt → local check
 //!              (introspection::jwks: kid → key; signature, iss, exp, nbf, iat) instead of the AS
 //!              call (hybrid, jwt.introspect: and then the AS call); refused (bad signature, wrong
 //!              typ, foreign at+jwt) → inactive, no AS call; JWKS unknowable → 503; other tokens ↓
