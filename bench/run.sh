@@ -416,6 +416,7 @@ t0=$(date +%s%N)
 "$TOOLS" jwt-tokens RS256 "rs-probe-$RUN_ID" 400 "$TMP/rs-probe"
 RS_NS=$(($(date +%s%N) - t0)); rm -f "$TMP/rs-probe"
 RS_SECS=$(awk -v n=400 -v ns="$RS_NS" -v r="${RPS[tokengate-hit]}" -v c="$CONNS" -v d="$DURATION" 'BEGIN {
+    if (r <= 0) { print d; exit }
     rate = n / (ns / 1e9); s = int((rate * 90 - 2 * (10 * c + 1000)) / (2 * r)) - 1
     if (s > d) s = d; if (s < 1) s = 1; print s }')
 say "signing $(lines_for 1) + $(lines_for "$RS_SECS") JWTs (RS256; row ${RS_SECS}s)"

