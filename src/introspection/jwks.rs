@@ -477,6 +477,45 @@ mod tests {
         assert!(parse_jwks(b"[]").is_err());
     }
 
+    /// Each key type is parsed once into the verifier of every algorithm it
+    /// fits (an RSA key: six), and verifies exactly those signatures.
+    #[test]
+    fn parsed_keys_verify_their_own_algorithms_only() {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _, RsaKeyPair};
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let msg = b"header.payload";
+        let ed = Ed25519KeyPair::generate().unwrap();
+        let doc = format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"{}"}}]}}"#,
+            b64(ed.public_key().as_ref())
+        );
+        let keys = parse_jwks(doc.as_bytes()).unwrap();
+        let sig = ed.sign(msg);
+        assert!(keys[0].verify(Algorithm::EdDSA, msg, sig.as_ref()));
+        assert!(!keys[0].verify(Algorithm::EdDSA, b"header.other", sig.as_ref()));
+        assert!(!keys[0].verify(Algorithm::ES256, msg, sig.as_ref()));
+
+        let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let c = aws_lc_rs::rsa::PublicKeyComponents::<Vec<u8>>::from(rsa.public_key());
+        let doc = format!(
+            r#"{{"keys":[{{"kty":"RSA","kid":"rs","n":"{}","e":"{}"}}]}}"#,
+            b64(&c.n),
+            b64(&c.e)
+        );
+        let keys = parse_jwks(doc.as_bytes()).unwrap();
+        let rng = SystemRandom::new();
+        let mut sig = vec![0; rsa.public_modulus_len()];
+        use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RSA_PSS_SHA256};
+        rsa.sign(&RSA_PSS_SHA256, &rng, msg, &mut sig).unwrap();
+        assert!(keys[0].verify(Algorithm::PS256, msg, &sig));
+        assert!(!keys[0].verify(Algorithm::RS256, msg, &sig));
+        rsa.sign(&RSA_PKCS1_SHA256, &rng, msg, &mut sig).unwrap();
+        assert!(keys[0].verify(Algorithm::RS256, msg, &sig));
+        assert!(!keys[0].verify(Algorithm::RS384, msg, &sig));
+        assert!(!keys[0].verify(Algorithm::ES256, msg, &sig));
+    }
+
     #[tokio::test]
     async fn unknown_kid_refetches_at_most_once_per_interval() {
         let clock = Arc::new(ManualClock::default());
