@@ -53,6 +53,9 @@ pub(super) async fn authorize(
                 // `validate` and reload refuse a route naming an issuer that
                 // does not run; should one slip through, fail closed (503).
                 .ok_or(IntrospectError::NoEndpoint)?;
+            crate::ops::otel::record_request(|s| {
+                s.record("tokengate.issuer", &*issuer.name);
+            });
             // The issuer's partition of the cache: its answer only.
             let key = issuer.cache_key(&token_hash);
 
@@ -106,6 +109,7 @@ pub(super) async fn authorize(
             Some((principal, introspection.exp, bound))
         }
     };
+    info.authorized = true;
     Ok(match principal {
         Some((p, exp, bound)) => (Some(p), exp, Some(bound)),
         None => (None, None, None),
