@@ -63,44 +63,62 @@ pub enum Call {
 pub fn child(call: Call) -> Option<Span> {
     REQUEST
         .try_with(|t| {
-            dispatcher::with_default(&t.dispatch, || match call {
-                Call::Introspection => tracing::info_span!(
-                    target: TARGET,
-                    "introspection",
-                    otel.kind = "client",
-                    http.response.status_code = Empty,
-                    "error.type" = Empty,
-                    otel.status_code = Empty,
-                ),
-                Call::Jwks => tracing::info_span!(
-                    target: TARGET,
-                    "jwks fetch",
-                    otel.kind = "client",
-                    http.response.status_code = Empty,
-                    "error.type" = Empty,
-                    otel.status_code = Empty,
-                ),
-                Call::Redis(op) => tracing::info_span!(
-                    target: TARGET,
-                    "redis",
-                    otel.name = format!("redis {op}").as_str(),
-                    otel.kind = "client",
-                    db.system.name = "redis",
-                    db.operation.name = op,
-                    "error.type" = Empty,
-                    otel.status_code = Empty,
-                ),
-                Call::Upstream => tracing::info_span!(
-                    target: TARGET,
-                    "upstream",
-                    otel.kind = "client",
-                    http.response.status_code = Empty,
-                    "error.type" = Empty,
-                    otel.status_code = Empty,
-                ),
+            dispatcher::with_default(&t.dispatch, || {
+                // The parent is linked on the OpenTelemetry side only: a
+                // span with a registry parent hands that parent back, when it
+                // closes, to the *default* dispatcher (the log subscriber's),
+                // so ours would never see the parent close or export it.
+                let parent = Span::current().context();
+                let span = make(call);
+                let _ = span.set_parent(parent);
+                span
             })
         })
         .ok()
+}
+
+/// The span for `call` (a root in the registry; see [`child`]).
+fn make(call: Call) -> Span {
+    match call {
+        Call::Introspection => tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "introspection",
+            otel.kind = "client",
+            http.response.status_code = Empty,
+            "error.type" = Empty,
+            otel.status_code = Empty,
+        ),
+        Call::Jwks => tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "jwks fetch",
+            otel.kind = "client",
+            http.response.status_code = Empty,
+            "error.type" = Empty,
+            otel.status_code = Empty,
+        ),
+        Call::Redis(op) => tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "redis",
+            otel.name = format!("redis {op}").as_str(),
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = op,
+            "error.type" = Empty,
+            otel.status_code = Empty,
+        ),
+        Call::Upstream => tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "upstream",
+            otel.kind = "client",
+            http.response.status_code = Empty,
+            "error.type" = Empty,
+            otel.status_code = Empty,
+        ),
+    }
 }
 
 /// Runs `fut` inside `span` if there is one.

@@ -54,6 +54,7 @@ mod logs;
 mod memory;
 mod metrics;
 mod oidc;
+mod otlp;
 mod programs;
 mod raw;
 mod redis_server;
@@ -78,6 +79,8 @@ pub use memory::*;
 pub use metrics::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use oidc::*;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use otlp::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use programs::*;
 #[allow(unused_imports)] // each test binary uses a different part

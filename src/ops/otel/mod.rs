@@ -118,7 +118,10 @@ impl Otel {
             .with_location(false)
             .with_threads(false)
             .with_level(false)
-            .with_tracked_inactivity(false);
+            .with_tracked_inactivity(false)
+            // Nothing here reads OpenTelemetry's "current context": the
+            // propagation helpers ask the span itself. No attach per poll.
+            .with_context_activation(false);
         // Only our spans: with this filter the subscriber declines every other
         // callsite, so its presence does not turn on `debug!`s elsewhere.
         let only_ours =
