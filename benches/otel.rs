@@ -31,15 +31,16 @@ async fn serve(body: &'static str) -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    Ok::<_, Infallible>(
-                        http::Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from_static(body.as_bytes())))
-                            .expect("response"),
-                    )
-                });
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<Incoming>| async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                                .expect("response"),
+                        )
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -61,7 +62,9 @@ impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::Tra
             opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
         >,
     ) -> Result<
-        tonic::Response<opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse>,
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
         tonic::Status,
     > {
         let n: usize = request

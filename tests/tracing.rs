@@ -298,3 +298,163 @@ async fn redis_calls_of_the_fleet_cache_are_child_spans() {
     }
     assert_no_secret(&spans);
 }
+
+#[tokio::test]
+async fn an_ext_authz_check_is_traced_under_the_original_requests_traceparent() {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    use tokio::net::TcpListener;
+
+    let sink = OtlpSink::start().await;
+    let auth = wiremock::MockServer::start().await;
+    introspection_of(TOKEN)
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({
+            "active": true, "sub": "alice", "client_id": "app", "exp": 4102444800_i64,
+        })))
+        .expect(1)
+        .mount(&auth)
+        .await;
+    let mut raw = base_config(&auth, "http://127.0.0.1:9");
+    raw.tracing.otlp_endpoint = Some(sink.endpoint());
+    tokengate::install_crypto_provider();
+    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc = grpc_listener.local_addr().unwrap();
+    let app = tokengate::App::new(raw.validate().unwrap()).with_ext_authz_listener(grpc_listener);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(tokengate::run(app, listener, async move {
+        let _ = stopped.await;
+    }));
+
+    let headers = [
+        ("authorization", format!("Bearer {TOKEN}")),
+        ("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let check = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: format!("/api/items?q={QUERY_SECRET}"),
+                    host: "api.example".into(),
+                    scheme: "https".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let answer = AuthorizationClient::new(channel)
+        .check(check)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.status.map(|s| s.code), Some(0), "allowed");
+    let _ = stop.send(());
+    task.await.unwrap();
+
+    let spans = sink.spans();
+    let request = one(&spans, "tokengate ext_authz");
+    assert_eq!(request.trace_id, CLIENT_TRACE);
+    assert_eq!(request.parent_span_id, CLIENT_SPAN);
+    assert_eq!(request.attr("url.path"), Some("/api/items"));
+    assert_eq!(request.attr("tokengate.decision"), Some("allow"));
+    assert_eq!(request.attr("http.response.status_code"), Some("200"));
+    assert_eq!(one(&spans, "introspection").parent_span_id, request.span_id);
+    assert_no_secret(&spans);
+}
+
+#[tokio::test]
+async fn a_jwks_fetch_made_for_a_request_is_its_child_span() {
+    use base64::Engine as _;
+    let sink = OtlpSink::start().await;
+    let jwks_server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::path("/jwks"))
+        .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"keys": []})))
+        .mount(&jwks_server)
+        .await;
+    let issuer = "https://issuer.example";
+    let mut env = Env::start_with(|raw| {
+        traced(&sink)(raw);
+        raw.jwt.enabled = true;
+        raw.jwt.issuer = issuer.into();
+        raw.jwt.jwks_url = format!("{}/jwks", jwks_server.uri());
+    })
+    .await;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let jwt_for = |sub: &str| {
+        format!(
+            "{}.{}.{}",
+            b64(json!({"alg": "ES256", "typ": "at+jwt", "kid": "unknown-kid"})),
+            b64(json!({"iss": issuer, "sub": sub, "exp": 4102444800_i64, "aud": "api"})),
+            "c2lnbmF0dXJl"
+        )
+    };
+    // Two tokens: a refused one is negative-cached.
+    let (first, jwt) = (jwt_for("alice"), jwt_for("bob"));
+    // The start-up fetch (background, untraced) has begun once the server
+    // saw it; it holds the fetch lock until done. A first request for the
+    // unknown kid then waits for it (no refetch: the set was just fetched),
+    // so once it is answered, the start-up fetch is over.
+    for _ in 0..20_000 {
+        if !jwks_server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .is_empty()
+        {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(env.get("/api", &first).await.status, 401);
+    // Past the refetch interval, the unknown kid refetches on the request's behalf.
+    env.advance(std::time::Duration::from_secs(3600));
+    let r = env.get("/api", &jwt).await;
+    assert_eq!(r.status, 401, "no key for that kid: {}", r.text());
+    stop(&mut env).await;
+
+    let spans = sink.spans();
+    let fetch = one(&spans, "jwks fetch");
+    let request = spans
+        .iter()
+        .find(|s| s.name == "tokengate proxy" && s.trace_id == fetch.trace_id)
+        .expect("the fetch is in a request's trace");
+    assert_eq!(fetch.trace_id, request.trace_id);
+    assert_eq!(fetch.parent_span_id, request.span_id);
+    assert_eq!(fetch.attr("http.response.status_code"), Some("200"));
+    let fetches = jwks_server.received_requests().await.unwrap();
+    assert_eq!(fetches.len(), 2, "start-up fetch, then the request's");
+    assert!(fetches[0].headers.get("traceparent").is_none());
+    let (trace, parent, _) = parse_traceparent(
+        fetches[1]
+            .headers
+            .get("traceparent")
+            .expect("the request's JWKS fetch carries its traceparent")
+            .to_str()
+            .unwrap(),
+    );
+    assert_eq!(
+        (trace, parent),
+        (request.trace_id.clone(), fetch.span_id.clone())
+    );
+    for s in &spans {
+        assert!(
+            !s.all_text().contains(&jwt[..40]),
+            "the JWT leaked into {s:#?}"
+        );
+    }
+}
