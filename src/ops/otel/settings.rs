@@ -386,8 +386,10 @@ mod tests {
     #[test]
     fn off_by_default_and_on_with_an_endpoint() {
         assert_eq!(RawTracing::default().settings().unwrap(), None);
-        let mut r = RawTracing::default();
-        r.otlp_endpoint = Some("http://collector:4317".into());
+        let r = RawTracing {
+            otlp_endpoint: Some("http://collector:4317".into()),
+            ..RawTracing::default()
+        };
         let s = r.settings().unwrap().unwrap();
         assert_eq!(s.endpoint, "http://collector:4317");
         assert_eq!(s.service_name, "tokengate");
@@ -498,14 +500,18 @@ mod tests {
                 "tracing.export_timeout",
             ]
         );
-        let mut r = RawTracing::default();
-        r.otlp_endpoint = Some("http://collector:4317/v1/traces".into());
-        r.sample_ratio = Some(1.5);
+        let r = RawTracing {
+            otlp_endpoint: Some("http://collector:4317/v1/traces".into()),
+            sample_ratio: Some(1.5),
+            ..RawTracing::default()
+        };
         let problems = r.settings().unwrap_err();
         assert_eq!(problems.len(), 2);
         // A URL with a password is refused without echoing it.
-        let mut r = RawTracing::default();
-        r.otlp_endpoint = Some("http://user:hunter2@collector:4317".into());
+        let r = RawTracing {
+            otlp_endpoint: Some("http://user:hunter2@collector:4317".into()),
+            ..RawTracing::default()
+        };
         let problems = r.settings().unwrap_err();
         assert!(!problems[0].1.contains("hunter2"), "{problems:?}");
     }
