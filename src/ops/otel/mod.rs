@@ -3,9 +3,9 @@
 //! over OTLP/gRPC, and W3C `traceparent`/`tracestate` propagation.
 //!
 //! Off by default, and then free: the App holds no [`Otel`], `pipeline`
-//! creates no span, and the helpers below ([`child`], [`inject`],
-//! [`record_request`]) find no traced request in the task-local and return at
-//! once (one thread-local read).
+//! creates no span, and the helpers the calls use (`crate::http::trace`:
+//! `child`, `inject`, `record_request`) find no traced request in the
+//! task-local and return at once (one thread-local read).
 //!
 //! Spans are `tracing` spans turned into OpenTelemetry spans by
 //! `tracing-opentelemetry`, but in a subscriber of their own (a `Dispatch`
@@ -13,8 +13,8 @@
 //! or tracks them (no per-span cost on the log side), nothing else in the
 //! process is exported, and two gates in one process (the tests) each export
 //! to their own collector. The request's `Dispatch` and span travel with the
-//! request future in a tokio task-local ([`Otel::run`]); the request path
-//! spawns no task, so every call it makes sees them.
+//! request future in a tokio task-local ([`Otel::run`], `http::trace::scope`);
+//! the request path spawns no task, so every call it makes sees them.
 //!
 //! What is recorded is listed in docs/tracing.md; never a token (the request
 //! span has the path without its query, which can carry `access_token`).
