@@ -11,7 +11,9 @@
 //!    - `http/`: the `Body` type; `headers` (`Connection` tokens); `limits` (header
 //!      size, connection count, body size, idle timeout); `tls` (termination with a reloadable
 //!      certificate and verified client certificates, outbound roots and the AS client certificate); `client` (the pooled
-//!      hyper-util + rustls clients for the AS and the upstream; the unix connector).
+//!      hyper-util + rustls clients for the AS and the upstream; the unix connector); `trace`
+//!      (`[tracing]`: the traced request's task-local context, child spans for the calls a request
+//!      makes, W3C `traceparent` on outgoing requests; nothing when tracing is off).
 //!    - `resilience/`: `breaker` (circuit breaker in front of the AS: closed → open → half-open
 //!      probe); [`clock`] (wall clock behind a trait, so expiry is testable without sleeping).
 //!    - `secret.rs`: a string that is never printed ([`config::Secret`]).
@@ -46,7 +48,9 @@
 //!      `upgrade` (WebSocket tunnels: only `upgrade_protocols`, never h2c; closed at `exp`,
 //!      idle timeout, shutdown).
 //! 3. `ops/`: `metrics` (Prometheus), `readiness` (`/readyz`'s checks), `logfmt` (the log
-//!    line's timestamp and field formatter).
+//!    line's timestamp and field formatter), `otel` (`[tracing]`: OpenTelemetry set-up, the OTLP
+//!    exporter, the request span in a subscriber of its own; `otel/settings`: the section and the
+//!    `OTEL_*` variables).
 //! 4. [`config`]: figment (defaults → TOML → `TOKENGATE_*` env) → `RawConfig` → `validate()` →
 //!    `Settings`; [`reload`] (SIGHUP: `ArcSwap<Settings>` swap, cache TTLs, log format).
 //! 5. `app/`: [`App`], the composition root: builds every subsystem from `Settings` and wires
@@ -56,7 +60,8 @@
 //!    (`Issuer::cache_key`); the route (`[[routes]] issuer(s)`) or the default
 //!    (`[introspection]`) admits it, a JWT picks among several by `iss`, never "try each AS").
 //! 6. `pipeline/`, one file per stage of the diagram below: `mod.rs` (`handle`: one request,
-//!    the mode switch, the access line), `access` (what the access line records), `proxy`
+//!    the mode switch, the access line), `access` (what the access line records), `traced` (the
+//!    request span: made before, filled from the access line's facts after), `proxy`
 //!    (proxy mode: request checks, then authorize, then the upstream call), `authorize` (route →
 //!    token → **cache lookup** (local JWT check or the route's issuer) → policy → binding,
 //!    shared by both modes), `forward_auth` (forward-auth
@@ -67,7 +72,7 @@
 //!    enum for every failure; the one exhaustive status/challenge mapping; JSON and gRPC
 //!    rejections).
 //! 7. `listen/` (`mod.rs`: [`run`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN),
-//!    graceful drain, the start-up probe of the introspection endpoint; `ext_authz`
+//!    graceful drain (then the flush of the queued spans, `[tracing]`), the start-up probe of the introspection endpoint; `ext_authz`
 //!    (`[ext_authz] listen`: the tonic gRPC server for `envoy.service.auth.v3.Authorization/Check`,
 //!    h2c or TLS, drained with the proxy port) and `grpc_health` (`grpc.health.v1`, following
 //!    readiness)) and `admin.rs` (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).
@@ -76,7 +81,9 @@
 //! ```text
 //! listen::run ── limits (connection slot, first bytes) ── accept ── [TLS: client certificate
 //!   verified against tls.client_ca_file, its SHA-256 kept in the connection's Peer] ── pipeline::handle
-//!                                                  (one `Settings` snapshot per request)
+//!                                                  (one `Settings` snapshot per request;
+//!                                                  [tracing] on: inside the request span,
+//!                                                  pipeline::traced, parent = traceparent)
 //!  pipeline::proxy (proxy mode; forward-auth mode: pipeline::forward_auth, see below):
 //!    (hyper: request head over limits.max_header_bytes → 431; CONNECT → 405)
 //!    └─ http::limits::declared_too_large  Content-Length over limits.max_body_bytes → 413
@@ -116,6 +123,7 @@
 //!  pipeline::proxy, again:
 //!    └─ upstream::upgrade::requested   Upgrade → only allowed protocols (never h2c), else stripped
 //!    └─ upstream::forward::rewrite_request_headers (+ identity.binding_header) + Forwarder::send
+//!                                      ([tracing] on: `upstream` span, its traceparent injected)
 //!                                      → upstream, body streamed both ways
 //!                                      (request body counted by http::limits::LimitedBody → 413;
 //!                                      a 101 not naming an offered protocol → 502, dropped)
@@ -124,7 +132,8 @@
 //!  pipeline::handle, again:
 //!    └─ pipeline::reject::ProxyError::rejection   any failure → status + WWW-Authenticate + JSON
 //!                                      (gRPC request → grpc-status, reject::grpc_rejection_response)
-//!    └─ ops::metrics::Metrics::observe_request  + one access log line
+//!    └─ ops::metrics::Metrics::observe_request  + one access log line (+ the request span's
+//!                                      route, decision, cache, status: pipeline::traced::finish)
 //! admin::serve (own listener): /healthz, /readyz, /metrics, POST /purge →
 //!    cache::TokenCache::invalidate (→ fleet: L2 DEL + PUBLISH on tokengate:purge).
 //! reload (SIGHUP in main): ReloadHandle::reload_from → validate → ArcSwap<Settings> swap.

@@ -57,6 +57,9 @@ pub struct App {
     /// Set once a start-up probe of the introspection endpoint has succeeded
     /// (`introspection.probe`; see [`probe_introspection`]).
     pub(crate) probe_ok: Arc<std::sync::atomic::AtomicBool>,
+    /// `[tracing]`: the OpenTelemetry tracer; `None` (the default) when off,
+    /// and then the request path makes no span at all.
+    pub(crate) otel: Option<crate::ops::otel::Otel>,
 }
 
 impl App {
@@ -150,6 +153,7 @@ impl App {
                 &settings.upstream_tls,
             ),
             clock,
+            otel: start_tracing(&settings),
             settings: Arc::new(ArcSwap::from_pointee(settings)),
             metrics,
             readiness,
@@ -278,4 +282,17 @@ fn attach_fleet(cache: TokenCache, settings: &Settings, clock: Arc<dyn Clock>) -
             cache
         }
     }
+}
+
+/// `[tracing]`: the tracer, if tracing is on. An exporter that cannot be
+/// built (no runtime) is logged and the gate runs untraced: traces are for
+/// the operator, and a gate that refused traffic for want of them would be
+/// worse than one without them.
+fn start_tracing(settings: &Settings) -> Option<crate::ops::otel::Otel> {
+    let tracing = settings.tracing.as_ref()?;
+    crate::ops::otel::Otel::start(tracing)
+        .inspect_err(
+            |e| error!(error = %e, "cannot start OpenTelemetry tracing; running without it"),
+        )
+        .ok()
 }

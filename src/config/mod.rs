@@ -88,6 +88,8 @@ pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
         .map_err(|e| ConfigError::Load(Box::new(e)))?;
     prefer_env_secret(&mut raw);
     prefer_env_issuer_secrets(&mut raw);
+    // `[tracing]` falls back to the standard OpenTelemetry variables.
+    raw.tracing.env = crate::ops::otel::OtelEnv::from_process();
     Ok(raw)
 }
 

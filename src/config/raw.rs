@@ -95,6 +95,8 @@ pub struct RawConfig {
     pub issuers: std::collections::BTreeMap<String, RawIssuer>,
     pub dpop: RawDpop,
     pub ext_authz: RawExtAuthz,
+    /// `[tracing]`: OpenTelemetry traces over OTLP (with the `OTEL_*` variables).
+    pub tracing: crate::ops::otel::RawTracing,
     /// Things `load` decided that the operator should hear about (e.g. which
     /// of two secret sources is used); logged at INFO once logging is up.
     #[serde(skip)]
@@ -434,6 +436,7 @@ impl Default for RawConfig {
             issuers: Default::default(),
             dpop: RawDpop::default(),
             ext_authz: RawExtAuthz::default(),
+            tracing: crate::ops::otel::RawTracing::default(),
             notices: Vec::new(),
         }
     }

@@ -36,7 +36,8 @@
 //!   whose routes name an issuer that is not running is refused whole, since
 //!   its routes would have no AS to ask),
 //!   `dpop.replay_cache_entries` (the replay cache is sized at start),
-//!   `[ext_authz]` (the gRPC listener is bound once).
+//!   `[ext_authz]` (the gRPC listener is bound once), `[tracing]` and the
+//!   `OTEL_*` variables (the exporter is built once at start).
 
 use crate::cache::CacheTtls;
 use crate::config::{ConfigError, LogFormat, Settings};
@@ -266,6 +267,8 @@ fn keep_restart_only(old: &Settings, new: &mut Settings) -> Vec<&'static str> {
     keep!("admin.listen", admin.listen);
     // The gRPC listener is bound once, like the others.
     keep!("ext_authz", ext_authz);
+    // The exporter and its batch thread are built once, at start.
+    keep!("tracing", tracing);
     keep!("upstream", upstream, |a, b| a.scheme == b.scheme
         && a.authority == b.authority
         && a.base_path == b.base_path

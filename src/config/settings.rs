@@ -62,6 +62,8 @@ pub struct Settings {
     pub dpop: crate::policy::binding::dpop::DpopSettings,
     /// `[ext_authz]`.
     pub ext_authz: ExtAuthzSettings,
+    /// `[tracing]` (with the `OTEL_*` variables); `None`: tracing off.
+    pub tracing: Option<crate::ops::otel::TracingSettings>,
 }
 
 /// `[forwarding]`, validated.

@@ -151,6 +151,15 @@ impl RawConfig {
             }
         };
         let ext_authz = self.ext_authz_settings(listen, admin.as_ref(), &mut errors);
+        let tracing = match self.tracing.settings() {
+            Ok(tracing) => tracing,
+            Err(problems) => {
+                for (key, message) in problems {
+                    errors.push(ConfigError::invalid(key, message));
+                }
+                None
+            }
+        };
 
         errors.into_result()?;
         // No error was reported, so every part above was built.
@@ -249,6 +258,7 @@ impl RawConfig {
             issuers,
             dpop,
             ext_authz,
+            tracing,
         })
     }
 

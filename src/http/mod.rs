@@ -6,6 +6,8 @@
 //!   the AS client certificate (mTLS).
 //! - [`client`]: the pooled hyper-util + rustls clients for the AS and the upstream; the
 //!   unix connector.
+//! - [`trace`]: the traced request's context (`[tracing]`): child spans for the calls a
+//!   request makes, W3C `traceparent` on outgoing requests; free when tracing is off.
 //! - [`Body`]: the response body every stage answers with.
 //! - [`peer_in`]: whether a peer address is in a `trusted_proxies` list.
 
@@ -13,6 +15,7 @@ pub mod client;
 pub mod headers;
 pub mod limits;
 pub mod tls;
+pub mod trace;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;

@@ -460,6 +460,8 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
     fn call(&'c self, request: oauth2::HttpRequest) -> Self::Future {
         Box::pin(async move {
             let (mut parts, body) = request.into_parts();
+            // `[tracing]`: the introspection span's `traceparent` for the AS.
+            crate::http::trace::inject(&mut parts.headers);
             if self.signed.is_some() {
                 parts.headers.insert(
                     http::header::ACCEPT,
@@ -692,11 +694,18 @@ impl Introspector {
             .introspect(&token)
             .map_err(|_| IntrospectError::NoEndpoint)?
             .set_token_type_hint("access_token");
-        let result = match tokio::time::timeout(self.timeout, request.request_async(&http)).await {
+        let span = crate::http::trace::child(crate::http::trace::Call::Introspection);
+        let call = tokio::time::timeout(self.timeout, request.request_async(&http));
+        let result = match crate::http::trace::within(span.as_ref(), call).await {
             Err(_) => Err(IntrospectError::Timeout(self.timeout)),
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(map_oauth_error(e)),
         };
+        crate::http::trace::record_outcome(
+            span.as_ref(),
+            result.is_ok().then_some(200),
+            result.as_ref().err().map(IntrospectError::kind),
+        );
         if matches!(result, Err(IntrospectError::Status(404))) {
             if self.not_found_streak.fetch_add(1, Ordering::Relaxed) + 1 >= REDISCOVER_AFTER_404S {
                 self.not_found_streak.store(0, Ordering::Relaxed);

@@ -397,13 +397,19 @@ impl Jwks {
                     .map_err(|e| e.to_string())?
             }
         };
-        let req = http::Request::get(url.as_str())
+        // `[tracing]`: a fetch made for a request (an unknown `kid`) is a
+        // child of it and carries its `traceparent`; background refreshes are not traced.
+        let span = crate::http::trace::child(crate::http::trace::Call::Jwks);
+        let mut req = http::Request::get(url.as_str())
             .header(
                 http::header::ACCEPT,
                 "application/jwk-set+json, application/json",
             )
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
+        if let Some(span) = &span {
+            crate::http::trace::inject_span(span, req.headers_mut());
+        }
         let call = async {
             let resp = self
                 .http
@@ -420,9 +426,17 @@ impl Jwks {
                 .to_bytes();
             parse_jwks(&body).map_err(|e| format!("{url}: {e}"))
         };
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .map_err(|_| format!("{url}: timed out after {:?}", self.timeout))?
+        let fetched =
+            crate::http::trace::within(span.as_ref(), tokio::time::timeout(self.timeout, call))
+                .await
+                .map_err(|_| format!("{url}: timed out after {:?}", self.timeout))
+                .and_then(|r| r);
+        crate::http::trace::record_outcome(
+            span.as_ref(),
+            fetched.is_ok().then_some(200),
+            fetched.is_err().then_some("fetch_failed"),
+        );
+        fetched
     }
 
     /// Background refresh every `interval` (the first fetch happens at once).

@@ -32,6 +32,7 @@ use tracing::{debug, info, warn};
 pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let admin_listener = app.admin_listener.take();
     let ext_authz_listener = app.ext_authz_listener.take();
+    let otel = app.otel.clone();
     let app = Arc::new(app);
     let mut background = Background::start(&app, admin_listener);
     background.start_ext_authz(&app, ext_authz_listener);
@@ -39,6 +40,10 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     let mut listener = Listener::new(app, listener);
     listener.run(shutdown).await;
     listener.drain(background).await;
+    // After the drain, so that the last requests' spans are in the batch.
+    if let Some(otel) = otel {
+        otel.shutdown().await;
+    }
 }
 
 /// The tasks that run beside the listener for as long as it runs.

@@ -17,4 +17,7 @@ pub(super) struct AccessInfo {
     /// How the token was bound (set by `authorize` once the binding check
     /// passed; `None` on a public route): the value of `identity.binding_header`.
     pub(super) binding: Option<crate::policy::binding::Binding>,
+    /// The authorization stage let the request through (a public route, or a
+    /// token that passed); read by the request span's `tokengate.decision`.
+    pub(super) authorized: bool,
 }

@@ -67,6 +67,9 @@ pub(super) async fn authorize(
                 // does not run; should one slip through, fail closed (503).
                 Err(Picked::NotRunning) => return Err(IntrospectError::NoEndpoint.into()),
             };
+            crate::ops::otel::record_request(|s| {
+                s.record("tokengate.issuer", &*issuer.name);
+            });
             // The issuer's partition of the cache: its answer only.
             let key = issuer.cache_key(&token_hash);
 
@@ -120,6 +123,7 @@ pub(super) async fn authorize(
             Some((principal, introspection.exp, bound))
         }
     };
+    info.authorized = true;
     Ok(match principal {
         Some((p, exp, bound)) => (Some(p), exp, Some(bound)),
         None => (None, None, None),

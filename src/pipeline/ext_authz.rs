@@ -40,6 +40,24 @@ pub(crate) use super::reject::CheckRequestError;
 /// its own `status`), and writes the access line and the metrics like an HTTP
 /// request does.
 pub(crate) async fn check(app: &App, req: CheckRequest) -> CheckResponse {
+    let Some(otel) = &app.otel else {
+        return answer(app, req).await;
+    };
+    // The original request's `traceparent` (Envoy passes the client's
+    // headers, with its own span's when Envoy traces too) is the parent.
+    let headers = req
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .map(|h| &h.headers);
+    let span = otel.request_span(crate::ops::otel::Entry::ExtAuthz, |name| {
+        headers.and_then(|h| h.get(name)).map(String::as_str)
+    });
+    otel.run(span, answer(app, req)).await
+}
+
+async fn answer(app: &App, req: CheckRequest) -> CheckResponse {
     let started = crate::resilience::clock::stopwatch();
     let mut info = AccessInfo::default();
     let settings = app.settings.load_full();

@@ -9,6 +9,7 @@ mod forward_auth;
 pub mod front_proxy;
 mod proxy;
 pub mod reject;
+mod traced;
 
 use access::AccessInfo;
 
@@ -28,8 +29,24 @@ use tracing::{debug, info, warn};
 
 /// Outer handler: runs the request path, turns any error into a response,
 /// and writes exactly one access log line. `slot` is the connection's
-/// `limits.max_connections` permit, for an upgrade to take over.
+/// `limits.max_connections` permit, for an upgrade to take over. With
+/// `[tracing]` on, all of it runs inside the request span.
 pub async fn handle(
+    app: &App,
+    req: Request<Incoming>,
+    peer: &Peer,
+    slot: &ConnectionSlot,
+) -> Response<Body> {
+    match &app.otel {
+        None => respond(app, req, peer, slot).await,
+        Some(otel) => {
+            let span = traced::request_span(otel, app, &req);
+            otel.run(span, respond(app, req, peer, slot)).await
+        }
+    }
+}
+
+async fn respond(
     app: &App,
     req: Request<Incoming>,
     peer: &Peer,
@@ -94,6 +111,7 @@ fn record(
     if settings.log_access {
         access_line(method, path, status, &info, elapsed);
     }
+    traced::finish(method, path, status, &info);
     app.metrics.observe_request(info.route, status, elapsed);
 }
 

@@ -9,6 +9,7 @@ use super::reject::ProxyError;
 use crate::app::App;
 use crate::config::Settings;
 use crate::http::limits::{self, ConnectionSlot, LimitedBody};
+use crate::http::trace as otel;
 use crate::http::Body;
 use crate::token;
 use crate::upstream::forward::{self, ForwardError, Hop, Peer};
@@ -126,12 +127,24 @@ pub(super) async fn authorize_and_forward(
         req.headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // `[tracing]`: the upstream call's span; the upstream gets its
+    // `traceparent` (without tracing, the client's passes unchanged).
+    let span = otel::child(otel::Call::Upstream);
+    if let Some(span) = &span {
+        otel::inject_span(span, req.headers_mut());
+    }
     let (req, tripped) = {
         let (parts, body) = req.into_parts();
         let (body, tripped) = LimitedBody::new(body, settings.limits.max_body_bytes);
         (Request::from_parts(parts, body), tripped)
     };
-    let mut resp = match app.forwarder.send(req).await {
+    let sent = otel::within(span.as_ref(), app.forwarder.send(req)).await;
+    otel::record_outcome(
+        span.as_ref(),
+        sent.as_ref().ok().map(|r| r.status().as_u16()),
+        sent.as_ref().err().map(upstream_error_kind),
+    );
+    let mut resp = match sent {
         Ok(resp) => resp,
         // The upstream call failed because we cut the body off.
         Err(_) if tripped.is_set() => return Err(ProxyError::BodyTooLarge),
@@ -151,6 +164,18 @@ pub(super) async fn authorize_and_forward(
         app.tunnels.spawn(client, upstream, limits, slot.take());
     }
     Ok(resp.map(BodyExt::boxed))
+}
+
+/// The upstream span's `error.type`.
+fn upstream_error_kind(e: &ForwardError) -> &'static str {
+    match e {
+        ForwardError::Connect(_) => "connect",
+        ForwardError::Timeout(_) => "timeout",
+        ForwardError::Failed(_) => "failed",
+        ForwardError::BadTarget => "bad_target",
+        ForwardError::BadBody(_) => "bad_body",
+        ForwardError::UnexpectedUpgrade(_) => "unexpected_upgrade",
+    }
 }
 
 /// Removes the configured query parameter and cookie, on every request.

@@ -56,6 +56,7 @@ mod logs;
 mod memory;
 mod metrics;
 mod oidc;
+mod otlp;
 mod programs;
 mod raw;
 mod redis_server;
@@ -82,6 +83,8 @@ pub use memory::*;
 pub use metrics::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use oidc::*;
+#[allow(unused_imports)] // each test binary uses a different part
+pub use otlp::*;
 #[allow(unused_imports)] // each test binary uses a different part
 pub use programs::*;
 #[allow(unused_imports)] // each test binary uses a different part

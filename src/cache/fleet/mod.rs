@@ -164,6 +164,18 @@ pub enum FleetError {
     BadKey,
 }
 
+impl FleetError {
+    /// A short label (the Redis span's `error.type`).
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Redis(_) => "redis",
+            Self::Timeout(_) => "timeout",
+            Self::BreakerOpen => "breaker_open",
+            Self::BadKey => "bad_key",
+        }
+    }
+}
+
 enum Lookup {
     Hit(Box<L2Value>),
     Miss,
@@ -504,10 +516,20 @@ impl Fleet {
             Some(ticket) => ticket.finish(outcome),
             None => self.breaker.record_unadmitted(outcome),
         };
-        let result = match self.connection().await {
-            Ok(conn) => within(self.timeout, f(conn)).await,
-            Err(e) => Err(e),
+        // `[tracing]`: one span per Redis exchange made for a traced request.
+        let span = crate::http::trace::child(crate::http::trace::Call::Redis(what));
+        let exchange = async {
+            match self.connection().await {
+                Ok(conn) => within(self.timeout, f(conn)).await,
+                Err(e) => Err(e),
+            }
         };
+        let result = crate::http::trace::within(span.as_ref(), exchange).await;
+        crate::http::trace::record_outcome(
+            span.as_ref(),
+            None,
+            result.as_ref().err().map(FleetError::kind),
+        );
         match &result {
             Ok(_) => {
                 record(Outcome::Success);

@@ -1,5 +1,5 @@
 //! Loading and validation of `[mtls]`, `[tls]` client certificates, `[jwt]`,
-//! `introspection.response_format`, `[dpop]` and `[ext_authz]`.
+//! `introspection.response_format`, `[dpop]`, `[ext_authz]` and `[tracing]`.
 
 use super::*;
 
@@ -262,6 +262,63 @@ fn ext_authz_unknown_key_is_an_error() {
         )?;
         let err = load(Some(Path::new("t.toml"))).unwrap_err().to_string();
         assert!(err.contains("lissen"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn tracing_keys_and_otel_variables() {
+    let c = base();
+    assert_eq!(c.validate().unwrap().tracing, None, "off by default");
+
+    // Every bad key of the section at once, with the rest of the config's.
+    let mut c = base();
+    c.listen = "nowhere".into();
+    c.tracing.otlp_endpoint = Some("collector:4317".into());
+    c.tracing.sample_ratio = Some(2.0);
+    let text = c.validate().unwrap_err().to_string();
+    assert!(text.starts_with("3 invalid settings:\n"), "{text}");
+    assert!(text.contains("`tracing.otlp_endpoint`: "), "{text}");
+    assert!(
+        text.contains("`tracing.sample_ratio`: 2 is not between 0.0 and 1.0"),
+        "{text}"
+    );
+
+    // An unknown key is an error, like everywhere else.
+    let err = toml::from_str::<RawConfig>("[tracing]\notlp_endpont = \"http://c:4317\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("otlp_endpont"), "{err}");
+
+    // `load` reads the OTEL_* variables; TOKENGATE_TRACING__* wins over them.
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://from-otel:4317");
+        jail.set_env("OTEL_SERVICE_NAME", "from-otel");
+        jail.set_env("TOKENGATE_TRACING__SERVICE_NAME", "from-tokengate");
+        jail.set_env(
+            "TOKENGATE_INTROSPECTION__URL",
+            "http://as.example/introspect",
+        );
+        jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_ID", "tg");
+        jail.set_env("TOKENGATE_INTROSPECTION__CLIENT_SECRET", "s");
+        let tracing = crate::config::load(None)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .tracing
+            .expect("the OTEL endpoint alone turns tracing on");
+        assert_eq!(tracing.endpoint, "http://from-otel:4317");
+        assert_eq!(tracing.service_name, "from-tokengate");
+        jail.set_env("TOKENGATE_TRACING__OTLP_ENDPOINT", "");
+        assert_eq!(
+            crate::config::load(None)
+                .unwrap()
+                .validate()
+                .unwrap()
+                .tracing,
+            None,
+            "an empty key turns it off whatever the environment says"
+        );
         Ok(())
     });
 }
