@@ -164,11 +164,11 @@ pub use app::App;
 pub use config::reload::{self, ReloadHandle};
 pub use http::tls::TlsReloader;
 pub use listen::run;
-pub use ops::readiness::Readiness;
-pub use resilience::clock;
 /// For `benches/cache_hit.rs` (the metrics' cost per request), not an API.
 #[doc(hidden)]
 pub use ops::metrics::Metrics;
+pub use ops::readiness::Readiness;
+pub use resilience::clock;
 
 /// Installs the process-wide rustls crypto provider. rustls panics when it has to
 /// pick one itself and more than one is compiled in; call this once at start-up

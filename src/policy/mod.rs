@@ -1617,12 +1617,19 @@ mod tests {
         for h in plain {
             let fast = plain_host(h);
             assert!(fast.is_some(), "{h:?} is plain");
-            assert_eq!(fast.clone().map(Some).ok_or(()), normalize_host_full(h).map_err(|_| ()), "{h:?}");
-            assert!(matches!(fast, Some((Cow::Borrowed(_), _))), "{h:?} borrowed");
+            assert_eq!(
+                fast.clone().map(Some).ok_or(()),
+                normalize_host_full(h).map_err(|_| ()),
+                "{h:?}"
+            );
+            assert!(
+                matches!(fast, Some((Cow::Borrowed(_), _))),
+                "{h:?} borrowed"
+            );
         }
         let not_plain = [
-            "", " a", "a ", "A.b", "a.", ".a", "a..b", "a:", "a:b", "a:1:2", "a:99999",
-            "a:123456", "[::1]", "[::1]:80", "a%2eb", "u@a", "a,b", "bücher", ":80", "a.:80",
+            "", " a", "a ", "A.b", "a.", ".a", "a..b", "a:", "a:b", "a:1:2", "a:99999", "a:123456",
+            "[::1]", "[::1]:80", "a%2eb", "u@a", "a,b", "bücher", ":80", "a.:80",
         ];
         for h in not_plain {
             assert_eq!(plain_host(h), None, "{h:?} goes to the full reading");

@@ -437,10 +437,12 @@ fn spelled_as(value: &[u8], name: &str, port: Option<u16>) -> bool {
     };
     match (port, rest) {
         (None, []) => true,
-        (Some(p), [b':', first, ..]) if *first != b'0' => std::str::from_utf8(&rest[1..])
-            .ok()
-            .and_then(|d| d.parse::<u16>().ok())
-            == Some(p),
+        (Some(p), [b':', first, ..]) if *first != b'0' => {
+            std::str::from_utf8(&rest[1..])
+                .ok()
+                .and_then(|d| d.parse::<u16>().ok())
+                == Some(p)
+        }
         _ => false,
     }
 }
@@ -730,7 +732,10 @@ mod tests {
         // written again in plain decimal.
         assert_eq!(host("/x", &["api.example.com"]), ok("api.example.com"));
         assert_eq!(host("/x", &["127.0.0.1:8080"]), ok("127.0.0.1:8080"));
-        assert_eq!(host("/x", &["api.example.com:080"]), ok("api.example.com:80"));
+        assert_eq!(
+            host("/x", &["api.example.com:080"]),
+            ok("api.example.com:80")
+        );
         assert_eq!(host("/x", &["api.example.com:0"]), ok("api.example.com:0"));
         assert_eq!(host("/x", &[]), Ok(None));
         assert_eq!(host("/x", &[""]), Ok(None));
