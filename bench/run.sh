@@ -6,7 +6,8 @@
 #                           that the harness works and that every new token is
 #                           introspected exactly once (CI runs this)
 #   bench/run.sh --rounds 3 the lead's run: every row three times, interleaved
-#                           round by round (~13 minutes on 2 CPUs)
+#                           round by round (~10 minutes on 2 CPUs, plus the
+#                           release build when it is not there yet)
 #
 # Options: --upstream nginx|hyper  the origin behind every proxy (nginx, the
 #                                default: one nginx worker answering a fixed
