@@ -359,11 +359,6 @@ pub fn rewrite_request_headers(
     principal: Option<&Principal>,
     hop: &Hop<'_>,
 ) {
-    // Room for what is added below (identity, X-Forwarded-*, Forwarded,
-    // X-Real-IP, Via) in one growth: hyper sizes the map for the fields it
-    // parsed, and growing it field by field rehashes it more than once. A
-    // failure only means the inserts grow the map themselves.
-    let _ = headers.try_reserve(9 + hop.identity.claims.len());
     strip(headers, |name| {
         hop.identity.strip.contains(name)
             // Framing is recomputed by hyper from the body itself (never
