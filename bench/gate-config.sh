@@ -62,12 +62,13 @@ public = true
 CONFIG
 }
 
-# nginx_main DIR: nginx's top-level settings (one worker, in the foreground,
-# everything under DIR), for a config that then adds its http block.
+# nginx_main DIR [WORKERS]: nginx's top-level settings (WORKERS worker
+# processes, default 1, in the foreground, everything under DIR), for a config
+# that then adds its http block.
 nginx_main() {
     [[ $(id -u) -ne 0 ]] || echo "user root;"
     cat <<NGINX
-worker_processes 1;
+worker_processes ${2:-1};
 daemon off;
 pid $1/nginx.pid;
 error_log $1/logs/error.log warn;
@@ -77,30 +78,62 @@ NGINX
 
 # nginx_http_common DIR UPSTREAM_PORT: the start of the http block: an access
 # log per request (nginx's default, as tokengate logs every request), temp
-# paths under DIR, and the upstream pool `app` with keep-alive.
+# paths under DIR, and the upstream pool `app` with keep-alive. nginx closes a
+# keep-alive connection after 1000 requests by default (client side and
+# upstream pool alike); tokengate has no such limit, so both are raised: the
+# baseline should not pay reconnects the proxy under test does not.
 nginx_http_common() {
     cat <<NGINX
     access_log $1/logs/access.log;
+    keepalive_requests 10000000;
     client_body_temp_path $1/body;
     proxy_temp_path $1/proxy;
     fastcgi_temp_path $1/fastcgi;
     uwsgi_temp_path $1/uwsgi;
     scgi_temp_path $1/scgi;
-    upstream app { server 127.0.0.1:$2; keepalive 64; }
+    upstream app { server 127.0.0.1:$2; keepalive 64; keepalive_requests 10000000; }
 NGINX
 }
 
-# nginx_plain_server PORT: the nginx-proxy row: a plain proxy_pass to `app`,
-# keep-alive upstream connections, no auth.
+# nginx_plain_server PORT [off]: the nginx-proxy row: a plain proxy_pass to
+# `app`, keep-alive upstream connections, no auth; `off`: with `access_log off`
+# (the nginx-proxy-nolog row, against tokengate with `log.access = false`).
 nginx_plain_server() {
     cat <<NGINX
     server {
         listen 127.0.0.1:$1;
+        ${2:+access_log off;}
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }
     }
+NGINX
+}
+
+# nginx_upstream_config DIR PORT: the origin of `bench/run.sh --upstream nginx`
+# (and `UPSTREAM=nginx bench/profile.sh`): one nginx worker, no master (one
+# PID, whose CPU the harness reads), no access log, a fixed `200 ok` from
+# memory. Not under test: it stands for an application that is not hyper.
+nginx_upstream_config() {
+    nginx_main "$1"
+    cat <<NGINX
+master_process off;
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    server {
+        listen 127.0.0.1:$2;
+        default_type text/plain;
+        location / { return 200 "ok\n"; }
+    }
+}
 NGINX
 }

@@ -14,6 +14,10 @@
 #   bench/profile.sh syscalls BIN [SECONDS]  system calls per request, by
 #       name (strace -c -f on the proxy during the run; strace slows it, the
 #       counts per request are what it is for).
+#   bench/profile.sh bytes BIN [SECONDS]  reads and writes per request, by
+#       system call and file descriptor kind, with the bytes each moved (strace
+#       -f -e read/write families on the proxy: what it sends to the client
+#       and to the upstream, header bytes included, and its log writes).
 #   bench/profile.sh perf BIN [SECONDS]  where CPU 1's time goes: perf record
 #       -C 1 during the run, reported by process (thread name) and binary
 #       (kernel, the proxy, libc, vDSO); the upstream shares that CPU. The
@@ -27,9 +31,11 @@
 # bench-tools (`cargo build --release --example bench-tools`), wrk, and
 # valgrind, strace or perf for those modes. RUST_LOG (default info) applies
 # to tokengate; CONNS (default 32; `ir` always uses 8) sets wrk's connections.
+# UPSTREAM=nginx (default) or hyper: the origin, as bench/run.sh --upstream
+# (nginx: one worker, `return 200`, no access log; hyper: bench-tools upstream).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-MODE=${1:?usage: bench/profile.sh cpu|ir|syscalls|perf BIN [SECONDS]} GATE=${2:?BIN}
+MODE=${1:?usage: bench/profile.sh cpu|ir|syscalls|bytes|perf BIN [SECONDS]} GATE=${2:?BIN}
 SECS=${3:-4}
 [[ ! ($MODE == ir && $GATE == nginx) ]] || { echo "bench/profile.sh: ir does not take nginx (see the header)" >&2; exit 2; }
 TOOLS=${CARGO_TARGET_DIR:-target}/release/examples/bench-tools
@@ -38,9 +44,16 @@ TMP=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 UPP=$($TOOLS freeport) ASP=$($TOOLS freeport) TGP=$($TOOLS freeport)
-taskset -c 1 "$TOOLS" upstream "127.0.0.1:$UPP" >/dev/null 2>&1 & PIDS+=($!); UP=$!
-taskset -c 0 "$TOOLS" as "127.0.0.1:$ASP" 5 >/dev/null 2>&1 & PIDS+=($!)
 . bench/gate-config.sh
+if [[ ${UPSTREAM:-nginx} == nginx ]]; then
+    mkdir -p "$TMP/upstream/logs"
+    nginx_upstream_config "$TMP/upstream" "$UPP" >"$TMP/upstream/nginx.conf"
+    taskset -c 1 "$(command -v nginx || echo /usr/sbin/nginx)" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" \
+        -e "$TMP/upstream/logs/error.log" >/dev/null 2>&1 & PIDS+=($!); UP=$!
+else
+    taskset -c 1 "$TOOLS" upstream "127.0.0.1:$UPP" >/dev/null 2>&1 & PIDS+=($!); UP=$!
+fi
+taskset -c 0 "$TOOLS" as "127.0.0.1:$ASP" 5 >/dev/null 2>&1 & PIDS+=($!)
 write_gate_config "$TMP/c.toml" "$TGP" "http://127.0.0.1:$UPP" "http://127.0.0.1:$ASP"
 if [[ $GATE == proxy ]]; then
     CMD=("$TOOLS" proxy "127.0.0.1:$TGP" "http://127.0.0.1:$UPP")
@@ -68,18 +81,30 @@ ticks() { awk '{print $14 + $15, $14}' "/proc/$1/stat"; }
 case $MODE in
 ir) callgrind_control -z "$TG" >/dev/null ;;
 syscalls) strace -c -f -p "$TG" -o "$TMP/strace" 2>/dev/null & SPY=$! ;;
+bytes) strace -f -qq -s 0 -e trace=read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg -p "$TG" -o "$TMP/strace" 2>/dev/null & SPY=$! ;;
 perf) perf record -q -C 1 -o "${PERF_OUT:-/tmp/tokengate.perf}" 2>/dev/null & SPY=$! ;;
 *) read -r t0 u0 < <(ticks "$TG"); read -r up0 _ < <(ticks "$UP") ;;
 esac
-[[ $MODE == syscalls || $MODE == perf ]] && sleep 0.5 # attached before the load starts
+[[ $MODE == syscalls || $MODE == bytes || $MODE == perf ]] && sleep 0.5 # attached before the load starts
 out=$(load "${SECS}s")
 req=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out")
-if [[ $MODE == syscalls || $MODE == perf ]]; then
+if [[ $MODE == syscalls || $MODE == bytes || $MODE == perf ]]; then
     kill -INT "$SPY"; wait "$SPY" 2>/dev/null || true
     echo "requests=$req (the counts run from attach to detach, a little longer than the load)"
     if [[ $MODE == syscalls ]]; then
         # strace -c columns: % time, seconds, usecs/call, calls, [errors,] name.
         awk -v r="$req" '$4 ~ /^[0-9]+$/ { printf "%-16s %7.3f per request\n", $NF, $4 / r }' "$TMP/strace"
+    elif [[ $MODE == bytes ]]; then
+        # Lines: `PID name(fd, ...) = N` (or split in `unfinished` and
+        # `resumed` halves). Per call name: calls and bytes per request, and
+        # the mean size of one call.
+        awk -v r="$req" '
+            /unfinished \.\.\.>$/ { next }
+            { s = $0
+              if (s ~ /<\.\.\. [a-z0-9]+ resumed>/) { sub(/.*<\.\.\. /, "", s); sub(/ resumed>.*/, "", s) }
+              else { sub(/^[0-9]+ +/, "", s); sub(/\(.*/, "", s) }
+              n[s]++; if ($NF + 0 > 0) b[s] += $NF }
+            END { for (k in n) printf "%-10s %7.3f calls/request %8.1f bytes/request %8.1f bytes/call\n", k, n[k] / r, b[k] / r, b[k] / n[k] }' "$TMP/strace" | sort
     else
         perf report -i "${PERF_OUT:-/tmp/tokengate.perf}" --sort comm,dso --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12
         echo "perf file: ${PERF_OUT:-/tmp/tokengate.perf}"

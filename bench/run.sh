@@ -5,8 +5,33 @@
 #   bench/run.sh --smoke    a few seconds, dev build, small counts; checks only
 #                           that the harness works and that every new token is
 #                           introspected exactly once (CI runs this)
+#   bench/run.sh --rounds 3 the lead's run: every row three times, interleaved
+#                           round by round (~10 minutes on 2 CPUs, plus the
+#                           release build when it is not there yet)
 #
-# Options: --duration SECS (10)  --warmup SECS (3)  --connections N (32)
+# Options: --upstream nginx|hyper  the origin behind every proxy (nginx, the
+#                                default: one nginx worker answering a fixed
+#                                `200 ok` from memory, no access log; hyper:
+#                                bench-tools upstream, a one-thread hyper
+#                                server). Without nginx installed, --smoke
+#                                falls back to hyper (a full run installs it)
+#          --rounds N            run the rows N times, round by round (each
+#                                round every row once, in the same order);
+#                                the table gives each row's median req/s and
+#                                its min-max, the medians of p50/p99, and every
+#                                ratio computed per round, then medianed. The
+#                                signed rows (jwt-new, dpop) run in round 1
+#                                only: signing their inputs takes ~25 s each
+#          --workers LIST        comma-separated worker counts (default 1,2
+#                                for a full run, capped at the CPU count; 1 for
+#                                --smoke). 1 is the default layout above (the
+#                                targets' layout). Each N > 1 adds three rows,
+#                                no access log in any: nginx-proxy-nolog-wN
+#                                (worker_processes N), hyper-proxy-wN and
+#                                tokengate-hit-nolog-wN (N tokio workers,
+#                                TOKIO_WORKER_THREADS), each proxy on CPUs
+#                                0..N-1, the upstream where it was
+#          --duration SECS (10)  --warmup SECS (3)  --connections N (32)
 #          --latency-ms MS (5)   --no-nginx  --no-mem  --no-write
 #          --as-sleep precise|tokio  how the mock AS waits (precise: a timer
 #                                thread, held = the latency to ~0.1 ms; tokio:
@@ -26,11 +51,18 @@
 # (wrk -t1 -cN; with >= 2 CPUs, wrk and the mock AS, an outside service, are
 # pinned to CPU 0, the upstream and the proxy under test to CPU 1):
 #   direct              wrk -> upstream
-#   nginx-proxy         wrk -> nginx (plain proxy_pass, no auth) -> upstream
+#   nginx-proxy         wrk -> nginx (plain proxy_pass, no auth) -> upstream;
+#                       access_log on (to a file)
+#   nginx-proxy-nolog   the same nginx server with `access_log off`
 #   hyper-proxy         wrk -> bench-tools proxy (hyper server + hyper-util
 #                       pooled client, no auth, no header work, no log) ->
 #                       upstream: the floor of tokengate's own HTTP stack
-#   tokengate-hit       wrk -> tokengate -> upstream; one token, cached
+#   tokengate-hit       wrk -> tokengate -> upstream; one token, cached; the
+#                       access log on (the default), to a file
+#   tokengate-hit-nolog the same with `log.access = false` (a second process)
+# Cache-hit ratios compare like with like: tokengate-hit (and the signed rows)
+# against nginx-proxy, tokengate-hit-nolog and hyper-proxy against
+# nginx-proxy-nolog.
 #   tokengate-jwt-new   wrk -> a second tokengate with [jwt] on -> upstream; a
 #                       new ES256 JWT access token (RFC 9068) per request,
 #                       checked locally with the mock AS's /jwks: no AS call
@@ -80,9 +112,13 @@ COMMAND="bench/run.sh${*:+ $*}"
 
 SMOKE=0 DURATION=10 WARMUP=3 CONNS=32 LATENCY_MS=5 NGINX=1 MEM=1 WRITE=1
 MEM_COUNTS=10000,100000,1000000 BURST=1000 GATE_BIN="" AS_SLEEP=precise NJS_CALL=fetch UP_CPU=1
+UPSTREAM_KIND=nginx ROUNDS=1 WORKERS=""
 while (($#)); do
     case $1 in
     --smoke) SMOKE=1 DURATION=1 WARMUP=1 MEM_COUNTS=10000 WRITE=0 ;;
+    --upstream) UPSTREAM_KIND=$2; shift ;;
+    --rounds) ROUNDS=$2; shift ;;
+    --workers) WORKERS=$2; shift ;;
     --duration) DURATION=$2; shift ;;
     --warmup) WARMUP=$2; shift ;;
     --connections) CONNS=$2; shift ;;
@@ -106,6 +142,22 @@ die() { printf 'bench/run.sh: %s\n' "$*" >&2; exit 1; }
 [[ $NJS_CALL == fetch || $NJS_CALL == subrequest ]] || die "--njs: fetch or subrequest, not $NJS_CALL"
 [[ $AS_SLEEP == precise || $AS_SLEEP == tokio ]] || die "--as-sleep: precise or tokio, not $AS_SLEEP"
 [[ $UP_CPU == [01] ]] || die "--upstream-cpu: 0 or 1, not $UP_CPU"
+[[ $UPSTREAM_KIND == nginx || $UPSTREAM_KIND == hyper ]] || die "--upstream: nginx or hyper, not $UPSTREAM_KIND"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds: a positive number, not $ROUNDS"
+if [[ -z $WORKERS ]]; then
+    WORKERS=1
+    ((SMOKE)) || WORKERS=1,2
+fi
+[[ $WORKERS =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--workers: a comma-separated list of counts, not $WORKERS"
+# Worker counts beyond the machine's CPUs are dropped: "more" means all of them.
+WLIST=()
+for w in ${WORKERS//,/ }; do
+    if ((w > $(nproc))); then
+        printf '==> %s\n' "--workers: $w is more than this machine's $(nproc) CPUs, skipped" >&2
+    elif ((w > 1)); then
+        WLIST+=("$w")
+    fi
+done
 
 # --- tools ------------------------------------------------------------------
 # wrk: in Debian (seconds to install), and its Lua hook can send a new token on
@@ -117,7 +169,8 @@ apt_install() {
 }
 command -v wrk >/dev/null || { say "installing wrk"; apt_install wrk || die "cannot install wrk"; }
 NGINX_BIN=""
-if ((NGINX)); then
+# The nginx upstream needs nginx even with --no-nginx (no nginx baselines).
+if ((NGINX)) || [[ $UPSTREAM_KIND == nginx ]]; then
     NGINX_BIN=$(command -v nginx || true)
     if [[ -z $NGINX_BIN && -x /usr/sbin/nginx ]]; then NGINX_BIN=/usr/sbin/nginx; fi
     if [[ -z $NGINX_BIN ]] && ((SMOKE)); then
@@ -128,6 +181,13 @@ if ((NGINX)); then
         NGINX_BIN=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
     fi
 fi
+if [[ $UPSTREAM_KIND == nginx && -z $NGINX_BIN ]]; then
+    ((SMOKE)) || die "--upstream nginx: nginx is not installed (or run with --upstream hyper)"
+    say "nginx is not installed: the smoke run uses the hyper upstream"
+    UPSTREAM_KIND=hyper
+fi
+UPSTREAM_NGINX_BIN=$NGINX_BIN
+((NGINX)) || NGINX_BIN=""
 # njs, for the nginx-auth-request row (the issue's baseline). Debian's module
 # package must match the nginx package's ABI, which apt resolves.
 NJS_MODULE=/usr/lib/nginx/modules/ngx_http_js_module.so
@@ -202,8 +262,18 @@ UP_PORT=$(port) AS_PORT=$(port) TG_PORT=$(port) HP_PORT=$(port) JO_PORT=$(port)
 UP=http://127.0.0.1:$UP_PORT AS=http://127.0.0.1:$AS_PORT TG=http://127.0.0.1:$TG_PORT
 JO=http://127.0.0.1:$JO_PORT
 
-say "starting upstream, mock AS (${LATENCY_MS} ms, $AS_SLEEP sleep), tokengate"
-"${UPS[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+. bench/gate-config.sh
+say "starting upstream ($UPSTREAM_KIND), mock AS (${LATENCY_MS} ms, $AS_SLEEP sleep), tokengate"
+if [[ $UPSTREAM_KIND == nginx ]]; then
+    mkdir -p "$TMP/upstream/logs"
+    nginx_upstream_config "$TMP/upstream" "$UP_PORT" >"$TMP/upstream/nginx.conf"
+    "${UPS[@]}" "$UPSTREAM_NGINX_BIN" -p "$TMP/upstream" -c "$TMP/upstream/nginx.conf" \
+        -e "$TMP/upstream/logs/error.log" >"$TMP/upstream.log" 2>&1 &
+    UPSTREAM_DESC="nginx (one worker, \`return 200\`, no access log)"
+else
+    "${UPS[@]}" "$TOOLS" upstream "127.0.0.1:$UP_PORT" >"$TMP/upstream.log" 2>&1 &
+    UPSTREAM_DESC="bench-tools upstream (one-thread hyper)"
+fi
 UP_PID=$!; PIDS+=("$UP_PID")
 # The AS is an outside service: it shares the load generator's CPU, so its own
 # work (parsing, JSON) is not charged to the proxy under test.
@@ -212,11 +282,32 @@ AS_PID=$!; PIDS+=("$AS_PID")
 "${SV[@]}" "$TOOLS" proxy "127.0.0.1:$HP_PORT" "$UP" >"$TMP/hyper-proxy.log" 2>&1 &
 HP_PID=$!; PIDS+=("$HP_PID")
 
-. bench/gate-config.sh
 write_gate_config "$TMP/tokengate.toml" "$TG_PORT" "$UP" "$AS"
 # Default log level (info): one access log line per request, to a file, like nginx's access_log.
 "${SV[@]}" "$GATE" --config "$TMP/tokengate.toml" >"$TMP/tokengate.log" 2>&1 &
 TG_PID=$!; PIDS+=("$TG_PID")
+# The same gate with `log.access = false`, against nginx's `access_log off`.
+TN_PORT=$(port) TN=""
+TN=http://127.0.0.1:$TN_PORT
+write_gate_config "$TMP/tokengate-nolog.toml" "$TN_PORT" "$UP" "$AS"
+printf '[log]\naccess = false\n' >>"$TMP/tokengate-nolog.toml"
+"${SV[@]}" "$GATE" --config "$TMP/tokengate-nolog.toml" >"$TMP/tokengate-nolog.log" 2>&1 &
+TN_PID=$!; PIDS+=("$TN_PID")
+# --workers N > 1: the bare proxy and the gate (no access log) with N workers
+# on CPUs 0..N-1; nginx's N-worker server is started with the others below.
+declare -A WURL WPID
+for w in "${WLIST[@]}"; do
+    WCPU=(taskset -c "0-$((w - 1))")
+    [[ ${#SV[@]} -gt 0 ]] || WCPU=()
+    p=$(port)
+    BENCH_WORKERS=$w "${WCPU[@]}" "$TOOLS" proxy "127.0.0.1:$p" "$UP" >"$TMP/hyper-proxy-w$w.log" 2>&1 &
+    WPID[hyper-proxy-w$w]=$!; PIDS+=($!); WURL[hyper-proxy-w$w]=http://127.0.0.1:$p/
+    p=$(port)
+    write_gate_config "$TMP/tokengate-w$w.toml" "$p" "$UP" "$AS"
+    printf '[log]\naccess = false\n' >>"$TMP/tokengate-w$w.toml"
+    TOKIO_WORKER_THREADS=$w "${WCPU[@]}" "$GATE" --config "$TMP/tokengate-w$w.toml" >"$TMP/tokengate-w$w.log" 2>&1 &
+    WPID[tokengate-hit-nolog-w$w]=$!; PIDS+=($!); WURL[tokengate-hit-nolog-w$w]=http://127.0.0.1:$p/
+done
 wait_http "$UP/"
 wait_http "$AS/stats"
 # The JWT and DPoP rows' gate: the same config plus [jwt] and [dpop]. Started
@@ -227,10 +318,15 @@ JO_PID=$!; PIDS+=("$JO_PID")
 wait_http "$JO/public"
 wait_http "http://127.0.0.1:$HP_PORT/"
 wait_http "$TG/public"
+wait_http "$TN/public"
+for w in "${WLIST[@]}"; do
+    wait_http "${WURL[hyper-proxy-w$w]}"
+    wait_http "${WURL[tokengate-hit-nolog-w$w]}public"
+done
 
 NGINX_PIDS=()
 if [[ -n $NGINX_BIN ]]; then
-    NGX_PLAIN_PORT=$(port) NGX_LITE_PORT=$(port) NGX_NJS_PORT=$(port)
+    NGX_PLAIN_PORT=$(port) NGX_NOLOG_PORT=$(port) NGX_LITE_PORT=$(port) NGX_NJS_PORT=$(port)
     mkdir -p "$TMP/nginx/logs"
     NJS_LOAD="" NJS_IMPORT="" NJS_SERVER=""
     if ((NJS)); then
@@ -281,6 +377,7 @@ $(nginx_http_common "$TMP/nginx" "$UP_PORT")
     upstream as { server 127.0.0.1:$AS_PORT; keepalive 64; }
     $NJS_IMPORT
 $(nginx_plain_server "$NGX_PLAIN_PORT")
+$(nginx_plain_server "$NGX_NOLOG_PORT" off)
     server {
         listen 127.0.0.1:$NGX_LITE_PORT;
         location / {
@@ -305,6 +402,18 @@ EOF
     NGX_PID=$!; PIDS+=("$NGX_PID")
     wait_http "http://127.0.0.1:$NGX_PLAIN_PORT/"
     NGINX_PIDS=("$NGX_PID" $(pgrep -P "$NGX_PID" || true))
+    # --workers N > 1: a plain nginx with N worker processes, no access log.
+    for w in "${WLIST[@]}"; do
+        d=$TMP/nginx-w$w p=$(port)
+        mkdir -p "$d/logs"
+        printf '%s\nhttp {\n%s\n%s\n}\n' "$(nginx_main "$d" "$w")" "$(nginx_http_common "$d" "$UP_PORT")" \
+            "$(nginx_plain_server "$p" off)" >"$d/nginx.conf"
+        WCPU=(taskset -c "0-$((w - 1))")
+        [[ ${#SV[@]} -gt 0 ]] || WCPU=()
+        "${WCPU[@]}" "$NGINX_BIN" -p "$d" -c "$d/nginx.conf" -e "$d/logs/error.log" >"$d/stdout.log" 2>&1 &
+        WPID[nginx-proxy-nolog-w$w]=$!; PIDS+=($!); WURL[nginx-proxy-nolog-w$w]=http://127.0.0.1:$p/
+        wait_http "http://127.0.0.1:$p/"
+    done
 fi
 
 # --- checks -----------------------------------------------------------------
@@ -330,6 +439,54 @@ RUN_ID=$(date +%s%N)
 declare -A RPS P50 P99 IPR CPI RSS IPT HELD
 ROWS=()
 FAILED=0
+ROUND=1
+
+# Per-round values are stored as ARRAY[name#round]. A row's figure is the
+# median over the rounds it ran in; a ratio is taken within each round (both
+# rows measured minutes apart at most), then medianed.
+median() { # numbers...: their median ("-" for none)
+    (($#)) || { echo -; return; }
+    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'
+}
+values() { # ARRAY NAME: the row's per-round values, one a line
+    local -n a=$1
+    local r
+    for ((r = 1; r <= ROUNDS; r++)); do [[ -z ${a[$2#$r]:-} ]] || echo "${a[$2#$r]}"; done
+}
+med() { # ARRAY NAME FORMAT: the median of a row's values
+    local v
+    mapfile -t v < <(values "$1" "$2")
+    ((${#v[@]})) || { echo -; return; }
+    printf "$3" "$(median "${v[@]}")"
+}
+last() { # ARRAY NAME: the value of the last round the row ran in
+    local v
+    mapfile -t v < <(values "$1" "$2")
+    ((${#v[@]})) && echo "${v[-1]}" || echo -
+}
+spread() { # NAME: " (min–max)" of its req/s over the rounds, if more than one
+    local v
+    mapfile -t v < <(values RPS "$1" | sort -g)
+    ((${#v[@]} > 1)) && printf ' (%s–%s)' "${v[0]}" "${v[-1]}" || true
+}
+rmed() { # A B: the median over the rounds of req/s(A) / req/s(B)
+    local r out=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        [[ -n ${RPS[$1#$r]:-} && -n ${RPS[$2#$r]:-} ]] || continue
+        out+=("$(awk -v a="${RPS[$1#$r]}" -v b="${RPS[$2#$r]}" 'BEGIN { if (b) printf "%.4f", a / b }')")
+    done
+    ((${#out[@]})) || { echo -; return; }
+    printf '%.2f' "$(median "${out[@]}")"
+}
+dmed() { # A B: the median over the rounds of p99(A) - p99(B), in ms
+    local r out=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        [[ -n ${P99[$1#$r]:-} && -n ${P99[$2#$r]:-} ]] || continue
+        out+=("$(awk -v a="${P99[$1#$r]}" -v b="${P99[$2#$r]}" 'BEGIN { printf "%.2f", a - b }')")
+    done
+    ((${#out[@]})) || { echo -; return; }
+    printf '%+.2f' "$(median "${out[@]}")"
+}
 
 # scenario NAME URL MODE PIDS...: warm-up, then the measured run.
 scenario() {
@@ -340,7 +497,7 @@ scenario() {
     # unique: the measured run's tokens share no prefix with the warm-up's;
     # file: the lines of $TMP/$name.warm, then of $TMP/$name.run (one each
     # request; the caller writes them).
-    local warm_token=$name-$RUN_ID-w run_token=$name-$RUN_ID-m
+    local warm_token=$name-$RUN_ID-$ROUND-w run_token=$name-$RUN_ID-$ROUND-m
     [[ $mode == unique ]] || run_token=$warm_token
     local warm
     warm=$(BENCH_TOKEN_MODE=$mode BENCH_TOKEN=$warm_token BENCH_FILE=$TMP/$name.warm BENCH_THREADS=1 \
@@ -365,18 +522,18 @@ scenario() {
     di=$(($(kv introspections "$after") - $(kv introspections "$before")))
     dd=$(($(kv distinct_tokens "$after") - $(kv distinct_tokens "$before")))
     dc=$(($(kv connections "$after") - $(kv connections "$before")))
-    RPS[$name]=$(awk -v r="$req" -v d="$dur" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
-    P50[$name]=$(awk -v v="$p50" 'BEGIN { printf "%.2f", v / 1000 }')
-    P99[$name]=$(awk -v v="$p99" 'BEGIN { printf "%.2f", v / 1000 }')
-    IPR[$name]=$(awk -v i="$di" -v r="$req" 'BEGIN { printf "%.2f", r ? i / r : 0 }')
-    CPI[$name]=$(awk -v c="$dc" -v i="$di" 'BEGIN { if (i) printf "%.3f", c / i; else print "-" }')
-    IPT[$name]=$(awk -v i="$di" -v d="$dd" 'BEGIN { if (d) printf "%.2f", i / d; else print "-" }')
-    RSS[$name]=$(awk -v k="$(rss_kib "$@")" 'BEGIN { printf "%.1f", k / 1024 }')
+    RPS[$name#$ROUND]=$(awk -v r="$req" -v d="$dur" 'BEGIN { printf "%.0f", r / (d / 1e6) }')
+    P50[$name#$ROUND]=$(awk -v v="$p50" 'BEGIN { printf "%.2f", v / 1000 }')
+    P99[$name#$ROUND]=$(awk -v v="$p99" 'BEGIN { printf "%.2f", v / 1000 }')
+    IPR[$name#$ROUND]=$(awk -v i="$di" -v r="$req" 'BEGIN { printf "%.2f", r ? i / r : 0 }')
+    CPI[$name#$ROUND]=$(awk -v c="$dc" -v i="$di" 'BEGIN { if (i) printf "%.3f", c / i; else print "-" }')
+    IPT[$name#$ROUND]=$(awk -v i="$di" -v d="$dd" 'BEGIN { if (d) printf "%.2f", i / d; else print "-" }')
+    RSS[$name#$ROUND]=$(awk -v k="$(rss_kib "$@")" 'BEGIN { printf "%.1f", k / 1024 }')
     # The AS's held times cover exactly the measured run: it resets them on
     # every /stats read, and `before` was the last one before it.
-    HELD[$name]=$(awk -v m="$(kv held_us_mean "$after")" -v p="$(kv held_us_p99 "$after")" \
+    HELD[$name#$ROUND]=$(awk -v m="$(kv held_us_mean "$after")" -v p="$(kv held_us_p99 "$after")" \
         'BEGIN { if (m != "") printf "%.2f / %.2f", m / 1000, p / 1000; else print "-" }')
-    ROWS+=("$name")
+    [[ " ${ROWS[*]} " == *" $name "* ]] || ROWS+=("$name")
     if ((non2xx + errs > 0)); then
         say "$name: $non2xx non-2xx answers, $errs socket errors$([[ $mode != file ]] || echo ", $(kv exhausted "$line") requests found no line left in $TMP/$name.run")"
         FAILED=1
@@ -391,48 +548,61 @@ scenario() {
     fi
 }
 
-scenario direct "$UP/" fixed "$UP_PID"
-[[ -z $NGINX_BIN ]] || scenario nginx-proxy "http://127.0.0.1:$NGX_PLAIN_PORT/" fixed "${NGINX_PIDS[@]}"
-scenario hyper-proxy "http://127.0.0.1:$HP_PORT/" fixed "$HP_PID"
-scenario tokengate-hit "$TG/" fixed "$TG_PID"
-
 # Signed inputs for the JWT and DPoP rows, one per request: twice the
 # tokengate-hit rate just measured (neither row can be cheaper than a cache
 # hit), plus slack, for the warm-up and the measured run each.
 lines_for() { # SECS
-    awk -v r="${RPS[tokengate-hit]}" -v s="$1" -v c="$CONNS" 'BEGIN { printf "%d", 2 * r * s + 10 * c + 1000 }'
+    awk -v r="${RPS[tokengate-hit#$ROUND]}" -v s="$1" -v c="$CONNS" 'BEGIN { printf "%d", 2 * r * s + 10 * c + 1000 }'
 }
-say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") JWTs (ES256)"
-"$TOOLS" jwt-tokens ES256 "jwt-$RUN_ID" "$(lines_for "$WARMUP")" "$TMP/tokengate-jwt-new.warm" \
-    "$(lines_for "$DURATION")" "$TMP/tokengate-jwt-new.run"
-scenario tokengate-jwt-new "$JO/" file "$JO_PID"
-rm -f "$TMP"/tokengate-jwt-new.*
-# The same with RS256. Signing RSA costs ~1 ms a token on one CPU (ES256: tens
-# of µs), so tokens for twice the hit rate over a full row would take many
-# minutes: measure the signing rate here, and run the row (1 s warm-up) for as
-# long as ~90 s of signing on every CPU covers, at most DURATION. req/s is a
-# rate: a shorter row is comparable with the others.
-t0=$(date +%s%N)
-"$TOOLS" jwt-tokens RS256 "rs-probe-$RUN_ID" 400 "$TMP/rs-probe"
-RS_NS=$(($(date +%s%N) - t0)); rm -f "$TMP/rs-probe"
-RS_SECS=$(awk -v n=400 -v ns="$RS_NS" -v r="${RPS[tokengate-hit]}" -v c="$CONNS" -v d="$DURATION" 'BEGIN {
-    if (r <= 0) { print d; exit }
-    rate = n / (ns / 1e9); s = int((rate * 90 - 2 * (10 * c + 1000)) / (2 * r)) - 1
-    if (s > d) s = d; if (s < 1) s = 1; print s }')
-say "signing $(lines_for 1) + $(lines_for "$RS_SECS") JWTs (RS256; row ${RS_SECS}s)"
-"$TOOLS" jwt-tokens RS256 "jwt-rs-$RUN_ID" "$(lines_for 1)" "$TMP/tokengate-jwt-new-rs256.warm" \
-    "$(lines_for "$RS_SECS")" "$TMP/tokengate-jwt-new-rs256.run"
-WARMUP=1 DURATION=$RS_SECS scenario tokengate-jwt-new-rs256 "$JO/" file "$JO_PID"
-rm -f "$TMP"/tokengate-jwt-new-rs256.*
-say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") DPoP proofs (ES256)"
-# htu: exactly the URL wrk requests (tokengate builds it from Host and path).
-"$TOOLS" dpop-proofs "$JO/" "dpop-$RUN_ID" "$(lines_for "$WARMUP")" "$TMP/tokengate-dpop.warm" \
-    "$(lines_for "$DURATION")" "$TMP/tokengate-dpop.run"
-scenario tokengate-dpop "$JO/" file "$JO_PID"
-rm -f "$TMP"/tokengate-dpop.*
-[[ -z $NGINX_BIN ]] || scenario nginx-auth-request-lite "http://127.0.0.1:$NGX_LITE_PORT/" unique "${NGINX_PIDS[@]}"
-((NJS == 0)) || scenario nginx-auth-request "http://127.0.0.1:$NGX_NJS_PORT/" unique "${NGINX_PIDS[@]}"
-scenario tokengate-miss "$TG/" unique "$TG_PID"
+for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
+    ((ROUNDS == 1)) || say "round $ROUND of $ROUNDS"
+    scenario direct "$UP/" fixed "$UP_PID"
+    [[ -z $NGINX_BIN ]] || scenario nginx-proxy "http://127.0.0.1:$NGX_PLAIN_PORT/" fixed "${NGINX_PIDS[@]}"
+    [[ -z $NGINX_BIN ]] || scenario nginx-proxy-nolog "http://127.0.0.1:$NGX_NOLOG_PORT/" fixed "${NGINX_PIDS[@]}"
+    scenario hyper-proxy "http://127.0.0.1:$HP_PORT/" fixed "$HP_PID"
+    scenario tokengate-hit "$TG/" fixed "$TG_PID"
+    scenario tokengate-hit-nolog "$TN/" fixed "$TN_PID"
+    for w in "${WLIST[@]}"; do
+        for n in nginx-proxy-nolog-w$w hyper-proxy-w$w tokengate-hit-nolog-w$w; do
+            [[ -n ${WURL[$n]:-} ]] || continue
+            scenario "$n" "${WURL[$n]}" fixed "${WPID[$n]}" $(pgrep -P "${WPID[$n]}" || true)
+        done
+    done
+    if ((ROUND == 1)); then
+        say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") JWTs (ES256)"
+        "$TOOLS" jwt-tokens ES256 "jwt-$RUN_ID" "$(lines_for "$WARMUP")" "$TMP/tokengate-jwt-new.warm" \
+            "$(lines_for "$DURATION")" "$TMP/tokengate-jwt-new.run"
+        scenario tokengate-jwt-new "$JO/" file "$JO_PID"
+        rm -f "$TMP"/tokengate-jwt-new.*
+        # The same with RS256. Signing RSA costs ~1 ms a token on one CPU (ES256:
+        # tens of µs), so tokens for twice the hit rate over a full row would
+        # take many minutes: measure the signing rate here, and run the row (1 s
+        # warm-up) for as long as ~90 s of signing on every CPU covers, at most
+        # DURATION. req/s is a rate: a shorter row is comparable with the others.
+        t0=$(date +%s%N)
+        "$TOOLS" jwt-tokens RS256 "rs-probe-$RUN_ID" 400 "$TMP/rs-probe"
+        RS_NS=$(($(date +%s%N) - t0)); rm -f "$TMP/rs-probe"
+        RS_SECS=$(awk -v n=400 -v ns="$RS_NS" -v r="${RPS[tokengate-hit#$ROUND]}" -v c="$CONNS" -v d="$DURATION" 'BEGIN {
+            if (r <= 0) { print d; exit }
+            rate = n / (ns / 1e9); s = int((rate * 90 - 2 * (10 * c + 1000)) / (2 * r)) - 1
+            if (s > d) s = d; if (s < 1) s = 1; print s }')
+        say "signing $(lines_for 1) + $(lines_for "$RS_SECS") JWTs (RS256; row ${RS_SECS}s)"
+        "$TOOLS" jwt-tokens RS256 "jwt-rs-$RUN_ID" "$(lines_for 1)" "$TMP/tokengate-jwt-new-rs256.warm" \
+            "$(lines_for "$RS_SECS")" "$TMP/tokengate-jwt-new-rs256.run"
+        WARMUP=1 DURATION=$RS_SECS scenario tokengate-jwt-new-rs256 "$JO/" file "$JO_PID"
+        rm -f "$TMP"/tokengate-jwt-new-rs256.*
+        say "signing $(lines_for "$WARMUP") + $(lines_for "$DURATION") DPoP proofs (ES256)"
+        # htu: exactly the URL wrk requests (tokengate builds it from Host and path).
+        "$TOOLS" dpop-proofs "$JO/" "dpop-$RUN_ID" "$(lines_for "$WARMUP")" "$TMP/tokengate-dpop.warm" \
+            "$(lines_for "$DURATION")" "$TMP/tokengate-dpop.run"
+        scenario tokengate-dpop "$JO/" file "$JO_PID"
+        rm -f "$TMP"/tokengate-dpop.*
+    fi
+    # Unique tokens: each round's run_token differs (RUN_ID + round).
+    [[ -z $NGINX_BIN ]] || scenario nginx-auth-request-lite "http://127.0.0.1:$NGX_LITE_PORT/" unique "${NGINX_PIDS[@]}"
+    ((NJS == 0)) || scenario nginx-auth-request "http://127.0.0.1:$NGX_NJS_PORT/" unique "${NGINX_PIDS[@]}"
+    scenario tokengate-miss "$TG/" unique "$TG_PID"
+done
 
 say "burst: $BURST concurrent requests, one new token"
 BURST_LINE=$("$TOOLS" burst "$TG/" "$AS" "$BURST") || { echo "$BURST_LINE"; FAILED=1; }
@@ -468,32 +638,42 @@ if ((MEM)); then
 fi
 
 # --- report -----------------------------------------------------------------
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b) printf "%.2f", a / b; else print "-" }'; }
 table() {
-    echo "| scenario | req/s | p50 ms | p99 ms | vs direct | vs nginx | introspections/req | introspections/new token | AS conns/introspection | AS held ms mean / p99 | RSS MiB |"
+    local rs="req/s"
+    ((ROUNDS == 1)) || rs="req/s median (min–max)"
+    echo "| scenario | $rs | p50 ms | p99 ms | vs direct | vs nginx | introspections/req | introspections/new token | AS conns/introspection | AS held ms mean / p99 | RSS MiB |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     local n base
     for n in "${ROWS[@]}"; do
         base=""
         case $n in
-        nginx-proxy | hyper-proxy | tokengate-hit | tokengate-jwt-new* | tokengate-dpop) base=${RPS[nginx-proxy]:-} ;;
-        tokengate-miss | nginx-auth-request*) base=${RPS[nginx-auth-request]:-} ;;
+        nginx-proxy | tokengate-hit | tokengate-jwt-new* | tokengate-dpop) base=nginx-proxy ;;
+        nginx-proxy-nolog | hyper-proxy | tokengate-hit-nolog) base=nginx-proxy-nolog ;;
+        *-w[0-9]*) base=nginx-proxy-nolog-w${n##*-w} ;;
+        tokengate-miss | nginx-auth-request*) base=nginx-auth-request ;;
         esac
-        echo "| $n | ${RPS[$n]} | ${P50[$n]} | ${P99[$n]} | $(ratio "${RPS[$n]}" "${RPS[direct]}") |" \
-            "$([[ -n $base ]] && ratio "${RPS[$n]}" "$base" || echo -) | ${IPR[$n]} | ${IPT[$n]} | ${CPI[$n]} | ${HELD[$n]} | ${RSS[$n]} |"
+        echo "| $n | $(med RPS "$n" %.0f)$(spread "$n") | $(med P50 "$n" %.2f) | $(med P99 "$n" %.2f) | $(rmed "$n" direct) |" \
+            "$([[ -n $base ]] && rmed "$n" "$base" || echo -) | $(last IPR "$n") | $(last IPT "$n") | $(last CPI "$n") | $(last HELD "$n") | $(last RSS "$n") |"
     done
     echo
     local bound
     bound=$(awk -v c="$CONNS" -v l="$LATENCY_MS" 'BEGIN { if (l > 0) printf "%.0f", c / (l / 1000); else print "-" }')
-    if [[ -n ${RPS[hyper-proxy]:-} ]]; then
-        echo "- tokengate-hit vs hyper-proxy (the same HTTP stack with no auth, no header work, no log): $(ratio "${RPS[tokengate-hit]}" "${RPS[hyper-proxy]}")×."
+    ((ROUNDS == 1)) || echo "- $ROUNDS rounds, rows interleaved; req/s, p50 and p99: medians over the rounds; every ratio: taken in each round, then the median. tokengate-jwt-new, tokengate-jwt-new-rs256 and tokengate-dpop: round 1 only."
+    echo "- upstream: $UPSTREAM_DESC."
+    if [[ -n $NGINX_BIN ]]; then
+        echo "- cache hits, like for like (target ≥ 1.0×, p99 within 1 ms): tokengate-hit vs nginx-proxy (access logs on): $(rmed tokengate-hit nginx-proxy)×, p99 $(dmed tokengate-hit nginx-proxy) ms; tokengate-hit-nolog vs nginx-proxy-nolog (access logs off): $(rmed tokengate-hit-nolog nginx-proxy-nolog)×, p99 $(dmed tokengate-hit-nolog nginx-proxy-nolog) ms; hyper-proxy vs nginx-proxy-nolog: $(rmed hyper-proxy nginx-proxy-nolog)×."
     fi
-    echo "- tokengate-jwt-new vs tokengate-hit (a new ES256 JWT access token per request, checked locally, 0 AS calls; target ≥ 0.8×): $(ratio "${RPS[tokengate-jwt-new]}" "${RPS[tokengate-hit]}")×."
-    echo "- tokengate-jwt-new-rs256 vs tokengate-hit (the same with RS256, a ${RS_SECS}s row: RSA signing sizes it; target ≥ 0.8×): $(ratio "${RPS[tokengate-jwt-new-rs256]}" "${RPS[tokengate-hit]}")×."
-    echo "- tokengate-dpop vs tokengate-hit (cache hit + a new ES256 DPoP proof per request: signature, htm/htu/iat/ath, cnf.jkt, replay cache): $(ratio "${RPS[tokengate-dpop]}" "${RPS[tokengate-hit]}")×."
+    echo "- tokengate-hit-nolog vs hyper-proxy (the same HTTP stack with no auth, no header work, no log): $(rmed tokengate-hit-nolog hyper-proxy)×; tokengate-hit vs tokengate-hit-nolog (the access line's cost): $(rmed tokengate-hit tokengate-hit-nolog)×."
+    local w
+    for w in "${WLIST[@]}"; do
+        echo "- $w workers (each proxy on CPUs 0-$((w - 1)), sharing them with wrk, the AS and the upstream), no access logs: tokengate-hit-nolog-w$w vs nginx-proxy-nolog-w$w: $(rmed "tokengate-hit-nolog-w$w" "nginx-proxy-nolog-w$w")×, hyper-proxy-w$w: $(rmed "hyper-proxy-w$w" "nginx-proxy-nolog-w$w")×; scaling from 1 worker: nginx $(rmed "nginx-proxy-nolog-w$w" nginx-proxy-nolog)×, hyper-proxy $(rmed "hyper-proxy-w$w" hyper-proxy)×, tokengate $(rmed "tokengate-hit-nolog-w$w" tokengate-hit-nolog)×."
+    done
+    echo "- tokengate-jwt-new vs tokengate-hit (a new ES256 JWT access token per request, checked locally, 0 AS calls; target ≥ 0.8×): $(rmed tokengate-jwt-new tokengate-hit)×."
+    echo "- tokengate-jwt-new-rs256 vs tokengate-hit (the same with RS256, a ${RS_SECS}s row: RSA signing sizes it; target ≥ 0.8×): $(rmed tokengate-jwt-new-rs256 tokengate-hit)×."
+    echo "- tokengate-dpop vs tokengate-hit (cache hit + a new ES256 DPoP proof per request: signature, htm/htu/iat/ath, cnf.jkt, replay cache): $(rmed tokengate-dpop tokengate-hit)×."
     echo "- miss rows: \"vs nginx\" is against nginx-auth-request (auth_request + njs introspection with $NJS_CALL, no cache)$( ((NJS)) || echo ": not run, $NJS_WHY")."
-    if [[ -n ${RPS[nginx-auth-request-lite]:-} ]]; then
-        echo "- tokengate-miss vs nginx-auth-request-lite (GET /auth, keep-alive, no introspection): $(ratio "${RPS[tokengate-miss]}" "${RPS[nginx-auth-request-lite]}")×."
+    if [[ -n $NGINX_BIN ]]; then
+        echo "- tokengate-miss vs nginx-auth-request-lite (GET /auth, keep-alive, no introspection): $(rmed tokengate-miss nginx-auth-request-lite)×."
     fi
     echo "- miss bound: $CONNS connections ÷ ${LATENCY_MS} ms = $bound req/s for any proxy with zero overhead of its own; AS held = from the AS handler's start to its answer ($AS_SLEEP sleep)."
     echo "- burst: \`$BURST_LINE\`"

@@ -100,10 +100,22 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // `proxy` with BENCH_WORKERS=N > 1 (bench/run.sh --workers): N tokio
+    // workers, as tokengate runs with N CPUs; everything else is one thread.
+    let workers = std::env::var("BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+        .filter(|&w| w > 1 && args.first() == Some(&"proxy"));
+    let rt = match workers {
+        Some(w) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(w)
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
     let result = rt.block_on(async {
         match args.as_slice() {
             ["upstream", addr] => upstream(addr.parse()?).await,

@@ -177,6 +177,9 @@ pub use app::App;
 pub use config::reload::{self, ReloadHandle};
 pub use http::tls::TlsReloader;
 pub use listen::run;
+/// For `benches/cache_hit.rs` (the metrics' cost per request), not an API.
+#[doc(hidden)]
+pub use ops::metrics::Metrics;
 pub use ops::readiness::Readiness;
 pub use resilience::clock;
 

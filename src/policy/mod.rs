@@ -443,6 +443,51 @@ pub type HostPort<'a> = (Cow<'a, str>, Option<u16>);
 /// Borrowed when the value already is in that form (the host the proxy path
 /// normalised once more in [`RouteTable::select`]): no allocation per request.
 pub fn normalize_host(h: &str) -> Result<Option<HostPort<'_>>, RouteError> {
+    // Every request's Host goes through here (twice on the proxy path), and
+    // nearly all are already plain: one pass over the bytes for those.
+    match plain_host(h) {
+        Some(hp) => Ok(Some(hp)),
+        None => normalize_host_full(h),
+    }
+}
+
+/// `h` when it is already in normal form and needs no other reading: lower-case
+/// labels of `[a-z0-9_-]` joined by single dots (none first or last), then an
+/// optional `:port` of 1 to 5 digits. `None` for anything else (upper case, a
+/// trailing dot, an IP literal in brackets, spaces, ...), which
+/// [`normalize_host_full`] then decides; for what this accepts, it gives the
+/// same answer (`plain_host_agrees_with_the_full_reading`).
+fn plain_host(h: &str) -> Option<HostPort<'_>> {
+    let bytes = h.as_bytes();
+    let mut after_dot = true;
+    let mut end = bytes.len();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => after_dot = false,
+            b'.' if !after_dot => after_dot = true,
+            b':' => {
+                end = i;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    // Empty, or ending in a dot.
+    if after_dot {
+        return None;
+    }
+    let (name, rest) = h.split_at(end);
+    let port = match rest.strip_prefix(':') {
+        None => None,
+        Some(p) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    Some((Cow::Borrowed(name), port))
+}
+
+fn normalize_host_full(h: &str) -> Result<Option<HostPort<'_>>, RouteError> {
     let h = h.trim();
     if h.is_empty() {
         return Ok(None);
@@ -1556,6 +1601,40 @@ mod tests {
         ];
         for (m, p, want) in cases {
             assert_eq!(pick(m, p), *want, "{m} {p}");
+        }
+    }
+
+    /// The one-pass reading of a plain host answers exactly as the full one,
+    /// and leaves everything else to it.
+    #[test]
+    fn plain_host_agrees_with_the_full_reading() {
+        let plain = [
+            "admin.example.com",
+            "127.0.0.1:8080",
+            "my_host",
+            "a-b.c:1",
+            "x:65535",
+            "x:00080",
+        ];
+        for h in plain {
+            let fast = plain_host(h);
+            assert!(fast.is_some(), "{h:?} is plain");
+            assert_eq!(
+                fast.clone().map(Some).ok_or(()),
+                normalize_host_full(h).map_err(|_| ()),
+                "{h:?}"
+            );
+            assert!(
+                matches!(fast, Some((Cow::Borrowed(_), _))),
+                "{h:?} borrowed"
+            );
+        }
+        let not_plain = [
+            "", " a", "a ", "A.b", "a.", ".a", "a..b", "a:", "a:b", "a:1:2", "a:99999", "a:123456",
+            "[::1]", "[::1]:80", "a%2eb", "u@a", "a,b", "bücher", ":80", "a.:80",
+        ];
+        for h in not_plain {
+            assert_eq!(plain_host(h), None, "{h:?} goes to the full reading");
         }
     }
 

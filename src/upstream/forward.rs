@@ -429,6 +429,24 @@ pub fn rewrite_request_headers(
     headers.append(header::VIA, HeaderValue::from_static(via));
 }
 
+/// Whether `value` reads exactly `name`, or `name:port` with the port in
+/// plain decimal (no leading zero), i.e. what `routing_host` would write.
+fn spelled_as(value: &[u8], name: &str, port: Option<u16>) -> bool {
+    let Some(rest) = value.strip_prefix(name.as_bytes()) else {
+        return false;
+    };
+    match (port, rest) {
+        (None, []) => true,
+        (Some(p), [b':', first, ..]) if *first != b'0' => {
+            std::str::from_utf8(&rest[1..])
+                .ok()
+                .and_then(|d| d.parse::<u16>().ok())
+                == Some(p)
+        }
+        _ => false,
+    }
+}
+
 /// The host the route is chosen by, and the one the upstream is told about in
 /// `X-Forwarded-Host`: the `Host` field, or the target's authority (HTTP/2
 /// `:authority`, or an absolute-form target), normalised (lower case, no
@@ -445,6 +463,7 @@ pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteErr
     if fields.next().is_some() {
         return Err(RouteError::DuplicateHost);
     }
+    let sent = field;
     let normal = crate::policy::normalize_host;
     let field = match field {
         Some(v) => Some(normal(v.to_str().map_err(|_| RouteError::InvalidHost)?)?),
@@ -469,6 +488,13 @@ pub fn routing_host<B>(req: &Request<B>) -> Result<Option<HeaderValue>, RouteErr
         let t = t.as_ref().map(|(name, p)| (name.as_ref(), port(p)));
         if f != t {
             return Err(RouteError::HostMismatch);
+        }
+    }
+    // The common case: the Host field as sent is already the normal form, so
+    // it is the answer itself (no formatting, no copy).
+    if let (Some(v), Some(Some((std::borrow::Cow::Borrowed(name), port)))) = (sent, &field) {
+        if spelled_as(v.as_bytes(), name, *port) {
+            return Ok(Some(v.clone()));
         }
     }
     Ok(match field.or(target).flatten() {
@@ -702,6 +728,15 @@ mod tests {
             host("/x", &["admin.example.com.:8443"]),
             ok("admin.example.com:8443")
         );
+        // Already normal: the field itself; a port with a leading zero is
+        // written again in plain decimal.
+        assert_eq!(host("/x", &["api.example.com"]), ok("api.example.com"));
+        assert_eq!(host("/x", &["127.0.0.1:8080"]), ok("127.0.0.1:8080"));
+        assert_eq!(
+            host("/x", &["api.example.com:080"]),
+            ok("api.example.com:80")
+        );
+        assert_eq!(host("/x", &["api.example.com:0"]), ok("api.example.com:0"));
         assert_eq!(host("/x", &[]), Ok(None));
         assert_eq!(host("/x", &[""]), Ok(None));
         assert_eq!(
