@@ -22,7 +22,9 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents}
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::Algorithm;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +103,12 @@ impl Key {
 
     fn from_jwk(jwk: &Jwk) -> Option<Self> {
         if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+            return None;
+        }
+        // RFC 7517 §4.3: `key_ops`, when given, must allow "verify"; a key
+        // meant only to encrypt, wrap or derive verifies nothing.
+        if matches!(&jwk.common.key_operations, Some(ops) if !ops.contains(&KeyOperations::Verify))
+        {
             return None;
         }
         let fits: &'static [Algorithm] = match &jwk.algorithm {
@@ -475,6 +483,37 @@ mod tests {
         assert!(!keys[0].accepts(Algorithm::RS256));
         assert!(!keys[0].accepts(Algorithm::HS256));
         assert!(parse_jwks(b"[]").is_err());
+    }
+
+    /// RFC 7517 §4.3: a key whose `key_ops` are given but do not include
+    /// "verify" (an encryption or key-wrapping key that has no `use`) is not
+    /// a signature key, whatever its type: never used to verify a JWS.
+    #[test]
+    fn a_key_whose_key_ops_exclude_verify_is_skipped() {
+        let x = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+        let y = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+        let key = |ops: &str| {
+            format!(
+                r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k","x":"{x}","y":"{y}"{ops}}}]}}"#
+            )
+        };
+        for ops in [
+            r#","key_ops":["encrypt"]"#,
+            r#","key_ops":["deriveKey","deriveBits"]"#,
+            r#","key_ops":["sign"]"#,
+            r#","key_ops":[]"#,
+        ] {
+            let keys = parse_jwks(key(ops).as_bytes()).unwrap();
+            assert!(keys.is_empty(), "{ops}");
+        }
+        for ops in [
+            "",
+            r#","key_ops":["verify"]"#,
+            r#","key_ops":["sign","verify"]"#,
+        ] {
+            let keys = parse_jwks(key(ops).as_bytes()).unwrap();
+            assert_eq!(keys.len(), 1, "{ops}");
+        }
     }
 
     /// Each key type is parsed once into the verifier of every algorithm it
