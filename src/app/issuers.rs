@@ -343,7 +343,9 @@ impl Issuer {
 /// Why [`Issuers::pick`] found no issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Picked {
-    /// An `at+jwt` whose `iss` is none of the route's issuers: 401.
+    /// An `at+jwt` whose `iss` is none of the route's issuers, or a JWT of
+    /// any `typ` whose `iss` is a configured issuer the route does not
+    /// admit: 401, no AS call.
     UnknownIssuer,
     /// The route names an issuer that does not run (`validate` and reload
     /// refuse that; should one slip through, fail closed: 503).
