@@ -516,6 +516,39 @@ mod tests {
         }
     }
 
+    /// An RSA key under 2048 bits verifies nothing, not even a genuine
+    /// RS256 signature of its own (aws-lc-rs checks the size per
+    /// verification with the parsed key, as with the unparsed one).
+    #[test]
+    fn a_short_rsa_key_verifies_nothing() {
+        let n = "5-ooWXkfZSP_QouKbme85vsSYaE3eIM2Q95syYJqXnyJUFboo8RSqxhXIfVMdPHhsUirzpU_m9SuKB4dD6xXPz5mx6QiKlK3CIu76EkxX1TuzzoOP38JIhUEFEoSEDfhIiNixP7W8bdQ49p2zDjpc9ZsnAs9R-loh8XH_9kSVRs";
+        // `openssl dgst -sha256 -sign` (RSASSA-PKCS1-v1_5) of the message, with
+        // the 1024-bit private key of `n`.
+        let sig = "3pvB2w1Z-cRZY-_auG6SCksOF8tyshYDb8dSqO3ii62LGllX5FDwBaSnWWPmbB09e4enO8pPyUgcKNgaRX_t_EHlzeZg1yNLPQXsCMqVFhfjzL2-Bqj9Bxh6x4yGpLY1K2LRGI059hjuyzDxJQTXq6lp2VZQorx17Pn3WjYPhTA";
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        // The signature is genuine: a verifier that allows 1024 bits takes it.
+        let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(n)
+            .unwrap();
+        let legacy = sig::RsaPublicKeyComponents {
+            n: modulus.as_slice(),
+            e: &[1u8, 0, 1][..],
+        };
+        assert!(legacy
+            .verify(
+                &sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+                b"header.payload",
+                &sig
+            )
+            .is_ok());
+        let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"short","n":"{n}","e":"AQAB"}}]}}"#);
+        for key in parse_jwks(doc.as_bytes()).unwrap() {
+            assert!(!key.verify(Algorithm::RS256, b"header.payload", &sig));
+        }
+    }
+
     /// Each key type is parsed once into the verifier of every algorithm it
     /// fits (an RSA key: six), and verifies exactly those signatures.
     #[test]
