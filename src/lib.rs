@@ -99,8 +99,9 @@
 //!    └─ token::extract_with_scheme     header (Bearer; DPoP with dpop.enabled) / query / cookie;
 //!                                      none → 401, malformed or two → 400
 //!    └─ app::issuers::Issuers::pick    the route's issuer (or the default); several: a JWT's
-//!                                      unverified iss picks one (at+jwt naming none → 401, no AS
-//!                                      call), else the first: its cache key, its keys, its AS
+//!                                      unverified iss picks one (at+jwt naming none, or any JWT
+//!                                      naming an issuer not admitted → 401, no AS call), else the
+//!                                      first: its cache key, its keys, its AS
 //!    └─ cache::TokenCache::get_or_load hit / negative / miss or stale → single-flight (cache::flight) →
 //!                                      (introspection::answer::Answer: the cached form the policy reads)
 //!         └─ introspection::jwt::JwtVerifier::classify  (the issuer's jwt enabled) its at+jwt → local check

@@ -366,3 +366,57 @@ issuers = ["default", "partners"]
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A route admitting several issuers never shows one issuer's JWT to
+/// another's AS, whatever its `typ`: b's token re-typed `JWT` (as Keycloak,
+/// Entra ID or Okta access tokens are, and every ID token) on a route that
+/// admits the default (a) and a third issuer, not b, is refused without an
+/// AS call; before, it went to the route's first AS (a) for introspection.
+#[tokio::test]
+async fn a_jwt_of_an_issuer_the_route_does_not_admit_is_shown_to_no_as_whatever_its_typ() {
+    let test = "a_jwt_of_an_issuer_the_route_does_not_admit_is_shown_to_no_as_whatever_its_typ";
+    let (Some(a), Some(b)) = (
+        JwtAs::start(test, 0, 1).await,
+        JwtAs::start(test, 0, 2).await,
+    ) else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let mut raw = config(&a, &b, &upstream);
+    // A third issuer (introspected only; never called here).
+    let mut third = RawIssuer {
+        issuer: "https://third.example".into(),
+        ..RawIssuer::default()
+    };
+    third.introspection.url = a.url("/third/introspection");
+    third.introspection.client_id = "tokengate".into();
+    third.introspection.client_secret = Secret::new(JWT_AS_SECRET);
+    third.introspection.probe = tokengate::config::ProbeMode::Off;
+    raw.issuers.insert("third".into(), third);
+    raw.routes = vec![RawRoute {
+        issuers: vec!["default".into(), "third".into()],
+        ..RawRoute::new("/c/")
+    }];
+    let gate = Gate::start(&raw).await;
+    let real = b.token(Some(API)).await;
+    for typ in [Some("JWT"), None] {
+        let mut header = part(&real, 0);
+        match typ {
+            Some(t) => header["typ"] = t.into(),
+            None => drop(header.as_object_mut().unwrap().remove("typ")),
+        }
+        let token = forge(&real, &header, &part(&real, 1));
+        assert_rejection(&get(&gate, "/c/x", &token).await, 401, "invalid_token");
+    }
+    assert_eq!(
+        a.count("/token/introspection").await,
+        0,
+        "b's token shown to a"
+    );
+    assert_eq!(a.count("/third/introspection").await, 0);
+    assert_eq!(b.count("/token/introspection").await, 0);
+    // An opaque token still goes to the route's first AS.
+    let a_opaque = a.token(None).await;
+    assert_eq!(get(&gate, "/c/x", &a_opaque).await.status, 200);
+    assert_eq!(a.count("/token/introspection").await, 1);
+}

@@ -343,7 +343,9 @@ impl Issuer {
 /// Why [`Issuers::pick`] found no issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Picked {
-    /// An `at+jwt` whose `iss` is none of the route's issuers: 401.
+    /// An `at+jwt` whose `iss` is none of the route's issuers, or a JWT of
+    /// any `typ` whose `iss` is a configured issuer the route does not
+    /// admit: 401, no AS call.
     UnknownIssuer,
     /// The route names an issuer that does not run (`validate` and reload
     /// refuse that; should one slip through, fail closed: 503).
@@ -419,8 +421,10 @@ impl Issuers {
     /// a compact JWS whose unverified `iss` is exactly an admitted issuer's
     /// picks that issuer, whose keys then verify it (so the signature pins
     /// the peeked `iss`) or whose AS introspects it; an `at+jwt` naming no
-    /// admitted issuer is refused (401, no AS call); anything else (an opaque
-    /// token, a JWT of another `typ` or without `iss`) goes to the first.
+    /// admitted issuer is refused (401, no AS call), and so is a JWT of any
+    /// `typ` whose `iss` is a configured issuer's that the route does not
+    /// admit; anything else (an opaque token, a JWT of another `typ` naming
+    /// no configured issuer, or without `iss`) goes to the first.
     /// Never more than one AS per token.
     pub fn pick(&self, names: &[String], token: &str) -> Result<&Arc<Issuer>, Picked> {
         let first = names.first().map(String::as_str);
@@ -438,8 +442,14 @@ impl Issuers {
             }
             first.get_or_insert(issuer);
         }
+        // An `iss` that another configured issuer has (one this route does
+        // not admit) names that issuer's token, whatever its `typ`: many ASes
+        // put `typ: JWT` or none in their access tokens, and ID tokens are
+        // JWTs too. Sent to the first AS it would hand one AS another's
+        // token; refused instead, like an `at+jwt` naming no admitted issuer.
+        let foreign = || peek.iss.is_some() && self.all().any(|i| i.jwt_iss == peek.iss);
         match first {
-            Some(_) if peek.at_jwt => Err(Picked::UnknownIssuer),
+            Some(_) if peek.at_jwt || foreign() => Err(Picked::UnknownIssuer),
             Some(first) => Ok(first),
             None => Err(Picked::NotRunning),
         }
@@ -596,6 +606,53 @@ mod tests {
         );
         assert_eq!(pick(&["b", "a"], &no_iss), Err(Picked::UnknownIssuer));
         assert_eq!(pick(&["nope", "a"], &a), Err(Picked::NotRunning));
+    }
+
+    /// A JWT of any `typ` whose `iss` is another configured issuer's (one the
+    /// route does not admit) is that issuer's token: sending it to the
+    /// route's first AS would hand one AS another's token (many ASes put
+    /// `typ: JWT`, or none, in their access tokens, and ID tokens are JWTs
+    /// too). Refused, no AS call. An `iss` no issuer has still goes to the
+    /// first (it may be an opaque-looking token of the first AS).
+    #[test]
+    fn a_jwt_naming_a_configured_issuer_the_route_does_not_admit_reaches_no_as() {
+        use base64::Engine as _;
+        let all = issuers();
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = |header: &str, iss: &str| {
+            format!(
+                "{}.{}.sig",
+                b64(header),
+                b64(&format!(r#"{{"iss":"{iss}","sub":"u"}}"#))
+            )
+        };
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pick = |route: &[&str], token: &str| {
+            all.pick(&names(route), token).map(|i| i.name.to_string())
+        };
+        for header in [
+            r#"{"alg":"RS256","typ":"JWT"}"#,
+            r#"{"alg":"RS256"}"#,
+            r#"{"alg":"RS256","typ":"id_token+jwt"}"#,
+        ] {
+            let b = jwt(header, "https://b.example");
+            assert_eq!(
+                pick(&["a", "default"], &b),
+                Err(Picked::UnknownIssuer),
+                "{header}"
+            );
+            let d = jwt(header, "https://default.example");
+            assert_eq!(
+                pick(&["a", "b"], &d),
+                Err(Picked::UnknownIssuer),
+                "{header}"
+            );
+            // Admitted: its own issuer, as before.
+            assert_eq!(pick(&["a", "b"], &b).unwrap(), "b");
+            // Nobody's: the first, as before.
+            let x = jwt(header, "https://x.example");
+            assert_eq!(pick(&["a", "b"], &x).unwrap(), "a");
+        }
     }
 
     #[test]

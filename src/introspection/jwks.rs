@@ -22,7 +22,9 @@ use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents}
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::Algorithm;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -101,6 +103,12 @@ impl Key {
 
     fn from_jwk(jwk: &Jwk) -> Option<Self> {
         if matches!(&jwk.common.public_key_use, Some(u) if *u != PublicKeyUse::Signature) {
+            return None;
+        }
+        // RFC 7517 §4.3: `key_ops`, when given, must allow "verify"; a key
+        // meant only to encrypt, wrap or derive verifies nothing.
+        if matches!(&jwk.common.key_operations, Some(ops) if !ops.contains(&KeyOperations::Verify))
+        {
             return None;
         }
         let fits: &'static [Algorithm] = match &jwk.algorithm {
@@ -489,6 +497,70 @@ mod tests {
         assert!(!keys[0].accepts(Algorithm::RS256));
         assert!(!keys[0].accepts(Algorithm::HS256));
         assert!(parse_jwks(b"[]").is_err());
+    }
+
+    /// RFC 7517 §4.3: a key whose `key_ops` are given but do not include
+    /// "verify" (an encryption or key-wrapping key that has no `use`) is not
+    /// a signature key, whatever its type: never used to verify a JWS.
+    #[test]
+    fn a_key_whose_key_ops_exclude_verify_is_skipped() {
+        let x = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+        let y = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+        let key = |ops: &str| {
+            format!(
+                r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k","x":"{x}","y":"{y}"{ops}}}]}}"#
+            )
+        };
+        for ops in [
+            r#","key_ops":["encrypt"]"#,
+            r#","key_ops":["deriveKey","deriveBits"]"#,
+            r#","key_ops":["sign"]"#,
+            r#","key_ops":[]"#,
+        ] {
+            let keys = parse_jwks(key(ops).as_bytes()).unwrap();
+            assert!(keys.is_empty(), "{ops}");
+        }
+        for ops in [
+            "",
+            r#","key_ops":["verify"]"#,
+            r#","key_ops":["sign","verify"]"#,
+        ] {
+            let keys = parse_jwks(key(ops).as_bytes()).unwrap();
+            assert_eq!(keys.len(), 1, "{ops}");
+        }
+    }
+
+    /// An RSA key under 2048 bits verifies nothing, not even a genuine
+    /// RS256 signature of its own (aws-lc-rs checks the size per
+    /// verification with the parsed key, as with the unparsed one).
+    #[test]
+    fn a_short_rsa_key_verifies_nothing() {
+        let n = "5-ooWXkfZSP_QouKbme85vsSYaE3eIM2Q95syYJqXnyJUFboo8RSqxhXIfVMdPHhsUirzpU_m9SuKB4dD6xXPz5mx6QiKlK3CIu76EkxX1TuzzoOP38JIhUEFEoSEDfhIiNixP7W8bdQ49p2zDjpc9ZsnAs9R-loh8XH_9kSVRs";
+        // `openssl dgst -sha256 -sign` (RSASSA-PKCS1-v1_5) of the message, with
+        // the 1024-bit private key of `n`.
+        let sig = "3pvB2w1Z-cRZY-_auG6SCksOF8tyshYDb8dSqO3ii62LGllX5FDwBaSnWWPmbB09e4enO8pPyUgcKNgaRX_t_EHlzeZg1yNLPQXsCMqVFhfjzL2-Bqj9Bxh6x4yGpLY1K2LRGI059hjuyzDxJQTXq6lp2VZQorx17Pn3WjYPhTA";
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        // The signature is genuine: a verifier that allows 1024 bits takes it.
+        let modulus = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(n)
+            .unwrap();
+        let legacy = sig::RsaPublicKeyComponents {
+            n: modulus.as_slice(),
+            e: &[1u8, 0, 1][..],
+        };
+        assert!(legacy
+            .verify(
+                &sig::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+                b"header.payload",
+                &sig
+            )
+            .is_ok());
+        let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"short","n":"{n}","e":"AQAB"}}]}}"#);
+        for key in parse_jwks(doc.as_bytes()).unwrap() {
+            assert!(!key.verify(Algorithm::RS256, b"header.payload", &sig));
+        }
     }
 
     /// Each key type is parsed once into the verifier of every algorithm it
