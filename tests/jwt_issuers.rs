@@ -393,10 +393,18 @@ async fn a_jwt_of_an_issuer_the_route_does_not_admit_is_shown_to_no_as_whatever_
     third.introspection.client_secret = Secret::new(JWT_AS_SECRET);
     third.introspection.probe = tokengate::config::ProbeMode::Off;
     raw.issuers.insert("third".into(), third);
-    raw.routes = vec![RawRoute {
-        issuers: vec!["default".into(), "third".into()],
-        ..RawRoute::new("/c/")
-    }];
+    raw.routes = vec![
+        RawRoute {
+            issuers: vec!["default".into(), "third".into()],
+            ..RawRoute::new("/c/")
+        },
+        // One admitted issuer, introspected only: no local check would
+        // refuse b's token before its AS saw it.
+        RawRoute {
+            issuer: "third".into(),
+            ..RawRoute::new("/t/")
+        },
+    ];
     let gate = Gate::start(&raw).await;
     let real = b.token(Some(API)).await;
     for typ in [Some("JWT"), None] {
@@ -407,7 +415,10 @@ async fn a_jwt_of_an_issuer_the_route_does_not_admit_is_shown_to_no_as_whatever_
         }
         let token = forge(&real, &header, &part(&real, 1));
         assert_rejection(&get(&gate, "/c/x", &token).await, 401, "invalid_token");
+        assert_rejection(&get(&gate, "/t/x", &token).await, 401, "invalid_token");
     }
+    // b's real at+jwt on the single-issuer route as well.
+    assert_rejection(&get(&gate, "/t/x", &real).await, 401, "invalid_token");
     assert_eq!(
         a.count("/token/introspection").await,
         0,

@@ -416,8 +416,10 @@ impl Issuers {
     }
 
     /// The issuer a request's token goes to, among those its route admits
-    /// (`names`; empty: the default only). One admitted: that one, whatever
-    /// the token (as before routes could admit several; no peek). Several:
+    /// (`names`; empty: the default only). One admitted: that one, unless
+    /// the token is a JWT whose `iss` is another configured issuer's (401: no
+    /// AS is shown another's token; no peek at all when only the default
+    /// issuer is configured). Several:
     /// a compact JWS whose unverified `iss` is exactly an admitted issuer's
     /// picks that issuer, whose keys then verify it (so the signature pins
     /// the peeked `iss`) or whose AS introspects it; an `at+jwt` naming no
@@ -429,7 +431,27 @@ impl Issuers {
     pub fn pick(&self, names: &[String], token: &str) -> Result<&Arc<Issuer>, Picked> {
         let first = names.first().map(String::as_str);
         if names.len() <= 1 {
-            return self.get(first).ok_or(Picked::NotRunning);
+            let issuer = self.get(first).ok_or(Picked::NotRunning)?;
+            // With one AS configured there is no other AS to protect: no peek.
+            if self.named.is_empty() {
+                return Ok(issuer);
+            }
+            // Several configured: a JWT naming *another* configured issuer is
+            // that issuer's token; shown to this route's AS it would hand one
+            // AS another's token (a partner's token on a staff route). 401.
+            let foreign = crate::introspection::jwt::peek_iss(token)
+                .and_then(|p| p.iss)
+                .is_some_and(|iss| {
+                    issuer.jwt_iss.as_deref() != Some(iss.as_str())
+                        && self
+                            .all()
+                            .any(|i| i.jwt_iss.as_deref() == Some(iss.as_str()))
+                });
+            return if foreign {
+                Err(Picked::UnknownIssuer)
+            } else {
+                Ok(issuer)
+            };
         }
         let Some(peek) = crate::introspection::jwt::peek_iss(token) else {
             return self.get(first).ok_or(Picked::NotRunning);
@@ -572,9 +594,18 @@ mod tests {
         let a = jwt("at+jwt", "https://a.example");
         let b = jwt("at+jwt", "https://b.example");
         let d = jwt("at+jwt", "https://default.example");
-        // One admitted issuer: that one, whatever the token says.
-        assert_eq!(pick(&[], &b).unwrap(), "default");
-        assert_eq!(pick(&["a"], &b).unwrap(), "a");
+        // One admitted issuer: that one, unless the token names another
+        // configured issuer (that issuer's token: no AS is shown it).
+        assert_eq!(pick(&[], &d).unwrap(), "default");
+        assert_eq!(pick(&["a"], &a).unwrap(), "a");
+        assert_eq!(pick(&[], &b), Err(Picked::UnknownIssuer));
+        assert_eq!(pick(&["a"], &b), Err(Picked::UnknownIssuer));
+        assert_eq!(
+            pick(&["a"], &jwt("at+jwt", "https://x.example")).unwrap(),
+            "a",
+            "an iss nobody has: the route's issuer decides (its own checks refuse it)"
+        );
+        assert_eq!(pick(&["a"], "opaque-token").unwrap(), "a");
         // Several: by exact iss.
         assert_eq!(pick(&["a", "b"], &a).unwrap(), "a");
         assert_eq!(pick(&["a", "b"], &b).unwrap(), "b");
@@ -647,6 +678,10 @@ mod tests {
                 Err(Picked::UnknownIssuer),
                 "{header}"
             );
+            // The same on a route that admits one issuer.
+            assert_eq!(pick(&["a"], &b), Err(Picked::UnknownIssuer), "{header}");
+            assert_eq!(pick(&[], &b), Err(Picked::UnknownIssuer), "{header}");
+            assert_eq!(pick(&["b"], &b).unwrap(), "b");
             // Admitted: its own issuer, as before.
             assert_eq!(pick(&["a", "b"], &b).unwrap(), "b");
             // Nobody's: the first, as before.

@@ -150,7 +150,9 @@ impl Key {
 /// The JWK's public key, parsed by aws-lc-rs once for each of `fits` (the
 /// same verification algorithms jsonwebtoken's aws-lc-rs backend uses).
 /// `None` for a malformed key (bad base64, a point not on the curve, a
-/// coordinate of the wrong length, an RSA key aws-lc-rs refuses).
+/// coordinate of the wrong length, an RSA key aws-lc-rs refuses). An RSA
+/// key shorter than 2048 bits parses, but aws-lc-rs refuses it on every
+/// verification (the 2048-8192-bit range is checked per call): fail closed.
 fn parse_public(
     params: &AlgorithmParameters,
     fits: &[Algorithm],

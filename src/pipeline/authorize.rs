@@ -51,13 +51,13 @@ pub(super) async fn authorize(
             let issuer = match app.issuers.pick(&requirements.issuer_names, token.secret()) {
                 Ok(issuer) => issuer,
                 Err(Picked::UnknownIssuer) => {
-                    // Counted under the route's first issuer: no issuer's
-                    // keys were involved, and every route has a first.
+                    // Counted under the route's first issuer (the default
+                    // when it names none): no issuer's keys were involved.
                     let first = requirements
                         .issuer_names
                         .first()
                         .cloned()
-                        .unwrap_or_default();
+                        .unwrap_or_else(|| crate::app::issuers::DEFAULT_ISSUER.to_owned());
                     app.metrics
                         .jwt_checked(&first.into(), JwtError::UnknownIssuer.kind());
                     debug!(route = %route.name, token = %token::fingerprint(&token_hash), "JWT access token of an issuer this route does not admit; refused without an AS call");
