@@ -26,7 +26,7 @@ const DEFAULT_SERVICE_NAME: &str = "tokengate";
 
 /// `[tracing]` as written. Every key is optional, so that an unset key can
 /// fall back to its `OTEL_*` variable.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTracing {
     /// OTLP/gRPC collector URL, e.g. `http://otel-collector:4317`. Unset: the
@@ -58,7 +58,7 @@ pub struct RawTracing {
 /// key) are not among them: the exporter reads them itself, so their values
 /// never pass through tokengate's settings, its `Debug` output or
 /// `--check-config`.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Clone, Default, PartialEq)]
 pub struct OtelEnv {
     pub sdk_disabled: Option<String>,
     pub service_name: Option<String>,
@@ -96,6 +96,57 @@ impl OtelEnv {
             sampler: get("OTEL_TRACES_SAMPLER"),
             sampler_arg: get("OTEL_TRACES_SAMPLER_ARG"),
         }
+    }
+}
+
+// Debug by hand: an endpoint may carry a credential in its userinfo, path or
+// query (refused by `settings`, but only for the endpoint in use: the file's
+// key hides the environment's, which is never validated), and `Debug` of the
+// raw config must not show one. Endpoints are shown as scheme, host and port.
+impl std::fmt::Debug for RawTracing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawTracing")
+            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(shown))
+            .field("service_name", &self.service_name)
+            .field("sample_ratio", &self.sample_ratio)
+            .field("export_timeout", &self.export_timeout)
+            .field("env", &self.env)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for OtelEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtelEnv")
+            .field("sdk_disabled", &self.sdk_disabled)
+            .field("service_name", &self.service_name)
+            .field("resource_attributes", &self.resource_attributes)
+            .field(
+                "traces_endpoint",
+                &self.traces_endpoint.as_deref().map(shown),
+            )
+            .field("endpoint", &self.endpoint.as_deref().map(shown))
+            .field("traces_timeout", &self.traces_timeout)
+            .field("timeout", &self.timeout)
+            .field("traces_protocol", &self.traces_protocol)
+            .field("protocol", &self.protocol)
+            .field("sampler", &self.sampler)
+            .field("sampler_arg", &self.sampler_arg)
+            .finish()
+    }
+}
+
+/// An endpoint as it may be shown (Debug, error messages): scheme, host and
+/// port only, never its userinfo, path, query or fragment, where a
+/// credential may have been put.
+fn shown(e: &str) -> String {
+    match url::Url::parse(e.trim()) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
+            (Some(h), None) => format!("{}://{h}", u.scheme()),
+            (None, _) => format!("{}:<no host>", u.scheme()),
+        },
+        Err(_) => "<not a URL>".to_owned(),
     }
 }
 
@@ -272,14 +323,17 @@ fn check_endpoint(e: &str) -> Result<(), String> {
         return Err("must not carry credentials (use OTEL_EXPORTER_OTLP_HEADERS)".into());
     }
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{e:?}: must be http:// or https://"));
+        return Err(format!("{}: must be http:// or https://", shown(e)));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{e:?}: has no host"));
+        return Err(format!("{}: has no host", shown(e)));
     }
-    if url.query().is_some() || url.path() != "/" {
+    // Named without the path, query or fragment: an API key is sometimes put
+    // there, and this message is printed and logged.
+    if url.query().is_some() || url.path() != "/" || url.fragment().is_some() {
         return Err(format!(
-            "{e:?}: OTLP/gRPC takes no path or query, only scheme, host and port (e.g. http://otel-collector:4317)"
+            "{}/...: OTLP/gRPC takes no path, query or fragment, only scheme, host and port (e.g. http://otel-collector:4317)",
+            shown(e)
         ));
     }
     Ok(())
@@ -514,5 +568,48 @@ mod tests {
         };
         let problems = r.settings().unwrap_err();
         assert!(!problems[0].1.contains("hunter2"), "{problems:?}");
+    }
+
+    #[test]
+    fn an_endpoint_error_does_not_echo_a_secret_in_its_path_or_query() {
+        for endpoint in [
+            "http://collector:4317/?api-key=s3cr3t-q",
+            "http://collector:4317/s3cr3t-q/v1/traces",
+            "http://collector:4317#s3cr3t-q",
+        ] {
+            let r = RawTracing {
+                otlp_endpoint: Some(endpoint.into()),
+                ..RawTracing::default()
+            };
+            let problems = r.settings().unwrap_err();
+            assert_eq!(problems.len(), 1, "{endpoint}: {problems:?}");
+            assert_eq!(problems[0].0, "tracing.otlp_endpoint");
+            assert!(!problems[0].1.contains("s3cr3t"), "{problems:?}");
+            assert!(problems[0].1.contains("collector:4317"), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_an_endpoints_credentials_or_query() {
+        // The file's key wins, so the environment's endpoint is never
+        // validated: the credential in it stays in the raw config.
+        let r = RawTracing {
+            otlp_endpoint: Some("http://u:pw-file-1@collector:4317".into()),
+            ..raw(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://u:pw-env-2@a:4317"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "https://b:4317/?k=pw-env-3",
+                ),
+            ])
+        };
+        let shown = format!("{r:?}");
+        for secret in ["pw-file-1", "pw-env-2", "pw-env-3"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("collector:4317") && shown.contains("a:4317"),
+            "{shown}"
+        );
     }
 }
