@@ -182,6 +182,49 @@ async fn an_incoming_traceparent_becomes_the_parent() {
 }
 
 #[tokio::test]
+async fn an_oversized_tracestate_is_dropped_not_exported_on_every_span() {
+    // 400 members, ~6 KiB: W3C caps tracestate at 32 members (512 characters
+    // are what must be propagated). Copied as it came, it sat in every span
+    // of the request (each queued span its own copy, the batch queue holding
+    // thousands) and made an export batch too big for a collector's 4 MiB
+    // gRPC limit, losing every other request's spans in it.
+    let huge: String = (0..400)
+        .map(|i| format!("k{i}=v{i:012}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let sink = OtlpSink::start().await;
+    let mut env = Env::start_with(traced(&sink)).await;
+    env.allow(TOKEN, 1).await;
+    let req = request(Method::GET, &env.url("/api"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .header("tracestate", &huge)
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&env.http1, req).await.status, 200);
+    let seen = env.upstream.seen();
+    stop(&mut env).await;
+
+    let spans = sink.spans();
+    let request = one(&spans, "tokengate proxy");
+    // The traceparent is still followed; only the tracestate is dropped.
+    assert_eq!(request.trace_id, CLIENT_TRACE);
+    assert_eq!(request.parent_span_id, CLIENT_SPAN);
+    for s in &spans {
+        assert!(
+            s.trace_state.is_empty(),
+            "{}: {}",
+            s.name,
+            s.trace_state.len()
+        );
+    }
+    let (trace, parent, _) = parse_traceparent(seen[0].header("traceparent").unwrap());
+    assert_eq!(trace, CLIENT_TRACE);
+    assert_eq!(parent, one(&spans, "upstream").span_id);
+    assert_eq!(seen[0].header("tracestate"), None);
+}
+
+#[tokio::test]
 async fn a_caller_that_does_not_sample_is_followed() {
     let sink = OtlpSink::start().await;
     let mut env = Env::start_with(traced(&sink)).await;

@@ -185,6 +185,10 @@ struct HeaderInjector<'a>(&'a mut http::HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        // The propagator writes an empty `tracestate` when there is none.
+        if value.is_empty() {
+            return;
+        }
         if let (Ok(name), Ok(value)) = (
             http::HeaderName::from_bytes(key.as_bytes()),
             http::HeaderValue::from_str(&value),

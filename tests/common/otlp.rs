@@ -27,6 +27,8 @@ pub struct SpanSeen {
     pub resource: Vec<(String, String)>,
     /// OTLP status code (2 = error).
     pub status_code: i32,
+    /// The W3C `tracestate` the span was exported with.
+    pub trace_state: String,
 }
 
 impl SpanSeen {
@@ -44,9 +46,10 @@ impl SpanSeen {
             .map(|(_, v)| v.as_str())
     }
 
-    /// Everything a span carries as text: name, attribute keys and values.
+    /// Everything a span carries as text: name, tracestate, attribute keys
+    /// and values.
     pub fn all_text(&self) -> String {
-        let mut s = self.name.clone();
+        let mut s = format!("{} {}", self.name, self.trace_state);
         for (k, v) in self.attributes.iter().chain(&self.resource) {
             s.push(' ');
             s.push_str(k);
@@ -103,6 +106,7 @@ impl TraceService for Collector {
                         attributes: text(&s.attributes),
                         resource: resource.clone(),
                         status_code: s.status.map(|st| st.code).unwrap_or_default(),
+                        trace_state: s.trace_state,
                     });
                 }
             }

@@ -194,9 +194,26 @@ impl Otel {
 /// header map of an Envoy `CheckRequest`).
 struct Headers<'h, F>(F, std::marker::PhantomData<&'h ()>);
 
+/// The longest `tracestate` followed, and its most list-members (W3C Trace
+/// Context: at most 32 members; 512 characters is what every hop must
+/// propagate). A longer one is dropped whole: the SDK bounds neither, and the
+/// caller's `tracestate` is copied into every span of the request, so each
+/// queued span (thousands wait when the collector is slow) would hold its own
+/// copy, and a batch of them outgrows a collector's 4 MiB gRPC limit, losing
+/// the other requests' spans exported with it.
+const MAX_TRACESTATE_BYTES: usize = 512;
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+
 impl<'h, F: Fn(&str) -> Option<&'h str>> Extractor for Headers<'h, F> {
     fn get(&self, key: &str) -> Option<&str> {
-        (self.0)(key)
+        let value = (self.0)(key)?;
+        if key == "tracestate"
+            && (value.len() > MAX_TRACESTATE_BYTES
+                || value.split(',').count() > MAX_TRACESTATE_MEMBERS)
+        {
+            return None;
+        }
+        Some(value)
     }
     fn keys(&self) -> Vec<&str> {
         // The W3C propagator asks for its two fields by name; it never lists.
