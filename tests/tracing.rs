@@ -344,6 +344,18 @@ async fn redis_calls_of_the_fleet_cache_are_child_spans() {
 
 #[tokio::test]
 async fn an_ext_authz_check_is_traced_under_the_original_requests_traceparent() {
+    ext_authz_check_traced(false).await;
+}
+
+/// Envoy's `encode_raw_headers: true` sends the headers in `header_map`
+/// only (the map `headers` is empty): the `traceparent` is there too.
+#[tokio::test]
+async fn an_ext_authz_check_with_raw_headers_is_traced_under_their_traceparent() {
+    ext_authz_check_traced(true).await;
+}
+
+async fn ext_authz_check_traced(raw_headers: bool) {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap as EnvoyHeaderMap, HeaderValue};
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
@@ -375,8 +387,22 @@ async fn an_ext_authz_check_is_traced_under_the_original_requests_traceparent() 
         ("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01")),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    .map(|(k, v)| (k.to_owned(), v));
+    let (headers, header_map) = if raw_headers {
+        let entries = headers
+            .map(|(key, v)| HeaderValue {
+                key,
+                raw_value: v.into_bytes(),
+                ..Default::default()
+            })
+            .collect();
+        (
+            Default::default(),
+            Some(EnvoyHeaderMap { headers: entries }),
+        )
+    } else {
+        (headers.collect(), None)
+    };
     let check = CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
@@ -386,6 +412,7 @@ async fn an_ext_authz_check_is_traced_under_the_original_requests_traceparent() 
                     host: "api.example".into(),
                     scheme: "https".into(),
                     headers,
+                    header_map,
                     ..Default::default()
                 }),
                 ..Default::default()

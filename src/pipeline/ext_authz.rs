@@ -45,14 +45,26 @@ pub(crate) async fn check(app: &App, req: CheckRequest) -> CheckResponse {
     };
     // The original request's `traceparent` (Envoy passes the client's
     // headers, with its own span's when Envoy traces too) is the parent.
-    let headers = req
+    // Read where `original_headers` reads them: `header_map` when Envoy
+    // sends it (`encode_raw_headers: true`; `headers` is then empty), else
+    // `headers`.
+    let http = req
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
-        .and_then(|r| r.http.as_ref())
-        .map(|h| &h.headers);
+        .and_then(|r| r.http.as_ref());
     let span = otel.request_span(crate::ops::otel::Entry::ExtAuthz, |name| {
-        headers.and_then(|h| h.get(name)).map(String::as_str)
+        let http = http?;
+        match &http.header_map {
+            Some(map) => map.headers.iter().find(|h| h.key == name).and_then(|h| {
+                if h.raw_value.is_empty() {
+                    Some(h.value.as_str())
+                } else {
+                    std::str::from_utf8(&h.raw_value).ok()
+                }
+            }),
+            None => http.headers.get(name).map(String::as_str),
+        }
     });
     otel.run(span, answer(app, req)).await
 }
