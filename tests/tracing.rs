@@ -528,3 +528,35 @@ async fn a_jwks_fetch_made_for_a_request_is_its_child_span() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_collector_that_never_answers_does_not_hold_shutdown_past_its_deadline() {
+    // Accepts connections and never says a word: each export hangs until
+    // the export timeout (10 s), and the SDK's own flush waits 5 s.
+    let black_hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", black_hole.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = black_hole.accept().await {
+            conns.push(c);
+        }
+    });
+    let mut env = Env::start_with(move |raw| {
+        raw.tracing.otlp_endpoint = Some(endpoint);
+        raw.shutdown_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    env.allow(TOKEN, 1).await;
+    let req = request(Method::GET, &env.url("/api"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&env.http1, req).await.status, 200);
+    env.gate.begin_shutdown();
+    // A deadline, not a sleep: `run` must return within shutdown_timeout
+    // (plus slack for a loaded machine), whatever the collector does.
+    tokio::time::timeout(std::time::Duration::from_secs(3), env.gate.stopped())
+        .await
+        .expect("the span flush held shutdown past shutdown_timeout");
+    held.abort();
+}

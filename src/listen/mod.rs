@@ -37,12 +37,19 @@ pub async fn run(mut app: App, listener: TcpListener, shutdown: impl Future<Outp
     let mut background = Background::start(&app, admin_listener);
     background.start_ext_authz(&app, ext_authz_listener);
     crate::pipeline::front_proxy::warn_if_auto(&app.settings());
-    let mut listener = Listener::new(app, listener);
+    let mut listener = Listener::new(app.clone(), listener);
     listener.run(shutdown).await;
+    let draining = crate::resilience::clock::stopwatch();
     listener.drain(background).await;
-    // After the drain, so that the last requests' spans are in the batch.
+    // After the drain, so that the last requests' spans are in the batch;
+    // within what is left of `shutdown_timeout`, so that a collector that
+    // hangs does not hold the exit past the deadline the operator set.
     if let Some(otel) = otel {
-        otel.shutdown().await;
+        let left = app
+            .settings()
+            .shutdown_timeout
+            .saturating_sub(draining.elapsed());
+        otel.shutdown(left).await;
     }
 }
 

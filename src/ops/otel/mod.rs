@@ -32,6 +32,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 use tracing::field::Empty;
 use tracing::{dispatcher, Dispatch, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -39,6 +40,9 @@ use tracing_subscriber::layer::SubscriberExt;
 
 pub use crate::http::trace::record_request;
 use crate::http::trace::TARGET;
+
+/// The longest the final flush may take (the SDK's default for `shutdown`).
+const MAX_FLUSH: Duration = Duration::from_secs(5);
 
 /// The running tracer: its own subscriber (registry + OpenTelemetry layer)
 /// and the provider whose batch exporter [`Otel::shutdown`] flushes.
@@ -177,12 +181,15 @@ impl Otel {
     }
 
     /// Flushes the spans still queued and stops the exporter (graceful drain:
-    /// the last requests' spans are not lost). The flush blocks on the export,
-    /// which the runtime drives: it runs on the blocking pool while this task
-    /// waits, so a current-thread runtime does not deadlock.
-    pub async fn shutdown(&self) {
+    /// the last requests' spans are not lost), waiting at most `budget` (and
+    /// never more than the SDK's own 5 s): spans a hung collector has not
+    /// taken by then are lost rather than the exit delayed. The flush blocks
+    /// on the export, which the runtime drives: it runs on the blocking pool
+    /// while this task waits, so a current-thread runtime does not deadlock.
+    pub async fn shutdown(&self, budget: Duration) {
         let provider = self.0.provider.clone();
-        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+        let budget = budget.min(MAX_FLUSH);
+        match tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(budget)).await {
             Ok(Ok(())) => tracing::debug!("OpenTelemetry spans flushed"),
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot flush the last OpenTelemetry spans"),
             Err(e) => tracing::warn!(error = %e, "cannot flush the last OpenTelemetry spans"),
