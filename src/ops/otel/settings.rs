@@ -297,6 +297,14 @@ impl RawTracing {
                 (None, None) => DEFAULT_EXPORT_TIMEOUT,
             },
         };
+        // Tracing off (no endpoint, or OTEL_SDK_DISABLED=true): the `OTEL_*`
+        // variables are not ours to judge. A platform sets them for a whole
+        // pod, for other processes' SDKs (a Java agent's `jaeger_remote`
+        // sampler...): refusing to start over them would stop a tokengate
+        // that does not trace. tokengate's own keys are still checked.
+        if endpoint.is_none() || disabled {
+            problems.retain(|(key, _)| !key.starts_with("OTEL_"));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -611,5 +619,35 @@ mod tests {
             shown.contains("collector:4317") && shown.contains("a:4317"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn otel_variables_meant_for_other_processes_do_not_stop_tokengate_with_tracing_off() {
+        // Set pod-wide for another container's SDK (a Java agent's sampler,
+        // a timeout with a unit, HTTP protocol), with no endpoint for us.
+        let foreign = [
+            ("OTEL_TRACES_SAMPLER", "parentbased_jaeger_remote"),
+            ("OTEL_TRACES_SAMPLER_ARG", "endpoint=http://jaeger:14250"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+            ("OTEL_SDK_DISABLED", "1"),
+        ];
+        assert_eq!(raw(&foreign).settings(), Ok(None));
+        // Off by OTEL_SDK_DISABLED, the environment's endpoint included.
+        let mut vars = foreign.to_vec();
+        vars.retain(|(k, _)| *k != "OTEL_SDK_DISABLED");
+        vars.push(("OTEL_SDK_DISABLED", "true"));
+        vars.push(("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"));
+        assert_eq!(raw(&vars).settings(), Ok(None));
+        // Tracing on: the same variables are ours, and errors.
+        vars.retain(|(k, _)| *k != "OTEL_SDK_DISABLED");
+        let problems = raw(&vars).settings().unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        // tokengate's own keys are errors whether tracing is on or not.
+        let r = RawTracing {
+            sample_ratio: Some(2.0),
+            ..raw(&[("OTEL_SDK_DISABLED", "true")])
+        };
+        assert_eq!(r.settings().unwrap_err()[0].0, "tracing.sample_ratio");
     }
 }
