@@ -310,7 +310,7 @@ impl RawTracing {
         }
         Ok(match endpoint {
             Some(endpoint) if !disabled => Some(TracingSettings {
-                endpoint: endpoint.to_owned(),
+                endpoint: lowercase_scheme(endpoint),
                 service_name,
                 resource_attributes,
                 sampling,
@@ -345,6 +345,16 @@ fn check_endpoint(e: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// `HTTPS://c:4317` as `https://c:4317`: the URL scheme is case-insensitive
+/// (and validated so), but the exporter is given TLS only for an endpoint
+/// that starts with `https://`; any other case would make every export fail.
+fn lowercase_scheme(e: &str) -> String {
+    match e.split_once("://") {
+        Some((scheme, rest)) => format!("{}://{rest}", scheme.to_ascii_lowercase()),
+        None => e.to_owned(),
+    }
 }
 
 /// `key1=value1,key2=value2` (W3C Baggage octets, values percent-decoded).
@@ -649,5 +659,16 @@ mod tests {
             ..raw(&[("OTEL_SDK_DISABLED", "true")])
         };
         assert_eq!(r.settings().unwrap_err()[0].0, "tracing.sample_ratio");
+    }
+
+    #[test]
+    fn an_upper_case_https_scheme_is_kept_as_https() {
+        let r = RawTracing {
+            otlp_endpoint: Some("HTTPS://Collector.example:4317".into()),
+            ..RawTracing::default()
+        };
+        let s = r.settings().unwrap().unwrap();
+        // `Otel::start` turns TLS on for this prefix.
+        assert_eq!(s.endpoint, "https://Collector.example:4317");
     }
 }
