@@ -169,12 +169,12 @@ fn format_access(line: &mut String, f: &AccessFields<'_>) -> fmt::Result {
     line.push_str(" path=");
     line.push_str(f.path);
     line.push_str(" status=");
-    write_u64(&mut Writer::new(line), u64::from(f.status))?;
+    write_u64(line, u64::from(f.status))?;
     line.push_str(" route=");
     quoted(line, f.route)?;
     line.push_str(" latency_ms=");
     match Millis::of(f.latency_ms) {
-        Some(m) => m.write(&mut Writer::new(line))?,
+        Some(m) => m.write(line)?,
         None => write!(line, "{:?}", f.latency_ms)?,
     }
     for (name, value) in [
@@ -247,7 +247,7 @@ fn plain(s: &str) -> bool {
 }
 
 /// Decimal digits without the formatting machinery (the same text as `{}`).
-fn write_u64(w: &mut Writer<'_>, mut v: u64) -> fmt::Result {
+fn write_u64(w: &mut impl fmt::Write, mut v: u64) -> fmt::Result {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -258,8 +258,9 @@ fn write_u64(w: &mut Writer<'_>, mut v: u64) -> fmt::Result {
             break;
         }
     }
-    // Only ASCII digits were written.
-    w.write_str(std::str::from_utf8(&buf[i..]).map_err(|_| fmt::Error)?)
+    buf[i..]
+        .iter()
+        .try_for_each(|&d| w.write_char(char::from(d)))
 }
 
 /// An `f64` that is a whole number of thousandths (the access log's
@@ -290,7 +291,7 @@ impl Millis {
     }
 
     /// `{:?}`'s text: `4.234`, `4.23`, `4.0`.
-    fn write(&self, w: &mut Writer<'_>) -> fmt::Result {
+    fn write(&self, w: &mut impl fmt::Write) -> fmt::Result {
         write_u64(w, self.whole)?;
         w.write_char('.')?;
         let t = self.thousandths;
@@ -300,7 +301,9 @@ impl Millis {
         while len > 1 && digits[len - 1] == b'0' {
             len -= 1;
         }
-        w.write_str(std::str::from_utf8(&digits[..len]).map_err(|_| fmt::Error)?)
+        digits[..len]
+            .iter()
+            .try_for_each(|&d| w.write_char(char::from(d)))
     }
 }
 
