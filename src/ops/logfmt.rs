@@ -41,34 +41,48 @@ thread_local! {
 
 impl FormatTime for Utc {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        // A clock before 1970 prints as the epoch; it cannot happen on a
-        // machine that validated a TLS certificate or a token's `exp`.
-        let since = crate::resilience::clock::Clock::now(&crate::resilience::clock::SystemClock)
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = since.as_secs();
-        SECOND.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if cached.0 != secs {
-                cached.1.clear();
-                let i = i64::try_from(secs).unwrap_or(i64::MAX);
-                match chrono::DateTime::from_timestamp(i, 0) {
-                    Some(t) => write!(cached.1, "{}", t.format("%Y-%m-%dT%H:%M:%S"))?,
-                    None => cached.1.push_str("9999-12-31T23:59:59"),
-                }
-                cached.0 = secs;
-            }
-            w.write_str(&cached.1)?;
-            // `.{:06}Z` without the formatting machinery.
-            let mut us = since.subsec_micros();
-            let mut tail = *b".000000Z";
-            for d in tail[1..7].iter_mut().rev() {
-                *d = b'0' + (us % 10) as u8;
-                us /= 10;
-            }
-            w.write_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?)
-        })
+        let mut stamp = [0u8; 27];
+        w.write_str(timestamp(&mut stamp))
     }
+}
+
+/// The timestamp's text, `2026-11-28T18:31:01.123456Z`, into `buf`.
+fn timestamp(buf: &mut [u8; 27]) -> &str {
+    // A clock before 1970 prints as the epoch; it cannot happen on a
+    // machine that validated a TLS certificate or a token's `exp`.
+    let since = crate::resilience::clock::Clock::now(&crate::resilience::clock::SystemClock)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            cached.1.clear();
+            let i = i64::try_from(secs).unwrap_or(i64::MAX);
+            let formatted = match chrono::DateTime::from_timestamp(i, 0) {
+                Some(t) => write!(cached.1, "{}", t.format("%Y-%m-%dT%H:%M:%S")),
+                None => Err(fmt::Error),
+            };
+            // Years past 9999 (or a formatting failure) print as the last
+            // second of 9999: the text keeps its 19 bytes.
+            if formatted.is_err() || cached.1.len() != 19 {
+                cached.1.clear();
+                cached.1.push_str("9999-12-31T23:59:59");
+            }
+            cached.0 = secs;
+        }
+        buf[..19].copy_from_slice(cached.1.as_bytes());
+    });
+    // `.{:06}Z` without the formatting machinery.
+    let mut us = since.subsec_micros();
+    for d in buf[20..26].iter_mut().rev() {
+        *d = b'0' + (us % 10) as u8;
+        us /= 10;
+    }
+    buf[19] = b'.';
+    buf[26] = b'Z';
+    // Only ASCII was written.
+    std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000000Z")
 }
 
 /// One access line's fields, as the pipeline has them.
@@ -163,7 +177,7 @@ fn quoted(line: &mut String, s: &str) -> fmt::Result {
 
 /// The text format's access line: timestamp, level, target, fields, newline.
 fn format_access(line: &mut String, f: &AccessFields<'_>) -> fmt::Result {
-    Utc.format_time(&mut Writer::new(line))?;
+    line.push_str(timestamp(&mut [0u8; 27]));
     line.push_str("  INFO tokengate::access: method=");
     line.push_str(f.method);
     line.push_str(" path=");
