@@ -163,8 +163,16 @@ async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
     let mut bin = Binary::start(&config).await;
     let client = http1_client();
 
+    let from = bin.line_count();
     let r = get(&client, &bin.url("/open/x"), None).await;
     assert_rejection(&r, 401, "unauthorized");
+    // JSON: the access line is the `tracing` event's.
+    let line = bin
+        .wait_for_line(from, |l| l.contains("tokengate::access"))
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["status"], 401, "{line}");
+    assert_eq!(json["path"], "/open/x", "{line}");
 
     // Good: a new public route, the log format switched to text, and a
     // listener change that needs a restart.
@@ -192,8 +200,31 @@ async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
         out.contains("needs a restart") && out.contains(r#""key":"listen""#),
         "restart warning missing:\n{out}"
     );
+    let from = bin.line_count();
     let r = get(&client, &bin.url("/open/x"), None).await;
     assert_eq!(r.echo().target, "/open/x", "the new route is live");
+    // Text after the reload: the line written by hand, in the text format.
+    let line = bin
+        .wait_for_line(from, |l| l.contains("tokengate::access"))
+        .await;
+    let (stamp, rest) = line.split_at(27);
+    assert!(
+        stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{line}"
+    );
+    let (head, latency) = rest.split_once(" latency_ms=").unwrap();
+    assert!(
+        head.starts_with(
+            "  INFO tokengate::access: method=GET path=/open/x status=200 route=\"routes["
+        ),
+        "{line}"
+    );
+    let (ms, tail) = latency.split_once(' ').unwrap();
+    assert!(ms.parse::<f64>().is_ok(), "{line}");
+    assert_eq!(
+        tail, r#"cache="-" subject="-" token="-" binding="-""#,
+        "{line}"
+    );
 
     // Bad: an unknown key. Rejected, logged, and the running config stays.
     std::fs::write(&config, "[cache]\nmax_tll = \"5m\"\n").unwrap();

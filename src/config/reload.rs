@@ -128,17 +128,34 @@ pub fn init_tracing(format: LogFormat) -> Option<Logging> {
         .with(filter)
         .try_init()
         .ok()
-        .map(|()| Logging {
-            handle: LogHandle { handle, writer },
-            guard,
+        .map(|()| {
+            text_sink(format, &writer);
+            Logging {
+                handle: LogHandle { handle, writer },
+                guard,
+            }
         })
+}
+
+/// The access line is written by hand in the plain text format (no colours)
+/// only, and only to the writer of the subscriber [`init_tracing`] installed.
+fn text_sink(format: LogFormat, writer: &NonBlocking) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    crate::ops::logfmt::set_text_sink(
+        (matches!(format, LogFormat::Text) && !ansi).then(|| writer.clone()),
+    );
 }
 
 impl LogHandle {
     pub fn set_format(&self, format: LogFormat) -> Result<(), String> {
+        // The sink follows the layer: off before a swap away from text, on
+        // after a swap to it, so no line is written in the wrong format.
+        crate::ops::logfmt::set_text_sink(None);
         self.handle
             .reload(format_layer(format, self.writer.clone()))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        text_sink(format, &self.writer);
+        Ok(())
     }
 }
 

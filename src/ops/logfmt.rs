@@ -11,11 +11,21 @@
 //! * [`PlainFields`]: `name=value` pairs separated by spaces, the message bare
 //!   (control characters escaped) and strings quoted, as `DefaultFields` prints
 //!   them without colour.
+//! * [`write_access`]: the access line in the text format, written by hand into
+//!   a reused buffer and handed straight to the log writer (the same background
+//!   writer, so lines keep their order): the same bytes as the `tracing` event
+//!   [`access_event`] (pinned by `access_line_by_hand_is_the_events_text`),
+//!   without the event's per-field `dyn Value` dispatch and `fmt` machinery
+//!   (~6 000 of a cache hit's ~63 000 instructions under callgrind, BENCHMARKS.md).
 
+use arc_swap::ArcSwapOption;
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use tracing::field::{Field, Visit};
+use tracing_appender::non_blocking::NonBlocking;
 use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::FormatTime;
@@ -31,26 +41,167 @@ thread_local! {
 
 impl FormatTime for Utc {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        // A clock before 1970 prints as the epoch; it cannot happen on a
-        // machine that validated a TLS certificate or a token's `exp`.
-        let since = crate::resilience::clock::Clock::now(&crate::resilience::clock::SystemClock)
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = since.as_secs();
-        SECOND.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if cached.0 != secs {
-                cached.1.clear();
-                let i = i64::try_from(secs).unwrap_or(i64::MAX);
-                match chrono::DateTime::from_timestamp(i, 0) {
-                    Some(t) => write!(cached.1, "{}", t.format("%Y-%m-%dT%H:%M:%S"))?,
-                    None => cached.1.push_str("9999-12-31T23:59:59"),
-                }
-                cached.0 = secs;
-            }
-            write!(w, "{}.{:06}Z", cached.1, since.subsec_micros())
-        })
+        let mut stamp = [0u8; 27];
+        w.write_str(timestamp(&mut stamp))
     }
+}
+
+/// The timestamp's text, `2026-11-28T18:31:01.123456Z`, into `buf`.
+fn timestamp(buf: &mut [u8; 27]) -> &str {
+    // A clock before 1970 prints as the epoch; it cannot happen on a
+    // machine that validated a TLS certificate or a token's `exp`.
+    let since = crate::resilience::clock::Clock::now(&crate::resilience::clock::SystemClock)
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            cached.1.clear();
+            let i = i64::try_from(secs).unwrap_or(i64::MAX);
+            let formatted = match chrono::DateTime::from_timestamp(i, 0) {
+                Some(t) => write!(cached.1, "{}", t.format("%Y-%m-%dT%H:%M:%S")),
+                None => Err(fmt::Error),
+            };
+            // Years past 9999 (or a formatting failure) print as the last
+            // second of 9999: the text keeps its 19 bytes.
+            if formatted.is_err() || cached.1.len() != 19 {
+                cached.1.clear();
+                cached.1.push_str("9999-12-31T23:59:59");
+            }
+            cached.0 = secs;
+        }
+        buf[..19].copy_from_slice(cached.1.as_bytes());
+    });
+    // `.{:06}Z` without the formatting machinery.
+    let mut us = since.subsec_micros();
+    for d in buf[20..26].iter_mut().rev() {
+        *d = b'0' + (us % 10) as u8;
+        us /= 10;
+    }
+    buf[19] = b'.';
+    buf[26] = b'Z';
+    // Only ASCII was written.
+    std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000000Z")
+}
+
+/// One access line's fields, as the pipeline has them.
+#[derive(Debug, Clone, Copy)]
+pub struct AccessFields<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub route: &'a str,
+    pub latency_ms: f64,
+    pub cache: &'a str,
+    pub subject: &'a str,
+    pub token: &'a str,
+    pub binding: &'a str,
+}
+
+/// The access line as a `tracing` event: what every format but plain text
+/// (JSON, colours, a test's subscriber) prints.
+pub fn access_event(f: &AccessFields<'_>) {
+    tracing::info!(
+        target: "tokengate::access",
+        method = %f.method,
+        path = %f.path,
+        status = f.status,
+        route = f.route,
+        latency_ms = f.latency_ms,
+        cache = f.cache,
+        subject = f.subject,
+        token = f.token,
+        binding = f.binding,
+    );
+}
+
+/// The log writer, while the installed format is plain text without colours
+/// (`config::reload` keeps it in step with the format layer); empty otherwise.
+static TEXT_SINK: ArcSwapOption<NonBlocking> = ArcSwapOption::const_empty();
+
+/// Called by whoever installs or swaps the global format layer.
+pub fn set_text_sink(writer: Option<NonBlocking>) {
+    TEXT_SINK.store(writer.map(Arc::new));
+}
+
+thread_local! {
+    /// The access line being built: one buffer per thread, reused.
+    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Writes the access line by hand if the text format is installed; `false`
+/// when the caller must emit [`access_event`] instead. The filter (`RUST_LOG`)
+/// is asked as the event would be. Inside a span of the global subscriber the
+/// format layer would print the span's context: that line is left to it.
+pub fn write_access(f: &AccessFields<'_>) -> bool {
+    let sink = TEXT_SINK.load();
+    let Some(writer) = sink.as_deref() else {
+        return false;
+    };
+    if !tracing::enabled!(target: "tokengate::access", tracing::Level::INFO) {
+        return true;
+    }
+    if tracing::dispatcher::get_default(|d| d.current_span().id().is_some()) {
+        return false;
+    }
+    LINE.with(|cell| {
+        let Ok(mut line) = cell.try_borrow_mut() else {
+            return false;
+        };
+        line.clear();
+        if format_access(&mut line, f).is_err() {
+            return false;
+        }
+        // As the format layer does, a failed write is not the request's error.
+        let _ = writer.clone().write_all(line.as_bytes());
+        // A rare huge line (a long path) does not keep its buffer.
+        if line.capacity() > 4096 {
+            *line = String::new();
+        }
+        true
+    })
+}
+
+/// A string field as [`PlainVisitor::record_str`] prints it.
+fn quoted(line: &mut String, s: &str) -> fmt::Result {
+    if plain(s) {
+        line.push('"');
+        line.push_str(s);
+        line.push('"');
+        Ok(())
+    } else {
+        write!(line, "{s:?}")
+    }
+}
+
+/// The text format's access line: timestamp, level, target, fields, newline.
+fn format_access(line: &mut String, f: &AccessFields<'_>) -> fmt::Result {
+    line.push_str(timestamp(&mut [0u8; 27]));
+    line.push_str("  INFO tokengate::access: method=");
+    line.push_str(f.method);
+    line.push_str(" path=");
+    line.push_str(f.path);
+    line.push_str(" status=");
+    write_u64(line, u64::from(f.status))?;
+    line.push_str(" route=");
+    quoted(line, f.route)?;
+    line.push_str(" latency_ms=");
+    match Millis::of(f.latency_ms) {
+        Some(m) => m.write(line)?,
+        None => write!(line, "{:?}", f.latency_ms)?,
+    }
+    for (name, value) in [
+        (" cache=", f.cache),
+        (" subject=", f.subject),
+        (" token=", f.token),
+        (" binding=", f.binding),
+    ] {
+        line.push_str(name);
+        quoted(line, value)?;
+    }
+    line.push('\n');
+    Ok(())
 }
 
 /// The text format's field formatter (see the module docs).
@@ -110,7 +261,7 @@ fn plain(s: &str) -> bool {
 }
 
 /// Decimal digits without the formatting machinery (the same text as `{}`).
-fn write_u64(w: &mut Writer<'_>, mut v: u64) -> fmt::Result {
+fn write_u64(w: &mut impl fmt::Write, mut v: u64) -> fmt::Result {
     let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
@@ -121,8 +272,9 @@ fn write_u64(w: &mut Writer<'_>, mut v: u64) -> fmt::Result {
             break;
         }
     }
-    // Only ASCII digits were written.
-    w.write_str(std::str::from_utf8(&buf[i..]).map_err(|_| fmt::Error)?)
+    buf[i..]
+        .iter()
+        .try_for_each(|&d| w.write_char(char::from(d)))
 }
 
 /// An `f64` that is a whole number of thousandths (the access log's
@@ -153,7 +305,7 @@ impl Millis {
     }
 
     /// `{:?}`'s text: `4.234`, `4.23`, `4.0`.
-    fn write(&self, w: &mut Writer<'_>) -> fmt::Result {
+    fn write(&self, w: &mut impl fmt::Write) -> fmt::Result {
         write_u64(w, self.whole)?;
         w.write_char('.')?;
         let t = self.thousandths;
@@ -163,7 +315,9 @@ impl Millis {
         while len > 1 && digits[len - 1] == b'0' {
             len -= 1;
         }
-        w.write_str(std::str::from_utf8(&digits[..len]).map_err(|_| fmt::Error)?)
+        digits[..len]
+            .iter()
+            .try_for_each(|&d| w.write_char(char::from(d)))
     }
 }
 
@@ -384,6 +538,117 @@ mod tests {
         ] {
             assert!(Millis::of(v).is_none(), "{v} taken");
         }
+    }
+
+    /// The hand-written access line is byte for byte the text format's line of
+    /// the `tracing` event it replaces (but for the clock's reading).
+    #[test]
+    fn access_line_by_hand_is_the_events_text() {
+        let base = AccessFields {
+            method: "GET",
+            path: "/api/v1/items?x=1",
+            status: 200,
+            route: "routes[0]",
+            latency_ms: 4.234,
+            cache: "hit",
+            subject: "alice",
+            token: "ab12cd34",
+            binding: "-",
+        };
+        let cases = [
+            base,
+            AccessFields {
+                method: "PROPFIND",
+                path: "/a b/caf\u{e9}\"q\"\u{1b}[2J",
+                status: 503,
+                route: "-",
+                latency_ms: 0.0,
+                cache: "-",
+                subject: "al\"ice\u{1b}[31m\\ \u{9b} caf\u{e9}",
+                token: "-",
+                binding: "dpop",
+            },
+            AccessFields {
+                latency_ms: 1234567.5,
+                subject: "",
+                route: "tab\there",
+                ..base
+            },
+            // Not whole thousandths: the `{:?}` fallback.
+            AccessFields {
+                latency_ms: 0.1 + 0.2,
+                ..base
+            },
+            AccessFields {
+                latency_ms: 1e-7,
+                status: 0,
+                ..base
+            },
+        ];
+        for f in cases {
+            let out = Capture::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .fmt_fields(PlainFields)
+                .with_timer(Utc)
+                .with_writer(out.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || access_event(&f));
+            let theirs = String::from_utf8(out.0.lock().map(|b| b.clone()).unwrap_or_default())
+                .unwrap_or_default();
+            let mut ours = String::new();
+            format_access(&mut ours, &f).unwrap();
+            assert_eq!(ours[27..], theirs[27..], "{f:?}");
+            assert!(ours.ends_with('\n'));
+            assert_eq!(ours.as_bytes()[10], b'T');
+        }
+    }
+
+    /// No sink installed (a test's or an embedder's own subscriber): the caller
+    /// emits the event. With one, the line goes to it, filtered as the event
+    /// would be. (One test: the sink is global.)
+    #[test]
+    fn the_sink_decides_who_writes_the_line() {
+        let f = AccessFields {
+            method: "GET",
+            path: "/sink-test",
+            status: 200,
+            route: "-",
+            latency_ms: 1.0,
+            cache: "-",
+            subject: "-",
+            token: "-",
+            binding: "-",
+        };
+        set_text_sink(None);
+        assert!(!write_access(&f));
+
+        let out = Capture::default();
+        let (writer, guard) = tracing_appender::non_blocking(out.clone());
+        set_text_sink(Some(writer));
+        let info = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        assert!(tracing::subscriber::with_default(info, || write_access(&f)));
+        let warn = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        let quiet = AccessFields {
+            path: "/filtered-out",
+            ..f
+        };
+        // Filtered out: nothing to write, and nothing for the caller either.
+        assert!(tracing::subscriber::with_default(warn, || write_access(
+            &quiet
+        )));
+        set_text_sink(None);
+        drop(guard);
+        let text = String::from_utf8(out.0.lock().map(|b| b.clone()).unwrap_or_default())
+            .unwrap_or_default();
+        let mut expected = String::new();
+        format_access(&mut expected, &f).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert_eq!(text[27..], expected[27..]);
     }
 
     #[test]
