@@ -223,8 +223,9 @@ async fn a_named_issuers_signed_introspection_answers_are_verified_with_its_keys
     assert_eq!(a.count("/jwks").await, 1, "a's keys ([jwt]) are a's only");
 }
 
-#[test]
-fn issuer_jwt_and_route_issuers_errors_are_all_reported() {
+/// A valid default issuer and a named issuer `p` (not yet inserted), for the
+/// validation tests to spoil.
+fn config_with_issuer_p() -> (RawConfig, RawIssuer) {
     let mut raw = RawConfig::default();
     raw.introspection.url = "http://as.example/introspect".into();
     raw.introspection.client_id = "c".into();
@@ -236,6 +237,12 @@ fn issuer_jwt_and_route_issuers_errors_are_all_reported() {
     p.introspection.url = "http://p.example/introspect".into();
     p.introspection.client_id = "c".into();
     p.introspection.client_secret = Secret::new("s");
+    (raw, p)
+}
+
+#[test]
+fn issuer_jwt_and_route_issuers_errors_are_all_reported() {
+    let (mut raw, mut p) = config_with_issuer_p();
     p.jwt.enabled = true;
     p.jwt.issuer = "https://other.example".into();
     p.jwt.algorithms = vec!["HS256".into()];
@@ -267,17 +274,7 @@ fn issuer_jwt_and_route_issuers_errors_are_all_reported() {
 
 #[test]
 fn the_route_table_and_a_valid_config_show_each_routes_issuers() {
-    let mut raw = RawConfig::default();
-    raw.introspection.url = "http://as.example/introspect".into();
-    raw.introspection.client_id = "c".into();
-    raw.introspection.client_secret = Secret::new("s");
-    let mut p = RawIssuer {
-        issuer: "https://p.example".into(),
-        ..RawIssuer::default()
-    };
-    p.introspection.url = "http://p.example/introspect".into();
-    p.introspection.client_id = "c".into();
-    p.introspection.client_secret = Secret::new("s");
+    let (mut raw, mut p) = config_with_issuer_p();
     p.introspection.response_format = tokengate::config::ResponseFormat::Jwt;
     p.jwt.enabled = true;
     raw.issuers.insert("p".into(), p);

@@ -77,27 +77,25 @@ pub fn child(call: Call) -> Option<Span> {
         .ok()
 }
 
-/// The span for `call` (a root in the registry; see [`child`]).
+/// The span for `call` (a root in the registry; see [`child`]). The three
+/// HTTP calls share one callsite, named through `otel.name`.
 fn make(call: Call) -> Span {
+    let http_call = |name: &'static str| {
+        tracing::info_span!(
+            target: TARGET,
+            parent: None,
+            "http call",
+            otel.name = name,
+            otel.kind = "client",
+            http.response.status_code = Empty,
+            "error.type" = Empty,
+            otel.status_code = Empty,
+        )
+    };
     match call {
-        Call::Introspection => tracing::info_span!(
-            target: TARGET,
-            parent: None,
-            "introspection",
-            otel.kind = "client",
-            http.response.status_code = Empty,
-            "error.type" = Empty,
-            otel.status_code = Empty,
-        ),
-        Call::Jwks => tracing::info_span!(
-            target: TARGET,
-            parent: None,
-            "jwks fetch",
-            otel.kind = "client",
-            http.response.status_code = Empty,
-            "error.type" = Empty,
-            otel.status_code = Empty,
-        ),
+        Call::Introspection => http_call("introspection"),
+        Call::Jwks => http_call("jwks fetch"),
+        Call::Upstream => http_call("upstream"),
         Call::Redis(op) => tracing::info_span!(
             target: TARGET,
             parent: None,
@@ -106,15 +104,6 @@ fn make(call: Call) -> Span {
             otel.kind = "client",
             db.system.name = "redis",
             db.operation.name = op,
-            "error.type" = Empty,
-            otel.status_code = Empty,
-        ),
-        Call::Upstream => tracing::info_span!(
-            target: TARGET,
-            parent: None,
-            "upstream",
-            otel.kind = "client",
-            http.response.status_code = Empty,
             "error.type" = Empty,
             otel.status_code = Empty,
         ),
