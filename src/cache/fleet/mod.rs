@@ -624,11 +624,22 @@ impl Fleet {
     /// `Some(true)`: we hold the lock; `Some(false)`: another replica does;
     /// `None`: Redis failed.
     async fn try_lock(&self, l2_key: &str) -> Option<bool> {
-        let key = Self::lock_key(l2_key);
-        let ms = u64::try_from(self.lock_wait.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.call("lock", |mut c| async move {
+        self.set_nx_px("lock", Self::lock_key(l2_key), self.lock_wait)
+            .await
+            .ok()
+    }
+
+    /// `SET key 1 NX PX ttl` (at least 1 ms): `true` when this call set the
+    /// key, `false` when it was already there. The lock above and the DPoP
+    /// replay record (`replay.rs`) are both this one command.
+    async fn set_nx_px(
+        &self,
+        what: &'static str,
+        key: String,
+        ttl: Duration,
+    ) -> Result<bool, FleetError> {
+        let ms = as_ms(ttl).max(1);
+        self.call(what, |mut c| async move {
             redis::cmd("SET")
                 .arg(&key)
                 .arg(1)
@@ -639,8 +650,7 @@ impl Fleet {
                 .await
         })
         .await
-        .ok()
-        .map(|ok| ok.is_some())
+        .map(|set| set.is_some())
     }
 
     async fn unlock(&self, l2_key: &str) {

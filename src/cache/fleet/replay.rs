@@ -18,19 +18,7 @@ impl Fleet {
             "{REPLAY_PREFIX}{}",
             hex::encode(self.mac(&[REPLAY_LABEL, id]))
         );
-        let ms = as_ms(ttl).max(1);
-        self.call("dpop replay", |mut c| async move {
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(1)
-                .arg("NX")
-                .arg("PX")
-                .arg(ms)
-                .query_async::<Option<String>>(&mut c)
-                .await
-        })
-        .await
-        .map(|set| set.is_some())
+        self.set_nx_px("dpop replay", key, ttl).await
     }
 
     /// A 32-byte key for `label`, the same on every replica with the same
