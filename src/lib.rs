@@ -72,7 +72,7 @@
 //!    enum for every failure; the one exhaustive status/challenge mapping; JSON and gRPC
 //!    rejections).
 //! 7. `listen/` (`mod.rs`: [`run`]: accept loop, HTTP/1.1 + HTTP/2 (h2c, or TLS with ALPN),
-//!    graceful drain (then the flush of the queued spans, `[tracing]`), the start-up probe of the introspection endpoint; `ext_authz`
+//!    graceful drain (then the flush of the queued spans, `[tracing]`), starting each issuer's start-up probe of its introspection endpoint; `ext_authz`
 //!    (`[ext_authz] listen`: the tonic gRPC server for `envoy.service.auth.v3.Authorization/Check`,
 //!    h2c or TLS, drained with the proxy port) and `grpc_health` (`grpc.health.v1`, following
 //!    readiness)) and `admin.rs` (`/healthz`, `/readyz`, `/metrics`, `POST /purge`).

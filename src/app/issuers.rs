@@ -238,15 +238,21 @@ impl Issuer {
         }
     }
 
-    /// `introspection.probe` for a named issuer: like the default issuer's
-    /// start-up probe (`listen::probe_introspection`), without the readiness
-    /// gate: retries with backoff until one well-formed answer, logging each
-    /// failure with what to check.
+    /// `introspection.probe` (warn / require): asks the AS about a throwaway
+    /// token until one well-formed answer proves the URL and the credentials,
+    /// so that a wrong secret shows up at start-up (one WARN line naming the
+    /// keys) instead of at the first request. Retries with backoff; stops
+    /// after the first success (from then on the breaker watches the AS).
+    /// Goes around the breaker and the metrics: it is no client's request,
+    /// and a failure here must not open the circuit for the clients. The
+    /// default issuer's success is what `/readyz` waits for with `require`.
     pub async fn run_probe(self: Arc<Self>) {
         let mut backoff = Duration::from_secs(1);
         let mut failures = 0u32;
         loop {
-            if self.introspector.url().is_some() {
+            // A named issuer without an endpoint is still discovering it in
+            // the background; the default one's was found before the start.
+            if self.is_default() || self.introspector.url().is_some() {
                 match self.introspector.probe().await {
                     Ok(()) => {
                         self.probe_ok.store(true, Ordering::SeqCst);

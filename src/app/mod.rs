@@ -54,9 +54,6 @@ pub struct App {
     pub(crate) reload_lock: Arc<std::sync::Mutex<()>>,
     /// Upgraded (WebSocket) connections: shutdown must close them itself.
     pub(crate) tunnels: crate::upstream::upgrade::Tunnels,
-    /// Set once a start-up probe of the introspection endpoint has succeeded
-    /// (`introspection.probe`; see [`probe_introspection`]).
-    pub(crate) probe_ok: Arc<std::sync::atomic::AtomicBool>,
     /// `[tracing]`: the OpenTelemetry tracer; `None` (the default) when off,
     /// and then the request path makes no span at all.
     pub(crate) otel: Option<crate::ops::otel::Otel>,
@@ -95,7 +92,7 @@ impl App {
             &settings.introspection,
             introspector.clone(),
             breaker.clone(),
-            probe_ok.clone(),
+            probe_ok,
             metrics.issuer(crate::config::DEFAULT_ISSUER.into()),
             jwt,
             settings
@@ -161,7 +158,6 @@ impl App {
             ext_authz_listener: None,
             reload_lock: Default::default(),
             tunnels: crate::upstream::upgrade::Tunnels::default(),
-            probe_ok,
         }
     }
 

@@ -27,7 +27,7 @@ pub enum AuthMethod {
 }
 
 /// `introspection.probe`: the start-up check of the introspection endpoint
-/// (one call about a throwaway token; see `listen::probe_introspection`).
+/// (one call about a throwaway token; see `app::issuers::Issuer::run_probe`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeMode {

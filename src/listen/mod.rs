@@ -9,7 +9,6 @@ mod ext_authz;
 mod grpc_health;
 
 use crate::app::App;
-use crate::config::ProbeMode;
 use crate::http::limits::{self, ConnectionSlot};
 use crate::pipeline::handle;
 use crate::upstream::forward::Peer;
@@ -77,8 +76,6 @@ impl Background {
             .discovery
             .clone()
             .map(|d| tokio::spawn(refresh_discovery(app.clone(), d)));
-        let probe = (app.settings().introspection.probe != ProbeMode::Off)
-            .then(|| tokio::spawn(probe_introspection(app.clone())));
         // The fleet's purge subscriber (its own Redis connection), if configured.
         let subscriber = app
             .cache
@@ -93,12 +90,13 @@ impl Background {
             .clone()
             .zip(app.settings().jwt.clone())
             .map(|(k, j)| tokio::spawn(k.refresh_loop(j.jwks_refresh_interval)));
-        let mut tasks: Vec<_> = [refresher, probe, subscriber, tls_watch, jwks]
+        let mut tasks: Vec<_> = [refresher, subscriber, tls_watch, jwks]
             .into_iter()
             .flatten()
             .collect();
-        // `[issuers.<name>]`: each one's discovery and probe.
-        for issuer in &app.issuers.named {
+        // Every issuer's start-up probe (`introspection.probe`); a named
+        // issuer's discovery and keys too (the default's are above).
+        for issuer in app.issuers.all() {
             tasks.extend(issuer.spawn_background());
         }
         Self {
@@ -351,48 +349,6 @@ where
         if let Err(e) = conn.await {
             debug!(%peer, error = %e, "connection closed with error");
         }
-    }
-}
-
-/// First wait between two failed start-up probes; doubled each time up to
-/// [`PROBE_BACKOFF_MAX`].
-const PROBE_BACKOFF_START: std::time::Duration = std::time::Duration::from_secs(1);
-const PROBE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// `introspection.probe` (warn / require): asks the AS about a throwaway token
-/// until one well-formed answer proves the URL and the credentials, so that a
-/// wrong secret shows up at start-up (one WARN line naming the keys) instead
-/// of at the first request. Retries with backoff; stops after the first
-/// success (from then on the breaker watches the AS). Goes around the breaker
-/// and the metrics: it is no client's request, and a failure here must not
-/// open the circuit for the clients.
-async fn probe_introspection(app: Arc<App>) {
-    let mut backoff = PROBE_BACKOFF_START;
-    let mut failures = 0u32;
-    loop {
-        match app.introspector.probe().await {
-            Ok(()) => {
-                app.probe_ok
-                    .store(true, std::sync::atomic::Ordering::SeqCst);
-                info!(
-                    endpoint = %app.introspector.url().unwrap_or_default(),
-                    failed_before = failures,
-                    "introspection probe succeeded: endpoint and client credentials work"
-                );
-                return;
-            }
-            Err(e) => {
-                failures += 1;
-                warn!(
-                    kind = e.kind(),
-                    retry_in = ?backoff,
-                    "introspection probe failed: {}",
-                    crate::introspection::client::probe_advice(&e, app.introspector.url().as_deref())
-                );
-            }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(PROBE_BACKOFF_MAX);
     }
 }
 
