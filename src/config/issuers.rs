@@ -12,7 +12,6 @@ use super::error::*;
 use super::raw::*;
 use super::settings::*;
 use super::validate::read_secret_file;
-use crate::introspection::client::IntrospectionSettings;
 use rustls_pki_types::CertificateDer;
 use std::path::Path;
 use std::time::Duration;
@@ -318,16 +317,7 @@ fn validate_issuer(
     Ok(Some(IssuerSettings {
         name: name.to_owned(),
         iss: raw.issuer.clone(),
-        introspection: IntrospectionSettings {
-            url,
-            client_id: i.client_id.clone(),
-            client_secret,
-            auth_method: i.auth_method,
-            timeout: i.timeout,
-            tls,
-            probe: i.probe,
-            response_format: i.response_format,
-        },
+        introspection: i.settings(url, client_secret, tls),
         discovery,
         jwt,
     }))

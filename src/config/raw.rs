@@ -3,7 +3,7 @@
 //! their defaults.
 
 use crate::cache::settings::RawCache;
-use crate::introspection::client::{AuthMethod, ProbeMode};
+use crate::introspection::client::{AuthMethod, IntrospectionSettings, ProbeMode};
 use crate::resilience::clock::duration_str;
 use crate::secret::{string_or_number, Secret};
 use crate::upstream::forward::MethodOverride;
@@ -340,6 +340,29 @@ pub struct RawIntrospection {
     pub probe: ProbeMode,
     /// `json` (RFC 7662) or `jwt` (RFC 9701 signed answers; restart-only).
     pub response_format: crate::introspection::client::ResponseFormat,
+}
+
+impl RawIntrospection {
+    /// The validated client settings, from what validation built (the
+    /// endpoint, the secret, the TLS client) and the keys taken as they are:
+    /// the default issuer's and every named issuer's, the same way.
+    pub(crate) fn settings(
+        &self,
+        url: Option<oauth2::IntrospectionUrl>,
+        client_secret: Secret,
+        tls: crate::http::tls::ClientTls,
+    ) -> IntrospectionSettings {
+        IntrospectionSettings {
+            url,
+            client_id: self.client_id.clone(),
+            client_secret,
+            auth_method: self.auth_method,
+            timeout: self.timeout,
+            tls,
+            probe: self.probe,
+            response_format: self.response_format,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

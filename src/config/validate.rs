@@ -5,7 +5,6 @@ use super::error::*;
 use super::raw::*;
 use super::settings::*;
 use crate::cache::settings::{RawSharedCache, SharedCacheSettings};
-use crate::introspection::client::IntrospectionSettings;
 use crate::secret::Secret;
 use crate::upstream::forward::{IdentitySettings, Upstream};
 use http::{HeaderName, Uri};
@@ -213,16 +212,7 @@ impl RawConfig {
             listen,
             upstream,
             shutdown_timeout: self.shutdown_timeout,
-            introspection: IntrospectionSettings {
-                url,
-                client_id: i.client_id.clone(),
-                client_secret,
-                auth_method: i.auth_method,
-                timeout: i.timeout,
-                tls: as_tls,
-                probe: i.probe,
-                response_format: i.response_format,
-            },
+            introspection: i.settings(url, client_secret, as_tls),
             cache: self.cache.settings(),
             identity,
             log_format: self.log.format,
