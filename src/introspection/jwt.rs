@@ -670,16 +670,8 @@ mod tests {
     const EC_JWK: &str = r#"{"kty":"EC","crv":"P-256","kid":"k1","x":"0OnhBP-A70fFQ1Sz1_epuM4k3s5hAho4loDPe4OdOW8","y":"LjlzzE8syvqwzDgR8OK5SPDP4eOwkui8P5KU-1T18Qg"}"#;
     const ISS: &str = "https://as.example";
 
-    fn verifier(clock: Arc<ManualClock>) -> JwtVerifier {
-        let settings = RawJwt {
-            enabled: true,
-            issuer: ISS.into(),
-            jwks_url: "http://127.0.0.1:9/jwks".into(),
-            ..RawJwt::default()
-        }
-        .settings("", false)
-        .unwrap()
-        .unwrap();
+    /// A key store already holding `EC_JWK` (no fetch).
+    fn ec_jwks(settings: &JwtSettings, clock: &Arc<ManualClock>) -> Arc<Jwks> {
         let jwks = Arc::new(Jwks::new(
             settings.jwks.clone(),
             settings.jwks_refetch_min_interval,
@@ -691,6 +683,20 @@ mod tests {
             crate::introspection::jwks::parse_jwks(format!(r#"{{"keys":[{EC_JWK}]}}"#).as_bytes())
                 .unwrap(),
         );
+        jwks
+    }
+
+    fn verifier(clock: Arc<ManualClock>) -> JwtVerifier {
+        let settings = RawJwt {
+            enabled: true,
+            issuer: ISS.into(),
+            jwks_url: "http://127.0.0.1:9/jwks".into(),
+            ..RawJwt::default()
+        }
+        .settings("", false)
+        .unwrap()
+        .unwrap();
+        let jwks = ec_jwks(&settings, &clock);
         JwtVerifier::new(settings, jwks, clock)
     }
 
@@ -728,17 +734,7 @@ mod tests {
         .settings("", true)
         .unwrap()
         .unwrap();
-        let jwks = Arc::new(Jwks::new(
-            settings.jwks.clone(),
-            settings.jwks_refetch_min_interval,
-            Duration::from_secs(1),
-            &crate::http::tls::ClientTls::new(&[], None).unwrap(),
-            clock.clone(),
-        ));
-        jwks.set_keys(
-            crate::introspection::jwks::parse_jwks(format!(r#"{{"keys":[{EC_JWK}]}}"#).as_bytes())
-                .unwrap(),
-        );
+        let jwks = ec_jwks(&settings, &clock);
         let signed = SignedAnswers::new(
             &settings,
             "tokengate",
