@@ -522,7 +522,7 @@ pub type ForwardBody = crate::http::limits::LimitedBody<Incoming>;
 pub struct Forwarder {
     /// The upstream's connections (`upstream::pool`): http:// or https://
     /// (h1, or h2 / h2c with `upstream_http2`), or unix:/path.sock.
-    pool: UpstreamPool,
+    pool: UpstreamPool<ForwardBody>,
     upstream: Upstream,
     timeout: Duration,
     /// HTTP/1.1 `Host` for the upstream, built once: hyper-util would format it
@@ -625,7 +625,7 @@ impl Forwarder {
     pub async fn send(
         &self,
         mut req: Request<ForwardBody>,
-    ) -> Result<Response<PoolBody>, ForwardError> {
+    ) -> Result<Response<PoolBody<ForwardBody>>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
         if let Some(host) = &self.host {
             req.headers_mut().insert(header::HOST, host.clone());

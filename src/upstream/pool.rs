@@ -21,7 +21,6 @@
 //!   request back (`try_send_request`), and never one it has begun to write.
 
 use crate::http::client::{error_chain, Connector, UnixConnector};
-use crate::upstream::forward::ForwardBody;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -68,26 +67,25 @@ enum Transport {
 }
 
 /// An idle HTTP/1.1 connection and when it went idle.
-struct Idle {
-    tx: http1::SendRequest<ForwardBody>,
+struct Idle<B> {
+    tx: http1::SendRequest<B>,
     since: Instant,
 }
 
 /// The idle HTTP/1.1 connections, oldest first (a LIFO: checkout takes the
 /// last). Shared with the response bodies that bring their connection back.
-#[derive(Default)]
-struct IdleList {
-    list: Mutex<Vec<Idle>>,
+struct IdleList<B> {
+    list: Mutex<Vec<Idle<B>>>,
 }
 
-impl IdleList {
+impl<B: SendBody> IdleList<B> {
     /// Gives a connection back once it can take a request. It usually already
     /// can: hyper's connection task asks for the next request in the same
     /// poll that finishes the response body. When it cannot yet (its task
     /// has not run, or the request body is still being written because the
     /// upstream answered early), a small task waits for it, as hyper-util
     /// did for every request.
-    fn put(self: Arc<Self>, mut tx: http1::SendRequest<ForwardBody>) {
+    fn put(self: Arc<Self>, mut tx: http1::SendRequest<B>) {
         if tx.is_ready() {
             self.push(tx);
         } else if !tx.is_closed() {
@@ -102,7 +100,7 @@ impl IdleList {
         }
     }
 
-    fn push(&self, tx: http1::SendRequest<ForwardBody>) {
+    fn push(&self, tx: http1::SendRequest<B>) {
         let idle = Idle {
             tx,
             since: Instant::now(),
@@ -117,7 +115,7 @@ impl IdleList {
     }
 
     /// The most recent idle connection that can take a request now.
-    fn checkout(&self) -> Option<http1::SendRequest<ForwardBody>> {
+    fn checkout(&self) -> Option<http1::SendRequest<B>> {
         let now = Instant::now();
         let mut stale = Vec::new();
         let found = {
@@ -151,19 +149,34 @@ impl IdleList {
     }
 }
 
+/// What the pool can send: a request body hyper can stream from any thread
+/// (the forwarder's is `upstream::forward::ForwardBody`).
+pub trait SendBody:
+    Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Send + Unpin + 'static
+{
+}
+
+impl<B> SendBody for B where
+    B: Body<Data: Send, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// The upstream's connections.
-pub struct UpstreamPool {
+pub struct UpstreamPool<B> {
     transport: Transport,
     /// `scheme://authority/`, what the connector connects to (host, port,
     /// TLS server name); ignored by the unix connector.
     uri: Uri,
     http2: bool,
-    idle: Arc<IdleList>,
+    idle: Arc<IdleList<B>>,
     /// The shared HTTP/2 connection (`upstream_http2`).
-    h2: Mutex<Option<http2::SendRequest<ForwardBody>>>,
+    h2: Mutex<Option<http2::SendRequest<B>>>,
 }
 
-impl UpstreamPool {
+impl<B: SendBody> UpstreamPool<B> {
     /// A pool over TCP (`connector`: `http::client::connector`).
     pub fn tcp(connector: Connector, uri: Uri, http2: bool) -> Self {
         Self::new(Transport::Tcp(connector), uri, http2)
@@ -179,7 +192,9 @@ impl UpstreamPool {
             transport,
             uri,
             http2,
-            idle: Arc::default(),
+            idle: Arc::new(IdleList {
+                list: Mutex::new(Vec::new()),
+            }),
             h2: Mutex::new(None),
         }
     }
@@ -187,7 +202,7 @@ impl UpstreamPool {
     /// Sends a request (HTTP/1.1: origin-form, with its `Host`; HTTP/2:
     /// scheme and authority in the URI). The response's body gives the
     /// connection back when it has been read to the end.
-    pub async fn send(&self, req: Request<ForwardBody>) -> Result<Response<PoolBody>, PoolError> {
+    pub async fn send(&self, req: Request<B>) -> Result<Response<PoolBody<B>>, PoolError> {
         if self.http2 {
             return self.send_h2(req).await;
         }
@@ -213,7 +228,7 @@ impl UpstreamPool {
         }
     }
 
-    async fn send_h2(&self, req: Request<ForwardBody>) -> Result<Response<PoolBody>, PoolError> {
+    async fn send_h2(&self, req: Request<B>) -> Result<Response<PoolBody<B>>, PoolError> {
         let shared = self
             .h2
             .lock()
@@ -244,8 +259,8 @@ impl UpstreamPool {
     fn h1_response(
         &self,
         resp: Response<Incoming>,
-        tx: http1::SendRequest<ForwardBody>,
-    ) -> Response<PoolBody> {
+        tx: http1::SendRequest<B>,
+    ) -> Response<PoolBody<B>> {
         let back = (!resp.status().is_informational()).then(|| Back {
             tx,
             idle: self.idle.clone(),
@@ -259,7 +274,7 @@ impl UpstreamPool {
         resp
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<ForwardBody>, PoolError> {
+    async fn connect_h1(&self) -> Result<http1::SendRequest<B>, PoolError> {
         match &self.transport {
             Transport::Tcp(c) => handshake_h1(connect(c.clone(), &self.uri).await?).await,
             Transport::Unix(c) => handshake_h1(connect(c.clone(), &self.uri).await?).await,
@@ -270,7 +285,7 @@ impl UpstreamPool {
     /// request made a live one meanwhile: a burst of first requests may open
     /// a few (each serves its own request and closes when it is done), and
     /// one is kept.
-    async fn connect_h2(&self) -> Result<http2::SendRequest<ForwardBody>, PoolError> {
+    async fn connect_h2(&self) -> Result<http2::SendRequest<B>, PoolError> {
         let tx = match &self.transport {
             Transport::Tcp(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
             Transport::Unix(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
@@ -301,7 +316,7 @@ where
     connector.call(uri.clone()).await.map_err(fail)
 }
 
-async fn handshake_h1<T>(io: T) -> Result<http1::SendRequest<ForwardBody>, PoolError>
+async fn handshake_h1<T, B: SendBody>(io: T) -> Result<http1::SendRequest<B>, PoolError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -318,7 +333,7 @@ where
     Ok(tx)
 }
 
-async fn handshake_h2<T>(io: T) -> Result<http2::SendRequest<ForwardBody>, PoolError>
+async fn handshake_h2<T, B: SendBody>(io: T) -> Result<http2::SendRequest<B>, PoolError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -334,21 +349,21 @@ where
 }
 
 /// An HTTP/1.1 connection on its way back to the pool.
-struct Back {
-    tx: http1::SendRequest<ForwardBody>,
-    idle: Arc<IdleList>,
+struct Back<B> {
+    tx: http1::SendRequest<B>,
+    idle: Arc<IdleList<B>>,
 }
 
 /// The upstream's response body. An HTTP/1.1 connection rides on it and goes
 /// back to the pool when the body has been read to the end; dropped earlier,
 /// or after an error, the connection is closed with it (hyper cannot reuse a
 /// connection with a response half-read).
-pub struct PoolBody {
+pub struct PoolBody<B> {
     inner: Incoming,
-    back: Option<Back>,
+    back: Option<Back<B>>,
 }
 
-impl PoolBody {
+impl<B: SendBody> PoolBody<B> {
     /// A body with no connection to give back (HTTP/2, or a `101`).
     fn plain(inner: Incoming) -> Self {
         Self { inner, back: None }
@@ -361,7 +376,7 @@ impl PoolBody {
     }
 }
 
-impl std::fmt::Debug for PoolBody {
+impl<B> std::fmt::Debug for PoolBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolBody")
             .field("pooled", &self.back.is_some())
@@ -369,7 +384,7 @@ impl std::fmt::Debug for PoolBody {
     }
 }
 
-impl Body for PoolBody {
+impl<B: SendBody> Body for PoolBody<B> {
     type Data = Bytes;
     type Error = hyper::Error;
 
