@@ -174,6 +174,9 @@ pub struct UpstreamPool<B> {
     idle: Arc<IdleList<B>>,
     /// The shared HTTP/2 connection (`upstream_http2`).
     h2: Mutex<Option<http2::SendRequest<B>>>,
+    /// Requests sent again on a new connection (the tests check the path).
+    #[cfg(test)]
+    retries: std::sync::atomic::AtomicUsize,
 }
 
 impl<B: SendBody> UpstreamPool<B> {
@@ -196,6 +199,8 @@ impl<B: SendBody> UpstreamPool<B> {
                 list: Mutex::new(Vec::new()),
             }),
             h2: Mutex::new(None),
+            #[cfg(test)]
+            retries: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -221,6 +226,9 @@ impl<B: SendBody> UpstreamPool<B> {
             },
         };
         drop(tx);
+        #[cfg(test)]
+        self.retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tx = self.connect_h1().await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(self.h1_response(resp, tx)),
@@ -412,5 +420,277 @@ impl<B: SendBody> Body for PoolBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Notify;
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// What the test upstream does with the requests of each connection.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        /// Answers every request, keeps the connection.
+        KeepAlive,
+        /// Answers, then closes the connection without a word (no
+        /// `Connection: close`) when told: an upstream's idle timeout.
+        CloseAfterEach,
+        /// Answers the first request; reads the second, then closes.
+        DropSecond,
+        /// Switches to an echo protocol with a 101.
+        Upgrade,
+        /// The first request's body is sent half now, half when told.
+        Slow,
+    }
+
+    /// A raw HTTP/1.1 upstream on 127.0.0.1:0 that counts what it accepts.
+    struct Upstream {
+        addr: SocketAddr,
+        conns: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
+        /// A connection was closed (`CloseAfterEach`).
+        closed: Arc<Notify>,
+        /// Send the rest of the slow body (`Slow`), or close (`CloseAfterEach`).
+        rest: Arc<Notify>,
+    }
+
+    /// Reads one request head (the tests send no bodies); false at EOF.
+    async fn read_head(sock: &mut TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match sock.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    }
+
+    async fn upstream(mode: Mode) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Upstream {
+            addr: listener.local_addr().unwrap(),
+            conns: Arc::default(),
+            requests: Arc::default(),
+            closed: Arc::default(),
+            rest: Arc::default(),
+        };
+        let (conns, requests, closed, rest) = (
+            up.conns.clone(),
+            up.requests.clone(),
+            up.closed.clone(),
+            up.rest.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                let (requests, closed, rest) = (requests.clone(), closed.clone(), rest.clone());
+                tokio::spawn(async move {
+                    let mut seen = 0;
+                    while read_head(&mut sock).await {
+                        seen += 1;
+                        let total = requests.fetch_add(1, Ordering::SeqCst) + 1;
+                        match mode {
+                            Mode::KeepAlive => sock.write_all(OK).await.unwrap(),
+                            Mode::CloseAfterEach => {
+                                sock.write_all(OK).await.unwrap();
+                                rest.notified().await;
+                                drop(sock);
+                                closed.notify_one();
+                                return;
+                            }
+                            Mode::DropSecond if seen == 2 => return,
+                            Mode::DropSecond => sock.write_all(OK).await.unwrap(),
+                            Mode::Upgrade => {
+                                sock.write_all(
+                                    b"HTTP/1.1 101 Switching Protocols\r\n\
+                                      connection: upgrade\r\nupgrade: echo\r\n\r\n",
+                                )
+                                .await
+                                .unwrap();
+                                let mut b = [0u8; 64];
+                                while let Ok(n @ 1..) = sock.read(&mut b).await {
+                                    sock.write_all(&b[..n]).await.unwrap();
+                                }
+                                return;
+                            }
+                            Mode::Slow if total == 1 => {
+                                sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nab")
+                                    .await
+                                    .unwrap();
+                                rest.notified().await;
+                                sock.write_all(b"cd").await.unwrap();
+                            }
+                            Mode::Slow => sock.write_all(OK).await.unwrap(),
+                        }
+                    }
+                });
+            }
+        });
+        up
+    }
+
+    fn pool(addr: SocketAddr) -> UpstreamPool<Empty<Bytes>> {
+        let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
+        let connector = crate::http::client::connector(Duration::from_secs(2), &tls, false);
+        UpstreamPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), false)
+    }
+
+    fn get() -> Request<Empty<Bytes>> {
+        Request::builder()
+            .uri("/x")
+            .header(http::header::HOST, "upstream")
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    /// Sends a request and reads its body to the end.
+    async fn fetch(pool: &UpstreamPool<Empty<Bytes>>) -> Result<Bytes, PoolError> {
+        let resp = pool.send(get()).await?;
+        assert_eq!(resp.status(), 200);
+        Ok(resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    #[tokio::test]
+    async fn sequential_requests_share_one_connection() {
+        let up = upstream(Mode::KeepAlive).await;
+        let pool = pool(up.addr);
+        for _ in 0..5 {
+            assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        }
+        assert_eq!(up.requests.load(Ordering::SeqCst), 5);
+        assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_is_the_tunnels_and_never_pooled() {
+        let up = upstream(Mode::Upgrade).await;
+        let pool = pool(up.addr);
+        let mut req = get();
+        req.headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        req.headers_mut()
+            .insert(http::header::UPGRADE, "echo".parse().unwrap());
+        let mut resp = pool.send(req).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        let upgraded = hyper::upgrade::on(&mut resp).await.unwrap();
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        io.write_all(b"ping").await.unwrap();
+        let mut echoed = [0u8; 4];
+        io.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+        drop(resp);
+        assert_eq!(pool.idle_len(), 0);
+        // The next request gets a connection of its own (this upstream
+        // upgrades every one: it answers 101 again).
+        let resp = pool.send(get()).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_the_upstream_closed_the_idle_connection_on_is_sent_again() {
+        let up = upstream(Mode::CloseAfterEach).await;
+        let pool = pool(up.addr);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(pool.idle_len(), 1);
+        // The connection is back in the pool; now the upstream closes it. The
+        // client's connection task has not run since (one thread, and no
+        // I/O events polled in between), so checkout takes it as ready, and
+        // hyper hands the request back unsent when it finds it closed.
+        up.rest.notify_one();
+        up.closed.notified().await;
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(pool.retries.load(Ordering::Relaxed), 1);
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+        assert_eq!(up.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_the_upstream_may_have_seen_is_never_sent_again() {
+        let up = upstream(Mode::DropSecond).await;
+        let pool = pool(up.addr);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        let err = pool.send(get()).await.unwrap_err();
+        assert!(matches!(err, PoolError::Request(_)), "{err:?}");
+        assert_eq!(pool.retries.load(Ordering::Relaxed), 0);
+        assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+        assert_eq!(up.requests.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_body_is_still_streaming_takes_no_second_request() {
+        let up = upstream(Mode::Slow).await;
+        let pool = pool(up.addr);
+        let mut slow = pool.send(get()).await.unwrap().into_body();
+        let first = slow.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "ab");
+        assert_eq!(pool.idle_len(), 0);
+        // The first connection is busy: the second request opens another.
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle_len(), 1);
+        up.rest.notify_one();
+        let last = slow.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(last, "cd");
+        // Both are idle now; the most recent (the slow one) is used first.
+        assert_eq!(pool.idle_len(), 2);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_half_read_closes_its_connection() {
+        let up = upstream(Mode::Slow).await;
+        let pool = pool(up.addr);
+        let mut slow = pool.send(get()).await.unwrap().into_body();
+        slow.frame().await.unwrap().unwrap();
+        drop(slow);
+        assert_eq!(pool.idle_len(), 0);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_idle_longer_than_the_timeout_are_not_used() {
+        let up = upstream(Mode::KeepAlive).await;
+        let pool = pool(up.addr);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        tokio::time::advance(IDLE_TIMEOUT - Duration::from_secs(1)).await;
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+        tokio::time::advance(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+        // The expired one was closed, not kept.
+        assert_eq!(pool.idle_len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_idle_list_is_bounded() {
+        let up = upstream(Mode::KeepAlive).await;
+        let pool = pool(up.addr);
+        // MAX_IDLE + 2 concurrent requests: as many connections, of which
+        // MAX_IDLE are kept once all are done.
+        let n = MAX_IDLE + 2;
+        let mut open = Vec::new();
+        for _ in 0..n {
+            open.push(pool.send(get()).await.unwrap());
+        }
+        for resp in open {
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(up.conns.load(Ordering::SeqCst), n);
+        assert_eq!(pool.idle_len(), MAX_IDLE);
     }
 }
