@@ -693,4 +693,52 @@ mod tests {
         assert_eq!(up.conns.load(Ordering::SeqCst), n);
         assert_eq!(pool.idle_len(), MAX_IDLE);
     }
+
+    /// An h2c upstream (hyper's server) on 127.0.0.1:0 that counts connections.
+    async fn h2_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                        Bytes::from_static(b"h2"),
+                    )))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(sock), service),
+                );
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn http2_requests_share_one_connection() {
+        let (addr, conns) = h2_upstream().await;
+        let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
+        let connector = crate::http::client::connector(Duration::from_secs(2), &tls, true);
+        let pool: UpstreamPool<Empty<Bytes>> =
+            UpstreamPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), true);
+        let get = || {
+            Request::builder()
+                .uri(format!("http://{addr}/x"))
+                .version(http::Version::HTTP_2)
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        };
+        let one = pool.send(get()).await.unwrap();
+        assert_eq!(one.into_body().collect().await.unwrap().to_bytes(), "h2");
+        // Concurrent requests once a connection is there: streams on it.
+        let sends: Vec<_> = (0..10).map(|_| pool.send(get())).collect();
+        for resp in futures_util::future::join_all(sends).await {
+            let body = resp.unwrap().into_body().collect().await.unwrap();
+            assert_eq!(body.to_bytes(), "h2");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
 }
