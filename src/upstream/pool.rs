@@ -145,7 +145,10 @@ impl<B: SendBody> IdleList<B> {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.list.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 }
 
