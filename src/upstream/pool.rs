@@ -459,6 +459,10 @@ mod tests {
         Upgrade,
         /// The first request's body is sent half now, half when told.
         Slow,
+        /// Answers each request as soon as its head is in, then reads its
+        /// chunked body to the end: an upstream that refuses an upload, or
+        /// does not need it, before it has arrived.
+        EarlyAnswer,
     }
 
     /// A raw HTTP/1.1 upstream on 127.0.0.1:0 that counts what it accepts.
@@ -541,6 +545,17 @@ mod tests {
                                 sock.write_all(b"cd").await.unwrap();
                             }
                             Mode::Slow => sock.write_all(OK).await.unwrap(),
+                            Mode::EarlyAnswer => {
+                                sock.write_all(OK).await.unwrap();
+                                let mut body = Vec::new();
+                                let mut b = [0u8; 256];
+                                while !body.ends_with(b"0\r\n\r\n") {
+                                    match sock.read(&mut b).await {
+                                        Ok(0) | Err(_) => return,
+                                        Ok(n) => body.extend_from_slice(&b[..n]),
+                                    }
+                                }
+                            }
                         }
                     }
                 });
@@ -549,7 +564,7 @@ mod tests {
         up
     }
 
-    fn pool(addr: SocketAddr) -> UpstreamPool<Empty<Bytes>> {
+    fn pool<B: SendBody>(addr: SocketAddr) -> UpstreamPool<B> {
         let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
         let connector = crate::http::client::connector(Duration::from_secs(2), &tls, false);
         UpstreamPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), false)
@@ -657,6 +672,54 @@ mod tests {
         assert_eq!(pool.idle_len(), 2);
         assert_eq!(fetch(&pool).await.unwrap(), "ok");
         assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+    }
+
+    /// The response is over while the request body is still on its way: the
+    /// connection cannot take a request yet, so it goes back only once the
+    /// request body has been written (a task waits for it).
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_body_goes_back_once_it_is_sent() {
+        type Streamed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+        let up = upstream(Mode::EarlyAnswer).await;
+        let pool: UpstreamPool<Streamed> = pool(up.addr);
+        let (more, rest) = tokio::sync::oneshot::channel::<()>();
+        let frames = futures_util::stream::unfold(Some(rest), |rest| async move {
+            let rest = rest?;
+            // The first chunk now, then the end of the body when told.
+            let _ = rest.await;
+            None::<(Result<Frame<Bytes>, std::convert::Infallible>, _)>
+        });
+        let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"abc")))]);
+        let body = BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::StreamExt::chain(first, frames),
+        ));
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header(http::header::HOST, "upstream")
+            .body(body)
+            .unwrap();
+        let resp = pool.send(upload).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(pool.idle_len(), 0, "still writing the request body");
+        more.send(()).unwrap();
+        // The waiting task puts it back once hyper has written the body's end.
+        for _ in 0..10_000 {
+            if pool.idle_len() == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.idle_len(), 1, "never given back");
+        let get = Request::builder()
+            .uri("/x")
+            .header(http::header::HOST, "upstream")
+            .body(BodyExt::boxed(Empty::new()))
+            .unwrap();
+        let resp = pool.send(get).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 1);
+        assert_eq!(up.requests.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
