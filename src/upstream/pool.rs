@@ -14,7 +14,8 @@
 //!   ([`PoolBody`]): never after a `101` (the connection is the tunnel's),
 //!   an error, or a body dropped half-read.
 //! - HTTP/2 (`upstream_http2`): one shared [`http2::SendRequest`], cloned per
-//!   request, replaced when it is closed.
+//!   request, replaced when it is closed; requests that find none wait for
+//!   the one being made (one connection attempt at a time).
 //! - A request that fails on a *reused* connection before any of it was
 //!   written (the upstream closed an idle keep-alive connection: the race
 //!   every pool has) is sent once more on a new connection; hyper hands such a
@@ -177,6 +178,9 @@ pub struct UpstreamPool<B> {
     idle: Arc<IdleList<B>>,
     /// The shared HTTP/2 connection (`upstream_http2`).
     h2: Mutex<Option<http2::SendRequest<B>>>,
+    /// Held while an HTTP/2 connection is being made, so that the requests
+    /// that find none wait for it instead of each opening their own.
+    h2_connecting: tokio::sync::Mutex<()>,
     /// Requests sent again on a new connection (the tests check the path).
     #[cfg(test)]
     retries: std::sync::atomic::AtomicUsize,
@@ -202,6 +206,7 @@ impl<B: SendBody> UpstreamPool<B> {
                 list: Mutex::new(Vec::new()),
             }),
             h2: Mutex::new(None),
+            h2_connecting: tokio::sync::Mutex::new(()),
             #[cfg(test)]
             retries: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -247,16 +252,9 @@ impl<B: SendBody> UpstreamPool<B> {
     }
 
     async fn send_h2(&self, req: Request<B>) -> Result<Response<PoolBody<B>>, PoolError> {
-        let shared = self
-            .h2
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .filter(|tx| !tx.is_closed())
-            .cloned();
-        let (mut tx, reused) = match shared {
+        let (mut tx, reused) = match self.shared_h2() {
             Some(tx) => (tx, true),
-            None => (Box::pin(self.connect_h2()).await?, false),
+            None => (Box::pin(self.connect_h2(false)).await?, false),
         };
         let req = match tx.try_send_request(req).await {
             Ok(resp) => return Ok(resp.map(PoolBody::plain)),
@@ -265,7 +263,7 @@ impl<B: SendBody> UpstreamPool<B> {
                 _ => return Err(PoolError::Request(e.into_error())),
             },
         };
-        let mut tx = Box::pin(self.connect_h2()).await?;
+        let mut tx = Box::pin(self.connect_h2(true)).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(PoolBody::plain)),
             Err(e) => Err(PoolError::Request(e.into_error())),
@@ -299,19 +297,32 @@ impl<B: SendBody> UpstreamPool<B> {
         }
     }
 
-    /// A new HTTP/2 connection, which becomes the shared one unless another
-    /// request made a live one meanwhile: a burst of first requests may open
-    /// a few (each serves its own request and closes when it is done), and
-    /// one is kept.
-    async fn connect_h2(&self) -> Result<http2::SendRequest<B>, PoolError> {
+    /// The shared HTTP/2 connection, unless the upstream closed it.
+    fn shared_h2(&self) -> Option<http2::SendRequest<B>> {
+        self.h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+    }
+
+    /// The HTTP/2 connection to share from now on: the one another request
+    /// made while this one waited its turn, else a new one. `replace`: a new
+    /// one whatever is shared (the shared one just handed a request back
+    /// unsent, so it is going away).
+    async fn connect_h2(&self, replace: bool) -> Result<http2::SendRequest<B>, PoolError> {
+        let _turn = self.h2_connecting.lock().await;
+        if !replace {
+            if let Some(tx) = self.shared_h2() {
+                return Ok(tx);
+            }
+        }
         let tx = match &self.transport {
             Transport::Tcp(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
             Transport::Unix(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
         };
-        let mut shared = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
-        if shared.as_ref().is_none_or(http2::SendRequest::is_closed) {
-            *shared = Some(tx.clone());
-        }
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
         Ok(tx)
     }
 
@@ -804,14 +815,17 @@ mod tests {
                 .body(Empty::<Bytes>::new())
                 .unwrap()
         };
+        // Concurrent first requests: one connection is made, the others
+        // wait for it; then every request is a stream on it.
+        for _ in 0..2 {
+            let sends: Vec<_> = (0..10).map(|_| pool.send(get())).collect();
+            for resp in futures_util::future::join_all(sends).await {
+                let body = resp.unwrap().into_body().collect().await.unwrap();
+                assert_eq!(body.to_bytes(), "h2");
+            }
+        }
         let one = pool.send(get()).await.unwrap();
         assert_eq!(one.into_body().collect().await.unwrap().to_bytes(), "h2");
-        // Concurrent requests once a connection is there: streams on it.
-        let sends: Vec<_> = (0..10).map(|_| pool.send(get())).collect();
-        for resp in futures_util::future::join_all(sends).await {
-            let body = resp.unwrap().into_body().collect().await.unwrap();
-            assert_eq!(body.to_bytes(), "h2");
-        }
         assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 }
