@@ -525,9 +525,10 @@ pub struct Forwarder {
     pool: UpstreamPool<ForwardBody>,
     upstream: Upstream,
     timeout: Duration,
-    /// HTTP/1.1 `Host` for the upstream, built once: hyper-util would format it
-    /// for every request that arrives without one (we always remove the
-    /// client's). `None` for HTTP/2, which carries the authority itself.
+    /// HTTP/1.1 `Host` for the upstream, built once (we always remove the
+    /// client's, and hyper's connection adds none; hyper-util's client used to
+    /// format one per request). `None` for HTTP/2, which carries the
+    /// authority itself.
     host: Option<HeaderValue>,
 }
 
@@ -562,6 +563,8 @@ impl Forwarder {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
             parts
         })
+        // Cannot fail (both parts were parsed already); if it did, the
+        // default URI would make every connect fail (502), never go elsewhere.
         .unwrap_or_default();
         let pool = match &upstream.unix_socket {
             Some(path) => UpstreamPool::unix(
