@@ -11,7 +11,7 @@
 //!    - `http/`: the `Body` type; `headers` (`Connection` tokens); `limits` (header
 //!      size, connection count, body size, idle timeout); `tls` (termination with a reloadable
 //!      certificate and verified client certificates, outbound roots and the AS client certificate); `client` (the pooled
-//!      hyper-util + rustls clients for the AS and the upstream; the unix connector); `trace`
+//!      hyper-util + rustls clients for the AS; the connectors, TCP + rustls and unix, that the upstream's pool uses); `trace`
 //!      (`[tracing]`: the traced request's task-local context, child spans for the calls a request
 //!      makes, W3C `traceparent` on outgoing requests; nothing when tracing is off).
 //!    - `resilience/`: `breaker` (circuit breaker in front of the AS: closed → open → half-open
@@ -44,8 +44,10 @@
 //!      `mtls` (RFC 8705: the client certificate from our TLS handshake, or from a trusted
 //!      proxy's header, nginx PEM or Envoy XFCC).
 //!    - [`upstream`]: `forward` (hop-by-hop and identity header rewrite, streaming call to the
-//!      upstream over HTTP/1.1 or HTTP/2, TCP or a unix socket: **the upstream call**);
-//!      `upgrade` (WebSocket tunnels: only `upgrade_protocols`, never h2c; closed at `exp`,
+//!      upstream over HTTP/1.1 or HTTP/2, TCP or a unix socket: **the upstream call**); `pool`
+//!      (the upstream's connections over `hyper::client::conn`: a LIFO of idle HTTP/1.1 connections,
+//!      given back when the response body is done, one shared HTTP/2 connection, one retry of a request
+//!      that was never written); `upgrade` (WebSocket tunnels: only `upgrade_protocols`, never h2c; closed at `exp`,
 //!      idle timeout, shutdown).
 //! 3. `ops/`: `metrics` (Prometheus), `readiness` (`/readyz`'s checks), `logfmt` (the log
 //!    line's timestamp and field formatter), `otel` (`[tracing]`: OpenTelemetry set-up, the OTLP
@@ -125,7 +127,9 @@
 //!    └─ upstream::upgrade::requested   Upgrade → only allowed protocols (never h2c), else stripped
 //!    └─ upstream::forward::rewrite_request_headers (+ identity.binding_header) + Forwarder::send
 //!                                      ([tracing] on: `upstream` span, its traceparent injected)
-//!                                      → upstream, body streamed both ways
+//!                                      → upstream::pool::UpstreamPool::send (an idle connection,
+//!                                      else a new one; the unsent request once more if the
+//!                                      upstream had closed it) → upstream, body streamed both ways
 //!                                      (request body counted by http::limits::LimitedBody → 413;
 //!                                      a 101 not naming an offered protocol → 502, dropped)
 //!       └─ upstream::upgrade::Tunnels::spawn  on 101: join the two connections (holding the

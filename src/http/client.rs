@@ -1,6 +1,7 @@
-//! The outbound HTTP clients, for the AS and for the upstream: hyper-util's
-//! pooled legacy client over rustls (http and https), h2 or h2c when asked for,
-//! and a unix-domain-socket connector for sidecar upstreams.
+//! The outbound HTTP clients: hyper-util's pooled legacy client over rustls
+//! (http and https), h2 or h2c when asked for, for the AS; the same connector,
+//! and a unix-domain-socket connector for sidecar upstreams, for the
+//! upstream's own pool (`upstream::pool`).
 
 use crate::http::tls::ClientTls;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -49,10 +50,18 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    pool(http2).build(connector(connect_timeout, tls, http2))
+}
+
+/// The connector [`build_with`] pools, on its own: TCP with the connect
+/// timeout and `TCP_NODELAY`, then TLS for https:// (ALPN `h2` only when
+/// `http2`, else `http/1.1`). The upstream's own pool (`upstream::pool`)
+/// connects with it.
+pub fn connector(connect_timeout: Duration, tls: &ClientTls, http2: bool) -> Connector {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls.0).clone())
         .https_or_http();
-    let https = if http2 {
+    if http2 {
         builder
             .enable_http2()
             .wrap_connector(http_connector(connect_timeout))
@@ -60,8 +69,7 @@ where
         builder
             .enable_http1()
             .wrap_connector(http_connector(connect_timeout))
-    };
-    pool(http2).build(https)
+    }
 }
 
 /// Connects every request to one unix domain socket, whatever the URI says
@@ -94,16 +102,6 @@ impl tower_service::Service<http::Uri> for UnixConnector {
             Ok(TokioIo::new(stream))
         })
     }
-}
-
-/// A pooled client over a unix socket; h2c when `http2`.
-pub fn build_unix<B>(path: &Path, http2: bool) -> Client<UnixConnector, B>
-where
-    B: http_body::Body + Send + 'static + Unpin,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    pool(http2).build(UnixConnector::new(path))
 }
 
 /// Renders an error with its sources, since hyper's top-level messages

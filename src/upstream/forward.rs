@@ -3,10 +3,10 @@
 //! `Incoming` body is handed to the client and the upstream's body is handed back.
 
 use crate::policy::{Principal, RouteError};
+use crate::upstream::pool::{PoolBody, PoolError, UpstreamPool};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -519,21 +519,16 @@ pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// What the forwarder sends: the client's body, counted against `limits.max_body_bytes`.
 pub type ForwardBody = crate::http::limits::LimitedBody<Incoming>;
 
-/// The pooled client for the upstream's transport.
-enum UpstreamClient {
-    /// http:// or https:// (h1, or h2 / h2c with `upstream_http2`).
-    Tcp(Client<crate::http::client::Connector, ForwardBody>),
-    /// unix:/path.sock (h1, or h2c with `upstream_http2`).
-    Unix(Client<crate::http::client::UnixConnector, ForwardBody>),
-}
-
 pub struct Forwarder {
-    client: UpstreamClient,
+    /// The upstream's connections (`upstream::pool`): http:// or https://
+    /// (h1, or h2 / h2c with `upstream_http2`), or unix:/path.sock.
+    pool: UpstreamPool<ForwardBody>,
     upstream: Upstream,
     timeout: Duration,
-    /// HTTP/1.1 `Host` for the upstream, built once: hyper-util would format it
-    /// for every request that arrives without one (we always remove the
-    /// client's). `None` for HTTP/2, which carries the authority itself.
+    /// HTTP/1.1 `Host` for the upstream, built once (we always remove the
+    /// client's, and hyper's connection adds none; hyper-util's client used to
+    /// format one per request). `None` for HTTP/2, which carries the
+    /// authority itself.
     host: Option<HeaderValue>,
 }
 
@@ -561,21 +556,33 @@ impl Forwarder {
         timeout: Duration,
         tls: &crate::http::tls::ClientTls,
     ) -> Self {
-        let client = match &upstream.unix_socket {
-            Some(path) => {
-                UpstreamClient::Unix(crate::http::client::build_unix(path, upstream.http2))
-            }
-            None => UpstreamClient::Tcp(crate::http::client::build_with(
-                connect_timeout,
-                tls,
+        let origin = Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(upstream.scheme.clone());
+            parts.authority = Some(upstream.authority.clone());
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            parts
+        })
+        // Cannot fail (both parts were parsed already); if it did, the
+        // default URI would make every connect fail (502), never go elsewhere.
+        .unwrap_or_default();
+        let pool = match &upstream.unix_socket {
+            Some(path) => UpstreamPool::unix(
+                crate::http::client::UnixConnector::new(path),
+                origin,
                 upstream.http2,
-            )),
+            ),
+            None => UpstreamPool::tcp(
+                crate::http::client::connector(connect_timeout, tls, upstream.http2),
+                origin,
+                upstream.http2,
+            ),
         };
         let host = (!upstream.http2)
             .then(|| host_header(&upstream.scheme, &upstream.authority))
             .flatten();
         Self {
-            client,
+            pool,
             upstream,
             timeout,
             host,
@@ -587,9 +594,11 @@ impl Forwarder {
         self.upstream.http2
     }
 
-    /// The upstream URI for a request: always the configured scheme and
-    /// authority, so neither an absolute-form target nor a Host header can pick
-    /// the destination. Path and query are kept byte for byte.
+    /// The upstream URI for a request: never the client's scheme or authority,
+    /// so neither an absolute-form target nor a Host header can pick the
+    /// destination. Path and query are kept byte for byte. HTTP/1.1 requests
+    /// go out in origin-form (`/path?q`; `Host` names the upstream); HTTP/2
+    /// ones carry the configured scheme and authority (`:scheme`, `:authority`).
     pub fn target(&self, uri: &Uri) -> Result<Uri, ForwardError> {
         let pq = match uri.path_and_query() {
             Some(pq) if pq.as_str().starts_with('/') => pq,
@@ -597,8 +606,10 @@ impl Forwarder {
             None => &http::uri::PathAndQuery::from_static("/"),
         };
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.upstream.scheme.clone());
-        parts.authority = Some(self.upstream.authority.clone());
+        if self.upstream.http2 {
+            parts.scheme = Some(self.upstream.scheme.clone());
+            parts.authority = Some(self.upstream.authority.clone());
+        }
         // Without a base path the parsed target is reused as it is (a
         // reference-count increment, not a copy and a re-parse).
         parts.path_and_query = Some(if self.upstream.base_path.is_empty() {
@@ -617,7 +628,7 @@ impl Forwarder {
     pub async fn send(
         &self,
         mut req: Request<ForwardBody>,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<PoolBody<ForwardBody>>, ForwardError> {
         *req.uri_mut() = self.target(req.uri())?;
         if let Some(host) = &self.host {
             req.headers_mut().insert(header::HOST, host.clone());
@@ -641,21 +652,15 @@ impl Forwarder {
         } else {
             HeaderMap::new()
         };
-        let call = async {
-            match &self.client {
-                UpstreamClient::Tcp(c) => c.request(req).await,
-                UpstreamClient::Unix(c) => c.request(req).await,
-            }
-        };
-        let mut resp = match tokio::time::timeout(self.timeout, call).await {
+        let mut resp = match tokio::time::timeout(self.timeout, self.pool.send(req)).await {
             Err(_) => return Err(ForwardError::Timeout(self.timeout)),
-            Ok(Err(e)) if inbound_body_failed(&e) => {
+            Ok(Err(PoolError::Connect(e))) => return Err(ForwardError::Connect(e)),
+            Ok(Err(PoolError::Request(e))) if inbound_body_failed(&e) => {
                 return Err(ForwardError::BadBody(crate::http::client::error_chain(&e)))
             }
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(ForwardError::Connect(crate::http::client::error_chain(&e)))
+            Ok(Err(PoolError::Request(e))) => {
+                return Err(ForwardError::Failed(crate::http::client::error_chain(&e)))
             }
-            Ok(Err(e)) => return Err(ForwardError::Failed(crate::http::client::error_chain(&e))),
             Ok(Ok(resp)) => resp,
         };
         // A 101 is relayed only for an upgrade we forwarded, to a protocol we
