@@ -78,12 +78,16 @@ CONNS=${CONNS:-32}; [[ $MODE == ir ]] && CONNS=8
 load() { BENCH_TOKEN=profile-token taskset -c 0 wrk -t1 -c$CONNS -d"$1" -s bench/wrk.lua "http://127.0.0.1:$TGP/"; }
 load 2s >/dev/null
 ticks() { awk '{print $14 + $15, $14}' "/proc/$1/stat"; }
+# Context switches of every thread of PID: voluntary (blocked, e.g. in
+# epoll_wait) and involuntary (preempted, e.g. by the upstream on its CPU).
+ctxsw() { cat /proc/"$1"/task/*/status | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
 case $MODE in
 ir) callgrind_control -z "$TG" >/dev/null ;;
 syscalls) strace -c -f -p "$TG" -o "$TMP/strace" 2>/dev/null & SPY=$! ;;
 bytes) strace -f -qq -s 0 -e trace=read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg -p "$TG" -o "$TMP/strace" 2>/dev/null & SPY=$! ;;
 perf) perf record -q -C 1 -o "${PERF_OUT:-/tmp/tokengate.perf}" 2>/dev/null & SPY=$! ;;
-*) read -r t0 u0 < <(ticks "$TG"); read -r up0 _ < <(ticks "$UP") ;;
+*) read -r t0 u0 < <(ticks "$TG"); read -r up0 _ < <(ticks "$UP")
+   read -r v0 n0 < <(ctxsw "$TG"); read -r uv0 un0 < <(ctxsw "$UP") ;;
 esac
 [[ $MODE == syscalls || $MODE == bytes || $MODE == perf ]] && sleep 0.5 # attached before the load starts
 out=$(load "${SECS}s")
@@ -118,7 +122,10 @@ elif [[ $MODE == ir ]]; then
     echo "requests=$req instructions_per_request=$((total / req)) callgrind=${CALLGRIND_OUT:-/tmp/tokengate.callgrind}"
 else
     read -r t1 u1 < <(ticks "$TG"); read -r up1 _ < <(ticks "$UP")
+    read -r v1 n1 < <(ctxsw "$TG"); read -r uv1 un1 < <(ctxsw "$UP")
     dur=$(sed -n 's/.*duration_us=\([0-9]*\).*/\1/p' <<<"$out")
     awk -v r="$req" -v d="$dur" -v t=$((t1 - t0)) -v u=$((u1 - u0)) -v up=$((up1 - up0)) -v hz="$(getconf CLK_TCK)" \
-        'BEGIN { printf "req_per_s=%.0f proxy_cpu_us_per_req=%.2f proxy_user_us_per_req=%.2f upstream_cpu_us_per_req=%.2f\n", r / (d / 1e6), t / hz * 1e6 / r, u / hz * 1e6 / r, up / hz * 1e6 / r }'
+        -v cs="$((v1 - v0)) $((n1 - n0)) $((uv1 - uv0)) $((un1 - un0))" \
+        'BEGIN { split(cs, c, " ")
+                 printf "req_per_s=%.0f proxy_cpu_us_per_req=%.2f proxy_user_us_per_req=%.2f upstream_cpu_us_per_req=%.2f proxy_cs_per_req=%.3f/%.3f upstream_cs_per_req=%.3f/%.3f (voluntary/involuntary)\n", r / (d / 1e6), t / hz * 1e6 / r, u / hz * 1e6 / r, up / hz * 1e6 / r, c[1] / r, c[2] / r, c[3] / r, c[4] / r }'
 fi
