@@ -127,7 +127,7 @@
 //!    └─ upstream::upgrade::requested   Upgrade → only allowed protocols (never h2c), else stripped
 //!    └─ upstream::forward::rewrite_request_headers (+ identity.binding_header) + Forwarder::send
 //!                                      ([tracing] on: `upstream` span, its traceparent injected)
-//!                                      → upstream::pool::UpstreamPool::send (an idle connection,
+//!                                      → http::pool::OriginPool::send (an idle connection,
 //!                                      else a new one; the unsent request once more if the
 //!                                      upstream had closed it) → upstream, body streamed both ways
 //!                                      (request body counted by http::limits::LimitedBody → 413;

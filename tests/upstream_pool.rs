@@ -1,4 +1,4 @@
-//! The upstream's connection pool through the whole gate (`upstream::pool`;
+//! The upstream's connection pool through the whole gate (`http::pool`;
 //! its rules one by one are unit-tested there): requests one after another
 //! share one upstream connection, whatever kind of response body they get.
 

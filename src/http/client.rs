@@ -1,7 +1,7 @@
 //! The outbound HTTP clients: hyper-util's pooled legacy client over rustls
 //! (http and https), h2 or h2c when asked for, for the AS; the same connector,
 //! and a unix-domain-socket connector for sidecar upstreams, for the
-//! upstream's own pool (`upstream::pool`).
+//! upstream's own pool (`http::pool`).
 
 use crate::http::tls::ClientTls;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -55,7 +55,7 @@ where
 
 /// The connector [`build_with`] pools, on its own: TCP with the connect
 /// timeout and `TCP_NODELAY`, then TLS for https:// (ALPN `h2` only when
-/// `http2`, else `http/1.1`). The upstream's own pool (`upstream::pool`)
+/// `http2`, else `http/1.1`). The upstream's own pool (`http::pool`)
 /// connects with it.
 pub fn connector(connect_timeout: Duration, tls: &ClientTls, http2: bool) -> Connector {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod headers;
 pub mod limits;
+pub mod pool;
 pub mod tls;
 pub mod trace;
 

@@ -2,8 +2,8 @@
 //! Via) and the streaming call itself. Bodies are never buffered: the inbound
 //! `Incoming` body is handed to the client and the upstream's body is handed back.
 
+use crate::http::pool::{OriginPool, PoolBody, PoolError};
 use crate::policy::{Principal, RouteError};
-use crate::upstream::pool::{PoolBody, PoolError, UpstreamPool};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -520,9 +520,9 @@ pub fn inbound_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 pub type ForwardBody = crate::http::limits::LimitedBody<Incoming>;
 
 pub struct Forwarder {
-    /// The upstream's connections (`upstream::pool`): http:// or https://
+    /// The upstream's connections (`http::pool`): http:// or https://
     /// (h1, or h2 / h2c with `upstream_http2`), or unix:/path.sock.
-    pool: UpstreamPool<ForwardBody>,
+    pool: OriginPool<ForwardBody>,
     upstream: Upstream,
     timeout: Duration,
     /// HTTP/1.1 `Host` for the upstream, built once (we always remove the
@@ -532,23 +532,6 @@ pub struct Forwarder {
     host: Option<HeaderValue>,
 }
 
-/// The `Host` hyper-util would send for this authority: the host, plus the
-/// port when it is not the scheme's default.
-fn host_header(
-    scheme: &http::uri::Scheme,
-    authority: &http::uri::Authority,
-) -> Option<HeaderValue> {
-    let default_port = match scheme.as_str() {
-        "https" => 443,
-        _ => 80,
-    };
-    let value = match authority.port_u16() {
-        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
-        _ => authority.host().to_owned(),
-    };
-    HeaderValue::from_str(&value).ok()
-}
-
 impl Forwarder {
     pub fn new(
         upstream: Upstream,
@@ -556,30 +539,21 @@ impl Forwarder {
         timeout: Duration,
         tls: &crate::http::tls::ClientTls,
     ) -> Self {
-        let origin = Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(upstream.scheme.clone());
-            parts.authority = Some(upstream.authority.clone());
-            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
-            parts
-        })
-        // Cannot fail (both parts were parsed already); if it did, the
-        // default URI would make every connect fail (502), never go elsewhere.
-        .unwrap_or_default();
+        let origin = crate::http::pool::origin(&upstream.scheme, &upstream.authority);
         let pool = match &upstream.unix_socket {
-            Some(path) => UpstreamPool::unix(
+            Some(path) => OriginPool::unix(
                 crate::http::client::UnixConnector::new(path),
                 origin,
                 upstream.http2,
             ),
-            None => UpstreamPool::tcp(
+            None => OriginPool::tcp(
                 crate::http::client::connector(connect_timeout, tls, upstream.http2),
                 origin,
                 upstream.http2,
             ),
         };
         let host = (!upstream.http2)
-            .then(|| host_header(&upstream.scheme, &upstream.authority))
+            .then(|| crate::http::pool::host_header(&upstream.scheme, &upstream.authority))
             .flatten();
         Self {
             pool,

@@ -47,6 +47,36 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// upstream sockets.
 pub const MAX_IDLE: usize = 1024;
 
+/// `scheme://authority/`: what a pool's connector is called with (host,
+/// port, TLS server name).
+pub fn origin(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme.clone());
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    // Cannot fail (both parts were parsed already); if it did, the default
+    // URI would make every connect fail, never go elsewhere.
+    Uri::from_parts(parts).unwrap_or_default()
+}
+
+/// The `Host` of an HTTP/1.1 request to this origin (the pool sends
+/// origin-form targets, so `Host` alone names it): the host, plus the port
+/// when it is not the scheme's default.
+pub fn host_header(
+    scheme: &http::uri::Scheme,
+    authority: &http::uri::Authority,
+) -> Option<http::HeaderValue> {
+    let default_port = match scheme.as_str() {
+        "https" => 443,
+        _ => 80,
+    };
+    let value = match authority.port_u16() {
+        Some(port) if port != default_port => format!("{}:{port}", authority.host()),
+        _ => authority.host().to_owned(),
+    };
+    http::HeaderValue::from_str(&value).ok()
+}
+
 /// Why the pool could not get a response.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -169,7 +199,7 @@ impl<B> SendBody for B where
 }
 
 /// The upstream's connections.
-pub struct UpstreamPool<B> {
+pub struct OriginPool<B> {
     transport: Transport,
     /// `scheme://authority/`, what the connector connects to (host, port,
     /// TLS server name); ignored by the unix connector.
@@ -186,7 +216,7 @@ pub struct UpstreamPool<B> {
     retries: std::sync::atomic::AtomicUsize,
 }
 
-impl<B: SendBody> UpstreamPool<B> {
+impl<B: SendBody> OriginPool<B> {
     /// A pool over TCP (`connector`: `http::client::connector`).
     pub fn tcp(connector: Connector, uri: Uri, http2: bool) -> Self {
         Self::new(Transport::Tcp(connector), uri, http2)
@@ -575,10 +605,10 @@ mod tests {
         up
     }
 
-    fn pool<B: SendBody>(addr: SocketAddr) -> UpstreamPool<B> {
+    fn pool<B: SendBody>(addr: SocketAddr) -> OriginPool<B> {
         let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
         let connector = crate::http::client::connector(Duration::from_secs(2), &tls, false);
-        UpstreamPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), false)
+        OriginPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), false)
     }
 
     fn get() -> Request<Empty<Bytes>> {
@@ -590,7 +620,7 @@ mod tests {
     }
 
     /// Sends a request and reads its body to the end.
-    async fn fetch(pool: &UpstreamPool<Empty<Bytes>>) -> Result<Bytes, PoolError> {
+    async fn fetch(pool: &OriginPool<Empty<Bytes>>) -> Result<Bytes, PoolError> {
         let resp = pool.send(get()).await?;
         assert_eq!(resp.status(), 200);
         Ok(resp.into_body().collect().await.unwrap().to_bytes())
@@ -692,7 +722,7 @@ mod tests {
     async fn a_connection_still_sending_its_request_body_goes_back_once_it_is_sent() {
         type Streamed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
         let up = upstream(Mode::EarlyAnswer).await;
-        let pool: UpstreamPool<Streamed> = pool(up.addr);
+        let pool: OriginPool<Streamed> = pool(up.addr);
         let (more, rest) = tokio::sync::oneshot::channel::<()>();
         let frames = futures_util::stream::unfold(Some(rest), |rest| async move {
             let rest = rest?;
@@ -806,8 +836,8 @@ mod tests {
         let (addr, conns) = h2_upstream().await;
         let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
         let connector = crate::http::client::connector(Duration::from_secs(2), &tls, true);
-        let pool: UpstreamPool<Empty<Bytes>> =
-            UpstreamPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), true);
+        let pool: OriginPool<Empty<Bytes>> =
+            OriginPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), true);
         let get = || {
             Request::builder()
                 .uri(format!("http://{addr}/x"))
