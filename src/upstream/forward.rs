@@ -779,7 +779,10 @@ mod tests {
             ("http", "127.0.0.1:3000", "127.0.0.1:3000"),
         ];
         for (scheme, authority, want) in cases {
-            let got = host_header(&scheme.parse().unwrap(), &authority.parse().unwrap());
+            let got = crate::http::pool::host_header(
+                &scheme.parse().unwrap(),
+                &authority.parse().unwrap(),
+            );
             assert_eq!(
                 got,
                 Some(HeaderValue::from_static(want)),
