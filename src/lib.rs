@@ -11,7 +11,9 @@
 //!    - `http/`: the `Body` type; `headers` (`Connection` tokens); `limits` (header
 //!      size, connection count, body size, idle timeout); `tls` (termination with a reloadable
 //!      certificate and verified client certificates, outbound roots and the AS client certificate); `client` (the pooled
-//!      hyper-util + rustls clients for the AS; the connectors, TCP + rustls and unix, that the upstream's pool uses); `trace`
+//!      hyper-util + rustls clients for discovery and JWKS; the connectors, TCP + rustls and unix, that `pool` connects with); `pool` (one origin's connections over `hyper::client::conn`, the upstream's and the AS's: a LIFO of
+//!      idle HTTP/1.1 connections, given back when the response body is done, one shared HTTP/2 connection, one
+//!      retry of a request that was never written); `trace`
 //!      (`[tracing]`: the traced request's task-local context, child spans for the calls a request
 //!      makes, W3C `traceparent` on outgoing requests; nothing when tracing is off).
 //!    - `resilience/`: `breaker` (circuit breaker in front of the AS: closed → open → half-open
@@ -24,7 +26,8 @@
 //!      any-of scopes) → `Principal`, re-run on every request. **The scope check lives here**
 //!      (`policy::evaluate`); the binding stage below is its second half.
 //!    - [`introspection`]: `client` (RFC 7662 over `oauth2`, its settings, the lenient response
-//!      type; RFC 9701 signed answers), `answer` (the compact cached form the policy reads; a
+//!      type; RFC 9701 signed answers), `connections` (the AS's `http::pool` for the endpoint's
+//!      origin), `answer` (the compact cached form the policy reads; a
 //!      bounded interner), `discovery` (RFC 8414 / OIDC discovery of the endpoint and the
 //!      `jwks_uri`, with background refresh), `jwt` (`[jwt]`: which token is checked locally,
 //!      the RFC 9068 check, the RFC 9701 answer check, the cheap `iss` peek), `jwks` (the
@@ -44,10 +47,7 @@
 //!      `mtls` (RFC 8705: the client certificate from our TLS handshake, or from a trusted
 //!      proxy's header, nginx PEM or Envoy XFCC).
 //!    - [`upstream`]: `forward` (hop-by-hop and identity header rewrite, streaming call to the
-//!      upstream over HTTP/1.1 or HTTP/2, TCP or a unix socket: **the upstream call**); `pool`
-//!      (the upstream's connections over `hyper::client::conn`: a LIFO of idle HTTP/1.1 connections,
-//!      given back when the response body is done, one shared HTTP/2 connection, one retry of a request
-//!      that was never written); `upgrade` (WebSocket tunnels: only `upgrade_protocols`, never h2c; closed at `exp`,
+//!      upstream over HTTP/1.1 or HTTP/2, TCP or a unix socket: **the upstream call**, through `http::pool`); `upgrade` (WebSocket tunnels: only `upgrade_protocols`, never h2c; closed at `exp`,
 //!      idle timeout, shutdown).
 //! 3. `ops/`: `metrics` (Prometheus), `readiness` (`/readyz`'s checks), `logfmt` (the log
 //!    line's timestamp and field formatter), `otel` (`[tracing]`: OpenTelemetry set-up, the OTLP

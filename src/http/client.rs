@@ -1,7 +1,8 @@
 //! The outbound HTTP clients: hyper-util's pooled legacy client over rustls
-//! (http and https), h2 or h2c when asked for, for the AS; the same connector,
-//! and a unix-domain-socket connector for sidecar upstreams, for the
-//! upstream's own pool (`http::pool`).
+//! (http and https), h2 or h2c when asked for, for discovery and JWKS (a few
+//! calls an hour); its connector, and a unix-domain-socket connector for
+//! sidecar upstreams, for the pools of the two origins every request may
+//! reach, the upstream and the introspection endpoint (`http::pool`).
 
 use crate::http::tls::ClientTls;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};

@@ -4,8 +4,10 @@
 //! - [`limits`]: header size, connection count, body size, idle timeout.
 //! - [`tls`]: TLS termination with a reloadable certificate; outbound roots (`ca_file`) and
 //!   the AS client certificate (mTLS).
-//! - [`client`]: the pooled hyper-util + rustls clients for the AS and the upstream; the
-//!   unix connector.
+//! - [`client`]: the pooled hyper-util + rustls clients for discovery and JWKS; the
+//!   connectors (TCP + rustls, unix) every pool connects with.
+//! - [`pool`]: one origin's connections over `hyper::client::conn` (the upstream's, the
+//!   AS's): a LIFO of idle HTTP/1.1 connections, one shared HTTP/2 connection.
 //! - [`trace`]: the traced request's context (`[tracing]`): child spans for the calls a
 //!   request makes, W3C `traceparent` on outgoing requests; free when tracing is off.
 //! - [`Body`]: the response body every stage answers with.

@@ -433,9 +433,7 @@ impl TokenIntrospectionResponse for Introspection {
     }
 }
 
-type HttpsClient = hyper_util::client::legacy::Client<crate::http::client::Connector, Full<Bytes>>;
-
-/// Adapts our hyper-util client to the `oauth2` crate's `AsyncHttpClient`.
+/// Adapts our connection pool to the `oauth2` crate's `AsyncHttpClient`.
 /// Non-200 statuses become a [`TransportError::Status`] here, because the crate
 /// would otherwise fold the status into an opaque parse error and we need to tell
 /// "our credentials are wrong" (401) from other failures.
@@ -443,7 +441,7 @@ type HttpsClient = hyper_util::client::legacy::Client<crate::http::client::Conne
 /// verified `token_introspection` member as the JSON body (anything else
 /// that comes back with a 200 is a `Body` error: an AS failure, never an allow).
 struct AsHttpClient<'a> {
-    http: &'a HttpsClient,
+    http: &'a super::connections::AsConnections,
     signed: Option<&'a dyn AnswerVerifier>,
 }
 
@@ -468,10 +466,22 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
                     http::HeaderValue::from_static(INTROSPECTION_JWT),
                 );
             }
+            let origin = self.http.for_uri(&parts.uri).ok_or_else(|| {
+                TransportError::Connect("the introspection URL names no scheme and host".into())
+            })?;
+            // The pool sends HTTP/1.1 in origin-form: the path and query
+            // here, the authority in `Host`.
+            parts.uri = match parts.uri.path_and_query() {
+                Some(pq) => http::Uri::from(pq.clone()),
+                None => http::Uri::from_static("/"),
+            };
+            if let Some(host) = &origin.host {
+                parts.headers.insert(http::header::HOST, host.clone());
+            }
             let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
-            let response = self
-                .http
-                .request(request)
+            let response = origin
+                .pool
+                .send(request)
                 .await
                 .map_err(|e| TransportError::Connect(crate::http::client::error_chain(&e)))?;
             let status = response.status();
@@ -609,7 +619,7 @@ const REDISCOVER_AFTER_404S: u32 = 3;
 /// refresh); everything else is fixed at start-up.
 pub struct Introspector {
     oauth: std::sync::RwLock<Arc<OAuthClient>>,
-    http: HttpsClient,
+    http: super::connections::AsConnections,
     timeout: Duration,
     not_found_streak: AtomicU32,
     /// `response_format = "jwt"`: the verifier of signed answers.
@@ -647,7 +657,11 @@ impl Introspector {
             .set_introspection_url_option(settings.url.clone());
         Self {
             oauth: std::sync::RwLock::new(Arc::new(oauth)),
-            http: crate::http::client::build_with(settings.timeout, &settings.tls, false),
+            http: super::connections::AsConnections::new(crate::http::client::connector(
+                settings.timeout,
+                &settings.tls,
+                false,
+            )),
             timeout: settings.timeout,
             not_found_streak: AtomicU32::new(0),
             signed: None,

@@ -1,7 +1,9 @@
 //! Stage engine: asking the authorization server about a token.
 //!
-//! - [`client`]: the RFC 7662 client (`oauth2` crate over [`crate::http::client`]), its
+//! - [`client`]: the RFC 7662 client (`oauth2` crate over `connections`), its
 //!   settings ([`IntrospectionSettings`]) and the lenient response type ([`Introspection`]).
+//! - `connections`: the AS's connections, a [`crate::http::pool`] for the endpoint's
+//!   origin (replaced when discovery moves the endpoint).
 //! - [`answer`]: the compact cached form of an answer ([`answer::Answer`], what the policy
 //!   reads); repeating members shared through a bounded interner.
 //! - `breaker`: the AS's rules for the shared circuit breaker (what counts as a failure,
@@ -16,6 +18,7 @@
 pub mod answer;
 mod breaker;
 pub mod client;
+mod connections;
 pub mod discovery;
 pub mod jwks;
 pub mod jwt;
