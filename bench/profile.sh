@@ -24,7 +24,9 @@
 #       perf file is kept for `perf report --sort sym`.
 #
 # BIN is a tokengate binary, `proxy` for `bench-tools proxy` (the bare
-# hyper + hyper-util proxy: the floor of tokengate's stack), or `nginx` for
+# hyper + hyper-util proxy: bench/run.sh's hyper-proxy row), `proxy-pool` for
+# the same over tokengate's own upstream pool (the floor of the stack
+# tokengate runs on), or `nginx` for
 # nginx as a plain proxy_pass with upstream keep-alive (bench/run.sh's
 # nginx-proxy row, one worker, run without a master process so that the
 # measured PID is the worker; not for `ir`). Needs a release build of
@@ -55,8 +57,8 @@ else
 fi
 taskset -c 0 "$TOOLS" as "127.0.0.1:$ASP" 5 >/dev/null 2>&1 & PIDS+=($!)
 write_gate_config "$TMP/c.toml" "$TGP" "http://127.0.0.1:$UPP" "http://127.0.0.1:$ASP"
-if [[ $GATE == proxy ]]; then
-    CMD=("$TOOLS" proxy "127.0.0.1:$TGP" "http://127.0.0.1:$UPP")
+if [[ $GATE == proxy || $GATE == proxy-pool ]]; then
+    CMD=("$TOOLS" "$GATE" "127.0.0.1:$TGP" "http://127.0.0.1:$UPP")
 elif [[ $GATE == nginx ]]; then
     mkdir -p "$TMP/nginx/logs"
     cat >"$TMP/nginx/nginx.conf" <<EOF

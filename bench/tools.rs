@@ -27,9 +27,11 @@
 //!   (`benches/keys/es256.pem` as kid `es`, `rs256.pem` as kid `rs`), the
 //!   key set of issuer [`JWT_ISSUER`]; not counted as an introspection.
 //! * `proxy ADDR UPSTREAM_URL`: the stack's floor: hyper's HTTP/1.1 server and
-//!   hyper-util's pooled client (tokengate's own building blocks), forwarding
-//!   every request to the upstream with no auth, no header work, no log. What
-//!   tokengate costs above this row is tokengate's own work.
+//!   hyper-util's pooled client, forwarding every request to the upstream with
+//!   no auth, no header work, no log (bench/run.sh's `hyper-proxy` row).
+//! * `proxy-pool ADDR UPSTREAM_URL`: the same over tokengate's own upstream
+//!   pool instead of hyper-util's client: tokengate's building blocks. What
+//!   tokengate costs above this is tokengate's own work.
 //! * `get URL`: prints the body of a GET (plain http, one connection).
 //! * `status URL [TOKEN]`: prints the HTTP status of a GET, with
 //!   `Authorization: Bearer TOKEN` when given.
@@ -120,6 +122,7 @@ fn main() {
         match args.as_slice() {
             ["upstream", addr] => upstream(addr.parse()?).await,
             ["proxy", addr, upstream] => bare_proxy(addr.parse()?, upstream).await,
+            ["proxy-pool", addr, upstream] => bare_proxy_pool(addr.parse()?, upstream).await,
             ["as", addr, latency_ms] | ["as", addr, latency_ms, _] => {
                 let sleep = match args.get(3).copied().unwrap_or("precise") {
                     "precise" => Sleep::Precise(PreciseTimer::start()?),
@@ -250,6 +253,63 @@ async fn bare_proxy(addr: SocketAddr, upstream: &str) -> Result<()> {
                         Ok(uri) => {
                             *req.uri_mut() = uri;
                             client.request(req).await.ok()
+                        }
+                        Err(_) => None,
+                    };
+                    Ok::<_, Infallible>(match resp {
+                        Some(r) => r.map(BodyExt::boxed),
+                        None => {
+                            let mut r = Response::new(
+                                Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
+                            );
+                            *r.status_mut() = StatusCode::BAD_GATEWAY;
+                            r
+                        }
+                    })
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// `proxy` with tokengate's own upstream pool (`http::pool`) instead of
+/// hyper-util's client: the stack tokengate runs on, without any of its work
+/// (no auth, no header rewrite, no log). What `bench/profile.sh` compares
+/// tokengate with to tell the stack's cost from the gate's.
+async fn bare_proxy_pool(addr: SocketAddr, upstream: &str) -> Result<()> {
+    use tokengate::bench_floor::{connector, origin, ClientTls, OriginPool};
+    let upstream: http::Uri = upstream.parse()?;
+    let (Some(scheme), Some(authority)) = (upstream.scheme(), upstream.authority()) else {
+        return Err("proxy-pool: upstream URL has no scheme or authority".into());
+    };
+    let host = http::HeaderValue::from_str(authority.as_str())?;
+    let tls = ClientTls::new(&[], None)?;
+    let pool: Arc<OriginPool<Incoming>> = Arc::new(OriginPool::tcp(
+        connector(Duration::from_secs(5), &tls, false),
+        origin(scheme, authority),
+        false,
+    ));
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        let pool = pool.clone();
+        let host = host.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let pool = pool.clone();
+                let target = http::Uri::builder()
+                    .path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
+                    .build();
+                req.headers_mut().insert(http::header::HOST, host.clone());
+                async move {
+                    let resp = match target {
+                        Ok(uri) => {
+                            *req.uri_mut() = uri;
+                            pool.send(req).await.ok()
                         }
                         Err(_) => None,
                     };
