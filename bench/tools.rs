@@ -280,7 +280,7 @@ async fn bare_proxy(addr: SocketAddr, upstream: &str) -> Result<()> {
 /// (no auth, no header rewrite, no log). What `bench/profile.sh` compares
 /// tokengate with to tell the stack's cost from the gate's.
 async fn bare_proxy_pool(addr: SocketAddr, upstream: &str) -> Result<()> {
-    use tokengate::bench_floor::{connector, origin, ClientTls, OriginPool};
+    use tokengate::{connector, origin, ClientTls, OriginPool};
     let upstream: http::Uri = upstream.parse()?;
     let (Some(scheme), Some(authority)) = (upstream.scheme(), upstream.authority()) else {
         return Err("proxy-pool: upstream URL has no scheme or authority".into());

@@ -181,20 +181,16 @@ mod pipeline;
 pub use app::App;
 pub use config::reload::{self, ReloadHandle};
 pub use http::tls::TlsReloader;
+/// For `bench-tools proxy-pool` (the bare proxy over tokengate's upstream
+/// pool, the floor of the stack tokengate runs on), not an API.
+#[doc(hidden)]
+pub use http::{client::connector, pool::origin, pool::OriginPool, tls::ClientTls};
 pub use listen::run;
 /// For `benches/cache_hit.rs` (the metrics' cost per request), not an API.
 #[doc(hidden)]
 pub use ops::metrics::Metrics;
 pub use ops::readiness::Readiness;
 pub use resilience::clock;
-/// For `bench-tools proxy-pool` (the bare proxy over tokengate's upstream
-/// pool, the floor of the stack tokengate now runs on), not an API.
-#[doc(hidden)]
-pub mod bench_floor {
-    pub use crate::http::client::connector;
-    pub use crate::http::pool::{origin, OriginPool};
-    pub use crate::http::tls::ClientTls;
-}
 
 /// Installs the process-wide rustls crypto provider. rustls panics when it has to
 /// pick one itself and more than one is compiled in; call this once at start-up
