@@ -504,6 +504,13 @@ mod tests {
         /// chunked body to the end: an upstream that refuses an upload, or
         /// does not need it, before it has arrived.
         EarlyAnswer,
+        /// Answers the first request with more bytes than its framing says
+        /// (a response of its own, in the same write): a broken upstream's
+        /// desync. Answers the others (on any connection) plainly.
+        Smuggle(&'static [u8]),
+        /// Answers every request with `Connection: close` and keeps the
+        /// socket open (the client is the one to close it).
+        AnnouncesClose,
     }
 
     /// A raw HTTP/1.1 upstream on 127.0.0.1:0 that counts what it accepts.
@@ -556,6 +563,17 @@ mod tests {
                         let total = requests.fetch_add(1, Ordering::SeqCst) + 1;
                         match mode {
                             Mode::KeepAlive => sock.write_all(OK).await.unwrap(),
+                            Mode::Smuggle(first) if total == 1 => {
+                                sock.write_all(first).await.unwrap()
+                            }
+                            Mode::Smuggle(_) => sock.write_all(OK).await.unwrap(),
+                            Mode::AnnouncesClose => sock
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\nconnection: close\r\n\
+                                      content-length: 2\r\n\r\nok",
+                                )
+                                .await
+                                .unwrap(),
                             Mode::CloseAfterEach => {
                                 sock.write_all(OK).await.unwrap();
                                 rest.notified().await;
@@ -761,6 +779,52 @@ mod tests {
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
         assert_eq!(up.conns.load(Ordering::SeqCst), 1);
         assert_eq!(up.requests.load(Ordering::SeqCst), 2);
+    }
+
+    /// Bytes past the end of a response (its framing says it is over) are
+    /// not the next request's response: the next request never reads them.
+    #[tokio::test]
+    async fn bytes_past_a_responses_end_never_answer_the_next_request() {
+        const SMUGGLED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\
+            HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret";
+        let up = upstream(Mode::Smuggle(SMUGGLED)).await;
+        let pool = pool(up.addr);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        for _ in 0..3 {
+            match fetch(&pool).await {
+                Ok(body) => assert_eq!(body, "ok"),
+                Err(e) => assert!(matches!(e, PoolError::Request(_)), "{e:?}"),
+            }
+        }
+    }
+
+    /// A 204 that carries a body anyway (a broken upstream): the bytes are
+    /// never read as the next request's response.
+    #[tokio::test]
+    async fn a_body_on_a_204_never_answers_the_next_request() {
+        const SMUGGLED: &[u8] = b"HTTP/1.1 204 No Content\r\ncontent-length: 44\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret";
+        let up = upstream(Mode::Smuggle(SMUGGLED)).await;
+        let pool = pool(up.addr);
+        let resp = pool.send(get()).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
+        for _ in 0..3 {
+            match fetch(&pool).await {
+                Ok(body) => assert_eq!(body, "ok"),
+                Err(e) => assert!(matches!(e, PoolError::Request(_)), "{e:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_announced_to_close_is_not_pooled() {
+        let up = upstream(Mode::AnnouncesClose).await;
+        let pool = pool(up.addr);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.retries.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
