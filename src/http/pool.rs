@@ -209,8 +209,12 @@ pub struct OriginPool<B> {
     /// The shared HTTP/2 connection (`upstream_http2`).
     h2: Mutex<Option<http2::SendRequest<B>>>,
     /// Held while an HTTP/2 connection is being made, so that the requests
-    /// that find none wait for it instead of each opening their own.
-    h2_connecting: tokio::sync::Mutex<()>,
+    /// that find none wait for it instead of each opening their own. Holds
+    /// the last attempt's failure, for the requests that waited for it.
+    h2_connecting: tokio::sync::Mutex<Option<String>>,
+    /// HTTP/2 connection attempts finished (made or failed): a request that
+    /// sees it move while it waits for its turn takes that attempt's outcome.
+    h2_attempts: std::sync::atomic::AtomicU64,
     /// Requests sent again on a new connection (the tests check the path).
     #[cfg(test)]
     retries: std::sync::atomic::AtomicUsize,
@@ -236,7 +240,8 @@ impl<B: SendBody> OriginPool<B> {
                 list: Mutex::new(Vec::new()),
             }),
             h2: Mutex::new(None),
-            h2_connecting: tokio::sync::Mutex::new(()),
+            h2_connecting: tokio::sync::Mutex::new(None),
+            h2_attempts: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             retries: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -340,18 +345,41 @@ impl<B: SendBody> OriginPool<B> {
     /// The HTTP/2 connection to share from now on: the one another request
     /// made while this one waited its turn, else a new one. `replace`: a new
     /// one whatever is shared (the shared one just handed a request back
-    /// unsent, so it is going away).
+    /// unsent, so it is going away), unless one was made while this request
+    /// waited (the requests handed back together share one new connection).
+    ///
+    /// An attempt that failed while this request waited is this request's
+    /// failure too: attempting again at once would most likely fail the
+    /// same way, and the waiters would each wait one more connect timeout
+    /// in turn (the tenth, ten) while the upstream is unreachable.
     async fn connect_h2(&self, replace: bool) -> Result<http2::SendRequest<B>, PoolError> {
-        let _turn = self.h2_connecting.lock().await;
-        if !replace {
+        use std::sync::atomic::Ordering;
+        let seen = self.h2_attempts.load(Ordering::Acquire);
+        let mut turn = self.h2_connecting.lock().await;
+        let waited_for_one = self.h2_attempts.load(Ordering::Acquire) != seen;
+        if !replace || waited_for_one {
             if let Some(tx) = self.shared_h2() {
                 return Ok(tx);
             }
         }
-        let tx = match &self.transport {
-            Transport::Tcp(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
-            Transport::Unix(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
+        if waited_for_one {
+            if let Some(failed) = turn.as_ref() {
+                return Err(PoolError::Connect(failed.clone()));
+            }
+        }
+        let made = match &self.transport {
+            Transport::Tcp(c) => match connect(c.clone(), &self.uri).await {
+                Ok(io) => handshake_h2(io).await,
+                Err(e) => Err(e),
+            },
+            Transport::Unix(c) => match connect(c.clone(), &self.uri).await {
+                Ok(io) => handshake_h2(io).await,
+                Err(e) => Err(e),
+            },
         };
+        *turn = made.as_ref().err().map(ToString::to_string);
+        self.h2_attempts.fetch_add(1, Ordering::Release);
+        let tx = made?;
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
         Ok(tx)
     }
@@ -870,6 +898,52 @@ mod tests {
         }
         assert_eq!(up.conns.load(Ordering::SeqCst), n);
         assert_eq!(pool.idle_len(), MAX_IDLE);
+    }
+
+    /// An address whose connects hang until they time out: a listener with
+    /// its accept queue full (Linux drops the SYNs then), like an upstream
+    /// behind a firewall that drops packets. The listener and the queued
+    /// connection must be kept.
+    async fn blackhole() -> (SocketAddr, tokio::net::TcpListener, TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = TcpStream::connect(addr).await.unwrap();
+        (addr, listener, queued)
+    }
+
+    /// While the upstream cannot be reached, requests waiting for the one
+    /// HTTP/2 connection attempt get its failure: they do not each make one
+    /// more attempt in turn (the tenth would wait ten connect timeouts).
+    #[tokio::test]
+    async fn http2_requests_waiting_for_a_failing_connect_share_its_failure() {
+        let (addr, _listener, _queued) = blackhole().await;
+        tokio::time::pause();
+        let connect_timeout = Duration::from_secs(1);
+        let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
+        let connector = crate::http::client::connector(connect_timeout, &tls, true);
+        let pool: OriginPool<Empty<Bytes>> =
+            OriginPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), true);
+        let started = Instant::now();
+        let sends = (0..10).map(|_| {
+            let pool = &pool;
+            async move {
+                let req = Request::builder()
+                    .uri(format!("http://{addr}/x"))
+                    .version(http::Version::HTTP_2)
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let err = pool.send(req).await.unwrap_err();
+                assert!(matches!(err, PoolError::Connect(_)), "{err:?}");
+                Instant::now().saturating_duration_since(started)
+            }
+        });
+        let waited = futures_util::future::join_all(sends).await;
+        assert!(
+            waited.iter().all(|w| *w < connect_timeout * 2),
+            "waited {waited:?}"
+        );
     }
 
     /// An h2c upstream (hyper's server) on 127.0.0.1:0 that counts connections.
