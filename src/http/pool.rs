@@ -298,6 +298,9 @@ impl<B: SendBody> OriginPool<B> {
                 _ => return Err(PoolError::Request(e.into_error())),
             },
         };
+        #[cfg(test)]
+        self.retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tx = Box::pin(self.connect_h2(true)).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(PoolBody::plain)),
@@ -995,5 +998,95 @@ mod tests {
         let one = pool.send(get()).await.unwrap();
         assert_eq!(one.into_body().collect().await.unwrap().to_bytes(), "h2");
         assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    /// An upstream restarting gracefully (HTTP/2 GOAWAY) while a long
+    /// response still streams on the shared connection: new requests go to
+    /// a new connection, not to the one going away, and the long response
+    /// still ends.
+    #[tokio::test]
+    async fn http2_requests_after_a_goaway_go_to_a_new_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let goaway = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let arrived = Arc::new(Notify::new());
+        let (counted, go, rel, arr) = (
+            conns.clone(),
+            goaway.clone(),
+            release.clone(),
+            arrived.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let (rel, arr) = (rel.clone(), arr.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (rel, arr) = (rel.clone(), arr.clone());
+                    async move {
+                        if req.uri().path() == "/long" {
+                            arr.notify_one();
+                            rel.notified().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"h2")),
+                        ))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
+                let go = go.clone();
+                tokio::spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    if n == 0 {
+                        tokio::select! {
+                            _ = conn.as_mut() => return,
+                            () = go.notified() => conn.as_mut().graceful_shutdown(),
+                        }
+                    }
+                    let _ = conn.await;
+                });
+            }
+        });
+        let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
+        let connector = crate::http::client::connector(Duration::from_secs(2), &tls, true);
+        let pool: Arc<OriginPool<Empty<Bytes>>> = Arc::new(OriginPool::tcp(
+            connector,
+            format!("http://{addr}/").parse().unwrap(),
+            true,
+        ));
+        let req = |path: &str| {
+            Request::builder()
+                .uri(format!("http://{addr}{path}"))
+                .version(http::Version::HTTP_2)
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        };
+        let resp = pool.send(req("/x")).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "h2");
+        let long = tokio::spawn({
+            let pool = pool.clone();
+            let long = req("/long");
+            async move { pool.send(long).await.map(|r| r.status()) }
+        });
+        // The long request is on the upstream's first connection when it
+        // says GOAWAY. The shared sender does not look closed until hyper's
+        // dispatcher is polled again (by the next request, which it hands
+        // back unsent): the frames get a few turns of the I/O driver to
+        // arrive (`yield_now` waits for one).
+        arrived.notified().await;
+        goaway.notify_one();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..3 {
+            let resp = pool.send(req("/x")).await.unwrap();
+            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "h2");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.retries.load(Ordering::Relaxed), 1);
+        release.notify_one();
+        assert_eq!(long.await.unwrap().unwrap(), 200);
     }
 }
