@@ -839,7 +839,13 @@ mod tests {
         let pool = pool(up.addr);
         let resp = pool.send(get()).await.unwrap();
         assert_eq!(resp.status(), 204);
-        assert!(resp.into_body().collect().await.unwrap().to_bytes().is_empty());
+        assert!(resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
         for _ in 0..3 {
             match fetch(&pool).await {
                 Ok(body) => assert_eq!(body, "ok"),
@@ -1029,9 +1035,9 @@ mod tests {
                             arr.notify_one();
                             rel.notified().await;
                         }
-                        Ok::<_, std::convert::Infallible>(Response::new(
-                            http_body_util::Full::new(Bytes::from_static(b"h2")),
-                        ))
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"h2"),
+                        )))
                     }
                 });
                 let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
