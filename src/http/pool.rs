@@ -151,7 +151,7 @@ impl<B: SendBody> IdleList<B> {
         let mut stale = Vec::new();
         let found = {
             let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
+            let found = loop {
                 let Some(idle) = list.pop() else {
                     break None;
                 };
@@ -167,7 +167,17 @@ impl<B: SendBody> IdleList<B> {
                     break Some(idle.tx);
                 }
                 stale.push(idle);
+            };
+            // Under steady traffic only the top of the LIFO is ever looked
+            // at, so the connections a past burst left below it would stay
+            // open for good (sockets of ours and the upstream's). The list
+            // is oldest first: the expired ones are a prefix.
+            if found.is_some() {
+                let expired =
+                    list.partition_point(|i| now.saturating_duration_since(i.since) > IDLE_TIMEOUT);
+                stale.extend(list.drain(..expired));
             }
+            found
         };
         // Closed outside the lock.
         drop(stale);
@@ -888,6 +898,28 @@ mod tests {
         assert_eq!(fetch(&pool).await.unwrap(), "ok");
         assert_eq!(up.conns.load(Ordering::SeqCst), 2);
         // The expired one was closed, not kept.
+        assert_eq!(pool.idle_len(), 1);
+    }
+
+    /// A burst leaves idle connections below the one steady traffic keeps
+    /// using: they are closed once expired, not kept for good.
+    #[tokio::test(start_paused = true)]
+    async fn connections_a_burst_left_expire_under_steady_traffic() {
+        let up = upstream(Mode::KeepAlive).await;
+        let pool = pool(up.addr);
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(pool.send(get()).await.unwrap());
+        }
+        for resp in open {
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(pool.idle_len(), 3);
+        for _ in 0..3 {
+            tokio::time::advance(IDLE_TIMEOUT / 2).await;
+            assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        }
+        assert_eq!(up.conns.load(Ordering::SeqCst), 3);
         assert_eq!(pool.idle_len(), 1);
     }
 
