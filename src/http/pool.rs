@@ -151,7 +151,7 @@ impl<B: SendBody> IdleList<B> {
         let mut stale = Vec::new();
         let found = {
             let mut list = self.list.lock().unwrap_or_else(PoisonError::into_inner);
-            loop {
+            let found = loop {
                 let Some(idle) = list.pop() else {
                     break None;
                 };
@@ -167,7 +167,17 @@ impl<B: SendBody> IdleList<B> {
                     break Some(idle.tx);
                 }
                 stale.push(idle);
+            };
+            // Under steady traffic only the top of the LIFO is ever looked
+            // at, so the connections a past burst left below it would stay
+            // open for good (sockets of ours and the upstream's). The list
+            // is oldest first: the expired ones are a prefix.
+            if found.is_some() {
+                let expired =
+                    list.partition_point(|i| now.saturating_duration_since(i.since) > IDLE_TIMEOUT);
+                stale.extend(list.drain(..expired));
             }
+            found
         };
         // Closed outside the lock.
         drop(stale);
@@ -209,8 +219,12 @@ pub struct OriginPool<B> {
     /// The shared HTTP/2 connection (`upstream_http2`).
     h2: Mutex<Option<http2::SendRequest<B>>>,
     /// Held while an HTTP/2 connection is being made, so that the requests
-    /// that find none wait for it instead of each opening their own.
-    h2_connecting: tokio::sync::Mutex<()>,
+    /// that find none wait for it instead of each opening their own. Holds
+    /// the last attempt's failure, for the requests that waited for it.
+    h2_connecting: tokio::sync::Mutex<Option<String>>,
+    /// HTTP/2 connection attempts finished (made or failed): a request that
+    /// sees it move while it waits for its turn takes that attempt's outcome.
+    h2_attempts: std::sync::atomic::AtomicU64,
     /// Requests sent again on a new connection (the tests check the path).
     #[cfg(test)]
     retries: std::sync::atomic::AtomicUsize,
@@ -236,7 +250,8 @@ impl<B: SendBody> OriginPool<B> {
                 list: Mutex::new(Vec::new()),
             }),
             h2: Mutex::new(None),
-            h2_connecting: tokio::sync::Mutex::new(()),
+            h2_connecting: tokio::sync::Mutex::new(None),
+            h2_attempts: std::sync::atomic::AtomicU64::new(0),
             #[cfg(test)]
             retries: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -293,6 +308,9 @@ impl<B: SendBody> OriginPool<B> {
                 _ => return Err(PoolError::Request(e.into_error())),
             },
         };
+        #[cfg(test)]
+        self.retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut tx = Box::pin(self.connect_h2(true)).await?;
         match tx.try_send_request(req).await {
             Ok(resp) => Ok(resp.map(PoolBody::plain)),
@@ -340,18 +358,41 @@ impl<B: SendBody> OriginPool<B> {
     /// The HTTP/2 connection to share from now on: the one another request
     /// made while this one waited its turn, else a new one. `replace`: a new
     /// one whatever is shared (the shared one just handed a request back
-    /// unsent, so it is going away).
+    /// unsent, so it is going away), unless one was made while this request
+    /// waited (the requests handed back together share one new connection).
+    ///
+    /// An attempt that failed while this request waited is this request's
+    /// failure too: attempting again at once would most likely fail the
+    /// same way, and the waiters would each wait one more connect timeout
+    /// in turn (the tenth, ten) while the upstream is unreachable.
     async fn connect_h2(&self, replace: bool) -> Result<http2::SendRequest<B>, PoolError> {
-        let _turn = self.h2_connecting.lock().await;
-        if !replace {
+        use std::sync::atomic::Ordering;
+        let seen = self.h2_attempts.load(Ordering::Acquire);
+        let mut turn = self.h2_connecting.lock().await;
+        let waited_for_one = self.h2_attempts.load(Ordering::Acquire) != seen;
+        if !replace || waited_for_one {
             if let Some(tx) = self.shared_h2() {
                 return Ok(tx);
             }
         }
-        let tx = match &self.transport {
-            Transport::Tcp(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
-            Transport::Unix(c) => handshake_h2(connect(c.clone(), &self.uri).await?).await?,
+        if waited_for_one {
+            if let Some(failed) = turn.as_ref() {
+                return Err(PoolError::Connect(failed.clone()));
+            }
+        }
+        let made = match &self.transport {
+            Transport::Tcp(c) => match connect(c.clone(), &self.uri).await {
+                Ok(io) => handshake_h2(io).await,
+                Err(e) => Err(e),
+            },
+            Transport::Unix(c) => match connect(c.clone(), &self.uri).await {
+                Ok(io) => handshake_h2(io).await,
+                Err(e) => Err(e),
+            },
         };
+        *turn = made.as_ref().err().map(ToString::to_string);
+        self.h2_attempts.fetch_add(1, Ordering::Release);
+        let tx = made?;
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx.clone());
         Ok(tx)
     }
@@ -504,6 +545,13 @@ mod tests {
         /// chunked body to the end: an upstream that refuses an upload, or
         /// does not need it, before it has arrived.
         EarlyAnswer,
+        /// Answers the first request with more bytes than its framing says
+        /// (a response of its own, in the same write): a broken upstream's
+        /// desync. Answers the others (on any connection) plainly.
+        Smuggle(&'static [u8]),
+        /// Answers every request with `Connection: close` and keeps the
+        /// socket open (the client is the one to close it).
+        AnnouncesClose,
     }
 
     /// A raw HTTP/1.1 upstream on 127.0.0.1:0 that counts what it accepts.
@@ -556,6 +604,17 @@ mod tests {
                         let total = requests.fetch_add(1, Ordering::SeqCst) + 1;
                         match mode {
                             Mode::KeepAlive => sock.write_all(OK).await.unwrap(),
+                            Mode::Smuggle(first) if total == 1 => {
+                                sock.write_all(first).await.unwrap()
+                            }
+                            Mode::Smuggle(_) => sock.write_all(OK).await.unwrap(),
+                            Mode::AnnouncesClose => sock
+                                .write_all(
+                                    b"HTTP/1.1 200 OK\r\nconnection: close\r\n\
+                                      content-length: 2\r\n\r\nok",
+                                )
+                                .await
+                                .unwrap(),
                             Mode::CloseAfterEach => {
                                 sock.write_all(OK).await.unwrap();
                                 rest.notified().await;
@@ -763,6 +822,58 @@ mod tests {
         assert_eq!(up.requests.load(Ordering::SeqCst), 2);
     }
 
+    /// Bytes past the end of a response (its framing says it is over) are
+    /// not the next request's response: the next request never reads them.
+    #[tokio::test]
+    async fn bytes_past_a_responses_end_never_answer_the_next_request() {
+        const SMUGGLED: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok\
+            HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret";
+        let up = upstream(Mode::Smuggle(SMUGGLED)).await;
+        let pool = pool(up.addr);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        for _ in 0..3 {
+            match fetch(&pool).await {
+                Ok(body) => assert_eq!(body, "ok"),
+                Err(e) => assert!(matches!(e, PoolError::Request(_)), "{e:?}"),
+            }
+        }
+    }
+
+    /// A 204 that carries a body anyway (a broken upstream): the bytes are
+    /// never read as the next request's response.
+    #[tokio::test]
+    async fn a_body_on_a_204_never_answers_the_next_request() {
+        const SMUGGLED: &[u8] = b"HTTP/1.1 204 No Content\r\ncontent-length: 44\r\n\r\n\
+            HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret";
+        let up = upstream(Mode::Smuggle(SMUGGLED)).await;
+        let pool = pool(up.addr);
+        let resp = pool.send(get()).await.unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+        for _ in 0..3 {
+            match fetch(&pool).await {
+                Ok(body) => assert_eq!(body, "ok"),
+                Err(e) => assert!(matches!(e, PoolError::Request(_)), "{e:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_announced_to_close_is_not_pooled() {
+        let up = upstream(Mode::AnnouncesClose).await;
+        let pool = pool(up.addr);
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        assert_eq!(up.conns.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.retries.load(Ordering::Relaxed), 0);
+    }
+
     #[tokio::test]
     async fn a_body_dropped_half_read_closes_its_connection() {
         let up = upstream(Mode::Slow).await;
@@ -790,6 +901,28 @@ mod tests {
         assert_eq!(pool.idle_len(), 1);
     }
 
+    /// A burst leaves idle connections below the one steady traffic keeps
+    /// using: they are closed once expired, not kept for good.
+    #[tokio::test(start_paused = true)]
+    async fn connections_a_burst_left_expire_under_steady_traffic() {
+        let up = upstream(Mode::KeepAlive).await;
+        let pool = pool(up.addr);
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            open.push(pool.send(get()).await.unwrap());
+        }
+        for resp in open {
+            resp.into_body().collect().await.unwrap();
+        }
+        assert_eq!(pool.idle_len(), 3);
+        for _ in 0..3 {
+            tokio::time::advance(IDLE_TIMEOUT / 2).await;
+            assert_eq!(fetch(&pool).await.unwrap(), "ok");
+        }
+        assert_eq!(up.conns.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.idle_len(), 1);
+    }
+
     #[tokio::test]
     async fn the_idle_list_is_bounded() {
         let up = upstream(Mode::KeepAlive).await;
@@ -806,6 +939,52 @@ mod tests {
         }
         assert_eq!(up.conns.load(Ordering::SeqCst), n);
         assert_eq!(pool.idle_len(), MAX_IDLE);
+    }
+
+    /// An address whose connects hang until they time out: a listener with
+    /// its accept queue full (Linux drops the SYNs then), like an upstream
+    /// behind a firewall that drops packets. The listener and the queued
+    /// connection must be kept.
+    async fn blackhole() -> (SocketAddr, tokio::net::TcpListener, TcpStream) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let queued = TcpStream::connect(addr).await.unwrap();
+        (addr, listener, queued)
+    }
+
+    /// While the upstream cannot be reached, requests waiting for the one
+    /// HTTP/2 connection attempt get its failure: they do not each make one
+    /// more attempt in turn (the tenth would wait ten connect timeouts).
+    #[tokio::test]
+    async fn http2_requests_waiting_for_a_failing_connect_share_its_failure() {
+        let (addr, _listener, _queued) = blackhole().await;
+        tokio::time::pause();
+        let connect_timeout = Duration::from_secs(1);
+        let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
+        let connector = crate::http::client::connector(connect_timeout, &tls, true);
+        let pool: OriginPool<Empty<Bytes>> =
+            OriginPool::tcp(connector, format!("http://{addr}/").parse().unwrap(), true);
+        let started = Instant::now();
+        let sends = (0..10).map(|_| {
+            let pool = &pool;
+            async move {
+                let req = Request::builder()
+                    .uri(format!("http://{addr}/x"))
+                    .version(http::Version::HTTP_2)
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                let err = pool.send(req).await.unwrap_err();
+                assert!(matches!(err, PoolError::Connect(_)), "{err:?}");
+                Instant::now().saturating_duration_since(started)
+            }
+        });
+        let waited = futures_util::future::join_all(sends).await;
+        assert!(
+            waited.iter().all(|w| *w < connect_timeout * 2),
+            "waited {waited:?}"
+        );
     }
 
     /// An h2c upstream (hyper's server) on 127.0.0.1:0 that counts connections.
@@ -857,5 +1036,95 @@ mod tests {
         let one = pool.send(get()).await.unwrap();
         assert_eq!(one.into_body().collect().await.unwrap().to_bytes(), "h2");
         assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    /// An upstream restarting gracefully (HTTP/2 GOAWAY) while a long
+    /// response still streams on the shared connection: new requests go to
+    /// a new connection, not to the one going away, and the long response
+    /// still ends.
+    #[tokio::test]
+    async fn http2_requests_after_a_goaway_go_to_a_new_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let goaway = Arc::new(Notify::new());
+        let release = Arc::new(Notify::new());
+        let arrived = Arc::new(Notify::new());
+        let (counted, go, rel, arr) = (
+            conns.clone(),
+            goaway.clone(),
+            release.clone(),
+            arrived.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let (rel, arr) = (rel.clone(), arr.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (rel, arr) = (rel.clone(), arr.clone());
+                    async move {
+                        if req.uri().path() == "/long" {
+                            arr.notify_one();
+                            rel.notified().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"h2"),
+                        )))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service);
+                let go = go.clone();
+                tokio::spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    if n == 0 {
+                        tokio::select! {
+                            _ = conn.as_mut() => return,
+                            () = go.notified() => conn.as_mut().graceful_shutdown(),
+                        }
+                    }
+                    let _ = conn.await;
+                });
+            }
+        });
+        let tls = crate::http::tls::ClientTls::new(&[], None).unwrap();
+        let connector = crate::http::client::connector(Duration::from_secs(2), &tls, true);
+        let pool: Arc<OriginPool<Empty<Bytes>>> = Arc::new(OriginPool::tcp(
+            connector,
+            format!("http://{addr}/").parse().unwrap(),
+            true,
+        ));
+        let req = |path: &str| {
+            Request::builder()
+                .uri(format!("http://{addr}{path}"))
+                .version(http::Version::HTTP_2)
+                .body(Empty::<Bytes>::new())
+                .unwrap()
+        };
+        let resp = pool.send(req("/x")).await.unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "h2");
+        let long = tokio::spawn({
+            let pool = pool.clone();
+            let long = req("/long");
+            async move { pool.send(long).await.map(|r| r.status()) }
+        });
+        // The long request is on the upstream's first connection when it
+        // says GOAWAY. The shared sender does not look closed until hyper's
+        // dispatcher is polled again (by the next request, which it hands
+        // back unsent): the frames get a few turns of the I/O driver to
+        // arrive (`yield_now` waits for one).
+        arrived.notified().await;
+        goaway.notify_one();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..3 {
+            let resp = pool.send(req("/x")).await.unwrap();
+            assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "h2");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.retries.load(Ordering::Relaxed), 1);
+        release.notify_one();
+        assert_eq!(long.await.unwrap().unwrap(), 200);
     }
 }
