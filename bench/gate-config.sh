@@ -76,12 +76,15 @@ events { worker_connections 4096; }
 NGINX
 }
 
-# nginx_http_common DIR UPSTREAM_PORT: the start of the http block: an access
-# log per request (nginx's default, as tokengate logs every request), temp
-# paths under DIR, and the upstream pool `app` with keep-alive. nginx closes a
-# keep-alive connection after 1000 requests by default (client side and
-# upstream pool alike); tokengate has no such limit, so both are raised: the
-# baseline should not pay reconnects the proxy under test does not.
+# nginx_http_common DIR UPSTREAM_PORT [IDLE]: the start of the http block: an
+# access log per request (nginx's default, as tokengate logs every request),
+# temp paths under DIR, and the upstream pool `app` with keep-alive. nginx
+# closes a keep-alive connection after 1000 requests by default (client side
+# and upstream pool alike); tokengate has no such limit, so both are raised:
+# the baseline should not pay reconnects the proxy under test does not. For
+# the same reason the pool keeps IDLE idle connections (default 64): with more
+# requests in flight than that, nginx would open and close an upstream
+# connection per request (tokengate keeps up to 1 024 idle).
 nginx_http_common() {
     cat <<NGINX
     access_log $1/logs/access.log;
@@ -91,7 +94,7 @@ nginx_http_common() {
     fastcgi_temp_path $1/fastcgi;
     uwsgi_temp_path $1/uwsgi;
     scgi_temp_path $1/scgi;
-    upstream app { server 127.0.0.1:$2; keepalive 64; keepalive_requests 10000000; }
+    upstream app { server 127.0.0.1:$2; keepalive ${3:-64}; keepalive_requests 10000000; }
 NGINX
 }
 

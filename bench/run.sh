@@ -368,13 +368,15 @@ if [[ -n $NGINX_BIN ]]; then
     }"
     fi
     # The plain and lite servers keep connections to the upstream and the AS
-    # alive (keepalive + HTTP/1.1): the strongest common configuration.
+    # alive (keepalive + HTTP/1.1): the strongest common configuration, with
+    # room for as many idle connections as the run has clients.
+    NGX_IDLE=$((CONNS > 64 ? CONNS : 64))
     cat >"$TMP/nginx/nginx.conf" <<EOF
 $NJS_LOAD
 $(nginx_main "$TMP/nginx")
 http {
-$(nginx_http_common "$TMP/nginx" "$UP_PORT")
-    upstream as { server 127.0.0.1:$AS_PORT; keepalive 64; }
+$(nginx_http_common "$TMP/nginx" "$UP_PORT" "$NGX_IDLE")
+    upstream as { server 127.0.0.1:$AS_PORT; keepalive $NGX_IDLE; }
     $NJS_IMPORT
 $(nginx_plain_server "$NGX_PLAIN_PORT")
 $(nginx_plain_server "$NGX_NOLOG_PORT" off)
@@ -406,7 +408,7 @@ EOF
     for w in "${WLIST[@]}"; do
         d=$TMP/nginx-w$w p=$(port)
         mkdir -p "$d/logs"
-        printf '%s\nhttp {\n%s\n%s\n}\n' "$(nginx_main "$d" "$w")" "$(nginx_http_common "$d" "$UP_PORT")" \
+        printf '%s\nhttp {\n%s\n%s\n}\n' "$(nginx_main "$d" "$w")" "$(nginx_http_common "$d" "$UP_PORT" "$NGX_IDLE")" \
             "$(nginx_plain_server "$p" off)" >"$d/nginx.conf"
         WCPU=(taskset -c "0-$((w - 1))")
         [[ ${#SV[@]} -gt 0 ]] || WCPU=()
