@@ -56,7 +56,8 @@
 #   nginx-proxy-nolog   the same nginx server with `access_log off`
 #   hyper-proxy         wrk -> bench-tools proxy (hyper server + hyper-util
 #                       pooled client, no auth, no header work, no log) ->
-#                       upstream: the floor of tokengate's own HTTP stack
+#                       upstream: a plain hyper proxy (tokengate's own pool
+#                       is cheaper: `bench/profile.sh cpu proxy-pool`)
 #   tokengate-hit       wrk -> tokengate -> upstream; one token, cached; the
 #                       access log on (the default), to a file
 #   tokengate-hit-nolog the same with `log.access = false` (a second process)
@@ -665,7 +666,7 @@ table() {
     if [[ -n $NGINX_BIN ]]; then
         echo "- cache hits, like for like (target ≥ 1.0×, p99 within 1 ms): tokengate-hit vs nginx-proxy (access logs on): $(rmed tokengate-hit nginx-proxy)×, p99 $(dmed tokengate-hit nginx-proxy) ms; tokengate-hit-nolog vs nginx-proxy-nolog (access logs off): $(rmed tokengate-hit-nolog nginx-proxy-nolog)×, p99 $(dmed tokengate-hit-nolog nginx-proxy-nolog) ms; hyper-proxy vs nginx-proxy-nolog: $(rmed hyper-proxy nginx-proxy-nolog)×."
     fi
-    echo "- tokengate-hit-nolog vs hyper-proxy (the same HTTP stack with no auth, no header work, no log): $(rmed tokengate-hit-nolog hyper-proxy)×; tokengate-hit vs tokengate-hit-nolog (the access line's cost): $(rmed tokengate-hit tokengate-hit-nolog)×."
+    echo "- tokengate-hit-nolog vs hyper-proxy (hyper's server and hyper-util's client, no auth, no header work, no log): $(rmed tokengate-hit-nolog hyper-proxy)×; tokengate-hit vs tokengate-hit-nolog (the access line's cost): $(rmed tokengate-hit tokengate-hit-nolog)×."
     local w
     for w in "${WLIST[@]}"; do
         echo "- $w workers (each proxy on CPUs 0-$((w - 1)), sharing them with wrk, the AS and the upstream), no access logs: tokengate-hit-nolog-w$w vs nginx-proxy-nolog-w$w: $(rmed "tokengate-hit-nolog-w$w" "nginx-proxy-nolog-w$w")×, hyper-proxy-w$w: $(rmed "hyper-proxy-w$w" "nginx-proxy-nolog-w$w")×; scaling from 1 worker: nginx $(rmed "nginx-proxy-nolog-w$w" nginx-proxy-nolog)×, hyper-proxy $(rmed "hyper-proxy-w$w" hyper-proxy)×, tokengate $(rmed "tokengate-hit-nolog-w$w" tokengate-hit-nolog)×."
