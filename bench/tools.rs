@@ -78,6 +78,7 @@
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -121,8 +122,8 @@ fn main() {
     let result = rt.block_on(async {
         match args.as_slice() {
             ["upstream", addr] => upstream(addr.parse()?).await,
-            ["proxy", addr, upstream] => bare_proxy(addr.parse()?, upstream).await,
-            ["proxy-pool", addr, upstream] => bare_proxy_pool(addr.parse()?, upstream).await,
+            ["proxy", addr, upstream] => bare_proxy(addr.parse()?, upstream, false).await,
+            ["proxy-pool", addr, upstream] => bare_proxy(addr.parse()?, upstream, true).await,
             ["as", addr, latency_ms] | ["as", addr, latency_ms, _] => {
                 let sleep = match args.get(3).copied().unwrap_or("precise") {
                     "precise" => Sleep::Precise(PreciseTimer::start()?),
@@ -223,106 +224,92 @@ where
 }
 
 /// `proxy`: the bare hyper + hyper-util proxy (see the module docs).
-async fn bare_proxy(addr: SocketAddr, upstream: &str) -> Result<()> {
-    use hyper_util::client::legacy::{connect::HttpConnector, Client};
+/// The client a bare proxy forwards with: hyper-util's pooled client (`proxy`)
+/// or tokengate's own upstream pool (`proxy-pool`).
+enum BareClient {
+    Legacy(
+        hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            Incoming,
+        >,
+        http::uri::Authority,
+    ),
+    Pool(tokengate::OriginPool<Incoming>, http::HeaderValue),
+}
+
+impl BareClient {
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Option<Response<BoxBody<Bytes, hyper::Error>>> {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        match self {
+            // hyper-util takes an absolute URI and sets `Host` from it.
+            Self::Legacy(client, authority) => {
+                *req.uri_mut() = http::Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query(pq)
+                    .build()
+                    .ok()?;
+                Some(client.request(req).await.ok()?.map(BodyExt::boxed))
+            }
+            // The pool sends origin-form targets; `Host` names the upstream.
+            Self::Pool(pool, host) => {
+                *req.uri_mut() = http::Uri::builder().path_and_query(pq).build().ok()?;
+                req.headers_mut().insert(http::header::HOST, host.clone());
+                Some(pool.send(req).await.ok()?.map(BodyExt::boxed))
+            }
+        }
+    }
+}
+
+/// `proxy` / `proxy-pool`: hyper's HTTP/1.1 server forwarding every request
+/// to the upstream with no auth, no header work, no log; 502 when the
+/// upstream fails.
+async fn bare_proxy(addr: SocketAddr, upstream: &str, own_pool: bool) -> Result<()> {
     let upstream: http::Uri = upstream.parse()?;
-    let authority = upstream
-        .authority()
-        .ok_or("proxy: upstream URL has no authority")?
-        .clone();
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> =
-        Client::builder(hyper_util::rt::TokioExecutor::new()).build(http);
+    let (Some(scheme), Some(authority)) = (upstream.scheme(), upstream.authority()) else {
+        return Err("proxy: upstream URL has no scheme or authority".into());
+    };
+    let client = Arc::new(if own_pool {
+        let tls = tokengate::ClientTls::new(&[], None)?;
+        BareClient::Pool(
+            tokengate::OriginPool::tcp(
+                tokengate::connector(Duration::from_secs(5), &tls, false),
+                tokengate::origin(scheme, authority),
+                false,
+            ),
+            http::HeaderValue::from_str(authority.as_str())?,
+        )
+    } else {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_nodelay(true);
+        BareClient::Legacy(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(http),
+            authority.clone(),
+        )
+    });
     let listener = TcpListener::bind(addr).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
         let client = client.clone();
-        let authority = authority.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let client = client.clone();
-                let target = http::Uri::builder()
-                    .scheme("http")
-                    .authority(authority.clone())
-                    .path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
-                    .build();
                 async move {
-                    let resp = match target {
-                        Ok(uri) => {
-                            *req.uri_mut() = uri;
-                            client.request(req).await.ok()
-                        }
-                        Err(_) => None,
-                    };
-                    Ok::<_, Infallible>(match resp {
-                        Some(r) => r.map(BodyExt::boxed),
-                        None => {
-                            let mut r = Response::new(
-                                Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
-                            );
-                            *r.status_mut() = StatusCode::BAD_GATEWAY;
-                            r
-                        }
-                    })
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
-/// `proxy` with tokengate's own upstream pool (`http::pool`) instead of
-/// hyper-util's client: the stack tokengate runs on, without any of its work
-/// (no auth, no header rewrite, no log). What `bench/profile.sh` compares
-/// tokengate with to tell the stack's cost from the gate's.
-async fn bare_proxy_pool(addr: SocketAddr, upstream: &str) -> Result<()> {
-    use tokengate::{connector, origin, ClientTls, OriginPool};
-    let upstream: http::Uri = upstream.parse()?;
-    let (Some(scheme), Some(authority)) = (upstream.scheme(), upstream.authority()) else {
-        return Err("proxy-pool: upstream URL has no scheme or authority".into());
-    };
-    let host = http::HeaderValue::from_str(authority.as_str())?;
-    let tls = ClientTls::new(&[], None)?;
-    let pool: Arc<OriginPool<Incoming>> = Arc::new(OriginPool::tcp(
-        connector(Duration::from_secs(5), &tls, false),
-        origin(scheme, authority),
-        false,
-    ));
-    let listener = TcpListener::bind(addr).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        let pool = pool.clone();
-        let host = host.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                let pool = pool.clone();
-                let target = http::Uri::builder()
-                    .path_and_query(req.uri().path_and_query().map_or("/", |p| p.as_str()))
-                    .build();
-                req.headers_mut().insert(http::header::HOST, host.clone());
-                async move {
-                    let resp = match target {
-                        Ok(uri) => {
-                            *req.uri_mut() = uri;
-                            pool.send(req).await.ok()
-                        }
-                        Err(_) => None,
-                    };
-                    Ok::<_, Infallible>(match resp {
-                        Some(r) => r.map(BodyExt::boxed),
-                        None => {
-                            let mut r = Response::new(
-                                Full::new(Bytes::new()).map_err(|e| match e {}).boxed(),
-                            );
-                            *r.status_mut() = StatusCode::BAD_GATEWAY;
-                            r
-                        }
-                    })
+                    Ok::<_, Infallible>(client.send(req).await.unwrap_or_else(|| {
+                        let mut r =
+                            Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+                        *r.status_mut() = StatusCode::BAD_GATEWAY;
+                        r
+                    }))
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
