@@ -1,10 +1,12 @@
-//! The upstream's connection pool, over `hyper::client::conn`.
+//! One origin's connection pool, over `hyper::client::conn`: the upstream's
+//! (`upstream::forward`) and the introspection endpoint's
+//! (`introspection::connections`).
 //!
-//! tokengate has exactly one upstream per process, so hyper-util's keyed pool
-//! (a `(Scheme, Authority)` key hashed twice per request, a checkout future,
-//! a spawned task per request to wait for the connection to be ready again)
-//! was pure overhead: ~5 000 of the bare proxy's ~32 000 instructions per
-//! request (BENCHMARKS.md, "An upstream pool of our own"). Here:
+//! Each pool serves exactly one origin, so hyper-util's keyed pool (a
+//! `(Scheme, Authority)` key hashed twice per request, a checkout future, a
+//! spawned task per request to wait for the connection to be ready again) was
+//! pure overhead: ~5 000 of the bare proxy's ~32 000 instructions per request
+//! (BENCHMARKS.md, "An upstream pool of our own"). Here:
 //!
 //! - HTTP/1.1: a LIFO of idle [`http1::SendRequest`]s behind one `Mutex`.
 //!   Checkout pops the most recent idle sender that is ready (closed ones are
@@ -208,7 +210,7 @@ impl<B> SendBody for B where
 {
 }
 
-/// The upstream's connections.
+/// One origin's connections.
 pub struct OriginPool<B> {
     transport: Transport,
     /// `scheme://authority/`, what the connector connects to (host, port,
