@@ -111,7 +111,8 @@
 //!              call (hybrid, jwt.introspect: and then the AS call); refused (bad signature, wrong
 //!              typ, foreign at+jwt) → inactive, no AS call; JWKS unknowable → 503; other tokens ↓
 //!         └─ cache::fleet::Fleet::read_through  (with [cache.shared]) L2 GET (+ purge tombstone); miss → lock, then
-//!              └─ app::issuers::Issuer::load → its Breaker::call → its Introspector (answer naming
+//!              └─ app::issuers::Issuer::load → its Breaker::call → its Introspector, over
+//!                                      introspection::connections' http::pool (answer naming
 //!                                      another iss → inactive; response_format = "jwt": RFC 9701
 //!                                      answer verified, else AS failure); SET PX
 //!                                      AS failure → stale answer if allowed, else 503
