@@ -246,22 +246,6 @@ async fn sighup_reloads_a_good_config_and_rejects_a_bad_one() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Runs the binary to completion with a clean environment: (exit code, stdout, stderr).
-async fn run_bin(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(args)
-        .env_clear()
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("cannot run the tokengate binary");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A minimal config: `url` is the introspection endpoint; `extra` is appended.
 fn small_config(dir: &Path, url: &str, extra: &str) -> String {
     let path = dir.join("tokengate.toml");
@@ -326,7 +310,8 @@ async fn check_config_probe_exit_codes_and_reasons() {
             url
         };
         let config = small_config(&dir, &url, "");
-        let (code, stdout, stderr) = run_bin(&["--check-config", "--probe", "-c", &config]).await;
+        let (code, stdout, stderr) =
+            run_bin(&[], &["--check-config", "--probe", "-c", &config]).await;
         assert_eq!(code, want, "{url}\n{stdout}\n{stderr}");
         let all = format!("{stdout}{stderr}");
         for n in needles {
@@ -336,10 +321,10 @@ async fn check_config_probe_exit_codes_and_reasons() {
     }
     // Without --probe, --check-config makes no call (the `/ok` mock expects one).
     let config = small_config(&dir, &format!("{}/ok", auth.uri()), "");
-    let (code, _, stderr) = run_bin(&["--check-config", "-c", &config]).await;
+    let (code, _, stderr) = run_bin(&[], &["--check-config", "-c", &config]).await;
     assert_eq!(code, 0, "{stderr}");
     // --probe is a --check-config option.
-    let (code, _, stderr) = run_bin(&["--probe", "-c", &config]).await;
+    let (code, _, stderr) = run_bin(&[], &["--probe", "-c", &config]).await;
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--check-config"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
@@ -347,7 +332,7 @@ async fn check_config_probe_exit_codes_and_reasons() {
 
 #[tokio::test]
 async fn help_names_the_environment_and_c_is_short_for_config() {
-    let (code, stdout, _) = run_bin(&["--help"]).await;
+    let (code, stdout, _) = run_bin(&[], &["--help"]).await;
     assert_eq!(code, 0);
     for needle in [
         "-c, --config <FILE>",
@@ -364,7 +349,7 @@ async fn help_names_the_environment_and_c_is_short_for_config() {
     }
     let dir = temp_dir("bin-short-c");
     let config = small_config(&dir, "http://127.0.0.1:9/introspect", "");
-    let (code, stdout, stderr) = run_bin(&["-c", &config, "--check-config"]).await;
+    let (code, stdout, stderr) = run_bin(&[], &["-c", &config, "--check-config"]).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("configuration is valid"), "{stdout}");
     let _ = std::fs::remove_dir_all(dir);
@@ -388,7 +373,7 @@ async fn a_taken_port_names_the_listen_key() {
             config = dir.join("taken.toml").display().to_string();
             std::fs::write(&config, text).unwrap();
         }
-        let (code, stdout, stderr) = run_bin(&["-c", &config]).await;
+        let (code, stdout, stderr) = run_bin(&[], &["-c", &config]).await;
         assert_eq!(code, 1, "{stdout}\n{stderr}");
         assert!(
             stderr.contains(&format!("cannot listen on {addr} (set by {key})")),

@@ -807,18 +807,12 @@ key_secret_file = "{key}"
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .arg("--check-config")
-        .arg("--config")
-        .arg(&config)
-        .env_clear()
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = run_bin(
+        &[],
+        &["--check-config", "--config", &config.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(
         stdout.contains(&format!("127.0.0.1:{}", redis.port)),
         "{stdout}"

@@ -571,19 +571,15 @@ require_any_scope = ["a", "b"]
         ),
     )
     .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["--check-config", "-c", &config.display().to_string()])
-        .env_clear()
-        .env(
+    let (code, stdout, stderr) = run_bin(
+        &[(
             "TOKENGATE_ISSUERS__PARTNERS__INTROSPECTION__CLIENT_SECRET",
             "000123",
-        )
-        .output()
-        .await
-        .expect("run the binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+        )],
+        &["--check-config", "-c", &config.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     for want in [
         "# issuers",
         "default      iss=(not checked) endpoint=http://127.0.0.1:9/introspect auth=client_secret_basic client_id=gate",
@@ -643,31 +639,27 @@ auth_method = "client_secret_post"
         ),
     )
     .unwrap();
+    let config = config.display().to_string();
     let run = |secret: &'static str| {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .args([
-                "--check-config",
-                "--probe",
-                "-c",
-                &config.display().to_string(),
-            ])
-            .env_clear()
-            .env(
-                "TOKENGATE_ISSUERS__PARTNERS__INTROSPECTION__CLIENT_SECRET",
-                secret,
+        let config = config.clone();
+        async move {
+            run_bin(
+                &[(
+                    "TOKENGATE_ISSUERS__PARTNERS__INTROSPECTION__CLIENT_SECRET",
+                    secret,
+                )],
+                &["--check-config", "--probe", "-c", &config],
             )
-            .output()
+            .await
+        }
     };
-    let out = run("000123").await.expect("run the binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = run("000123").await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("# probe: issuer partners: "), "{stdout}");
     // The wrong secret: the partners' AS refuses it (no mock matches), and
     // the failure names the issuer.
-    let out = run("123").await.expect("run the binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, _, stderr) = run("123").await;
+    assert_ne!(code, 0);
     assert!(
         stderr.contains("introspection probe of issuer partners failed"),
         "{stderr}"

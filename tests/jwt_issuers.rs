@@ -341,19 +341,15 @@ issuers = ["default", "partners"]
 "#,
     )
     .unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
-        .args(["--check-config", "-c", &config.display().to_string()])
-        .env_clear()
-        .env(
+    let (code, stdout, stderr) = run_bin(
+        &[(
             "TOKENGATE_ISSUERS__PARTNERS__JWT__ALGORITHMS",
             "[\"ES256\"]",
-        )
-        .output()
-        .await
-        .expect("run the binary");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+        )],
+        &["--check-config", "-c", &config.display().to_string()],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
     for want in [
         "jwt: local=on hybrid=off iss=https://sso.example jwks=http://127.0.0.1:9/jwks algorithms=RS256,PS256,ES256,EdDSA leeway=30s",
         "jwt: local=off (keys for signed answers) hybrid=off iss=https://partners.example jwks=(jwks_uri of https://partners.example) algorithms=ES256",

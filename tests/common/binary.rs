@@ -15,6 +15,24 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Runs the `tokengate` binary to its end with `args`, a clean environment
+/// plus `env`, and no stdin: exit code, stdout, stderr.
+pub async fn run_bin(env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("cannot run the tokengate binary");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The `tokengate` binary, started with `--config FILE`, a clean environment and
 /// `RUST_LOG=info`; every stdout/stderr line is collected.
 pub struct Binary {
