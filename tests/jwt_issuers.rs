@@ -14,6 +14,18 @@ use tokengate::config::{RawConfig, RawIssuer, RawRoute, Secret};
 
 const API: &str = "urn:tokengate:api";
 
+/// Two JWT-issuing authorization servers (tests/oidc/jwt.mjs) and an
+/// upstream; `None` when the test is skipped (no node outside CI).
+async fn two_ases(test: &str) -> Option<(JwtAs, JwtAs, Upstream)> {
+    let (Some(a), Some(b)) = (
+        JwtAs::start(test, 0, 1).await,
+        JwtAs::start(test, 0, 2).await,
+    ) else {
+        return None;
+    };
+    Some((a, b, Upstream::start().await))
+}
+
 /// tokengate with `a` as the default issuer (`[introspection]`, `[jwt]`)
 /// and `b` as `[issuers.partner]` with `[issuers.partner.jwt]` (keys from
 /// its metadata's `jwks_uri`); `/api/` admits both, default first.
@@ -77,13 +89,9 @@ fn claims(real: &str, iss: &str) -> serde_json::Value {
 #[tokio::test]
 async fn two_jwt_issuers_on_one_route_each_token_checked_with_its_own_issuers_keys() {
     let test = "two_jwt_issuers_on_one_route_each_token_checked_with_its_own_issuers_keys";
-    let (Some(a), Some(b)) = (
-        JwtAs::start(test, 0, 1).await,
-        JwtAs::start(test, 0, 2).await,
-    ) else {
+    let Some((a, b, upstream)) = two_ases(test).await else {
         return;
     };
-    let upstream = Upstream::start().await;
     let gate = Gate::start(&config(&a, &b, &upstream)).await;
 
     // Each issuer's JWT passes, checked locally by its own issuer: counted
@@ -164,13 +172,9 @@ async fn two_jwt_issuers_on_one_route_each_token_checked_with_its_own_issuers_ke
 #[tokio::test]
 async fn a_route_naming_one_issuer_admits_only_that_ones_jwts() {
     let test = "a_route_naming_one_issuer_admits_only_that_ones_jwts";
-    let (Some(a), Some(b)) = (
-        JwtAs::start(test, 0, 1).await,
-        JwtAs::start(test, 0, 2).await,
-    ) else {
+    let Some((a, b, upstream)) = two_ases(test).await else {
         return;
     };
-    let upstream = Upstream::start().await;
     let mut raw = config(&a, &b, &upstream);
     raw.routes = vec![
         RawRoute {
@@ -194,13 +198,9 @@ async fn a_route_naming_one_issuer_admits_only_that_ones_jwts() {
 #[tokio::test]
 async fn a_named_issuers_signed_introspection_answers_are_verified_with_its_keys() {
     let test = "a_named_issuers_signed_introspection_answers_are_verified_with_its_keys";
-    let (Some(a), Some(b)) = (
-        JwtAs::start(test, 0, 1).await,
-        JwtAs::start(test, 0, 2).await,
-    ) else {
+    let Some((a, b, upstream)) = two_ases(test).await else {
         return;
     };
-    let upstream = Upstream::start().await;
     let mut raw = config(&a, &b, &upstream);
     let partner = raw.issuers.get_mut("partner").unwrap();
     partner.jwt.enabled = false;
@@ -368,13 +368,9 @@ issuers = ["default", "partners"]
 #[tokio::test]
 async fn a_jwt_of_an_issuer_the_route_does_not_admit_is_shown_to_no_as_whatever_its_typ() {
     let test = "a_jwt_of_an_issuer_the_route_does_not_admit_is_shown_to_no_as_whatever_its_typ";
-    let (Some(a), Some(b)) = (
-        JwtAs::start(test, 0, 1).await,
-        JwtAs::start(test, 0, 2).await,
-    ) else {
+    let Some((a, b, upstream)) = two_ases(test).await else {
         return;
     };
-    let upstream = Upstream::start().await;
     let mut raw = config(&a, &b, &upstream);
     // A third issuer (introspected only; never called here).
     let mut third = RawIssuer {
