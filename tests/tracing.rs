@@ -48,6 +48,21 @@ async fn stop(env: &mut Env) {
     env.gate.stopped().await;
 }
 
+/// GET /api with the test token and `headers` (the caller's trace context),
+/// which must pass; what the upstream saw.
+async fn get_api(env: &Env, headers: &[(&str, &str)]) -> Vec<Echo> {
+    let mut req =
+        request(Method::GET, &env.url("/api")).header("authorization", format!("Bearer {TOKEN}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    assert_eq!(
+        send(&env.http1, req.body(empty()).unwrap()).await.status,
+        200
+    );
+    env.upstream.seen()
+}
+
 fn assert_no_secret(spans: &[SpanSeen]) {
     for s in spans {
         let text = s.all_text();
@@ -154,14 +169,12 @@ async fn an_incoming_traceparent_becomes_the_parent() {
     let sink = OtlpSink::start().await;
     let mut env = Env::start_with(traced(&sink)).await;
     env.allow(TOKEN, 1).await;
-    let req = request(Method::GET, &env.url("/api"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
-        .header("tracestate", "vendor=abc")
-        .body(empty())
-        .unwrap();
-    assert_eq!(send(&env.http1, req).await.status, 200);
-    let seen = env.upstream.seen();
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let seen = get_api(
+        &env,
+        &[("traceparent", &traceparent), ("tracestate", "vendor=abc")],
+    )
+    .await;
     stop(&mut env).await;
 
     let spans = sink.spans();
@@ -195,14 +208,12 @@ async fn an_oversized_tracestate_is_dropped_not_exported_on_every_span() {
     let sink = OtlpSink::start().await;
     let mut env = Env::start_with(traced(&sink)).await;
     env.allow(TOKEN, 1).await;
-    let req = request(Method::GET, &env.url("/api"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
-        .header("tracestate", &huge)
-        .body(empty())
-        .unwrap();
-    assert_eq!(send(&env.http1, req).await.status, 200);
-    let seen = env.upstream.seen();
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let seen = get_api(
+        &env,
+        &[("traceparent", &traceparent), ("tracestate", &huge)],
+    )
+    .await;
     stop(&mut env).await;
 
     let spans = sink.spans();
@@ -229,13 +240,8 @@ async fn a_caller_that_does_not_sample_is_followed() {
     let sink = OtlpSink::start().await;
     let mut env = Env::start_with(traced(&sink)).await;
     env.allow(TOKEN, 1).await;
-    let req = request(Method::GET, &env.url("/api"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00"))
-        .body(empty())
-        .unwrap();
-    assert_eq!(send(&env.http1, req).await.status, 200);
-    let seen = env.upstream.seen();
+    let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-00");
+    let seen = get_api(&env, &[("traceparent", &traceparent)]).await;
     stop(&mut env).await;
 
     assert!(sink.spans().is_empty(), "{:#?}", sink.spans());
@@ -253,14 +259,11 @@ async fn with_tracing_off_nothing_is_exported_and_traceparent_passes_unchanged()
     let mut env = Env::start().await;
     env.allow(TOKEN, 1).await;
     let traceparent = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
-    let req = request(Method::GET, &env.url("/api"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("traceparent", &traceparent)
-        .header("tracestate", "vendor=abc")
-        .body(empty())
-        .unwrap();
-    assert_eq!(send(&env.http1, req).await.status, 200);
-    let seen = env.upstream.seen();
+    let seen = get_api(
+        &env,
+        &[("traceparent", &traceparent), ("tracestate", "vendor=abc")],
+    )
+    .await;
     let as_seen = env.introspections().await;
     stop(&mut env).await;
 
