@@ -1,7 +1,7 @@
 //! The outbound HTTP clients: hyper-util's pooled legacy client over rustls
-//! (http and https), h2 or h2c when asked for, for discovery and JWKS (a few
-//! calls an hour); its connector, and a unix-domain-socket connector for
-//! sidecar upstreams, for the pools of the two origins every request may
+//! (http and https) for discovery and JWKS (a few calls an hour); its
+//! connector (h2 or h2c when asked for), and a unix-domain-socket connector
+//! for sidecar upstreams, for the pools of the two origins every request may
 //! reach, the upstream and the introspection endpoint (`http::pool`).
 
 use crate::http::tls::ClientTls;
@@ -25,39 +25,25 @@ fn http_connector(connect_timeout: Duration) -> HttpConnector {
     http
 }
 
-/// The pool settings both clients share: idle keep-alive connections are kept
-/// 90 s (0 new AS connections per introspection under steady load), HTTP/2
-/// only when `http2`.
-fn pool(http2: bool) -> hyper_util::client::legacy::Builder {
-    let mut builder = Client::builder(TokioExecutor::new());
-    builder
-        .pool_idle_timeout(Duration::from_secs(90))
-        .http2_only(http2);
-    builder
-}
-
-/// Builds a pooled client with our TLS settings (web PKI roots plus extra
-/// roots, client certificate). Keep-alive connections are reused, so an https
-/// AS costs one TLS handshake per pooled connection, not one per call. When
-/// `http2`, HTTP/2 only: ALPN `h2` over https, prior knowledge (h2c) over
-/// http. gRPC services need that.
-pub fn build_with<B>(
-    connect_timeout: Duration,
-    tls: &ClientTls,
-    http2: bool,
-) -> Client<Connector, B>
+/// A pooled HTTP/1.1 client with our TLS settings (web PKI roots plus extra
+/// roots, client certificate), for discovery and JWKS fetches: keep-alive
+/// connections are kept 90 s, so a refresh soon after another costs no new
+/// TLS handshake. (The introspection endpoint and the upstream, which every
+/// request may reach, have pools of their own: `http::pool`.)
+pub fn build_with<B>(connect_timeout: Duration, tls: &ClientTls) -> Client<Connector, B>
 where
     B: http_body::Body + Send + 'static + Unpin,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pool(http2).build(connector(connect_timeout, tls, http2))
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector(connect_timeout, tls, false))
 }
 
-/// The connector [`build_with`] pools, on its own: TCP with the connect
-/// timeout and `TCP_NODELAY`, then TLS for https:// (ALPN `h2` only when
-/// `http2`, else `http/1.1`). The upstream's own pool (`http::pool`)
-/// connects with it.
+/// The connector [`build_with`] pools, and every `http::pool` connects with:
+/// TCP with the connect timeout and `TCP_NODELAY`, then TLS for https://
+/// (ALPN `h2` only when `http2`, else `http/1.1`).
 pub fn connector(connect_timeout: Duration, tls: &ClientTls, http2: bool) -> Connector {
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config((*tls.0).clone())

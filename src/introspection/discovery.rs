@@ -98,7 +98,7 @@ async fn metadata(
     timeout: Duration,
     tls: &crate::http::tls::ClientTls,
 ) -> Result<(String, Metadata), DiscoveryError> {
-    let client = crate::http::client::build_with::<Empty<Bytes>>(timeout, tls, false);
+    let client = crate::http::client::build_with::<Empty<Bytes>>(timeout, tls);
     let mut errors = Vec::new();
     for url in metadata_urls(issuer) {
         match fetch(&client, &url, timeout).await {

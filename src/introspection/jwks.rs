@@ -296,7 +296,7 @@ impl Jwks {
             fetching: tokio::sync::Mutex::new(()),
             min_refetch,
             clock,
-            http: crate::http::client::build_with(timeout, tls, false),
+            http: crate::http::client::build_with(timeout, tls),
             tls: tls.clone(),
             timeout,
             fetches: AtomicU64::new(0),
