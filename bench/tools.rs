@@ -234,7 +234,7 @@ enum BareClient {
         >,
         http::uri::Authority,
     ),
-    Pool(tokengate::OriginPool<Incoming>, http::HeaderValue),
+    Pool(tokengate::OriginPool<Incoming>),
 }
 
 impl BareClient {
@@ -242,14 +242,10 @@ impl BareClient {
         &self,
         mut req: Request<Incoming>,
     ) -> Option<Response<BoxBody<Bytes, hyper::Error>>> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
         match self {
             // hyper-util takes an absolute URI and sets `Host` from it.
             Self::Legacy(client, authority) => {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
                 *req.uri_mut() = http::Uri::builder()
                     .scheme("http")
                     .authority(authority.clone())
@@ -258,12 +254,8 @@ impl BareClient {
                     .ok()?;
                 Some(client.request(req).await.ok()?.map(BodyExt::boxed))
             }
-            // The pool sends origin-form targets; `Host` names the upstream.
-            Self::Pool(pool, host) => {
-                *req.uri_mut() = http::Uri::builder().path_and_query(pq).build().ok()?;
-                req.headers_mut().insert(http::header::HOST, host.clone());
-                Some(pool.send(req).await.ok()?.map(BodyExt::boxed))
-            }
+            // The pool sends origin-form targets with the upstream's `Host`.
+            Self::Pool(pool) => Some(pool.send(req).await.ok()?.map(BodyExt::boxed)),
         }
     }
 }
@@ -278,14 +270,11 @@ async fn bare_proxy(addr: SocketAddr, upstream: &str, own_pool: bool) -> Result<
     };
     let client = Arc::new(if own_pool {
         let tls = tokengate::ClientTls::new(&[], None)?;
-        BareClient::Pool(
-            tokengate::OriginPool::tcp(
-                tokengate::connector(Duration::from_secs(5), &tls, false),
-                tokengate::origin(scheme, authority),
-                false,
-            ),
-            http::HeaderValue::from_str(authority.as_str())?,
-        )
+        BareClient::Pool(tokengate::OriginPool::tcp(
+            tokengate::connector(Duration::from_secs(5), &tls, false),
+            tokengate::origin(scheme, authority),
+            false,
+        ))
     } else {
         let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
         http.set_nodelay(true);

@@ -63,8 +63,8 @@ pub fn origin(scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> U
 
 /// The `Host` of an HTTP/1.1 request to this origin (the pool sends
 /// origin-form targets, so `Host` alone names it): the host, plus the port
-/// when it is not the scheme's default.
-pub fn host_header(
+/// when it is not the scheme's default (what hyper-util's client sent).
+fn host_header(
     scheme: &http::uri::Scheme,
     authority: &http::uri::Authority,
 ) -> Option<http::HeaderValue> {
@@ -217,6 +217,9 @@ pub struct OriginPool<B> {
     /// TLS server name); ignored by the unix connector.
     uri: Uri,
     http2: bool,
+    /// The `Host` of every HTTP/1.1 request (sent in origin-form), built
+    /// once; `None` for HTTP/2, which carries the authority itself.
+    host: Option<http::HeaderValue>,
     idle: Arc<IdleList<B>>,
     /// The shared HTTP/2 connection (`upstream_http2`).
     h2: Mutex<Option<http2::SendRequest<B>>>,
@@ -244,10 +247,15 @@ impl<B: SendBody> OriginPool<B> {
     }
 
     fn new(transport: Transport, uri: Uri, http2: bool) -> Self {
+        let host = match (http2, uri.scheme(), uri.authority()) {
+            (false, Some(scheme), Some(authority)) => host_header(scheme, authority),
+            _ => None,
+        };
         Self {
             transport,
             uri,
             http2,
+            host,
             idle: Arc::new(IdleList {
                 list: Mutex::new(Vec::new()),
             }),
@@ -259,9 +267,10 @@ impl<B: SendBody> OriginPool<B> {
         }
     }
 
-    /// Sends a request (HTTP/1.1: origin-form, with its `Host`; HTTP/2:
-    /// scheme and authority in the URI). The response's body gives the
-    /// connection back when it has been read to the end.
+    /// Sends a request. HTTP/1.1: in origin-form (an absolute URI is cut to
+    /// its path and query), with this origin's `Host` in place of any other;
+    /// HTTP/2: as it is (scheme and authority in the URI). The response's
+    /// body gives the connection back when it has been read to the end.
     ///
     /// Connecting is boxed (`Box::pin`): it is the rare path, and its future
     /// (the connector's and the handshake's, ~4.6 KiB) would otherwise be
@@ -269,9 +278,18 @@ impl<B: SendBody> OriginPool<B> {
     /// request (callgrind: +9 000 instructions of `memcpy` per request). So is
     /// the HTTP/2 path (one allocation per request there, against every HTTP/1.1
     /// request carrying its state): this future is 552 bytes.
-    pub async fn send(&self, req: Request<B>) -> Result<Response<PoolBody<B>>, PoolError> {
+    pub async fn send(&self, mut req: Request<B>) -> Result<Response<PoolBody<B>>, PoolError> {
         if self.http2 {
             return Box::pin(self.send_h2(req)).await;
+        }
+        if req.uri().authority().is_some() {
+            *req.uri_mut() = req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        }
+        if let Some(host) = &self.host {
+            req.headers_mut().insert(http::header::HOST, host.clone());
         }
         let (mut tx, reused) = match self.idle.checkout() {
             Some(tx) => (tx, true),
@@ -296,6 +314,11 @@ impl<B: SendBody> OriginPool<B> {
             Ok(resp) => Ok(self.h1_response(resp, tx)),
             Err(e) => Err(PoolError::Request(e.into_error())),
         }
+    }
+
+    /// Whether this pool's connections go to `scheme://authority`.
+    pub fn serves(&self, scheme: &http::uri::Scheme, authority: &http::uri::Authority) -> bool {
+        self.uri.scheme() == Some(scheme) && self.uri.authority() == Some(authority)
     }
 
     async fn send_h2(&self, req: Request<B>) -> Result<Response<PoolBody<B>>, PoolError> {
@@ -526,6 +549,27 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::Notify;
+
+    #[test]
+    fn upstream_host_is_what_hyper_util_would_send() {
+        let cases = [
+            ("http", "a.internal", "a.internal"),
+            ("http", "a.internal:80", "a.internal"),
+            ("http", "a.internal:8080", "a.internal:8080"),
+            ("https", "a.internal:443", "a.internal"),
+            ("https", "a.internal:80", "a.internal:80"),
+            ("http", "[::1]:9000", "[::1]:9000"),
+            ("http", "127.0.0.1:3000", "127.0.0.1:3000"),
+        ];
+        for (scheme, authority, want) in cases {
+            let got = host_header(&scheme.parse().unwrap(), &authority.parse().unwrap());
+            assert_eq!(
+                got,
+                Some(http::HeaderValue::from_static(want)),
+                "{scheme}://{authority}"
+            );
+        }
+    }
 
     const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 

@@ -466,21 +466,11 @@ impl<'c> oauth2::AsyncHttpClient<'c> for AsHttpClient<'_> {
                     http::HeaderValue::from_static(INTROSPECTION_JWT),
                 );
             }
-            let origin = self.http.for_uri(&parts.uri).ok_or_else(|| {
+            let pool = self.http.for_uri(&parts.uri).ok_or_else(|| {
                 TransportError::Connect("the introspection URL names no scheme and host".into())
             })?;
-            // The pool sends HTTP/1.1 in origin-form: the path and query
-            // here, the authority in `Host`.
-            parts.uri = match parts.uri.path_and_query() {
-                Some(pq) => http::Uri::from(pq.clone()),
-                None => http::Uri::from_static("/"),
-            };
-            if let Some(host) = &origin.host {
-                parts.headers.insert(http::header::HOST, host.clone());
-            }
             let request = http::Request::from_parts(parts, Full::new(Bytes::from(body)));
-            let response = origin
-                .pool
+            let response = pool
                 .send(request)
                 .await
                 .map_err(|e| TransportError::Connect(crate::http::client::error_chain(&e)))?;

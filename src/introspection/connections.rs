@@ -10,16 +10,10 @@ use std::sync::Arc;
 /// and the old one's connections close when their last request is done.
 pub(super) struct AsConnections {
     connector: crate::http::client::Connector,
-    current: std::sync::RwLock<Option<Arc<AsOrigin>>>,
+    current: std::sync::RwLock<Option<Arc<AsPool>>>,
 }
 
-pub(super) struct AsOrigin {
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
-    /// The `Host` of every request (origin-form targets), built once.
-    pub(super) host: Option<http::HeaderValue>,
-    pub(super) pool: crate::http::pool::OriginPool<Full<Bytes>>,
-}
+type AsPool = crate::http::pool::OriginPool<Full<Bytes>>;
 
 impl AsConnections {
     pub(super) fn new(connector: crate::http::client::Connector) -> Self {
@@ -31,11 +25,11 @@ impl AsConnections {
 
     /// The pool for `uri`'s origin: the current one, or a new one that
     /// replaces it (the endpoint moved). `None`: `uri` names no origin.
-    pub(super) fn for_uri(&self, uri: &http::Uri) -> Option<Arc<AsOrigin>> {
+    pub(super) fn for_uri(&self, uri: &http::Uri) -> Option<Arc<AsPool>> {
         let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
             return None;
         };
-        let same = |o: &AsOrigin| o.scheme == *scheme && o.authority == *authority;
+        let same = |p: &AsPool| p.serves(scheme, authority);
         // A poisoned lock only means a writer panicked mid-swap of an `Arc`.
         if let Some(o) = &*self.current.read().unwrap_or_else(|e| e.into_inner()) {
             if same(o) {
@@ -46,18 +40,13 @@ impl AsConnections {
         match &*current {
             Some(o) if same(o) => Some(o.clone()),
             _ => {
-                let origin = Arc::new(AsOrigin {
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
-                    host: crate::http::pool::host_header(scheme, authority),
-                    pool: crate::http::pool::OriginPool::tcp(
-                        self.connector.clone(),
-                        crate::http::pool::origin(scheme, authority),
-                        false,
-                    ),
-                });
-                *current = Some(origin.clone());
-                Some(origin)
+                let pool = Arc::new(AsPool::tcp(
+                    self.connector.clone(),
+                    crate::http::pool::origin(scheme, authority),
+                    false,
+                ));
+                *current = Some(pool.clone());
+                Some(pool)
             }
         }
     }
@@ -85,13 +74,11 @@ mod tests {
         // Another path on the same origin: the same connections.
         let again = c.for_uri(&"http://as:8080/other".parse().unwrap()).unwrap();
         assert!(Arc::ptr_eq(&a, &again));
-        assert_eq!(a.host.as_ref().unwrap(), "as:8080");
-        // Discovery moved the endpoint: new connections, with its own Host.
+        // Discovery moved the endpoint: new connections.
         let moved = c
             .for_uri(&"https://as2/introspect".parse().unwrap())
             .unwrap();
         assert!(!Arc::ptr_eq(&a, &moved));
-        assert_eq!(moved.host.as_ref().unwrap(), "as2");
         let back = c
             .for_uri(&"http://as:8080/introspect".parse().unwrap())
             .unwrap();

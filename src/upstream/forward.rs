@@ -525,11 +525,6 @@ pub struct Forwarder {
     pool: OriginPool<ForwardBody>,
     upstream: Upstream,
     timeout: Duration,
-    /// HTTP/1.1 `Host` for the upstream, built once (we always remove the
-    /// client's, and hyper's connection adds none; hyper-util's client used to
-    /// format one per request). `None` for HTTP/2, which carries the
-    /// authority itself.
-    host: Option<HeaderValue>,
 }
 
 impl Forwarder {
@@ -552,14 +547,10 @@ impl Forwarder {
                 upstream.http2,
             ),
         };
-        let host = (!upstream.http2)
-            .then(|| crate::http::pool::host_header(&upstream.scheme, &upstream.authority))
-            .flatten();
         Self {
             pool,
             upstream,
             timeout,
-            host,
         }
     }
 
@@ -603,10 +594,8 @@ impl Forwarder {
         &self,
         mut req: Request<ForwardBody>,
     ) -> Result<Response<PoolBody<ForwardBody>>, ForwardError> {
+        // The pool sets `Host` (HTTP/1.1; we always remove the client's).
         *req.uri_mut() = self.target(req.uri())?;
-        if let Some(host) = &self.host {
-            req.headers_mut().insert(header::HOST, host.clone());
-        }
         // The upstream's version is ours to choose, whatever the client spoke to us.
         *req.version_mut() = if self.upstream.http2 {
             Version::HTTP_2
@@ -764,30 +753,6 @@ mod tests {
             ),
         ] {
             assert_eq!(host(uri, hosts), Err(want), "{uri} {hosts:?}");
-        }
-    }
-
-    #[test]
-    fn upstream_host_is_what_hyper_util_would_send() {
-        let cases = [
-            ("http", "a.internal", "a.internal"),
-            ("http", "a.internal:80", "a.internal"),
-            ("http", "a.internal:8080", "a.internal:8080"),
-            ("https", "a.internal:443", "a.internal"),
-            ("https", "a.internal:80", "a.internal:80"),
-            ("http", "[::1]:9000", "[::1]:9000"),
-            ("http", "127.0.0.1:3000", "127.0.0.1:3000"),
-        ];
-        for (scheme, authority, want) in cases {
-            let got = crate::http::pool::host_header(
-                &scheme.parse().unwrap(),
-                &authority.parse().unwrap(),
-            );
-            assert_eq!(
-                got,
-                Some(HeaderValue::from_static(want)),
-                "{scheme}://{authority}"
-            );
         }
     }
 
