@@ -452,7 +452,7 @@ where
     // (WebSocket tunnels) instead of being closed.
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %error_chain(&e), "upstream connection closed");
+            tracing::debug!(error = %error_chain(&e), "pooled connection closed");
         }
     });
     Ok(tx)
@@ -467,7 +467,7 @@ where
         .map_err(|e| PoolError::Connect(error_chain(&e)))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %error_chain(&e), "upstream connection closed");
+            tracing::debug!(error = %error_chain(&e), "pooled connection closed");
         }
     });
     Ok(tx)
